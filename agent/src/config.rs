@@ -1,0 +1,363 @@
+//! Agent configuration: the embedded default, the TOML file, and command-line overrides.
+//!
+//! Without `--config` the agent runs on an embedded default meant for trying it out: loopback,
+//! state under `./var/sdm`, host id 1, local leases, and two local file domains created on first
+//! start. A packaged agent reads `/etc/sdm/agent.toml` (see `packaging/agent.toml`, which
+//! documents every key). A bad file is refused at start naming the file, the key and why.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:54321";
+/// Default state directory of the embedded configuration.
+pub const DEFAULT_STATE_DIR: &str = "./var/sdm";
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {file}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("config file {file}: {message}")]
+    Parse {
+        /// The file.
+        file: PathBuf,
+        /// What TOML said (it names the key and line).
+        message: String,
+    },
+    /// A value is out of range or contradicts another.
+    #[error("config {file}: key `{key}`: {why}")]
+    Invalid {
+        /// The file, or "command line".
+        file: String,
+        /// The key.
+        key: &'static str,
+        /// Why.
+        why: String,
+    },
+}
+
+/// Lease backend names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseBackendKind {
+    /// OFD locks on `<vol>.lease`; single-host domains.
+    #[default]
+    Local,
+    /// sanlock paxos leases; shared storage.
+    Sanlock,
+}
+
+impl LeaseBackendKind {
+    /// Config/wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseBackendKind::Local => "local",
+            LeaseBackendKind::Sanlock => "sanlock",
+        }
+    }
+}
+
+/// A domain attached at start.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainConfig {
+    /// The domain directory (`.../<sd_id>`).
+    pub path: PathBuf,
+    /// Lease backend of its volumes (default: `leases.default_backend`).
+    #[serde(default)]
+    pub lease_backend: Option<LeaseBackendKind>,
+}
+
+/// TLS files (mutual TLS).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA certificate(s) that sign client certificates (PEM).
+    pub ca: PathBuf,
+    /// This agent's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// This agent's private key (PEM).
+    pub key: PathBuf,
+}
+
+/// `[leases]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeasesConfig {
+    /// Backend for domains that do not name one.
+    pub default_backend: LeaseBackendKind,
+    /// sanlock io_timeout for lockspaces this agent formats (seconds; oVirt uses 10).
+    pub sanlock_io_timeout_s: u32,
+    /// Run directory of the sanlock daemon (its socket); default: sanlock's own.
+    pub sanlock_run_dir: Option<PathBuf>,
+}
+
+impl Default for LeasesConfig {
+    fn default() -> Self {
+        LeasesConfig { default_backend: LeaseBackendKind::Local, sanlock_io_timeout_s: 10, sanlock_run_dir: None }
+    }
+}
+
+/// `[io]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IoConfig {
+    /// "auto" (probe io_uring), "io_uring" or "sync".
+    pub backend: String,
+    /// Requests in flight per operation (0: the engine's measured default).
+    pub queue_depth: u32,
+    /// Bytes per request (0: the engine's measured default).
+    pub chunk_size: usize,
+    /// Jobs that run at once; more wait as pending.
+    pub max_running_jobs: usize,
+    /// Default bandwidth limit per job, bytes per second (0: none).
+    pub bandwidth_limit: u64,
+    /// Volumes of one image copied at once by `Image.move` / wiped by `Image.delete`.
+    pub image_parallelism: usize,
+}
+
+impl Default for IoConfig {
+    fn default() -> Self {
+        IoConfig {
+            backend: "auto".into(),
+            queue_depth: 0,
+            chunk_size: 0,
+            max_running_jobs: 8,
+            bandwidth_limit: 0,
+            image_parallelism: 2,
+        }
+    }
+}
+
+/// `[jobs]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Seconds after which finished jobs are deleted; negative: never.
+    pub autodelete_delay_s: i64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig { autodelete_delay_s: 3600 }
+    }
+}
+
+/// `[server]`: limits that keep one client from exhausting the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Largest request body, bytes.
+    pub max_request_body_bytes: u32,
+    /// Largest response body, bytes.
+    pub max_response_body_bytes: u32,
+    /// Open connections at once.
+    pub max_connections: u32,
+    /// Subscriptions per WebSocket connection.
+    pub max_subscriptions_per_connection: u32,
+    /// Calls in one batch request.
+    pub max_batch_len: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_request_body_bytes: 1 << 20,
+            max_response_body_bytes: 16 << 20,
+            max_connections: 256,
+            max_subscriptions_per_connection: 64,
+            max_batch_len: 16,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// State directory (attached-domain list; embedded domains).
+    pub state_dir: PathBuf,
+    /// Host id in sanlock lockspaces, 1–2000.
+    pub host_id: u64,
+    /// Create and attach two local domains under `<state_dir>/domains` on first start.
+    pub create_default_domains: bool,
+    /// Directories under which `StorageDomain.create` may format new domains (besides
+    /// `<state_dir>/domains`). Creation anywhere else is refused, so a client cannot make the
+    /// agent write outside the storage it was given.
+    pub domain_roots: Vec<PathBuf>,
+    /// Mutual TLS; required on a non-loopback listener.
+    pub tls: Option<TlsConfig>,
+    /// Domains attached at start (besides those attached earlier through the API).
+    pub domains: Vec<DomainConfig>,
+    /// Lease settings.
+    pub leases: LeasesConfig,
+    /// Data-path settings.
+    pub io: IoConfig,
+    /// Job settings.
+    pub jobs: JobsConfig,
+    /// Server limits.
+    pub server: ServerConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("default address parses"),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            host_id: 1,
+            create_default_domains: true,
+            domain_roots: Vec::new(),
+            tls: None,
+            domains: Vec::new(),
+            leases: LeasesConfig::default(),
+            io: IoConfig::default(),
+            jobs: JobsConfig::default(),
+            server: ServerConfig::default(),
+        }
+    }
+}
+
+/// Command-line overrides.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--state-dir`.
+    pub state_dir: Option<PathBuf>,
+    /// `--host-id`.
+    pub host_id: Option<u64>,
+}
+
+impl Config {
+    /// Loads `file` (or the embedded default), applies overrides and validates.
+    pub fn load(file: Option<&Path>, over: &Overrides) -> Result<Config, ConfigError> {
+        let (mut cfg, origin) = match file {
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|source| ConfigError::Read { file: f.to_path_buf(), source })?;
+                (Self::parse(&text, f)?, f.display().to_string())
+            }
+            None => (Config::default(), "embedded default".to_string()),
+        };
+        if let Some(l) = over.listen {
+            cfg.listen = l;
+        }
+        if let Some(s) = &over.state_dir {
+            cfg.state_dir = s.clone();
+        }
+        if let Some(h) = over.host_id {
+            cfg.host_id = h;
+        }
+        cfg.validate(&origin)?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text; a file config does not create default domains unless it says so.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        #[derive(Deserialize)]
+        struct Probe {
+            create_default_domains: Option<bool>,
+        }
+        let mut cfg: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { file: file.to_path_buf(), message: e.to_string() })?;
+        let probe: Option<Probe> = toml::from_str(text).ok();
+        cfg.create_default_domains = probe.and_then(|p| p.create_default_domains).unwrap_or(false);
+        Ok(cfg)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, why: String| ConfigError::Invalid { file: origin.to_string(), key, why };
+        if !(1..=2000).contains(&self.host_id) {
+            return Err(bad("host_id", format!("{} is outside 1-2000", self.host_id)));
+        }
+        if !["auto", "io_uring", "sync"].contains(&self.io.backend.as_str()) {
+            return Err(bad("io.backend", format!("{:?} is not auto, io_uring or sync", self.io.backend)));
+        }
+        if self.io.queue_depth > 1024 {
+            return Err(bad("io.queue_depth", format!("{} is more than 1024", self.io.queue_depth)));
+        }
+        if self.io.chunk_size != 0
+            && (self.io.chunk_size % 4096 != 0 || !(4096..=(64 << 20)).contains(&self.io.chunk_size))
+        {
+            return Err(bad("io.chunk_size", "must be a multiple of 4096 between 4 KiB and 64 MiB".into()));
+        }
+        if !(1..=256).contains(&self.io.max_running_jobs) {
+            return Err(bad("io.max_running_jobs", "must be 1-256".into()));
+        }
+        if !(1..=64).contains(&self.io.image_parallelism) {
+            return Err(bad("io.image_parallelism", "must be 1-64".into()));
+        }
+        if !(1..=60).contains(&self.leases.sanlock_io_timeout_s) {
+            return Err(bad("leases.sanlock_io_timeout_s", "must be 1-60".into()));
+        }
+        if self.server.max_request_body_bytes < 4096 {
+            return Err(bad("server.max_request_body_bytes", "must be at least 4096".into()));
+        }
+        if self.server.max_connections == 0 {
+            return Err(bad("server.max_connections", "must be at least 1".into()));
+        }
+        if !self.listen.ip().is_loopback() && self.tls.is_none() {
+            return Err(bad(
+                "listen",
+                format!(
+                    "{} is not a loopback address: a non-loopback listener requires mutual TLS ([tls] ca, cert, key)",
+                    self.listen
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Finished-job lifetime.
+    pub fn autodelete(&self) -> Option<std::time::Duration> {
+        u64::try_from(self.jobs.autodelete_delay_s).ok().map(std::time::Duration::from_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_loopback_with_domains() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert!(c.create_default_domains);
+        assert_eq!(c.leases.default_backend, LeaseBackendKind::Local);
+    }
+
+    #[test]
+    fn packaged_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/agent.toml");
+        let c = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert!(!c.create_default_domains);
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let p = Path::new("/etc/sdm/agent.toml");
+        let e = Config::parse("listen = \"127.0.0.1:1\"\nbogus = 1\n", p).unwrap_err().to_string();
+        assert!(e.contains("/etc/sdm/agent.toml") && e.contains("bogus"), "{e}");
+        let e = Config::parse("[io]\nqueue_depth = \"x\"\n", p).unwrap_err().to_string();
+        assert!(e.contains("queue_depth"), "{e}");
+        let over = Overrides { host_id: Some(0), ..Default::default() };
+        let e = Config::load(None, &over).unwrap_err().to_string();
+        assert!(e.contains("host_id"), "{e}");
+        let over = Overrides { listen: Some("0.0.0.0:54321".parse().unwrap()), ..Default::default() };
+        let e = Config::load(None, &over).unwrap_err().to_string();
+        assert!(e.contains("TLS"), "{e}");
+    }
+}

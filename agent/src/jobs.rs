@@ -1,0 +1,553 @@
+//! Host jobs: registry, state machine, progress, abort and autodelete.
+//!
+//! ```text
+//! pending ──► running ──► done | failed
+//!    │           └──abort──► (aborting, shown as running) ──► aborted
+//!    └──abort──► aborted
+//! ```
+//! A job is registered before its verb returns (so a duplicate id is refused at once), waits
+//! for one of the agent's job slots, then runs its work on a blocking thread; the data path
+//! gives each operation its own ring there. Progress is read from the job's
+//! [`sdm_io::Control`] counters when someone asks, so reporting costs the data path nothing.
+//! Jobs live in memory only: after a crash the volumes' legality, generation and leases tell
+//! what happened (CONTRACT §4).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sdm_proto::{ApiError, ErrorCode, JobInfo, JobMap, JobResult, JobStatus, Uuid};
+use tokio::sync::{watch, Semaphore};
+
+use crate::error::WireError;
+
+/// Most jobs kept at once (finished ones are evicted oldest first beyond this).
+pub const MAX_JOBS: usize = 10_000;
+
+/// Job registry errors.
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    /// Unknown id.
+    #[error("job {0} does not exist")]
+    NoSuchJob(Uuid),
+    /// Duplicate id.
+    #[error("job {0} already exists")]
+    Exists(Uuid),
+    /// Delete of an active job.
+    #[error("job {0} is not done")]
+    NotDone(Uuid),
+    /// Abort of a finished job.
+    #[error("job {0} is not active")]
+    NotActive(Uuid),
+    /// The registry is full of active jobs.
+    #[error("too many jobs ({0}); retry when some have finished")]
+    TooMany(usize),
+    /// The agent is stopping.
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+}
+
+impl WireError for JobsError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            JobsError::NoSuchJob(_) => ErrorCode::NoSuchJob,
+            JobsError::Exists(_) => ErrorCode::JobExists,
+            JobsError::NotDone(_) => ErrorCode::JobNotDone,
+            JobsError::NotActive(_) => ErrorCode::JobNotActive,
+            JobsError::TooMany(_) | JobsError::ShuttingDown => ErrorCode::GeneralException,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    status: JobStatus,
+    aborting: bool,
+    /// The work has begun moving data, so progress is meaningful.
+    started: bool,
+    error: Option<ApiError>,
+    result: Option<JobResult>,
+    finished_at: Option<Instant>,
+}
+
+/// One job.
+#[derive(Debug)]
+pub struct Job {
+    id: Uuid,
+    description: String,
+    ctl: Arc<sdm_io::Control>,
+    /// Controls of parallel sub-operations (one per volume of an image job); progress is the
+    /// sum over `ctl` and these, and an abort reaches all of them.
+    children: Mutex<Vec<Arc<sdm_io::Control>>>,
+    /// Bytes the whole job will process, when known before its sub-operations start.
+    planned_total: std::sync::atomic::AtomicU64,
+    state: Mutex<State>,
+    /// Bumped on every state change; subscriptions wait on it.
+    changes: watch::Sender<u64>,
+}
+
+impl Job {
+    fn new(id: Uuid, description: &str) -> Job {
+        Job {
+            id,
+            description: description.to_string(),
+            ctl: Arc::new(sdm_io::Control::new()),
+            children: Mutex::new(Vec::new()),
+            planned_total: 0.into(),
+            state: Mutex::new(State {
+                status: JobStatus::Pending,
+                aborting: false,
+                started: false,
+                error: None,
+                result: None,
+                finished_at: None,
+            }),
+            changes: watch::channel(0).0,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// The job id.
+    pub fn id(&self) -> &Uuid {
+        &self.id
+    }
+
+    /// The data-path control block (progress counters, abort flag, bandwidth limit).
+    pub fn control(&self) -> &Arc<sdm_io::Control> {
+        &self.ctl
+    }
+
+    /// True once abort was requested.
+    pub fn is_aborting(&self) -> bool {
+        self.ctl.is_aborted()
+    }
+
+    /// A control for one parallel sub-operation; it is aborted with the job.
+    pub fn child_control(&self) -> Arc<sdm_io::Control> {
+        let c = Arc::new(sdm_io::Control::new());
+        let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        if self.ctl.is_aborted() {
+            c.abort();
+        }
+        children.push(c.clone());
+        c
+    }
+
+    /// Declares how many bytes the job will process in all, before its parts start.
+    pub fn set_planned_total(&self, bytes: u64) {
+        self.planned_total.store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn abort_controls(&self) {
+        let children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        self.ctl.abort();
+        for c in children.iter() {
+            c.abort();
+        }
+    }
+
+    /// Progress summed over the job's control and its sub-operations.
+    fn progress(&self) -> sdm_io::Progress {
+        let mut p = self.ctl.progress();
+        for c in self.children.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let q = c.progress();
+            p.bytes_done += q.bytes_done;
+            p.bytes_total += q.bytes_total;
+            p.rate_bps += q.rate_bps;
+        }
+        let planned = self.planned_total.load(std::sync::atomic::Ordering::Relaxed);
+        p.bytes_total = p.bytes_total.max(planned);
+        p
+    }
+
+    /// Marks the start of data movement: progress is reported from now on.
+    pub fn mark_started(&self) {
+        self.state().started = true;
+        self.bump();
+    }
+
+    /// Current status.
+    pub fn status(&self) -> JobStatus {
+        self.state().status
+    }
+
+    /// A receiver that changes whenever the job's state does.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The job as the wire shows it.
+    pub fn info(&self) -> JobInfo {
+        let p = self.progress();
+        let st = self.state();
+        let progress = match st.status {
+            JobStatus::Done => Some(100.0),
+            _ if st.started && p.bytes_total > 0 => {
+                Some((p.bytes_done as f64 * 100.0 / p.bytes_total as f64).min(100.0))
+            }
+            _ if st.started => Some(0.0),
+            _ => None,
+        };
+        let active = st.status.is_active();
+        let eta_s = (active && p.rate_bps > 0 && p.bytes_total >= p.bytes_done)
+            .then(|| (p.bytes_total - p.bytes_done) as f64 / p.rate_bps as f64);
+        JobInfo {
+            id: self.id.clone(),
+            status: st.status,
+            description: self.description.clone(),
+            job_type: "storage".into(),
+            progress,
+            error: st.error.as_ref().map(Into::into),
+            bytes_done: p.bytes_done,
+            bytes_total: p.bytes_total,
+            rate_bps: if active { p.rate_bps } else { 0 },
+            eta_s,
+            aborting: st.aborting && active,
+            result: st.result.clone(),
+        }
+    }
+
+    fn finish(&self, outcome: Result<Option<JobResult>, ApiError>) {
+        let mut st = self.state();
+        match outcome {
+            Ok(result) => {
+                st.status = JobStatus::Done;
+                st.result = result;
+            }
+            Err(e) if e.code == ErrorCode::ActionStopped || st.aborting => {
+                st.status = JobStatus::Aborted;
+                // A specific code (e.g. VolumesZeroingError for a stopped wipe) is kept; a
+                // generic failure caused by the abort is reported as the abort.
+                st.error = Some(if e.code == ErrorCode::GeneralException {
+                    ApiError::new(ErrorCode::ActionStopped, format!("job aborted: {}", e.message))
+                } else {
+                    e
+                });
+            }
+            Err(e) => {
+                st.status = JobStatus::Failed;
+                st.error = Some(e);
+            }
+        }
+        st.finished_at = Some(Instant::now());
+        let status = st.status;
+        drop(st);
+        tracing::info!(job = %self.id, description = %self.description, ?status, "job finished");
+        self.bump();
+    }
+}
+
+/// Filter of `Host.getJobs`.
+#[derive(Debug, Default)]
+pub struct JobFilter {
+    /// Only jobs of this type.
+    pub job_type: Option<String>,
+    /// Only these ids.
+    pub job_ids: Option<Vec<Uuid>>,
+}
+
+/// The job registry.
+pub struct Jobs {
+    map: Mutex<HashMap<Uuid, Arc<Job>>>,
+    slots: Arc<Semaphore>,
+    max_running: usize,
+    autodelete: Option<Duration>,
+    shutting_down: std::sync::atomic::AtomicBool,
+}
+
+/// The work of a job; runs on a blocking thread.
+pub type Work = Box<dyn FnOnce(&Arc<Job>) -> Result<Option<JobResult>, ApiError> + Send + 'static>;
+
+impl Jobs {
+    /// A registry running at most `max_running` jobs at once and deleting finished jobs after
+    /// `autodelete` (None: never).
+    pub fn new(max_running: usize, autodelete: Option<Duration>) -> Arc<Jobs> {
+        let max_running = max_running.max(1);
+        Arc::new(Jobs {
+            map: Mutex::new(HashMap::new()),
+            slots: Arc::new(Semaphore::new(max_running)),
+            max_running,
+            autodelete,
+            shutting_down: false.into(),
+        })
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Job>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Jobs run at once.
+    pub fn max_running(&self) -> usize {
+        self.max_running
+    }
+
+    /// Registers a job under the caller's id.
+    pub fn register(&self, id: &Uuid, description: &str) -> Result<Arc<Job>, JobsError> {
+        if self.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(JobsError::ShuttingDown);
+        }
+        let mut map = self.map();
+        if map.contains_key(id) {
+            return Err(JobsError::Exists(id.clone()));
+        }
+        if map.len() >= MAX_JOBS {
+            // Evict the oldest finished job; if every job is active, refuse.
+            let oldest = map
+                .values()
+                .filter_map(|j| j.state().finished_at.map(|t| (t, j.id.clone())))
+                .min_by_key(|(t, _)| *t)
+                .map(|(_, id)| id);
+            match oldest {
+                Some(old) => {
+                    map.remove(&old);
+                }
+                None => return Err(JobsError::TooMany(map.len())),
+            }
+        }
+        let job = Arc::new(Job::new(id.clone(), description));
+        map.insert(id.clone(), job.clone());
+        Ok(job)
+    }
+
+    /// Removes a job that was registered but could not be started (the verb failed after
+    /// registering).
+    pub fn unregister(&self, id: &Uuid) {
+        self.map().remove(id);
+    }
+
+    /// Starts a registered job: it waits for a slot, then runs `work` on a blocking thread.
+    pub fn start(self: &Arc<Self>, job: Arc<Job>, work: Work) {
+        let jobs = self.clone();
+        tokio::spawn(async move {
+            let permit = jobs.slots.clone().acquire_owned().await;
+            {
+                let mut st = job.state();
+                if st.status != JobStatus::Pending || permit.is_err() {
+                    // Aborted while pending: it never ran and needs no cleanup.
+                    drop(st);
+                    jobs.schedule_autodelete(&job);
+                    return;
+                }
+                st.status = JobStatus::Running;
+            }
+            job.bump();
+            tracing::info!(job = %job.id, description = %job.description, "job running");
+            let j = job.clone();
+            let outcome = match tokio::task::spawn_blocking(move || work(&j)).await {
+                Ok(outcome) => outcome,
+                Err(e) => Err(ApiError::new(ErrorCode::GeneralException, format!("job panicked: {e}"))),
+            };
+            drop(permit);
+            job.finish(outcome);
+            jobs.schedule_autodelete(&job);
+        });
+    }
+
+    fn schedule_autodelete(self: &Arc<Self>, job: &Arc<Job>) {
+        let Some(delay) = self.autodelete else { return };
+        let jobs = Arc::downgrade(self);
+        let job = Arc::downgrade(job);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let (Some(jobs), Some(job)) = (jobs.upgrade(), job.upgrade()) {
+                let mut map = jobs.map();
+                if map.get(&job.id).is_some_and(|j| Arc::ptr_eq(j, &job)) {
+                    map.remove(&job.id);
+                }
+            }
+        });
+    }
+
+    /// A job by id.
+    pub fn get(&self, id: &Uuid) -> Result<Arc<Job>, JobsError> {
+        self.map().get(id).cloned().ok_or_else(|| JobsError::NoSuchJob(id.clone()))
+    }
+
+    /// `Host.getJobs`.
+    pub fn infos(&self, filter: &JobFilter) -> JobMap {
+        if filter.job_type.as_deref().is_some_and(|t| t != "storage") {
+            return JobMap::new();
+        }
+        let jobs: Vec<Arc<Job>> = match &filter.job_ids {
+            Some(ids) if !ids.is_empty() => {
+                let map = self.map();
+                ids.iter().filter_map(|id| map.get(id).cloned()).collect()
+            }
+            _ => self.map().values().cloned().collect(),
+        };
+        jobs.iter().map(|j| (j.id.clone(), j.info())).collect()
+    }
+
+    /// `Job.abort`.
+    pub fn abort(&self, id: &Uuid) -> Result<(), JobsError> {
+        let job = self.get(id)?;
+        let mut st = job.state();
+        match st.status {
+            JobStatus::Pending => {
+                st.status = JobStatus::Aborted;
+                st.error = Some(ApiError::new(ErrorCode::ActionStopped, "job aborted before it started"));
+                st.finished_at = Some(Instant::now());
+            }
+            JobStatus::Running => {
+                st.aborting = true;
+                job.abort_controls();
+            }
+            _ => return Err(JobsError::NotActive(id.clone())),
+        }
+        drop(st);
+        tracing::info!(job = %id, "abort requested");
+        job.bump();
+        Ok(())
+    }
+
+    /// `Job.delete`.
+    pub fn delete(&self, id: &Uuid) -> Result<(), JobsError> {
+        let mut map = self.map();
+        let job = map.get(id).ok_or_else(|| JobsError::NoSuchJob(id.clone()))?;
+        if job.status().is_active() {
+            return Err(JobsError::NotDone(id.clone()));
+        }
+        map.remove(id);
+        Ok(())
+    }
+
+    /// Counts of running and pending jobs.
+    pub fn counts(&self) -> (u64, u64) {
+        let map = self.map();
+        let mut running = 0;
+        let mut pending = 0;
+        for j in map.values() {
+            match j.status() {
+                JobStatus::Running => running += 1,
+                JobStatus::Pending => pending += 1,
+                _ => {}
+            }
+        }
+        (running, pending)
+    }
+
+    /// Sum of the current rates of running jobs.
+    pub fn total_rate(&self) -> u64 {
+        self.map()
+            .values()
+            .filter(|j| j.status() == JobStatus::Running)
+            .map(|j| j.progress().rate_bps)
+            .sum()
+    }
+
+    /// Refuses new jobs and aborts every active one (SIGTERM).
+    pub fn abort_all(&self) {
+        self.shutting_down.store(true, std::sync::atomic::Ordering::Release);
+        let ids: Vec<Uuid> = self.map().keys().cloned().collect();
+        for id in ids {
+            let _ = self.abort(&id);
+        }
+    }
+
+    /// Waits until no job is active, at most `timeout`. Returns true if all finished.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (r, p) = self.counts();
+            if r == 0 && p == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> Uuid {
+        Uuid::new_v4()
+    }
+
+    async fn wait_status(jobs: &Jobs, id: &Uuid, want: JobStatus) -> JobInfo {
+        for _ in 0..200 {
+            let info = jobs.get(id).unwrap().info();
+            if info.status == want {
+                return info;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("job never reached {want:?}");
+    }
+
+    #[tokio::test]
+    async fn done_failed_and_duplicate() {
+        let jobs = Jobs::new(2, None);
+        let a = id();
+        let job = jobs.register(&a, "test").unwrap();
+        assert!(matches!(jobs.register(&a, "test"), Err(JobsError::Exists(_))));
+        assert!(job.info().progress.is_none());
+        jobs.start(job, Box::new(|_| Ok(None)));
+        let info = wait_status(&jobs, &a, JobStatus::Done).await;
+        assert_eq!(info.progress, Some(100.0));
+        assert!(info.error.is_none());
+
+        let b = id();
+        let job = jobs.register(&b, "test").unwrap();
+        jobs.start(job, Box::new(|_| Err(ApiError::new(ErrorCode::GenerationMismatch, "gen"))));
+        let info = wait_status(&jobs, &b, JobStatus::Failed).await;
+        assert_eq!(info.error.unwrap().code, 911);
+        assert!(matches!(jobs.abort(&b), Err(JobsError::NotActive(_))));
+        jobs.delete(&b).unwrap();
+        assert!(matches!(jobs.get(&b), Err(JobsError::NoSuchJob(_))));
+    }
+
+    #[tokio::test]
+    async fn abort_running_and_pending() {
+        let jobs = Jobs::new(1, None);
+        let a = id();
+        let job = jobs.register(&a, "slow").unwrap();
+        jobs.start(
+            job,
+            Box::new(|j| {
+                while !j.is_aborting() {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(ApiError::new(ErrorCode::ActionStopped, "stopped"))
+            }),
+        );
+        wait_status(&jobs, &a, JobStatus::Running).await;
+        // The only slot is taken, so this one stays pending.
+        let b = id();
+        let jb = jobs.register(&b, "queued").unwrap();
+        jobs.start(jb, Box::new(|_| Ok(None)));
+        assert!(matches!(jobs.delete(&a), Err(JobsError::NotDone(_))));
+        jobs.abort(&b).unwrap();
+        assert_eq!(jobs.get(&b).unwrap().status(), JobStatus::Aborted);
+        jobs.abort(&a).unwrap();
+        let info = wait_status(&jobs, &a, JobStatus::Aborted).await;
+        assert_eq!(info.error.unwrap().code, 443);
+        assert!(jobs.wait_idle(Duration::from_secs(1)).await);
+    }
+
+    #[tokio::test]
+    async fn autodelete_and_filters() {
+        let jobs = Jobs::new(2, Some(Duration::from_millis(50)));
+        let a = id();
+        let job = jobs.register(&a, "x").unwrap();
+        jobs.start(job, Box::new(|_| Ok(None)));
+        wait_status(&jobs, &a, JobStatus::Done).await;
+        let f = JobFilter { job_type: Some("storage".into()), job_ids: Some(vec![a.clone()]) };
+        assert_eq!(jobs.infos(&f).len(), 1);
+        let f = JobFilter { job_type: Some("v2v".into()), job_ids: None };
+        assert!(jobs.infos(&f).is_empty());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(jobs.get(&a).is_err());
+    }
+}

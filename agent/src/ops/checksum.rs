@@ -1,0 +1,37 @@
+//! `Volume.checksum`: SHA-256 of a volume's raw bytes (what `sha256sum` prints for the file),
+//! as a job whose finished info carries the digest.
+
+use std::sync::Arc;
+
+use sdm_proto::{ApiError, ChecksumAlgorithm, JobResult, Uuid};
+
+use super::{io, lock_for_job, spawn_job, storage};
+use crate::locks::{domain_key, image_key, Mode};
+use crate::service::Agent;
+use crate::storage::volume::read_metadata;
+
+/// Validates and schedules a checksum.
+pub fn schedule(agent: &Arc<Agent>, job_id: &Uuid, sd: Uuid, img: Uuid, vol: Uuid) -> Result<(), ApiError> {
+    let agent2 = agent.clone();
+    spawn_job(
+        agent,
+        job_id,
+        "checksum",
+        Box::new(move |job| {
+            let dom = agent2.domain(&sd)?;
+            let _locks = lock_for_job(
+                &agent2,
+                job,
+                &[
+                    (domain_key(sd.as_str()), Mode::Shared),
+                    (image_key(sd.as_str(), img.as_str()), Mode::Shared),
+                ],
+            )?;
+            read_metadata(&dom, &img, &vol).map_err(storage)?;
+            let path = dom.volume_paths(&img, &vol).data;
+            job.mark_started();
+            let checksum = agent2.engine.checksum(&path, job.control()).map_err(io)?;
+            Ok(Some(JobResult { checksum, algorithm: ChecksumAlgorithm::Sha256 }))
+        }),
+    )
+}

@@ -1,0 +1,61 @@
+//! Garbage collection of deletion leftovers when a domain is attached.
+//!
+//! `_remove_me_<img>` directories hold images whose deletion was interrupted after the rename:
+//! they are removed. `_remove_me_ZERO_<img>` directories hold images that must be wiped before
+//! removal: they are handed to the image-deletion job, which wipes, then removes. Every action is
+//! logged and counted.
+
+use crate::service::Agent;
+use crate::storage::domain::Domain;
+
+/// What one collection did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GcReport {
+    /// Leftover directories removed.
+    pub removed: usize,
+    /// Leftover directories scheduled for wipe-then-remove.
+    pub wipes_scheduled: usize,
+    /// Leftovers that could not be handled (logged).
+    pub failed: usize,
+}
+
+/// Collects the leftovers of `dom`.
+pub fn collect_garbage(agent: &Agent, dom: &Domain) -> GcReport {
+    let mut report = GcReport::default();
+    let leftovers = match dom.list_leftovers() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(sd_id = %dom.sd_id, error = %e, "cannot list deletion leftovers");
+            report.failed += 1;
+            return report;
+        }
+    };
+    for name in leftovers {
+        let dir = dom.images_dir().join(&name);
+        if name.starts_with(crate::storage::domain::REMOVE_ME_ZERO_PREFIX) {
+            // Never removed unwiped: the data may be sensitive.
+            match crate::ops::image::schedule_leftover_wipe(agent, dom, &name) {
+                Ok(()) => report.wipes_scheduled += 1,
+                Err(e) => {
+                    report.failed += 1;
+                    tracing::error!(sd_id = %dom.sd_id, leftover = %name, error = %e.message, "cannot schedule the wipe of a deleted image");
+                }
+            }
+            continue;
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {
+                report.removed += 1;
+                tracing::info!(sd_id = %dom.sd_id, leftover = %name, "garbage collection removed a deleted image");
+            }
+            Err(e) => {
+                report.failed += 1;
+                tracing::error!(sd_id = %dom.sd_id, leftover = %name, error = %e, "garbage collection could not remove a deleted image");
+            }
+        }
+    }
+    if report != GcReport::default() {
+        tracing::info!(sd_id = %dom.sd_id, removed = report.removed, wipes_scheduled = report.wipes_scheduled, failed = report.failed, "garbage collection done");
+    }
+    report
+}

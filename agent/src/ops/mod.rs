@@ -1,0 +1,76 @@
+//! Data operations that run as host jobs: `SDM.copy_data`, `SDM.update_volume`,
+//! `Volume.checksum`, and (with the image verbs) garbage collection of deletion leftovers.
+//!
+//! Each verb validates its parameters and registers its job before returning, so a malformed
+//! request registers nothing and a duplicate job id is refused at once; everything that depends
+//! on the state of storage (generation, legality, leases) is checked inside the job and fails
+//! the job, as VDSM does.
+
+pub mod check;
+pub mod checksum;
+pub mod copy_data;
+pub mod gc;
+pub mod image;
+pub mod update_volume;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sdm_proto::{ApiError, ErrorCode, Uuid};
+
+use crate::error::{io_code, to_api_error, WireError};
+use crate::jobs::{Job, Work};
+use crate::locks::{LockError, LockSet, Mode};
+use crate::service::Agent;
+use crate::storage::StorageError;
+
+/// How long a job waits for its in-process locks before failing.
+pub const JOB_LOCK_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Registers `job_id` and starts `work` as its job.
+pub fn spawn_job(agent: &Arc<Agent>, job_id: &Uuid, description: &str, work: Work) -> Result<(), ApiError> {
+    let job = agent.jobs.register(job_id, description).map_err(|e| to_api_error(&e))?;
+    agent.jobs.start(job, work);
+    Ok(())
+}
+
+/// Takes a job's locks, waiting while other jobs hold them, giving up if the job is aborted.
+pub fn lock_for_job(agent: &Agent, job: &Job, wanted: &[(String, Mode)]) -> Result<LockSet, ApiError> {
+    agent
+        .locks
+        .lock(wanted, JOB_LOCK_TIMEOUT, &|| job.is_aborting())
+        .map_err(|e| match e {
+            LockError::Stopped(_) => ApiError::new(ErrorCode::ActionStopped, "job aborted while waiting for locks"),
+            e => to_api_error(&e),
+        })
+}
+
+/// Storage errors as wire errors.
+pub fn storage(e: StorageError) -> ApiError {
+    to_api_error(&e)
+}
+
+/// Data-path errors as wire errors (the only mapping of [`sdm_io::IoError`]).
+pub fn io(e: sdm_io::IoError) -> ApiError {
+    ApiError::new(io_code(&e), crate::error::chain_message(&e))
+}
+
+/// Lease errors as wire errors.
+pub fn lease(e: sdm_lease::LeaseError) -> ApiError {
+    to_api_error(&StorageError::Lease(e))
+}
+
+/// Fails with ActionStopped if the job was aborted.
+pub fn check_abort(job: &Job) -> Result<(), ApiError> {
+    if job.is_aborting() {
+        Err(ApiError::new(ErrorCode::ActionStopped, "job aborted"))
+    } else {
+        Ok(())
+    }
+}
+
+impl WireError for sdm_io::IoError {
+    fn code(&self) -> ErrorCode {
+        io_code(self)
+    }
+}

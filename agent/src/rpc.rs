@@ -1,0 +1,376 @@
+//! The JSON-RPC server: the `SdmApiServer` implementation (a thin layer over [`Agent`] and
+//! [`crate::ops`]), the parameter-error middleware, and the listener with its limits.
+//!
+//! Requests pass: socket → jsonrpsee (HTTP or WebSocket, size/connection/batch limits) →
+//! [`ParamErrors`] middleware → generated parameter decoding (`sdm_proto` types validate here)
+//! → a method below → a blocking thread running the [`Agent`] verb or registering a job.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonrpsee::core::middleware::{Batch, BatchEntry, Notification, RpcServiceBuilder, RpcServiceT};
+use jsonrpsee::core::server::{BatchResponseBuilder, MethodResponse};
+use jsonrpsee::core::{async_trait, SubscriptionResult};
+use jsonrpsee::server::{BatchRequestConfig, PendingSubscriptionSink, PingConfig, Server, ServerConfig, ServerHandle};
+use jsonrpsee::types::error::INVALID_PARAMS_CODE;
+use jsonrpsee::types::{ErrorObjectOwned, Request};
+use sdm_proto::*;
+
+use crate::error::to_api_error;
+use crate::jobs::JobFilter;
+use crate::ops;
+use crate::service::Agent;
+
+/// The RPC front of the agent.
+pub struct Rpc {
+    agent: Arc<Agent>,
+}
+
+impl Rpc {
+    /// Wraps an agent.
+    pub fn new(agent: Arc<Agent>) -> Rpc {
+        Rpc { agent }
+    }
+}
+
+/// Runs a verb on a blocking thread (file IO, locks) and converts its error.
+async fn blocking<T, F>(f: F) -> RpcResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(ErrorObjectOwned::from),
+        Err(e) => Err(ApiError::new(ErrorCode::GeneralException, format!("internal error: {e}")).into()),
+    }
+}
+
+fn flag(f: Option<Flag>) -> bool {
+    f.map(Flag::get).unwrap_or(false)
+}
+
+#[async_trait]
+impl SdmApiServer for Rpc {
+    async fn get_capabilities(&self) -> RpcResult<Capabilities> {
+        let a = self.agent.clone();
+        blocking(move || Ok(a.capabilities())).await
+    }
+
+    async fn get_stats(&self) -> RpcResult<HostStats> {
+        let a = self.agent.clone();
+        blocking(move || Ok(a.stats())).await
+    }
+
+    async fn get_jobs(&self, job_type: Option<String>, job_ids: Option<Vec<Uuid>>) -> RpcResult<JobMap> {
+        Ok(self.agent.jobs.infos(&JobFilter { job_type, job_ids }))
+    }
+
+    async fn abort_job(&self, job_id: Uuid) -> RpcResult<bool> {
+        self.agent.jobs.abort(&job_id).map_err(|e| to_api_error(&e))?;
+        Ok(true)
+    }
+
+    async fn delete_job(&self, job_id: Uuid) -> RpcResult<bool> {
+        self.agent.jobs.delete(&job_id).map_err(|e| to_api_error(&e))?;
+        Ok(true)
+    }
+
+    async fn create_domain(&self, sd_id: Uuid, path: String, description: Option<Description>) -> RpcResult<bool> {
+        let a = self.agent.clone();
+        blocking(move || {
+            a.create_domain(&sd_id, &path, description.as_ref().map(Description::as_str).unwrap_or(""))?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn attach_domain(&self, path: String) -> RpcResult<AttachResult> {
+        let a = self.agent.clone();
+        blocking(move || a.attach_domain(&path)).await
+    }
+
+    async fn detach_domain(&self, sd_id: Uuid) -> RpcResult<bool> {
+        let a = self.agent.clone();
+        blocking(move || a.detach_domain(&sd_id).map(|_| true)).await
+    }
+
+    async fn list_domains(&self) -> RpcResult<Vec<DomainInfo>> {
+        let a = self.agent.clone();
+        blocking(move || Ok(a.list_domains())).await
+    }
+
+    async fn get_images(&self, sd_id: Uuid) -> RpcResult<Vec<Uuid>> {
+        let a = self.agent.clone();
+        blocking(move || a.get_images(&sd_id)).await
+    }
+
+    async fn check_domain(&self, sd_id: Uuid) -> RpcResult<Vec<Fix>> {
+        let a = self.agent.clone();
+        blocking(move || ops::check::check(&a, &sd_id)).await
+    }
+
+    async fn fix_domain(&self, sd_id: Uuid, fix: Fix, job_id: Option<Uuid>) -> RpcResult<TaskRef> {
+        let a = self.agent.clone();
+        blocking(move || ops::check::fix(&a, &sd_id, fix, job_id)).await
+    }
+
+    async fn get_volumes(&self, sd_id: Uuid, img_id: Uuid) -> RpcResult<Vec<Uuid>> {
+        let a = self.agent.clone();
+        blocking(move || a.get_volumes(&sd_id, &img_id)).await
+    }
+
+    async fn create_volume(
+        &self,
+        sd_id: Uuid,
+        img_id: Uuid,
+        vol_id: Uuid,
+        capacity: Capacity,
+        format: VolumeFormat,
+        preallocate: Preallocation,
+        parent_vol_id: Option<Uuid>,
+        description: Option<Description>,
+    ) -> RpcResult<bool> {
+        let a = self.agent.clone();
+        blocking(move || {
+            a.create_volume(
+                &sd_id,
+                &img_id,
+                &vol_id,
+                capacity.get(),
+                format,
+                preallocate,
+                parent_vol_id,
+                description.as_ref().map(Description::as_str).unwrap_or(""),
+            )?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn get_volume_info(&self, sd_id: Uuid, img_id: Uuid, vol_id: Uuid) -> RpcResult<VolumeInfo> {
+        let a = self.agent.clone();
+        blocking(move || a.volume_info(&sd_id, &img_id, &vol_id)).await
+    }
+
+    async fn checksum_volume(
+        &self,
+        job_id: Uuid,
+        sd_id: Uuid,
+        img_id: Uuid,
+        vol_id: Uuid,
+        _algorithm: Option<ChecksumAlgorithm>,
+    ) -> RpcResult<bool> {
+        self.agent.domain(&sd_id)?;
+        ops::checksum::schedule(&self.agent, &job_id, sd_id, img_id, vol_id)?;
+        Ok(true)
+    }
+
+    async fn copy_data(
+        &self,
+        job_id: Uuid,
+        source: Endpoint,
+        destination: Endpoint,
+        copy_bitmaps: Option<Flag>,
+        verify: Option<Flag>,
+        bandwidth_limit: Option<Size>,
+    ) -> RpcResult<bool> {
+        let req = ops::copy_data::CopyRequest {
+            source,
+            destination,
+            verify: flag(verify),
+            bandwidth_limit: bandwidth_limit.map(Size::get).filter(|v| *v > 0),
+        };
+        ops::copy_data::schedule(&self.agent, &job_id, req, flag(copy_bitmaps))?;
+        Ok(true)
+    }
+
+    async fn update_volume(&self, job_id: Uuid, vol_info: VolumeRef, vol_attr: VolumeAttributes) -> RpcResult<bool> {
+        ops::update_volume::schedule(&self.agent, &job_id, vol_info, vol_attr)?;
+        Ok(true)
+    }
+
+    async fn move_image(
+        &self,
+        image_id: Uuid,
+        src_sd_id: Uuid,
+        dst_sd_id: Uuid,
+        operation: ImageOperation,
+        post_zero: Option<Flag>,
+        force: Option<Flag>,
+        _discard: Option<Flag>,
+        job_id: Option<Uuid>,
+    ) -> RpcResult<TaskRef> {
+        let a = self.agent.clone();
+        let req = ops::image::MoveRequest {
+            img: image_id,
+            src: src_sd_id,
+            dst: dst_sd_id,
+            post_zero: flag(post_zero),
+            force: flag(force),
+        };
+        blocking(move || ops::image::move_image(&a, operation, req, job_id)).await
+    }
+
+    async fn delete_image(
+        &self,
+        image_id: Uuid,
+        sd_id: Uuid,
+        post_zero: Option<Flag>,
+        _force: Option<Flag>,
+        discard: Option<Flag>,
+        job_id: Option<Uuid>,
+    ) -> RpcResult<TaskRef> {
+        let a = self.agent.clone();
+        let (wipe, discard) = (flag(post_zero), flag(discard));
+        blocking(move || ops::image::delete(&a, &sd_id, &image_id, wipe, discard, job_id)).await
+    }
+
+    async fn subscribe_job(&self, pending: PendingSubscriptionSink, job_id: Uuid) -> SubscriptionResult {
+        let job = match self.agent.jobs.get(&job_id) {
+            Ok(j) => j,
+            Err(e) => {
+                pending.reject(ErrorObjectOwned::from(to_api_error(&e))).await;
+                return Ok(());
+            }
+        };
+        let sink = pending.accept().await?;
+        let mut changes = job.watch();
+        let mut last: Option<JobInfo> = None;
+        loop {
+            let info = job.info();
+            if last.as_ref() != Some(&info) {
+                let raw = serde_json::value::to_raw_value(&info)?;
+                if sink.send(raw).await.is_err() {
+                    return Ok(());
+                }
+                let terminal = !info.status.is_active();
+                last = Some(info);
+                if terminal {
+                    return Ok(());
+                }
+            }
+            // State changes wake us at once; progress is sampled a few times a second.
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = sink.closed() => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Middleware that reports undecodable parameters (missing, mistyped, non-canonical UUIDs,
+/// out-of-range values) as InvalidParameterException (1000) instead of JSON-RPC's -32602, so
+/// engines see the contract's code, with the decoder's explanation as the message.
+#[derive(Clone)]
+pub struct ParamErrors<S> {
+    inner: S,
+    max_response: usize,
+}
+
+fn rewrite(id: jsonrpsee::types::Id<'static>, rp: MethodResponse) -> MethodResponse {
+    if rp.as_error_code() != Some(INVALID_PARAMS_CODE) {
+        return rp;
+    }
+    let detail = serde_json::from_str::<serde_json::Value>(rp.as_json().get())
+        .ok()
+        .and_then(|v| {
+            let e = v.get("error")?;
+            Some(match e.get("data").and_then(|d| d.as_str()) {
+                Some(d) => d.to_string(),
+                None => e.get("message")?.as_str()?.to_string(),
+            })
+        })
+        .unwrap_or_else(|| "invalid parameters".into());
+    MethodResponse::error(id, ErrorObjectOwned::from(ApiError::invalid(format!("invalid parameters: {detail}"))))
+}
+
+impl<S> RpcServiceT for ParamErrors<S>
+where
+    S: RpcServiceT<MethodResponse = MethodResponse, BatchResponse = MethodResponse, NotificationResponse = MethodResponse>
+        + Send
+        + Sync
+        + Clone
+        + 'static,
+{
+    type MethodResponse = MethodResponse;
+    type NotificationResponse = MethodResponse;
+    type BatchResponse = MethodResponse;
+
+    fn call<'a>(&self, request: Request<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
+        let inner = self.inner.clone();
+        let id = request.id().into_owned();
+        async move { rewrite(id, inner.call(request).await) }
+    }
+
+    fn batch<'a>(&self, batch: Batch<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
+        // Each call of a batch goes through `call` above so the rewrite applies inside batches too.
+        let this = self.clone();
+        async move {
+            let mut out = BatchResponseBuilder::new_with_limit(this.max_response);
+            let mut got_notification = false;
+            for entry in batch.into_iter() {
+                let rp = match entry {
+                    Ok(BatchEntry::Call(req)) => this.call(req).await,
+                    Ok(BatchEntry::Notification(n)) => {
+                        got_notification = true;
+                        this.inner.notification(n).await;
+                        continue;
+                    }
+                    Err(err) => {
+                        let (err, id) = err.into_parts();
+                        MethodResponse::error(id, err)
+                    }
+                };
+                if let Err(too_big) = out.append(rp) {
+                    return too_big;
+                }
+            }
+            if out.is_empty() && got_notification {
+                MethodResponse::notification()
+            } else {
+                MethodResponse::from_batch(out.finish())
+            }
+        }
+    }
+
+    fn notification<'a>(&self, n: Notification<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
+        self.inner.notification(n)
+    }
+}
+
+/// Layer of [`ParamErrors`].
+#[derive(Clone, Copy)]
+pub struct ParamErrorsLayer(usize);
+
+impl<S> tower::Layer<S> for ParamErrorsLayer {
+    type Service = ParamErrors<S>;
+    fn layer(&self, inner: S) -> ParamErrors<S> {
+        ParamErrors { inner, max_response: self.0 }
+    }
+}
+
+/// Binds the listener and starts serving. Returns the bound address (port 0 picks a free one).
+pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHandle)> {
+    let s = &agent.cfg.server;
+    let rpc_mw = RpcServiceBuilder::new().layer(ParamErrorsLayer(s.max_response_body_bytes as usize));
+    let config = ServerConfig::builder()
+        .max_request_body_size(s.max_request_body_bytes)
+        .max_response_body_size(s.max_response_body_bytes)
+        .max_connections(s.max_connections)
+        .max_subscriptions_per_connection(s.max_subscriptions_per_connection)
+        .set_batch_request_config(BatchRequestConfig::Limit(s.max_batch_len))
+        // Idle WebSocket connections are pinged and dropped when they stop answering.
+        .enable_ws_ping(PingConfig::new().ping_interval(Duration::from_secs(30)).inactive_limit(Duration::from_secs(90)))
+        .build();
+    let server = Server::builder()
+        .set_config(config)
+        .set_rpc_middleware(rpc_mw)
+        .build(agent.cfg.listen)
+        .await?;
+    let addr = server.local_addr()?;
+    let handle = server.start(Rpc::new(agent).into_rpc());
+    Ok((addr, handle))
+}

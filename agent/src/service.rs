@@ -1,0 +1,373 @@
+//! The agent's state and its synchronous verbs (domains, images, volumes, hosts). Data
+//! operations that run as jobs live in [`crate::ops`].
+//!
+//! Every method here may block on file IO; the RPC layer calls them on blocking threads.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sdm_proto::{
+    ApiError, AttachResult, Capabilities, DomainInfo, HostStats, Legality, Size, Uuid, VolumeInfo,
+};
+
+use crate::config::{Config, LeaseBackendKind};
+use crate::error::{to_api_error, WireError};
+use crate::jobs::Jobs;
+use crate::leases::LeaseBackends;
+use crate::locks::{domain_key, image_key, LockError, LockManager, LockSet, Mode};
+use crate::storage::domain::Domain;
+use crate::storage::registry::Registry;
+use crate::storage::volume::{self, NewVolume};
+use crate::storage::StorageError;
+
+/// How long a synchronous verb waits for an image lock held by a job before giving up.
+pub const SYNC_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The running agent.
+pub struct Agent {
+    /// Effective configuration.
+    pub cfg: Config,
+    /// Attached domains.
+    pub registry: Registry,
+    /// Host jobs.
+    pub jobs: Arc<Jobs>,
+    /// In-process locks.
+    pub locks: Arc<LockManager>,
+    /// Lease backends.
+    pub leases: LeaseBackends,
+    /// Data path.
+    pub engine: sdm_io::Engine,
+    started: Instant,
+    me: std::sync::Weak<Agent>,
+}
+
+impl WireError for LockError {
+    fn code(&self) -> sdm_proto::ErrorCode {
+        match self {
+            LockError::Stopped(_) => sdm_proto::ErrorCode::ActionStopped,
+            LockError::Timeout(_) => sdm_proto::ErrorCode::AcquireLockFailure,
+            LockError::Conflict(_) => sdm_proto::ErrorCode::GeneralException,
+        }
+    }
+}
+
+fn api<E: WireError>(e: E) -> ApiError {
+    to_api_error(&e)
+}
+
+impl Agent {
+    /// Builds the agent: probes the data path, attaches the domains it had, those configured,
+    /// and (embedded default, first start) creates two local domains.
+    pub fn start(cfg: Config) -> Result<Arc<Agent>, ApiError> {
+        std::fs::create_dir_all(&cfg.state_dir)
+            .map_err(|e| api(StorageError::io("create state directory", &cfg.state_dir, e)))?;
+        let engine = sdm_io::Engine::new(engine_config(&cfg));
+        let leases = LeaseBackends::new(cfg.host_id, cfg.leases.clone());
+        let agent = Arc::new_cyclic(|me| Agent {
+            registry: Registry::new(&cfg.state_dir),
+            jobs: Jobs::new(cfg.io.max_running_jobs, cfg.autodelete()),
+            locks: Arc::new(LockManager::default()),
+            leases,
+            engine,
+            started: Instant::now(),
+            me: me.clone(),
+            cfg,
+        });
+        agent.attach_at_start()?;
+        Ok(agent)
+    }
+
+    fn attach_at_start(&self) -> Result<(), ApiError> {
+        let mut wanted: Vec<(PathBuf, LeaseBackendKind)> = Vec::new();
+        for a in self.registry.persisted().map_err(api)? {
+            let kind = match a.lease_backend.as_str() {
+                "sanlock" => LeaseBackendKind::Sanlock,
+                _ => LeaseBackendKind::Local,
+            };
+            wanted.push((a.path, kind));
+        }
+        for d in &self.cfg.domains {
+            wanted.push((d.path.clone(), d.lease_backend.unwrap_or(self.leases.default_kind())));
+        }
+        if self.cfg.create_default_domains {
+            let root = self.default_domain_root();
+            let existing = existing_domains(&root);
+            if existing.is_empty() {
+                std::fs::create_dir_all(&root).map_err(|e| api(StorageError::io("mkdir", &root, e)))?;
+                for n in 1..=2 {
+                    let sd = Uuid::new_v4();
+                    let local = self.leases.get(LeaseBackendKind::Local).map_err(|e| api(StorageError::Lease(e)))?;
+                    let dir = Domain::create(&root, &sd, &format!("sdm local domain {n}"), local.as_ref(), 10)
+                        .map_err(api)?;
+                    tracing::info!(sd_id = %sd, path = %dir.display(), "created embedded local domain");
+                    wanted.push((dir, LeaseBackendKind::Local));
+                }
+            } else {
+                wanted.extend(existing.into_iter().map(|p| (p, LeaseBackendKind::Local)));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (path, kind) in wanted {
+            let canon = path.canonicalize().unwrap_or(path.clone());
+            if !seen.insert(canon) {
+                continue;
+            }
+            match self.attach_path(&path, kind) {
+                Ok(sd) => tracing::info!(sd_id = %sd, path = %path.display(), lease_backend = kind.as_str(), "attached domain"),
+                Err(e) => tracing::error!(path = %path.display(), error = %e.message, "cannot attach domain at start"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The agent itself, for work that outlives the current call (jobs started from attach).
+    pub fn self_arc(&self) -> Option<Arc<Agent>> {
+        self.me.upgrade()
+    }
+
+    fn default_domain_root(&self) -> PathBuf {
+        self.cfg.state_dir.join("domains")
+    }
+
+    /// Directories under which `StorageDomain.create` may format domains.
+    pub fn domain_roots(&self) -> Vec<PathBuf> {
+        let mut roots = self.cfg.domain_roots.clone();
+        roots.push(self.default_domain_root());
+        roots
+    }
+
+    /// Takes locks for a synchronous verb (short wait).
+    pub fn lock_sync(&self, wanted: &[(String, Mode)]) -> Result<LockSet, ApiError> {
+        self.locks.lock(wanted, SYNC_LOCK_TIMEOUT, &|| false).map_err(api)
+    }
+
+    // --- host -----------------------------------------------------------------------------
+
+    /// `Host.getCapabilities`.
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            host_id: self.cfg.host_id,
+            io_uring: self.engine.backend() == sdm_io::BackendKind::IoUring,
+            io_fallback_reason: self.engine.fallback_reason().map(str::to_string),
+            lease_backends: self.leases.available(),
+            domains: self.registry.all().into_iter().map(|(d, _)| d.sd_id.clone()).collect(),
+        }
+    }
+
+    /// `Host.getStats`.
+    pub fn stats(&self) -> HostStats {
+        let (running, pending) = self.jobs.counts();
+        let rate = self.jobs.total_rate();
+        HostStats {
+            jobs_running: running,
+            jobs_pending: pending,
+            // Every byte a job moves is read once and written once (wipes only write, checksums
+            // only read); the per-job rate is the logical rate, reported on both sides.
+            read_bps: rate,
+            write_bps: rate,
+            max_running_jobs: self.jobs.max_running() as u64,
+            uptime_s: self.started.elapsed().as_secs(),
+            rss_bytes: proc_rss(),
+            open_fds: std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0),
+        }
+    }
+
+    // --- domains --------------------------------------------------------------------------
+
+    fn attach_path(&self, path: &Path, kind: LeaseBackendKind) -> Result<Uuid, ApiError> {
+        let leases = self.leases.get(kind).map_err(|e| api(StorageError::Lease(e)))?;
+        let dom = Domain::open(path, leases.clone()).map_err(api)?;
+        if let Ok(existing) = self.registry.get(&dom.sd_id) {
+            if existing.dir == dom.dir {
+                return Ok(dom.sd_id);
+            }
+        }
+        leases.join(dom.sd_id.as_str(), &dom.ids_path()).map_err(|e| api(StorageError::Lease(e)))?;
+        let sd = dom.sd_id.clone();
+        let dom = Arc::new(dom);
+        self.registry.insert(dom.clone(), kind).map_err(api)?;
+        crate::ops::gc::collect_garbage(self, &dom);
+        Ok(sd)
+    }
+
+    /// `StorageDomain.create`.
+    pub fn create_domain(&self, sd: &Uuid, path: &str, description: &str) -> Result<(), ApiError> {
+        let root = absolute(path)?;
+        let canon = root
+            .canonicalize()
+            .map_err(|e| api(StorageError::Invalid(format!("cannot use {path}: {e}"))))?;
+        let allowed = self
+            .domain_roots()
+            .iter()
+            .filter_map(|r| r.canonicalize().ok())
+            .any(|r| canon.starts_with(&r));
+        if !allowed {
+            return Err(ApiError::invalid(format!(
+                "{path} is not under a configured domain root ({}); add it to `domain_roots` in the agent config",
+                self.domain_roots().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        if self.registry.get(sd).is_ok() {
+            return Err(api(StorageError::DomainExists(sd.to_string())));
+        }
+        let kind = self.leases.default_kind();
+        let leases = self.leases.get(kind).map_err(|e| api(StorageError::Lease(e)))?;
+        let dir = Domain::create(&canon, sd, description, leases.as_ref(), self.leases.io_timeout_s())
+            .map_err(api)?;
+        tracing::info!(sd_id = %sd, path = %dir.display(), "created domain");
+        self.attach_path(&dir, kind)?;
+        Ok(())
+    }
+
+    /// `StorageDomain.attach`.
+    pub fn attach_domain(&self, path: &str) -> Result<AttachResult, ApiError> {
+        let dir = absolute(path)?;
+        let sd = self.attach_path(&dir, self.leases.default_kind())?;
+        tracing::info!(sd_id = %sd, path = %dir.display(), "attached domain");
+        Ok(AttachResult { sd_id: sd })
+    }
+
+    /// `StorageDomain.detach`: refused while a job holds the domain.
+    pub fn detach_domain(&self, sd: &Uuid) -> Result<(), ApiError> {
+        let dom = self.registry.get(sd).map_err(api)?;
+        let _guard = self
+            .locks
+            .lock(&[(domain_key(sd.as_str()), Mode::Exclusive)], Duration::from_millis(200), &|| false)
+            .map_err(|_| api(StorageError::Busy(format!("storage domain {sd} is in use by running jobs"))))?;
+        self.registry.remove(sd).map_err(api)?;
+        if let Err(e) = dom.leases.leave(sd.as_str(), &dom.ids_path()) {
+            tracing::warn!(sd_id = %sd, error = %e, "leaving the lockspace failed");
+        }
+        tracing::info!(sd_id = %sd, "detached domain");
+        Ok(())
+    }
+
+    /// `StorageDomain.list`.
+    pub fn list_domains(&self) -> Vec<DomainInfo> {
+        self.registry
+            .all()
+            .into_iter()
+            .map(|(d, kind)| {
+                let (capacity, free) = d.space();
+                DomainInfo {
+                    sd_id: d.sd_id.clone(),
+                    path: d.dir.to_string_lossy().into_owned(),
+                    kind: "file".into(),
+                    description: d.description().to_string(),
+                    capacity: Size(capacity),
+                    free: Size(free),
+                    lease_backend: kind.as_str().into(),
+                    version: 5,
+                }
+            })
+            .collect()
+    }
+
+    /// An attached domain.
+    pub fn domain(&self, sd: &Uuid) -> Result<Arc<Domain>, ApiError> {
+        self.registry.get(sd).map_err(api)
+    }
+
+    /// `StorageDomain.getImages`.
+    pub fn get_images(&self, sd: &Uuid) -> Result<Vec<Uuid>, ApiError> {
+        self.domain(sd)?.list_images().map_err(api)
+    }
+
+    /// `Image.getVolumes`.
+    pub fn get_volumes(&self, sd: &Uuid, img: &Uuid) -> Result<Vec<Uuid>, ApiError> {
+        self.domain(sd)?.list_volumes(img).map_err(api)
+    }
+
+    // --- volumes --------------------------------------------------------------------------
+
+    /// `Volume.create`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_volume(
+        &self,
+        sd: &Uuid,
+        img: &Uuid,
+        vol: &Uuid,
+        capacity: u64,
+        format: sdm_proto::VolumeFormat,
+        allocation: sdm_proto::Preallocation,
+        parent: Option<Uuid>,
+        description: &str,
+    ) -> Result<(), ApiError> {
+        let dom = self.domain(sd)?;
+        let _locks = self.lock_sync(&[
+            (domain_key(sd.as_str()), Mode::Shared),
+            (image_key(sd.as_str(), img.as_str()), Mode::Exclusive),
+        ])?;
+        let req = NewVolume {
+            img: img.clone(),
+            vol: vol.clone(),
+            capacity,
+            format,
+            allocation,
+            parent,
+            description: description.to_string(),
+            legality: Legality::Legal,
+            disktype: "DATA".into(),
+        };
+        volume::create(&dom, &req).map_err(api)?;
+        tracing::info!(sd_id = %sd, img_id = %img, vol_id = %vol, capacity, %format, "created volume");
+        Ok(())
+    }
+
+    /// `Volume.getInfo`.
+    pub fn volume_info(&self, sd: &Uuid, img: &Uuid, vol: &Uuid) -> Result<VolumeInfo, ApiError> {
+        let dom = self.domain(sd)?;
+        volume::info(&dom, img, vol).map_err(api)
+    }
+}
+
+fn engine_config(cfg: &Config) -> sdm_io::EngineConfig {
+    let mut e = sdm_io::EngineConfig::default();
+    e.backend = match cfg.io.backend.as_str() {
+        "io_uring" => sdm_io::BackendChoice::IoUring,
+        "sync" => sdm_io::BackendChoice::Sync,
+        _ => sdm_io::BackendChoice::Auto,
+    };
+    if cfg.io.queue_depth > 0 {
+        e.queue_depth = cfg.io.queue_depth;
+    }
+    if cfg.io.chunk_size > 0 {
+        e.chunk_size = cfg.io.chunk_size;
+    }
+    e
+}
+
+fn absolute(path: &str) -> Result<PathBuf, ApiError> {
+    if path.is_empty() || path.len() > 4096 || path.contains('\0') {
+        return Err(ApiError::invalid("path must be a non-empty absolute path"));
+    }
+    let p = PathBuf::from(path);
+    if !p.is_absolute() {
+        return Err(ApiError::invalid(format!("path {path:?} is not absolute")));
+    }
+    Ok(p)
+}
+
+fn existing_domains(root: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(root) else { return Vec::new() };
+    let mut v: Vec<PathBuf> = rd
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(sdm_proto::is_canonical_uuid)
+                && p.join("dom_md").is_dir()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn proc_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}

@@ -1,0 +1,135 @@
+//! File storage domains in oVirt's V5 layout: formats ([`md`]), domains ([`domain`]), volumes
+//! ([`volume`]) and the set of attached domains ([`registry`]).
+
+pub mod domain;
+pub mod md;
+pub mod registry;
+pub mod volume;
+
+use std::io;
+use std::path::PathBuf;
+
+use sdm_proto::ErrorCode;
+
+use crate::durable::DurableError;
+use crate::error::WireError;
+
+/// Errors of domain and volume handling.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The domain is not attached.
+    #[error("storage domain {0} is not attached")]
+    DomainNotAttached(String),
+    /// The path holds no storage domain.
+    #[error("{path} is not a storage domain: {why}")]
+    NotADomain {
+        /// The path given.
+        path: PathBuf,
+        /// What is missing or wrong.
+        why: String,
+    },
+    /// The domain exists already.
+    #[error("storage domain {0} already exists")]
+    DomainExists(String),
+    /// The domain metadata checksum does not match its content.
+    #[error("domain metadata seal is broken (MetaDataSealIsBroken): stored checksum {stored}, computed {computed}")]
+    SealBroken {
+        /// `_SHA_CKSUM` as stored.
+        stored: String,
+        /// What the content hashes to.
+        computed: String,
+    },
+    /// Metadata could not be understood.
+    #[error("invalid metadata: {0}")]
+    BadMetadata(String),
+    /// No such image.
+    #[error("image {img} does not exist in domain {sd}")]
+    ImageNotFound {
+        /// Domain.
+        sd: String,
+        /// Image.
+        img: String,
+    },
+    /// No such volume.
+    #[error("volume {vol} does not exist in image {img} of domain {sd}")]
+    VolumeNotFound {
+        /// Domain.
+        sd: String,
+        /// Image.
+        img: String,
+        /// Volume.
+        vol: String,
+    },
+    /// The volume exists already.
+    #[error("volume {0} already exists")]
+    VolumeExists(String),
+    /// A shared (template) volume cannot be deleted.
+    #[error("volume {0} is shared (a template) and cannot be deleted")]
+    SharedVolume(String),
+    /// A request that is malformed given the state it refers to.
+    #[error("{0}")]
+    Invalid(String),
+    /// Not supported by sdm.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The domain is in use.
+    #[error("{0}")]
+    Busy(String),
+    /// A system call failed.
+    #[error("{op} {path} failed")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A metadata write failed.
+    #[error("metadata write failed: {0}")]
+    Durable(#[from] DurableError),
+    /// A lease operation failed.
+    #[error("lease: {0}")]
+    Lease(#[from] sdm_lease::LeaseError),
+    /// qemu-img failed.
+    #[error("qemu-img failed: {0}")]
+    QemuImg(String),
+}
+
+impl StorageError {
+    /// An IO error with its context.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> StorageError {
+        StorageError::Io { op, path: path.into(), source }
+    }
+}
+
+impl WireError for StorageError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            StorageError::DomainNotAttached(_) | StorageError::NotADomain { .. } => {
+                ErrorCode::StorageDomainDoesNotExist
+            }
+            StorageError::DomainExists(_) => ErrorCode::StorageDomainAlreadyExists,
+            StorageError::ImageNotFound { .. } => ErrorCode::ImageDoesNotExistInSD,
+            StorageError::VolumeNotFound { .. } => ErrorCode::VolumeDoesNotExist,
+            StorageError::VolumeExists(_) => ErrorCode::VolumeAlreadyExists,
+            StorageError::SharedVolume(_) => ErrorCode::CannotDeleteSharedVolume,
+            StorageError::Invalid(_) => ErrorCode::InvalidParameterException,
+            StorageError::Unsupported(_) => ErrorCode::UnsupportedOperation,
+            StorageError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+                ErrorCode::NoSpaceLeftOnDomain
+            }
+            StorageError::Durable(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                ErrorCode::NoSpaceLeftOnDomain
+            }
+            StorageError::Durable(_) => ErrorCode::VolumeMetadataWriteError,
+            StorageError::Lease(e) => crate::error::lease_code(e),
+            StorageError::SealBroken { .. }
+            | StorageError::BadMetadata(_)
+            | StorageError::Busy(_)
+            | StorageError::Io { .. }
+            | StorageError::QemuImg(_) => ErrorCode::GeneralException,
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! sdm data path: copy, wipe and checksum of volumes (regular files or block devices) over
+//! io_uring, with a synchronous `pread`/`pwrite` engine of identical semantics as fallback.
+//!
+//! # Use
+//!
+//! Build one [`Engine`] at start-up ([`Engine::new`] probes io_uring once and logs the choice),
+//! clone it freely, and call its blocking methods from a thread per operation. Each call sets
+//! up its own ring and buffer pool on the calling thread and tears them down before returning,
+//! so operations share nothing but the engine's configuration. A [`Control`] (shared as
+//! `Arc<Control>`) lets the control plane abort, throttle and watch an operation.
+//!
+//! # Pipeline
+//!
+//! An operation walks its source as data and hole regions (SEEK_DATA/SEEK_HOLE; block devices
+//! are all data) and cuts the data into chunks of [`EngineConfig::chunk_size`]:
+//!
+//! ```text
+//!   plan ──hole──────────────────────────────────────► skip, or zero the destination range
+//!     └───data chunk──► read (slot) ──► all zero? ──yes─► skip / zero range, slot freed
+//!                                          └──no───► write (same slot) ──► slot freed
+//! ```
+//!
+//! Up to [`EngineConfig::queue_depth`] chunks are in flight, each in its own slot of a fixed
+//! buffer pool, so memory per operation is `(queue_depth + 1) * chunk_size` whatever the
+//! volume size. Writes complete in any order. A copy ends with `fdatasync`; an error from it
+//! fails the operation and is never retried, since a second fsync may report success for data
+//! that was lost.
+//!
+//! A checksum reads the same way, but the chunks go, in order, to a hashing thread beside the
+//! IO thread, so reads keep flowing while SHA-256 runs; holes are hashed as zeros, unread.
+//!
+//! # Buffer ownership
+//!
+//! Kernel requests point into the pool, so the pool belongs to the ring owner ([`io`]'s `Io`)
+//! and a slot is untouchable from submission until its completion has been reaped. Error and
+//! abort paths stop submitting and reap everything in flight before returning; dropping an
+//! `Io` reaps too, and leaks the pool rather than free memory the kernel might still use. The
+//! hashing thread borrows a slot only between a completed read and handing the slot back.
+//!
+//! # Alignment
+//!
+//! Each file is probed for O_DIRECT (open flag, STATX_DIOALIGN, else an aligned read); where
+//! it is refused the file is used buffered and the reason logged. Requests are aligned to at
+//! least 4 KiB; an unaligned end of the volume is written through a second, buffered
+//! descriptor of the same file, and covered by the final `fdatasync` of both.
+//!
+//! # Failpoints
+//!
+//! With the `failpoints` feature the following [`fail`] points sit at the IO boundary, in both
+//! backends. Their `return(ARG)` value picks the fault: an errno name (`EIO`, `ENOSPC`,
+//! `EDQUOT`, `EINTR`, `EAGAIN`, `EINVAL`, `EOPNOTSUPP`, `EROFS`, `EPERM`) or number fails the
+//! request with it (EINTR and EAGAIN are retried like real ones), and `short` makes a read or
+//! write transfer only half, which the engine must then continue. No argument means `EIO`.
+//!
+//! | name | where |
+//! |---|---|
+//! | `sdm_io::read` | every read request (copy, verify, checksum) |
+//! | `sdm_io::write` | every data write request |
+//! | `sdm_io::zero` | every zeroing request: punch hole, zero range, BLKZEROOUT, zero writes |
+//! | `sdm_io::fsync` | the final `fdatasync` (`short` counts as `EIO`) |
+//!
+//! The agent sets them from the `FAILPOINTS` environment variable (`fail::FailScenario`), e.g.
+//! `FAILPOINTS='sdm_io::write=3*off->return(ENOSPC)'` fails the fourth write and all after it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+mod checksum;
+mod control;
+mod copy;
+mod error;
+mod extents;
+mod io;
+mod sys;
+mod target;
+mod uring;
+mod wipe;
+mod zero;
+
+pub use control::{Control, Progress};
+pub use error::{IoError, IoErrorKind};
+
+/// Which backend to use, as configured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// io_uring when the start-up probe passes, else sync.
+    #[default]
+    Auto,
+    /// io_uring; still falls back (with a warning) when the probe fails.
+    IoUring,
+    /// Synchronous pread/pwrite.
+    Sync,
+}
+
+/// Which backend an [`Engine`] actually uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// io_uring with registered buffers.
+    IoUring,
+    /// Synchronous pread/pwrite.
+    Sync,
+}
+
+impl BackendKind {
+    /// Lowercase name for logs and capabilities ("io_uring", "sync").
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BackendKind::IoUring => "io_uring",
+            BackendKind::Sync => "sync",
+        }
+    }
+}
+
+/// Engine configuration.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Backend selection.
+    pub backend: BackendChoice,
+    /// Chunks in flight per operation (clamped to 1..=256).
+    pub queue_depth: u32,
+    /// Bytes per request (rounded up to a multiple of 4 KiB, clamped to 4 KiB..=64 MiB).
+    pub chunk_size: usize,
+}
+
+/// Chunks in flight by default; see docs/performance.md for the measurement behind it.
+pub const DEFAULT_QUEUE_DEPTH: u32 = 8;
+/// Bytes per request by default; see docs/performance.md.
+pub const DEFAULT_CHUNK_SIZE: usize = 1 << 20;
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            backend: BackendChoice::Auto,
+            queue_depth: DEFAULT_QUEUE_DEPTH,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+        }
+    }
+}
+
+/// Options of [`Engine::copy`].
+#[derive(Clone, Debug, Default)]
+pub struct CopyOptions {
+    /// The destination range is known to read as zeros (e.g. a freshly truncated sparse
+    /// file): holes and zero chunks are skipped instead of zeroed. Also detected by itself
+    /// for a regular file without any allocated data.
+    pub dst_reads_zero: bool,
+    /// After the final fdatasync, read the destination back and compare with the source.
+    pub verify: bool,
+    /// Bytes to copy; None means the whole source.
+    pub length: Option<u64>,
+}
+
+/// Default [`WipeOptions::step`]: the BLKZEROOUT size VDSM measured best.
+pub const DEFAULT_WIPE_STEP: u64 = 32 << 20;
+
+/// Options of [`Engine::wipe`].
+#[derive(Clone, Debug)]
+pub struct WipeOptions {
+    /// Discard (BLKDISCARD, or punch holes in a file) after zeroing; best effort.
+    pub discard: bool,
+    /// Bytes per BLKZEROOUT request on block devices.
+    pub step: u64,
+}
+
+impl Default for WipeOptions {
+    fn default() -> Self {
+        WipeOptions {
+            discard: false,
+            step: DEFAULT_WIPE_STEP,
+        }
+    }
+}
+
+/// What a copy did.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct CopyReport {
+    /// Logical bytes copied (the copy length).
+    pub bytes_total: u64,
+    /// Bytes read from the source by the copy pass (holes are never read).
+    pub bytes_read: u64,
+    /// Data bytes written to the destination.
+    pub bytes_written: u64,
+    /// Bytes not written as data: holes and zero chunks, skipped or zeroed cheaply.
+    pub bytes_zeroed_or_skipped: u64,
+    /// Backend used.
+    pub backend: BackendKind,
+    /// Whether both source and destination were accessed with O_DIRECT.
+    pub direct_io: bool,
+    /// Whether the destination was read back and compared.
+    pub verified: bool,
+}
+
+/// What a wipe did.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct WipeReport {
+    /// Size of the volume.
+    pub bytes_total: u64,
+    /// Bytes overwritten with zeros (zero writes or BLKZEROOUT).
+    pub bytes_zeroed: u64,
+    /// Bytes of holes, which already read as zeros and hold no data.
+    pub bytes_skipped: u64,
+    /// Whether the discard asked for succeeded.
+    pub discarded: bool,
+    /// Backend used.
+    pub backend: BackendKind,
+    /// Whether the volume was accessed with O_DIRECT.
+    pub direct_io: bool,
+}
+
+struct Inner {
+    kind: BackendKind,
+    reason: Option<String>,
+    queue_depth: usize,
+    chunk_size: usize,
+}
+
+/// The data path engine; cheap to clone, shareable between threads.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("backend", &self.inner.kind)
+            .field("fallback_reason", &self.inner.reason)
+            .field("queue_depth", &self.inner.queue_depth)
+            .field("chunk_size", &self.inner.chunk_size)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Probes io_uring (unless `Sync` was asked for) and logs the backend chosen.
+    pub fn new(cfg: EngineConfig) -> Engine {
+        let (kind, reason) = match cfg.backend {
+            BackendChoice::Sync => (BackendKind::Sync, Some("sync backend configured".into())),
+            BackendChoice::Auto | BackendChoice::IoUring => match uring::probe() {
+                Ok(()) => (BackendKind::IoUring, None),
+                Err(why) => (BackendKind::Sync, Some(why)),
+            },
+        };
+        let queue_depth = cfg.queue_depth.clamp(1, 256) as usize;
+        let chunk_size = cfg.chunk_size.clamp(4096, 64 << 20).next_multiple_of(4096);
+        match (&reason, cfg.backend) {
+            (None, _) => tracing::info!(
+                backend = kind.as_str(),
+                queue_depth,
+                chunk_size,
+                "io engine ready"
+            ),
+            (Some(r), BackendChoice::Sync) => {
+                tracing::info!(backend = kind.as_str(), reason = %r, queue_depth, chunk_size, "io engine ready")
+            }
+            (Some(r), _) => tracing::warn!(
+                backend = kind.as_str(),
+                reason = %r,
+                "io_uring unusable, falling back to the sync engine"
+            ),
+        }
+        Engine {
+            inner: Arc::new(Inner {
+                kind,
+                reason,
+                queue_depth,
+                chunk_size,
+            }),
+        }
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> BackendKind {
+        self.inner.kind
+    }
+
+    /// Why io_uring is not used, if it is not.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.inner.reason.as_deref()
+    }
+
+    /// Chunks in flight per operation.
+    pub fn queue_depth(&self) -> usize {
+        self.inner.queue_depth
+    }
+
+    /// Bytes per request.
+    pub fn chunk_size(&self) -> usize {
+        self.inner.chunk_size
+    }
+
+    /// Copies `src` to the existing `dst`; see [`CopyOptions`].
+    ///
+    /// A regular-file destination is first truncated to exactly the copy length; a block
+    /// device destination must be at least that large. The destination is durable
+    /// (fdatasync) when this returns Ok.
+    pub fn copy(
+        &self,
+        src: &Path,
+        dst: &Path,
+        opts: &CopyOptions,
+        ctl: &Control,
+    ) -> Result<CopyReport, IoError> {
+        copy::copy(self, src, dst, opts, ctl)
+    }
+
+    /// Overwrites every byte of `target` with zeros, durably; see [`WipeOptions`].
+    pub fn wipe(
+        &self,
+        target: &Path,
+        opts: &WipeOptions,
+        ctl: &Control,
+    ) -> Result<WipeReport, IoError> {
+        wipe::wipe(self, target, opts, ctl)
+    }
+
+    /// Lowercase hex SHA-256 of the volume's content, as `sha256sum` would print it.
+    pub fn checksum(&self, path: &Path, ctl: &Control) -> Result<String, IoError> {
+        checksum::checksum(self, path, ctl)
+    }
+}

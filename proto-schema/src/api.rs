@@ -1,0 +1,193 @@
+//! The JSON-RPC API: one table of methods from which the jsonrpsee server and client traits,
+//! the per-method parameter structs (for JSON Schema) and the method catalogue are all
+//! generated, so the three can never disagree.
+
+use jsonrpsee::core::SubscriptionResult;
+use jsonrpsee::proc_macros::rpc;
+use jsonrpsee::types::ErrorObjectOwned;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::types::*;
+
+/// Result type of every server method.
+pub type RpcResult<T> = Result<T, ErrorObjectOwned>;
+
+/// One method of the catalogue, for documentation and schema generation.
+pub struct MethodDoc {
+    /// Wire name, e.g. `SDM.copy_data`.
+    pub name: &'static str,
+    /// What it does.
+    pub doc: &'static str,
+    /// JSON Schema of its named parameters.
+    pub params: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
+    /// JSON Schema of its result.
+    pub result: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
+}
+
+macro_rules! sdm_api {
+    ($(
+        $(#[doc = $doc:literal])*
+        $wire:literal => fn $fn_name:ident / $params:ident (
+            $( $(#[doc = $adoc:literal])* $arg:ident $(as $rename:literal)? : $ty:ty ),* $(,)?
+        ) -> $ret:ty;
+    )*) => {
+        /// The sdm agent API. `SdmApiServer` is implemented by the agent; `SdmApiClient` is
+        /// implemented for every jsonrpsee client (HTTP and WebSocket). Parameters are sent by
+        /// name.
+        #[rpc(server, client)]
+        pub trait SdmApi {
+            $(
+                $(#[doc = $doc])*
+                #[method(name = $wire, param_kind = map)]
+                async fn $fn_name(&self, $( $(#[argument(rename = $rename)])? $arg: $ty ),*) -> RpcResult<$ret>;
+            )*
+
+            /// Streams a job's info on every change; the last item is terminal (done, failed or
+            /// aborted). WebSocket only.
+            #[subscription(name = "Job.subscribe" => "Job.event", unsubscribe = "Job.unsubscribe", item = JobInfo, param_kind = map)]
+            async fn subscribe_job(&self, job_id: Uuid) -> SubscriptionResult;
+        }
+
+        $(
+            #[doc = concat!("Named parameters of `", $wire, "`.")]
+            #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+            pub struct $params {
+                $(
+                    $(#[doc = $adoc])*
+                    $( #[serde(rename = $rename)] )?
+                    pub $arg: $ty,
+                )*
+            }
+        )*
+
+        /// Every method, in table order.
+        pub fn methods() -> Vec<MethodDoc> {
+            vec![
+                $(MethodDoc {
+                    name: $wire,
+                    doc: concat!($($doc, "\n"),*),
+                    params: |g| g.subschema_for::<$params>(),
+                    result: |g| g.subschema_for::<$ret>(),
+                },)*
+            ]
+        }
+    };
+}
+
+/// Parameters of `Job.subscribe`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct SubscribeJobParams {
+    /// The job to follow.
+    pub job_id: Uuid,
+}
+
+sdm_api! {
+    /// Agent version, host id, data-path backend, lease backends and attached domains.
+    "Host.getCapabilities" => fn get_capabilities / GetCapabilitiesParams() -> Capabilities;
+    /// Load figures a scheduler uses to pick a host.
+    "Host.getStats" => fn get_stats / GetStatsParams() -> HostStats;
+    /// Jobs by type and id (filters are AND-ed; no filter = all jobs).
+    "Host.getJobs" => fn get_jobs / GetJobsParams(
+        /// Only jobs of this type ("storage").
+        job_type: Option<String>,
+        /// Only these jobs.
+        job_ids: Option<Vec<Uuid>>,
+    ) -> JobMap;
+    /// Aborts a pending or running job (NoSuchJob 66, JobNotActive 84).
+    "Job.abort" => fn abort_job / AbortJobParams(job_id: Uuid) -> bool;
+    /// Deletes a finished job (NoSuchJob 66, JobNotDone 68).
+    "Job.delete" => fn delete_job / DeleteJobParams(job_id: Uuid) -> bool;
+
+    /// Formats a new file domain at `path/<sd_id>` and attaches it.
+    "StorageDomain.create" => fn create_domain / CreateDomainParams(
+        sd_id: Uuid,
+        /// Directory that will hold the domain directory.
+        path: String,
+        description: Option<Description>,
+    ) -> bool;
+    /// Attaches the existing domain whose directory (`.../<sd_id>`) is `path`.
+    "StorageDomain.attach" => fn attach_domain / AttachDomainParams(
+        /// The domain directory.
+        path: String,
+    ) -> AttachResult;
+    /// Detaches a domain (refused while jobs use it).
+    "StorageDomain.detach" => fn detach_domain / DetachDomainParams(sd_id: Uuid) -> bool;
+    /// Attached domains.
+    "StorageDomain.list" => fn list_domains / ListDomainsParams() -> Vec<DomainInfo>;
+    /// Images of a domain (without `_remove_me_` leftovers).
+    "StorageDomain.getImages" => fn get_images / GetImagesParams(sd_id: Uuid) -> Vec<Uuid>;
+    /// Findings about leftovers and inconsistencies in a domain.
+    "StorageDomain.check" => fn check_domain / CheckDomainParams(sd_id: Uuid) -> Vec<Fix>;
+    /// Runs one finding's fix as a job.
+    "StorageDomain.fix" => fn fix_domain / FixDomainParams(
+        sd_id: Uuid,
+        /// A Fix exactly as `StorageDomain.check` returned it.
+        fix: Fix,
+        job_id: Option<Uuid>,
+    ) -> TaskRef;
+
+    /// Volumes of an image.
+    "Image.getVolumes" => fn get_volumes / GetVolumesParams(sd_id: Uuid, img_id: Uuid) -> Vec<Uuid>;
+    /// Creates a volume (COW with a parent uses the parent as backing file).
+    "Volume.create" => fn create_volume / CreateVolumeParams(
+        sd_id: Uuid,
+        img_id: Uuid,
+        vol_id: Uuid,
+        capacity: Capacity,
+        format: VolumeFormat,
+        preallocate: Preallocation,
+        parent_vol_id: Option<Uuid>,
+        description: Option<Description>,
+    ) -> bool;
+    /// Volume metadata, sizes and lease state.
+    "Volume.getInfo" => fn get_volume_info / GetVolumeInfoParams(sd_id: Uuid, img_id: Uuid, vol_id: Uuid) -> VolumeInfo;
+    /// SHA-256 of a volume's raw bytes, as a job; the finished job carries `result`.
+    "Volume.checksum" => fn checksum_volume / ChecksumVolumeParams(
+        job_id: Uuid,
+        sd_id: Uuid,
+        img_id: Uuid,
+        vol_id: Uuid,
+        algorithm: Option<ChecksumAlgorithm>,
+    ) -> bool;
+
+    /// Copies a volume's data into another volume of the same format, as a job.
+    "SDM.copy_data" => fn copy_data / CopyDataParams(
+        job_id: Uuid,
+        source: Endpoint,
+        destination: Endpoint,
+        /// Must be false.
+        copy_bitmaps: Option<Flag>,
+        /// Read the destination back and compare.
+        verify: Option<Flag>,
+        /// Bytes per second.
+        bandwidth_limit: Option<Size>,
+    ) -> bool;
+    /// Changes legality, description, generation or type under the volume lease, as a job.
+    "SDM.update_volume" => fn update_volume / UpdateVolumeParams(
+        job_id: Uuid,
+        vol_info: VolumeRef,
+        vol_attr: VolumeAttributes,
+    ) -> bool;
+
+    /// Copies every volume of an image to another domain (operation 1/"copy" only).
+    "Image.move" => fn move_image / MoveImageParams(
+        image_id as "imageID": Uuid,
+        src_sd_id as "storagedomainID": Uuid,
+        dst_sd_id as "dstSdUUID": Uuid,
+        operation: ImageOperation,
+        post_zero as "postZero": Option<Flag>,
+        force: Option<Flag>,
+        discard: Option<Flag>,
+        job_id: Option<Uuid>,
+    ) -> TaskRef;
+    /// Deletes an image: renamed `_remove_me_` at once, then (optionally wiped and) removed by a job.
+    "Image.delete" => fn delete_image / DeleteImageParams(
+        image_id as "imageID": Uuid,
+        sd_id as "storagedomainID": Uuid,
+        post_zero as "postZero": Option<Flag>,
+        force: Option<Flag>,
+        discard: Option<Flag>,
+        job_id: Option<Uuid>,
+    ) -> TaskRef;
+}
