@@ -29,7 +29,10 @@ fn main() {
 
     match dirs.iter().find(|d| d.join("libsanlock.so").exists()) {
         Some(dir) => {
-            println!("cargo::rerun-if-changed={}", dir.join("libsanlock.so").display());
+            println!(
+                "cargo::rerun-if-changed={}",
+                dir.join("libsanlock.so").display()
+            );
             println!("cargo::rustc-link-search=native={}", dir.display());
             println!("cargo::rustc-link-lib=sanlock");
         }

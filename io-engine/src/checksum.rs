@@ -42,6 +42,9 @@ pub(crate) fn checksum(engine: &Engine, path: &Path, ctl: &Control) -> Result<St
     let slots = engine.queue_depth();
     // Declared before the hashing thread's scope: it must outlive every Lent.
     let mut io = Io::new(engine.backend(), slots, chunk)?;
+    if t.in_memory {
+        io.punt_to_workers(t.fd());
+    }
     let (to_hasher, from_io) = mpsc::channel::<Piece>();
     let (to_io, from_hasher) = mpsc::channel::<Lent>();
     let result = std::thread::scope(|scope| {

@@ -77,6 +77,13 @@ pub(crate) fn copy(
     // Verify reads both sides of a segment at once, so it needs two slots at least.
     let slots = engine.queue_depth().max(2);
     let mut io = Io::new(engine.backend(), slots, chunk)?;
+    if s.in_memory {
+        io.punt_to_workers(s.fd());
+    }
+    if d.in_memory {
+        io.punt_to_workers(d.fd());
+        io.punt_to_workers(tail_fd);
+    }
     let mut c = Copier {
         src: &s,
         dst: &d,

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 /// Stable classification of an [`IoError`]; the agent maps these onto wire codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub enum IoErrorKind {
     /// The destination ran out of space (ENOSPC or EDQUOT).
     NoSpace,

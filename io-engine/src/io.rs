@@ -77,6 +77,16 @@ impl Op {
         }
     }
 
+    fn fd(&self) -> RawFd {
+        match *self {
+            Op::Read { fd, .. }
+            | Op::Write { fd, .. }
+            | Op::WriteZeros { fd, .. }
+            | Op::Fallocate { fd, .. }
+            | Op::ZeroOut { fd, .. } => fd,
+        }
+    }
+
     /// Where in its buffer the request starts.
     fn buf_pos(&self) -> usize {
         match *self {
@@ -126,6 +136,8 @@ pub(crate) struct Io {
     /// Finished requests not yet returned by `wait`.
     ready: VecDeque<Done>,
     reaped: Vec<(u64, i32)>,
+    /// Descriptors whose requests go straight to io-wq workers (see `punt_to_workers`).
+    punted: Vec<RawFd>,
 }
 
 /// A slot's content handed to another thread; see [`Io::lend`].
@@ -164,6 +176,7 @@ impl Io {
             live: 0,
             ready: VecDeque::new(),
             reaped: Vec::new(),
+            punted: Vec::new(),
         };
         if backend == BackendKind::IoUring {
             // Room for every slot plus zeroing requests, which use no slot.
@@ -190,6 +203,13 @@ impl Io {
 
     pub(crate) fn chunk(&self) -> usize {
         self.chunk
+    }
+
+    /// Marks `fd` as memory-backed (tmpfs). The kernel completes such IO inline, inside the
+    /// submitting thread, as a plain memory copy; handing it to io-wq workers instead
+    /// (IOSQE_ASYNC) lets the copies of reads and writes run on several CPUs at once.
+    pub(crate) fn punt_to_workers(&mut self, fd: RawFd) {
+        self.punted.push(fd);
     }
 
     /// Data slots in the pool (the zero chunk not counted).
@@ -285,7 +305,10 @@ impl Io {
             }
             let asynchronous = !matches!(op, Op::ZeroOut { .. });
             if asynchronous && self.ring.is_some() {
-                let sqe = self.sqe(op, done, len).user_data(id as u64);
+                let mut sqe = self.sqe(op, done, len).user_data(id as u64);
+                if self.punted.contains(&op.fd()) {
+                    sqe = sqe.flags(squeue::Flags::ASYNC);
+                }
                 if let Some(ring) = self.ring.as_mut() {
                     // SAFETY: buffers named by the entry are pool memory whose slot use count
                     // stays raised until this request's completion is reaped in wait() (or in

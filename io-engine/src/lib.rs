@@ -173,7 +173,6 @@ impl Default for WipeOptions {
 
 /// What a copy did.
 #[derive(Clone, Debug)]
-#[non_exhaustive]
 pub struct CopyReport {
     /// Logical bytes copied (the copy length).
     pub bytes_total: u64,
@@ -193,7 +192,6 @@ pub struct CopyReport {
 
 /// What a wipe did.
 #[derive(Clone, Debug)]
-#[non_exhaustive]
 pub struct WipeReport {
     /// Size of the volume.
     pub bytes_total: u64,

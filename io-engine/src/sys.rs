@@ -156,6 +156,19 @@ pub(crate) fn dio_align(fd: RawFd) -> io::Result<Option<(u32, u32)>> {
     Ok(Some((stx.stx_dio_mem_align, stx.stx_dio_offset_align)))
 }
 
+/// Whether the file lives on tmpfs or ramfs.
+pub(crate) fn is_memory_fs(fd: RawFd) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    // SAFETY: statfs is plain old data; all-zero is valid.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: st is valid for writes of its size.
+    if unsafe { libc::fstatfs(fd, &mut st) } != 0 {
+        return false;
+    }
+    matches!(st.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC)
+}
+
 /// Drops clean cached pages of the file, so that a read-back really reads the medium.
 pub(crate) fn fadvise_dontneed(fd: RawFd) {
     // SAFETY: posix_fadvise takes no pointers. Failure only costs a cached read-back.

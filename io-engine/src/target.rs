@@ -37,6 +37,8 @@ pub(crate) struct Target {
     pub(crate) align: u64,
     /// Logical block size of a block device (BLKZEROOUT granularity); 512 for files.
     pub(crate) lbs: u64,
+    /// On tmpfs/ramfs: IO is a memory copy done by the CPU, not by a device.
+    pub(crate) in_memory: bool,
     write: bool,
     /// Same file without O_DIRECT, opened on first use for unaligned tails.
     buffered: Option<File>,
@@ -76,9 +78,11 @@ impl Target {
             direct: reason.is_none(),
             align: 1,
             lbs: 512,
+            in_memory: false,
             write,
             buffered: None,
         };
+        t.in_memory = sys::is_memory_fs(t.fd());
         if ft.is_block_device() {
             t.kind = FileKind::Block;
             t.size = sys::blk_size(t.fd()).map_err(|e| IoError::os("BLKGETSIZE64 on", path, e))?;

@@ -40,6 +40,10 @@ pub(crate) fn wipe(
     let chunk = engine.chunk_size();
     // Zero writes all come from the one zero chunk: no data slots needed.
     let mut io = Io::new(engine.backend(), 0, chunk)?;
+    if t.in_memory {
+        io.punt_to_workers(t.fd());
+        io.punt_to_workers(tail_fd);
+    }
     let mut zero = Zeroer::new(ZeroerConfig {
         method,
         fd: t.fd(),

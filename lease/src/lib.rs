@@ -34,6 +34,12 @@ pub const SDM_LEASE_OFFSET: u64 = ALIGNMENT;
 /// Highest host id a 1 MiB / 512-byte lockspace supports.
 pub const MAX_HOST_ID: u64 = 2000;
 
+/// Whether this build links libsanlock. Without it [`SanlockLeases::new`] always fails
+/// (`Daemon`); the agent can check this when validating a config that asks for sanlock.
+pub fn libsanlock_linked() -> bool {
+    sanlock::linked()
+}
+
 /// Who holds a lease right now, as reported by `Volume.getInfo`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LeaseStatus {
@@ -85,11 +91,19 @@ pub struct LeaseError {
 impl LeaseError {
     /// A new error; public so that fakes in other crates can produce every kind.
     pub fn new(kind: LeaseErrorKind, message: impl Into<String>) -> Self {
-        LeaseError { kind, message: message.into(), code: None }
+        LeaseError {
+            kind,
+            message: message.into(),
+            code: None,
+        }
     }
 
     pub(crate) fn with_code(kind: LeaseErrorKind, message: impl Into<String>, code: i32) -> Self {
-        LeaseError { kind, message: message.into(), code: Some(code) }
+        LeaseError {
+            kind,
+            message: message.into(),
+            code: Some(code),
+        }
     }
 
     pub(crate) fn io(what: impl fmt::Display, path: &Path, err: std::io::Error) -> Self {
@@ -98,7 +112,11 @@ impl LeaseError {
             _ => LeaseErrorKind::Io,
         };
         let code = err.raw_os_error().map(|e| -e);
-        LeaseError { kind, message: format!("{what} {}: {err}", path.display()), code }
+        LeaseError {
+            kind,
+            message: format!("{what} {}: {err}", path.display()),
+            code,
+        }
     }
 
     pub fn kind(&self) -> LeaseErrorKind {
@@ -143,8 +161,12 @@ pub trait LeaseBackend: Send + Sync + fmt::Debug {
 
     /// `Volume.create`: (re)initialise `<vol>.lease` (sanlock: the resource `vol_id` in
     /// lockspace `sd_id` at offset 0, 1 MiB align, 512-byte sectors). Creates the file (0660).
-    fn init_volume_lease(&self, sd_id: &str, vol_id: &str, lease_path: &Path)
-        -> Result<(), LeaseError>;
+    fn init_volume_lease(
+        &self,
+        sd_id: &str,
+        vol_id: &str,
+        lease_path: &Path,
+    ) -> Result<(), LeaseError>;
 
     /// Exclusive acquire that never waits for another owner: a lease held by another host or
     /// by another job on this host fails at once with [`LeaseErrorKind::Busy`].

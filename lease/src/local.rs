@@ -50,7 +50,12 @@ impl Held {
 
 /// Creates `path` with mode 0660 if it does not exist; leaves an existing file untouched.
 pub(crate) fn ensure_file(path: &Path) -> Result<(), LeaseError> {
-    match OpenOptions::new().write(true).create_new(true).mode(LEASE_FILE_MODE).open(path) {
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(LEASE_FILE_MODE)
+        .open(path)
+    {
         Ok(f) => {
             // The umask may have cleared group bits; the sanlock daemon (another user in
             // production) needs them.
@@ -154,7 +159,13 @@ impl LeaseBackend for LocalLeases {
             }
             Err(e) => return Err(LeaseError::io("lock lease", lease_path, e)),
         }
-        Ok(Lease::new(sd_id, vol_id, lease_path, offset, LeaseHeld::Local(Held { file })))
+        Ok(Lease::new(
+            sd_id,
+            vol_id,
+            lease_path,
+            offset,
+            LeaseHeld::Local(Held { file }),
+        ))
     }
 
     fn status(
@@ -167,9 +178,17 @@ impl LeaseBackend for LocalLeases {
         // Ask from a separate open file description so that our own holders show up too.
         let file =
             File::open(lease_path).map_err(|e| LeaseError::io("open lease", lease_path, e))?;
-        let found = ofd_getlk(file.as_fd()).map_err(|e| LeaseError::io("query lease", lease_path, e))?;
-        let owners = if found == libc::F_UNLCK as libc::c_short { vec![] } else { vec![self.host_id] };
-        Ok(LeaseStatus { owners, version: None })
+        let found =
+            ofd_getlk(file.as_fd()).map_err(|e| LeaseError::io("query lease", lease_path, e))?;
+        let owners = if found == libc::F_UNLCK as libc::c_short {
+            vec![]
+        } else {
+            vec![self.host_id]
+        };
+        Ok(LeaseStatus {
+            owners,
+            version: None,
+        })
     }
 }
 
@@ -189,24 +208,38 @@ mod tests {
     #[test]
     fn acquire_busy_release_status() {
         let (_dir, path, leases) = setup();
-        assert_eq!(leases.status("sd", "vol", &path, 0).unwrap(), LeaseStatus::default());
+        assert_eq!(
+            leases.status("sd", "vol", &path, 0).unwrap(),
+            LeaseStatus::default()
+        );
 
         let lease = leases.acquire("sd", "vol", &path, 0).unwrap();
         assert_eq!(lease.kind(), "local");
         assert_eq!(lease.vol_id(), "vol");
         assert_eq!(
             leases.status("sd", "vol", &path, 0).unwrap(),
-            LeaseStatus { owners: vec![7], version: None }
+            LeaseStatus {
+                owners: vec![7],
+                version: None
+            }
         );
 
         let err = leases.acquire("sd", "vol", &path, 0).unwrap_err();
         assert_eq!(err.kind(), LeaseErrorKind::Busy, "{err}");
 
         lease.release().unwrap();
-        assert!(leases.status("sd", "vol", &path, 0).unwrap().owners.is_empty());
+        assert!(leases
+            .status("sd", "vol", &path, 0)
+            .unwrap()
+            .owners
+            .is_empty());
         // Free again: a new acquire works, and dropping releases it.
         drop(leases.acquire("sd", "vol", &path, 0).unwrap());
-        assert!(leases.status("sd", "vol", &path, 0).unwrap().owners.is_empty());
+        assert!(leases
+            .status("sd", "vol", &path, 0)
+            .unwrap()
+            .owners
+            .is_empty());
     }
 
     #[test]
@@ -232,10 +265,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let leases = LocalLeases::new(1);
         let p = dir.path().join("nope.lease");
-        assert_eq!(leases.acquire("sd", "v", &p, 0).unwrap_err().kind(), LeaseErrorKind::NotFound);
-        assert_eq!(leases.status("sd", "v", &p, 0).unwrap_err().kind(), LeaseErrorKind::NotFound);
+        assert_eq!(
+            leases.acquire("sd", "v", &p, 0).unwrap_err().kind(),
+            LeaseErrorKind::NotFound
+        );
+        assert_eq!(
+            leases.status("sd", "v", &p, 0).unwrap_err().kind(),
+            LeaseErrorKind::NotFound
+        );
         let p = dir.path().join("no-dir").join("v.lease");
-        assert_eq!(leases.init_volume_lease("sd", "v", &p).unwrap_err().kind(), LeaseErrorKind::NotFound);
+        assert_eq!(
+            leases.init_volume_lease("sd", "v", &p).unwrap_err().kind(),
+            LeaseErrorKind::NotFound
+        );
     }
 
     #[test]
@@ -257,17 +299,30 @@ mod tests {
             let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
             let winners = results.iter().filter(|r| r.is_ok()).count();
             assert_eq!(winners, 1);
-            assert!(results.iter().filter_map(|r| r.as_ref().err()).all(|e| e.is_busy()));
+            assert!(results
+                .iter()
+                .filter_map(|r| r.as_ref().err())
+                .all(|e| e.is_busy()));
             // The winner's lease is dropped here, so the next round starts free.
         }
-        assert!(leases.status("sd", "vol", &path, 0).unwrap().owners.is_empty());
+        assert!(leases
+            .status("sd", "vol", &path, 0)
+            .unwrap()
+            .owners
+            .is_empty());
     }
 
     #[test]
     fn lease_moves_between_threads() {
         let (_dir, path, leases) = setup();
         let lease = leases.acquire("sd", "vol", &path, 0).unwrap();
-        std::thread::spawn(move || lease.release().unwrap()).join().unwrap();
-        assert!(leases.status("sd", "vol", &path, 0).unwrap().owners.is_empty());
+        std::thread::spawn(move || lease.release().unwrap())
+            .join()
+            .unwrap();
+        assert!(leases
+            .status("sd", "vol", &path, 0)
+            .unwrap()
+            .owners
+            .is_empty());
     }
 }

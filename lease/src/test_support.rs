@@ -25,10 +25,10 @@
 //! // killed by pid and its run dir removed when `daemon` is dropped, also on panic.
 //! ```
 
-use std::io;
+use std::io::{self, BufRead, BufReader};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,7 @@ pub fn sanlock_binary() -> Option<PathBuf> {
 
 /// `Ok` when real-daemon tests can run here; otherwise a reason to print when skipping.
 pub fn sanlock_available() -> Result<(), String> {
-    if !crate::sanlock::linked() {
+    if !crate::libsanlock_linked() {
         return Err("sdm-lease was built without libsanlock (install libsanlock-dev)".into());
     }
     if sanlock_binary().is_none() {
@@ -60,12 +60,31 @@ pub fn sanlock_available() -> Result<(), String> {
 }
 
 /// A private sanlock daemon, killed by pid (and its run dir removed) on drop.
+///
+/// The daemon is started by a tiny `sh` reaper that holds the read end of a pipe from this
+/// process: when the pipe closes, because the handle is dropped or because the test process
+/// died without unwinding (SIGKILL, abort, a harness timeout), the reaper kills the daemon by
+/// pid and reaps it. So no test daemon outlives its test process.
 #[derive(Debug)]
 pub struct SanlockDaemon {
-    child: Child,
+    reaper: Child,
+    /// Write end of the reaper's stdin; closing it stops the daemon.
+    keepalive: Option<ChildStdin>,
+    pid: u32,
+    stopped: bool,
     dir: tempfile::TempDir,
     host_name: String,
 }
+
+/// `$0 "$@"` is the daemon command line; it runs in the background with its output in
+/// `$SDM_SANLOCK_LOG`, its pid goes to our stdout, then the shell blocks on stdin.
+const REAPER: &str = r#""$0" "$@" >>"$SDM_SANLOCK_LOG" 2>&1 </dev/null &
+pid=$!
+echo "$pid"
+read -r _ignored
+kill -9 "$pid" 2>/dev/null
+wait "$pid"
+"#;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -73,7 +92,13 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 fn sanitize(name: &str, max: usize) -> String {
     let s: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(max)
         .collect();
     if s.is_empty() {
@@ -106,19 +131,47 @@ impl SanlockDaemon {
         // Unique among all daemons that may share lockspace files: a shared name would make
         // two daemons look like one host.
         let host_name = format!("sdm-{}-{}-{n}", sanitize(name, 20), std::process::id());
-        let log = std::fs::File::create(dir.path().join("daemon.log"))
-            .map_err(|e| format!("daemon.log: {e}"))?;
-        let child = Command::new(&bin)
-            .args(["daemon", "-D", "-w", "0", "-l", "0", "-h", "0", "-U", "root", "-G", "root"])
+        let log_path = dir.path().join("daemon.log");
+        std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let mut reaper = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(REAPER)
+            .arg(&bin)
+            .args([
+                "daemon", "-D", "-w", "0", "-l", "0", "-h", "0", "-U", "root", "-G", "root",
+            ])
             .args(["-L", "-1", "-S", "-1", "-e", &host_name])
             .env("SANLOCK_PRIVILEGED", "0")
             .env("SANLOCK_RUN_DIR", dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
+            .env("SDM_SANLOCK_LOG", &log_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
-        let mut daemon = SanlockDaemon { child, dir, host_name };
+            .map_err(|e| format!("spawn /bin/sh for {}: {e}", bin.display()))?;
+        let keepalive = reaper.stdin.take();
+        let mut line = String::new();
+        let read =
+            BufReader::new(reaper.stdout.take().ok_or("no reaper stdout")?).read_line(&mut line);
+        let pid = match (read, line.trim().parse::<u32>()) {
+            (Ok(_), Ok(pid)) => pid,
+            (r, _) => {
+                drop(keepalive);
+                let _ = reaper.kill();
+                let _ = reaper.wait();
+                return Err(format!(
+                    "reaper did not report the daemon pid ({r:?}, {line:?})"
+                ));
+            }
+        };
+        let mut daemon = SanlockDaemon {
+            reaper,
+            keepalive,
+            pid,
+            stopped: false,
+            dir,
+            host_name,
+        };
         daemon.wait_ready(Duration::from_secs(15))?;
         Ok(daemon)
     }
@@ -127,14 +180,18 @@ impl SanlockDaemon {
         let deadline = Instant::now() + timeout;
         let sock = self.socket_path();
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("daemon exited with {status}; log:\n{}", self.log()));
+            if !self.daemon_alive() {
+                return Err(format!("daemon exited; log:\n{}", self.log()));
             }
             if UnixStream::connect(&sock).is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("no socket at {} after {timeout:?}; log:\n{}", sock.display(), self.log()));
+                return Err(format!(
+                    "no socket at {} after {timeout:?}; log:\n{}",
+                    sock.display(),
+                    self.log()
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -149,8 +206,9 @@ impl SanlockDaemon {
         self.dir.path().join("sanlock.sock")
     }
 
+    /// Pid of the sanlock daemon itself.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     /// The host name this daemon writes into delta leases (`-e`).
@@ -174,13 +232,46 @@ impl SanlockDaemon {
         cmd
     }
 
-    /// Kills the daemon now (SIGKILL by pid) and reaps it; the run dir goes on drop.
-    pub fn kill(&mut self) -> io::Result<()> {
-        if self.child.try_wait()?.is_none() {
-            self.child.kill()?;
-            self.child.wait()?;
+    /// Whether the daemon process still runs (a zombie counts as gone).
+    fn daemon_alive(&self) -> bool {
+        if self.stopped {
+            return false;
         }
-        Ok(())
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            // Field 3 is the state; the comm before it is in parentheses.
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+            Err(_) => false,
+        }
+    }
+
+    /// Kills the daemon now (SIGKILL by pid, sent by its reaper) and waits until it is gone;
+    /// the run dir stays until drop. Simulates a crashed daemon / host in tests.
+    pub fn kill(&mut self) -> io::Result<()> {
+        if self.stopped {
+            return Ok(());
+        }
+        self.stopped = true;
+        // EOF on the reaper's stdin: it kills the daemon by pid and reaps it, so the pid
+        // cannot have been reused when the kill is sent.
+        drop(self.keepalive.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.reaper.try_wait()?.is_some() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                // Reaper stuck: kill both directly. The daemon is still the reaper's
+                // unreaped child here, so its pid is still its own.
+                // SAFETY: kill(2) with a pid we started and SIGKILL; no memory is touched.
+                unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
+                self.reaper.kill()?;
+                self.reaper.wait()?;
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -189,7 +280,10 @@ impl Drop for SanlockDaemon {
         // SIGKILL is fine for a test daemon: nothing else depends on it, and without the
         // watchdog there is no host reset to worry about.
         if let Err(e) = self.kill() {
-            eprintln!("sdm-lease test_support: killing sanlock daemon pid {}: {e}", self.child.id());
+            eprintln!(
+                "sdm-lease test_support: stopping sanlock daemon pid {}: {e}",
+                self.pid
+            );
         }
     }
 }

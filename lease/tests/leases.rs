@@ -2,6 +2,8 @@
 //! leases so that killing it can be tested, and acts as a second sanlock host. The sanlock
 //! test starts its own unprivileged daemons (feature `test-support`) and skips with a
 //! message when it cannot (not root, sanlock missing).
+// Parts of the helper protocol are only used by the sanlock test.
+#![cfg_attr(not(feature = "test-support"), allow(dead_code))]
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -40,14 +42,20 @@ mod child {
                     Ok(String::new())
                 }
                 ["sanlock", id, run_dir] => {
-                    let opts =
-                        SanlockOptions { io_timeout_s: 1, run_dir: Some(PathBuf::from(run_dir)) };
+                    let opts = SanlockOptions {
+                        io_timeout_s: 1,
+                        run_dir: Some(PathBuf::from(run_dir)),
+                    };
                     SanlockLeases::new(id.parse().unwrap(), opts).map(|b| {
                         backend = Some(Box::new(b));
                         String::new()
                     })
                 }
-                ["join", sd, ids] => backend.as_ref().unwrap().join(sd, Path::new(ids)).map(|_| String::new()),
+                ["join", sd, ids] => backend
+                    .as_ref()
+                    .unwrap()
+                    .join(sd, Path::new(ids))
+                    .map(|_| String::new()),
                 ["acquire", sd, vol, path, off] => backend
                     .as_ref()
                     .unwrap()
@@ -85,7 +93,13 @@ struct Reply {
 impl Helper {
     fn spawn() -> Helper {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["child_main", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "child_main",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -93,7 +107,11 @@ impl Helper {
             .unwrap();
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        Helper { child, stdin, stdout }
+        Helper {
+            child,
+            stdin,
+            stdout,
+        }
     }
 
     fn send(&mut self, cmd: &str) {
@@ -104,12 +122,17 @@ impl Helper {
     fn recv(&mut self) -> Reply {
         loop {
             let mut line = String::new();
-            assert!(self.stdout.read_line(&mut line).unwrap() > 0, "helper exited");
-            let Some(rest) = line.trim_end().strip_prefix("@@ ") else { continue };
+            assert!(
+                self.stdout.read_line(&mut line).unwrap() > 0,
+                "helper exited"
+            );
+            // libtest may print "test child_main ... " in front of the first reply.
+            let Some(at) = line.find("@@ ") else { continue };
+            let rest = line[at + 3..].trim_end();
             let mut parts = rest.splitn(3, ' ');
             let ok = parts.next() == Some("ok");
             let ms = parts.next().unwrap().parse().unwrap();
-            let rest = parts.next().unwrap_or("").to_string();
+            let rest = parts.next().unwrap_or("").trim().to_string();
             let (kind, text) = if ok {
                 (String::new(), rest)
             } else {
@@ -143,6 +166,13 @@ impl Drop for Helper {
     }
 }
 
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("sdm-lease-test-")
+        .tempdir()
+        .unwrap()
+}
+
 fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
@@ -156,7 +186,7 @@ fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>
 
 #[test]
 fn local_lease_is_freed_when_holder_is_killed() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let path = dir.path().join("vol.lease");
     let leases = LocalLeases::new(1);
     leases.init_volume_lease("sd", "vol", &path).unwrap();
@@ -165,13 +195,24 @@ fn local_lease_is_freed_when_holder_is_killed() {
     holder.ok("local 1");
     holder.ok(&format!("acquire sd vol {} 0", path.display()));
 
-    assert_eq!(leases.status("sd", "vol", &path, 0).unwrap().owners, vec![1]);
+    assert_eq!(
+        leases.status("sd", "vol", &path, 0).unwrap().owners,
+        vec![1]
+    );
     let err = leases.acquire("sd", "vol", &path, 0).unwrap_err();
     assert_eq!(err.kind(), LeaseErrorKind::Busy, "{err}");
 
     holder.kill();
-    assert!(leases.status("sd", "vol", &path, 0).unwrap().owners.is_empty());
-    leases.acquire("sd", "vol", &path, 0).unwrap().release().unwrap();
+    assert!(leases
+        .status("sd", "vol", &path, 0)
+        .unwrap()
+        .owners
+        .is_empty());
+    leases
+        .acquire("sd", "vol", &path, 0)
+        .unwrap()
+        .release()
+        .unwrap();
 }
 
 #[cfg(feature = "test-support")]
@@ -181,7 +222,10 @@ mod sanlock {
     use sdm_lease::{LeaseStatus, SanlockLeases, SanlockOptions, SDM_LEASE_OFFSET, SDM_RESOURCE};
 
     fn opts(d: &SanlockDaemon) -> SanlockOptions {
-        SanlockOptions { io_timeout_s: TEST_IO_TIMEOUT_S, run_dir: Some(d.run_dir().into()) }
+        SanlockOptions {
+            io_timeout_s: TEST_IO_TIMEOUT_S,
+            run_dir: Some(d.run_dir().into()),
+        }
     }
 
     /// The whole sanlock story in one test, because a process can talk to one daemon only and
@@ -197,16 +241,23 @@ mod sanlock {
         let mut a = SanlockDaemon::start("lease-host1");
         let b = SanlockDaemon::start("lease-host2");
         eprintln!("daemons up in {:?}", t0.elapsed());
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&mut a, &b)));
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&mut a, &b)));
+        if result.is_err() || std::env::var_os("SDM_LEASE_TEST_LOGS").is_some() {
+            eprintln!(
+                "--- daemon A log ---\n{}\n--- daemon B log ---\n{}",
+                a.log(),
+                b.log()
+            );
+        }
         if let Err(panic) = result {
-            eprintln!("--- daemon A log ---\n{}\n--- daemon B log ---\n{}", a.log(), b.log());
             std::panic::resume_unwind(panic);
         }
         eprintln!("sanlock_two_hosts took {:?}", t0.elapsed());
     }
 
     fn scenario(a: &mut SanlockDaemon, b: &SanlockDaemon) {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempdir();
         let root = dir.path();
         std::fs::create_dir_all(root.join("dom_md")).unwrap();
         std::fs::create_dir_all(root.join("images/img")).unwrap();
@@ -229,9 +280,13 @@ mod sanlock {
         assert_eq!(e.kind(), LeaseErrorKind::Invalid, "{e}");
 
         let t = Instant::now();
-        h1.format_domain(&sd, &ids, &dleases, TEST_IO_TIMEOUT_S).unwrap();
+        h1.format_domain(&sd, &ids, &dleases, TEST_IO_TIMEOUT_S)
+            .unwrap();
         assert_eq!(std::fs::metadata(&ids).unwrap().len(), sdm_lease::ALIGNMENT);
-        assert_eq!(std::fs::metadata(&dleases).unwrap().len(), 2 * sdm_lease::ALIGNMENT);
+        assert_eq!(
+            std::fs::metadata(&dleases).unwrap().len(),
+            2 * sdm_lease::ALIGNMENT
+        );
         eprintln!("format_domain: {:?}", t.elapsed());
 
         // Host 2 joins in parallel with host 1.
@@ -247,12 +302,21 @@ mod sanlock {
                 j.join().unwrap().unwrap();
             }
         });
-        eprintln!("join (host 1, io_timeout {TEST_IO_TIMEOUT_S}s): {:?}", t.elapsed());
+        eprintln!(
+            "join (host 1, io_timeout {TEST_IO_TIMEOUT_S}s): {:?}",
+            t.elapsed()
+        );
         h1.join(&sd, &ids).unwrap(); // already joined
 
         h1.init_volume_lease(&sd, vol, &vpath).unwrap();
-        assert_eq!(std::fs::metadata(&vpath).unwrap().len(), sdm_lease::ALIGNMENT);
-        assert_eq!(h1.status(&sd, vol, &vpath, 0).unwrap(), LeaseStatus::default());
+        assert_eq!(
+            std::fs::metadata(&vpath).unwrap().len(),
+            sdm_lease::ALIGNMENT
+        );
+        assert_eq!(
+            h1.status(&sd, vol, &vpath, 0).unwrap(),
+            LeaseStatus::default()
+        );
 
         let t = Instant::now();
         let lease = h1.acquire(&sd, vol, &vpath, 0).unwrap();
@@ -264,7 +328,11 @@ mod sanlock {
         // Another job on this host: Busy at once (-EEXIST).
         let t = Instant::now();
         let e = h1.acquire(&sd, vol, &vpath, 0).unwrap_err();
-        assert_eq!((e.kind(), e.code()), (LeaseErrorKind::Busy, Some(-libc::EEXIST)), "{e}");
+        assert_eq!(
+            (e.kind(), e.code()),
+            (LeaseErrorKind::Busy, Some(-libc::EEXIST)),
+            "{e}"
+        );
         assert!(t.elapsed() < Duration::from_secs(1));
 
         let r = host2.recv();
@@ -278,11 +346,20 @@ mod sanlock {
         eprintln!("acquire held by other host: {} ms ({})", r.ms, r.text);
 
         // Leaving while a lease is held is refused (instead of sanlock killing us).
-        assert_eq!(h1.leave(&sd, &ids).unwrap_err().kind(), LeaseErrorKind::Busy);
+        assert_eq!(
+            h1.leave(&sd, &ids).unwrap_err().kind(),
+            LeaseErrorKind::Busy
+        );
 
         lease.release().unwrap();
         let st = h1.status(&sd, vol, &vpath, 0).unwrap();
-        assert_eq!(st, LeaseStatus { owners: vec![], version: Some(v1) });
+        assert_eq!(
+            st,
+            LeaseStatus {
+                owners: vec![],
+                version: Some(v1)
+            }
+        );
 
         // Now host 2 gets it; host 1 sees owner 2, a newer version, and cannot take it.
         host2.ok(&format!("acquire {sd} {vol} {vstr} 0"));
@@ -299,16 +376,27 @@ mod sanlock {
         // Killing the registered holder frees its lease (daemon B releases it).
         let t = Instant::now();
         host2.kill();
-        wait_until("lease freed after holder killed", Duration::from_secs(10), || {
-            h1.status(&sd, vol, &vpath, 0).unwrap().owners.is_empty().then_some(())
-        });
+        wait_until(
+            "lease freed after holder killed",
+            Duration::from_secs(10),
+            || {
+                h1.status(&sd, vol, &vpath, 0)
+                    .unwrap()
+                    .owners
+                    .is_empty()
+                    .then_some(())
+            },
+        );
         eprintln!("lease free after kill -9 of holder: {:?}", t.elapsed());
         let lease = h1.acquire(&sd, vol, &vpath, 0).unwrap();
         assert!(h1.status(&sd, vol, &vpath, 0).unwrap().version.unwrap() > st.version.unwrap());
         lease.release().unwrap();
 
         // The domain's SDM lease was formatted where the layout says.
-        h1.acquire(&sd, SDM_RESOURCE, &dleases, SDM_LEASE_OFFSET).unwrap().release().unwrap();
+        h1.acquire(&sd, SDM_RESOURCE, &dleases, SDM_LEASE_OFFSET)
+            .unwrap()
+            .release()
+            .unwrap();
 
         // Not initialised / wrong name.
         let other = root.join("images/img/other.lease");
@@ -317,6 +405,11 @@ mod sanlock {
         assert_eq!(e.kind(), LeaseErrorKind::NotFound, "{e}");
         let e = h1.status(&sd, "wrong-name", &vpath, 0).unwrap_err();
         assert_eq!(e.kind(), LeaseErrorKind::Invalid, "{e}");
+        let missing = root.join("images/img/missing.lease");
+        let e = h1.acquire(&sd, "missing", &missing, 0).unwrap_err();
+        assert_eq!(e.kind(), LeaseErrorKind::NotFound, "{e}");
+        let e = h1.status(&sd, "missing", &missing, 0).unwrap_err();
+        assert_eq!(e.kind(), LeaseErrorKind::NotFound, "{e}");
 
         let t = Instant::now();
         h1.leave(&sd, &ids).unwrap();
@@ -336,6 +429,9 @@ mod sanlock {
     }
 
     fn t_nanos() -> u32 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
     }
 }

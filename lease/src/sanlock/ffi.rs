@@ -120,7 +120,12 @@ fn fill(dst: &mut [c_char], s: &[u8]) {
 impl SanlkDisk {
     pub fn new(path: &[u8], offset: u64) -> Self {
         debug_assert!(path.len() < SANLK_PATH_LEN);
-        let mut d = SanlkDisk { path: [0; SANLK_PATH_LEN], offset, pad1: 0, pad2: 0 };
+        let mut d = SanlkDisk {
+            path: [0; SANLK_PATH_LEN],
+            offset,
+            pad1: 0,
+            pad2: 0,
+        };
         fill(&mut d.path, path);
         d
     }
@@ -140,7 +145,10 @@ impl SanlkResource1 {
         };
         fill(&mut res.lockspace_name, lockspace.as_bytes());
         fill(&mut res.name, name.as_bytes());
-        SanlkResource1 { res, disk: SanlkDisk::new(path, offset) }
+        SanlkResource1 {
+            res,
+            disk: SanlkDisk::new(path, offset),
+        }
     }
 
     fn as_mut_ptr(&mut self) -> *mut SanlkResource {
@@ -270,10 +278,20 @@ mod stubs {
     ) -> c_int {
         NOSYS
     }
-    pub unsafe fn sanlock_write_lockspace(_: *mut SanlkLockspace, _: c_int, _: u32, _: u32) -> c_int {
+    pub unsafe fn sanlock_write_lockspace(
+        _: *mut SanlkLockspace,
+        _: c_int,
+        _: u32,
+        _: u32,
+    ) -> c_int {
         NOSYS
     }
-    pub unsafe fn sanlock_write_resource(_: *mut SanlkResource, _: c_int, _: c_int, _: u32) -> c_int {
+    pub unsafe fn sanlock_write_resource(
+        _: *mut SanlkResource,
+        _: c_int,
+        _: c_int,
+        _: u32,
+    ) -> c_int {
         NOSYS
     }
     pub unsafe fn sanlock_read_resource_owners(
@@ -313,7 +331,16 @@ pub fn acquire(sock: BorrowedFd<'_>, res: &mut SanlkResource1, flags: u32) -> i3
     // SAFETY: `args` holds one pointer to a live, properly laid out resource with exactly
     // `num_disks == 1` disk following it; the daemon-side pid is ignored when a registered
     // socket is given (-1). libsanlock does not keep the pointers after returning.
-    unsafe { sanlock_acquire(sock.as_raw_fd(), -1, flags, 1, args.as_mut_ptr(), std::ptr::null_mut()) }
+    unsafe {
+        sanlock_acquire(
+            sock.as_raw_fd(),
+            -1,
+            flags,
+            1,
+            args.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    }
 }
 
 /// `sanlock_release(sock, -1, 0, 1, [res])` on the registration connection.
@@ -494,7 +521,11 @@ int main(void) {
         )
         .unwrap();
         let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-        let status = std::process::Command::new(&cc).arg(&src).arg("-o").arg(&exe).status();
+        let status = std::process::Command::new(&cc)
+            .arg(&src)
+            .arg("-o")
+            .arg(&exe)
+            .status();
         match status {
             Ok(s) if s.success() => {}
             other => {
@@ -503,8 +534,11 @@ int main(void) {
             }
         }
         let out = std::process::Command::new(&exe).output().unwrap();
-        let got: Vec<usize> =
-            String::from_utf8(out.stdout).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+        let got: Vec<usize> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
         let want = vec![
             size_of::<SanlkDisk>(),
             offset_of!(SanlkDisk, offset),
@@ -528,7 +562,10 @@ int main(void) {
     #[test]
     fn constructors_fill_names_and_paths() {
         let r = SanlkResource1::new("ls", "vol", b"/a/b", 4096, SANLK_RES_ALIGN1M);
-        assert_eq!(r.res.lockspace_name[..3], [b'l' as c_char, b's' as c_char, 0]);
+        assert_eq!(
+            r.res.lockspace_name[..3],
+            [b'l' as c_char, b's' as c_char, 0]
+        );
         assert_eq!(r.res.num_disks, 1);
         assert_eq!(r.disk.offset, 4096);
         assert_eq!(r.disk.path[4], 0);

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use crate::local::{ensure_file, LEASE_FILE_MODE};
 use crate::{
-    Held as LeaseHeld, Lease, LeaseBackend, LeaseError, LeaseErrorKind, LeaseStatus,
-    MAX_HOST_ID, SDM_LEASE_OFFSET, SDM_RESOURCE,
+    Held as LeaseHeld, Lease, LeaseBackend, LeaseError, LeaseErrorKind, LeaseStatus, MAX_HOST_ID,
+    SDM_LEASE_OFFSET, SDM_RESOURCE,
 };
 
 /// Where the system sanlock daemon listens when `SANLOCK_RUN_DIR` is not set.
@@ -54,7 +54,10 @@ pub struct SanlockOptions {
 
 impl Default for SanlockOptions {
     fn default() -> Self {
-        SanlockOptions { io_timeout_s: 10, run_dir: None }
+        SanlockOptions {
+            io_timeout_s: 10,
+            run_dir: None,
+        }
     }
 }
 
@@ -103,7 +106,10 @@ fn client_for(requested: Option<&Path>) -> Result<&'static Client, LeaseError> {
             // variable); callers are told to create the first SanlockLeases early.
             unsafe { std::env::set_var("SANLOCK_RUN_DIR", &want) };
         }
-        Client { run_dir: want.clone(), reg: Mutex::new(Registration::default()) }
+        Client {
+            run_dir: want.clone(),
+            reg: Mutex::new(Registration::default()),
+        }
     });
     if client.run_dir != want {
         return Err(LeaseError::new(
@@ -151,7 +157,11 @@ impl Registration {
             );
             self.fd = Some(fd);
         }
-        Ok(self.fd.as_ref().map(|f| f.as_fd()).expect("registered above"))
+        Ok(self
+            .fd
+            .as_ref()
+            .map(|f| f.as_fd())
+            .expect("registered above"))
     }
 
     /// The daemon closed our connection (it restarted or dropped us): every lease it was
@@ -182,9 +192,15 @@ fn set_cloexec(fd: BorrowedFd<'_>) -> std::io::Result<()> {
 
 /// Return codes that mean the daemon connection itself is gone.
 fn is_connection_error(rc: i32) -> bool {
-    [libc::EPIPE, libc::ECONNRESET, libc::ENOTCONN, libc::ECONNREFUSED, libc::EBADF]
-        .iter()
-        .any(|e| rc == -e)
+    [
+        libc::EPIPE,
+        libc::ECONNRESET,
+        libc::ENOTCONN,
+        libc::ECONNREFUSED,
+        libc::EBADF,
+    ]
+    .iter()
+    .any(|e| rc == -e)
 }
 
 fn kind_of(client: &Client, rc: i32) -> LeaseErrorKind {
@@ -205,10 +221,11 @@ fn kind_of(client: &Client, rc: i32) -> LeaseErrorKind {
         | ffi::SANLK_HOSTID_BUSY => Busy,
         ffi::SANLK_LEADER_MAGIC | ffi::SANLK_ACQUIRE_LOCKSPACE => NotFound,
         ffi::SANLK_AIO_TIMEOUT => Io,
-        _ if rc == -libc::ENOSPC => NotFound, // lockspace not joined, on some paths
-        ffi::SANLK_LEADER_LOCKSPACE | ffi::SANLK_LEADER_RESOURCE | ffi::SANLK_ADDLS_INVALID_HOSTID => {
-            Invalid
-        }
+        // acquire in a lockspace this host has not joined
+        _ if rc == -libc::ENOSPC => NotFound,
+        ffi::SANLK_LEADER_LOCKSPACE
+        | ffi::SANLK_LEADER_RESOURCE
+        | ffi::SANLK_ADDLS_INVALID_HOSTID => Invalid,
         _ if rc == -libc::EINVAL || rc == -libc::ENAMETOOLONG => Invalid,
         // -EIO, -ETIMEDOUT, SANLK_AIO_TIMEOUT, DBLOCK/LEADER read/write/checksum errors, and
         // anything new: the storage did not answer as expected.
@@ -220,7 +237,10 @@ fn map_rc(client: &Client, what: &str, rc: i32) -> LeaseError {
     let kind = kind_of(client, rc);
     let mut msg = format!("{what}: {} ({rc})", ffi::strerror(rc));
     if kind == LeaseErrorKind::Daemon {
-        msg.push_str(&format!(" [daemon socket {}]", client.socket_path().display()));
+        msg.push_str(&format!(
+            " [daemon socket {}]",
+            client.socket_path().display()
+        ));
     }
     LeaseError::with_code(kind, msg, rc)
 }
@@ -229,7 +249,10 @@ fn check_name(what: &str, name: &str) -> Result<(), LeaseError> {
     if name.is_empty() || name.len() > ffi::SANLK_NAME_LEN || name.contains('\0') {
         return Err(LeaseError::new(
             LeaseErrorKind::Invalid,
-            format!("{what} {name:?} must be 1..={} bytes without NUL", ffi::SANLK_NAME_LEN),
+            format!(
+                "{what} {name:?} must be 1..={} bytes without NUL",
+                ffi::SANLK_NAME_LEN
+            ),
         ));
     }
     Ok(())
@@ -240,7 +263,11 @@ fn check_name(what: &str, name: &str) -> Result<(), LeaseError> {
 fn check_path(path: &Path) -> Result<Vec<u8>, LeaseError> {
     let abs = std::path::absolute(path).map_err(|e| LeaseError::io("resolve", path, e))?;
     let bytes = abs.as_os_str().as_bytes().to_vec();
-    let escaped = bytes.len() + bytes.iter().filter(|b| matches!(b, b':' | b'\\' | b' ')).count();
+    let escaped = bytes.len()
+        + bytes
+            .iter()
+            .filter(|b| matches!(b, b':' | b'\\' | b' '))
+            .count();
     if bytes.contains(&0) || escaped >= ffi::SANLK_PATH_LEN {
         return Err(LeaseError::new(
             LeaseErrorKind::Invalid,
@@ -349,16 +376,30 @@ impl LeaseBackend for SanlockLeases {
         let mut ls = self.lockspace(sd_id, ids_path)?;
         ls.host_id = 0; // the whole area is formatted, not one host's record
         ls.flags = LS_FLAGS;
-        let mut sdm = Self::resource(sd_id, SDM_RESOURCE, leases_path, SDM_LEASE_OFFSET, RES_FLAGS)?;
+        let mut sdm = Self::resource(
+            sd_id,
+            SDM_RESOURCE,
+            leases_path,
+            SDM_LEASE_OFFSET,
+            RES_FLAGS,
+        )?;
         ensure_file(ids_path)?;
         ensure_file(leases_path)?;
         let rc = ffi::write_lockspace(&mut ls, io_timeout_s);
         if rc < 0 {
-            return Err(map_rc(c, &format!("write lockspace {sd_id} to {}", ids_path.display()), rc));
+            return Err(map_rc(
+                c,
+                &format!("write lockspace {sd_id} to {}", ids_path.display()),
+                rc,
+            ));
         }
         let rc = ffi::write_resource(&mut sdm);
         if rc < 0 {
-            return Err(map_rc(c, &format!("write {SDM_RESOURCE} lease to {}", leases_path.display()), rc));
+            return Err(map_rc(
+                c,
+                &format!("write {SDM_RESOURCE} lease to {}", leases_path.display()),
+                rc,
+            ));
         }
         Ok(())
     }
@@ -391,7 +432,10 @@ impl LeaseBackend for SanlockLeases {
             };
             return Err(map_rc(c, &what, rc));
         }
-        Err(LeaseError::new(LeaseErrorKind::Busy, format!("{what}: lockspace stays busy")))
+        Err(LeaseError::new(
+            LeaseErrorKind::Busy,
+            format!("{what}: lockspace stays busy"),
+        ))
     }
 
     fn leave(&self, sd_id: &str, ids_path: &Path) -> Result<(), LeaseError> {
@@ -441,7 +485,11 @@ impl LeaseBackend for SanlockLeases {
         drop(f);
         let rc = ffi::write_resource(&mut res);
         if rc < 0 {
-            return Err(map_rc(c, &format!("write lease {vol_id} to {}", lease_path.display()), rc));
+            return Err(map_rc(
+                c,
+                &format!("write lease {vol_id} to {}", lease_path.display()),
+                rc,
+            ));
         }
         Ok(())
     }
@@ -456,7 +504,10 @@ impl LeaseBackend for SanlockLeases {
         let c = self.c();
         // No ALIGN/SECTOR flags: sanlock reads them from the leader record.
         let mut res = Self::resource(sd_id, vol_id, lease_path, offset, 0)?;
-        let what = format!("acquire {sd_id}:{vol_id} at {}:{offset}", lease_path.display());
+        let what = format!(
+            "acquire {sd_id}:{vol_id} at {}:{offset}",
+            lease_path.display()
+        );
         let mut reg = c.lock();
         let fd = reg.ensure(c)?;
         // OWNER_NOWAIT: fail at once (-243/-247) when a live host owns it instead of waiting
@@ -468,10 +519,20 @@ impl LeaseBackend for SanlockLeases {
             }
             return Err(map_rc(c, &what, rc));
         }
-        let held = Held { client: c, res: Box::new(res), generation: reg.generation };
+        let held = Held {
+            client: c,
+            res: Box::new(res),
+            generation: reg.generation,
+        };
         drop(reg);
         tracing::debug!(sd_id, vol_id, path = %lease_path.display(), offset, "acquired sanlock lease");
-        Ok(Lease::new(sd_id, vol_id, lease_path, offset, LeaseHeld::Sanlock(held)))
+        Ok(Lease::new(
+            sd_id,
+            vol_id,
+            lease_path,
+            offset,
+            LeaseHeld::Sanlock(held),
+        ))
     }
 
     fn status(
@@ -483,24 +544,41 @@ impl LeaseBackend for SanlockLeases {
     ) -> Result<LeaseStatus, LeaseError> {
         let c = self.c();
         let mut res = Self::resource(sd_id, vol_id, lease_path, offset, 0)?;
-        let what = format!("read lease {sd_id}:{vol_id} at {}:{offset}", lease_path.display());
+        let what = format!(
+            "read lease {sd_id}:{vol_id} at {}:{offset}",
+            lease_path.display()
+        );
         let owners = ffi::read_resource_owners(&mut res).map_err(|rc| map_rc(c, &what, rc))?;
         let lver = res.res.lver;
         let live = if owners.is_empty() {
             Vec::new()
         } else {
-            let hosts = ffi::get_hosts(&ffi::c_name(sd_id)).map_err(|rc| {
-                let mut e = map_rc(c, &format!("hosts of lockspace {sd_id}"), rc);
-                if e.kind == LeaseErrorKind::NotFound {
-                    e.message = format!(
-                        "lockspace {sd_id} is not joined on this host; owner liveness unknown"
-                    );
+            match ffi::get_hosts(&ffi::c_name(sd_id)) {
+                Ok(hosts) => live_owners(&owners, &hosts),
+                // Right after a join the daemon has not checked the other hosts yet (until
+                // its first renewal, 2×io_timeout). Like an UNKNOWN host, the recorded owner
+                // keeps the lease until we know better.
+                Err(rc) if rc == -libc::EAGAIN => {
+                    let mut ids: Vec<u64> = owners.iter().map(|o| o.host_id).collect();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    ids
                 }
-                e
-            })?;
-            live_owners(&owners, &hosts)
+                Err(rc) => {
+                    let mut e = map_rc(c, &format!("hosts of lockspace {sd_id}"), rc);
+                    if e.kind == LeaseErrorKind::NotFound {
+                        e.message = format!(
+                            "lockspace {sd_id} is not joined on this host; owner liveness unknown"
+                        );
+                    }
+                    return Err(e);
+                }
+            }
         };
-        Ok(LeaseStatus { owners: live, version: (lver != 0).then_some(lver) })
+        Ok(LeaseStatus {
+            owners: live,
+            version: (lver != 0).then_some(lver),
+        })
     }
 }
 
@@ -565,7 +643,12 @@ mod tests {
     use super::*;
 
     fn host(id: u64, generation: u64, flags: u32) -> ffi::SanlkHost {
-        ffi::SanlkHost { host_id: id, generation, flags, ..Default::default() }
+        ffi::SanlkHost {
+            host_id: id,
+            generation,
+            flags,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -579,7 +662,11 @@ mod tests {
         assert!(live_owners(&owner, &[host(2, 5, ffi::SANLK_HOST_DEAD)]).is_empty());
         assert!(live_owners(&owner, &[host(2, 5, ffi::SANLK_HOST_FREE)]).is_empty());
         // LIVE / FAIL / UNKNOWN -> owned.
-        for f in [ffi::SANLK_HOST_LIVE, ffi::SANLK_HOST_FAIL, ffi::SANLK_HOST_UNKNOWN] {
+        for f in [
+            ffi::SANLK_HOST_LIVE,
+            ffi::SANLK_HOST_FAIL,
+            ffi::SANLK_HOST_UNKNOWN,
+        ] {
             assert_eq!(live_owners(&owner, &[host(2, 5, f | 0x100)]), vec![2]);
         }
     }
@@ -587,18 +674,33 @@ mod tests {
     #[test]
     fn names_and_paths_are_checked() {
         assert!(check_name("lockspace", &"a".repeat(48)).is_ok());
-        assert_eq!(check_name("x", &"a".repeat(49)).unwrap_err().kind(), LeaseErrorKind::Invalid);
-        assert_eq!(check_name("x", "").unwrap_err().kind(), LeaseErrorKind::Invalid);
-        assert_eq!(check_name("x", "a\0b").unwrap_err().kind(), LeaseErrorKind::Invalid);
+        assert_eq!(
+            check_name("x", &"a".repeat(49)).unwrap_err().kind(),
+            LeaseErrorKind::Invalid
+        );
+        assert_eq!(
+            check_name("x", "").unwrap_err().kind(),
+            LeaseErrorKind::Invalid
+        );
+        assert_eq!(
+            check_name("x", "a\0b").unwrap_err().kind(),
+            LeaseErrorKind::Invalid
+        );
         let rel = check_path(Path::new("rel/x.lease")).unwrap();
         assert_eq!(rel[0], b'/');
         let long = format!("/{}", ":".repeat(600));
-        assert_eq!(check_path(Path::new(&long)).unwrap_err().kind(), LeaseErrorKind::Invalid);
+        assert_eq!(
+            check_path(Path::new(&long)).unwrap_err().kind(),
+            LeaseErrorKind::Invalid
+        );
     }
 
     #[test]
     fn return_codes_map_to_kinds() {
-        let c = Client { run_dir: PathBuf::from("/nonexistent-run-dir"), reg: Mutex::default() };
+        let c = Client {
+            run_dir: PathBuf::from("/nonexistent-run-dir"),
+            reg: Mutex::default(),
+        };
         let k = |rc| kind_of(&c, rc);
         assert_eq!(k(-libc::EEXIST), LeaseErrorKind::Busy);
         assert_eq!(k(ffi::SANLK_ACQUIRE_IDLIVE), LeaseErrorKind::Busy);
@@ -615,8 +717,22 @@ mod tests {
     #[test]
     fn bad_host_id_is_invalid() {
         let e = SanlockLeases::new(0, SanlockOptions::default()).unwrap_err();
-        assert_eq!(e.kind(), if ffi::LINKED { LeaseErrorKind::Invalid } else { LeaseErrorKind::Daemon });
+        assert_eq!(
+            e.kind(),
+            if ffi::LINKED {
+                LeaseErrorKind::Invalid
+            } else {
+                LeaseErrorKind::Daemon
+            }
+        );
         let e = SanlockLeases::new(MAX_HOST_ID + 1, SanlockOptions::default()).unwrap_err();
-        assert_eq!(e.kind(), if ffi::LINKED { LeaseErrorKind::Invalid } else { LeaseErrorKind::Daemon });
+        assert_eq!(
+            e.kind(),
+            if ffi::LINKED {
+                LeaseErrorKind::Invalid
+            } else {
+                LeaseErrorKind::Daemon
+            }
+        );
     }
 }
