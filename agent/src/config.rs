@@ -105,7 +105,11 @@ pub struct LeasesConfig {
 
 impl Default for LeasesConfig {
     fn default() -> Self {
-        LeasesConfig { default_backend: LeaseBackendKind::Local, sanlock_io_timeout_s: 10, sanlock_run_dir: None }
+        LeasesConfig {
+            default_backend: LeaseBackendKind::Local,
+            sanlock_io_timeout_s: 10,
+            sanlock_run_dir: None,
+        }
     }
 }
 
@@ -150,7 +154,9 @@ pub struct JobsConfig {
 
 impl Default for JobsConfig {
     fn default() -> Self {
-        JobsConfig { autodelete_delay_s: 3600 }
+        JobsConfig {
+            autodelete_delay_s: 3600,
+        }
     }
 }
 
@@ -246,8 +252,10 @@ impl Config {
     pub fn load(file: Option<&Path>, over: &Overrides) -> Result<Config, ConfigError> {
         let (mut cfg, origin) = match file {
             Some(f) => {
-                let text = std::fs::read_to_string(f)
-                    .map_err(|source| ConfigError::Read { file: f.to_path_buf(), source })?;
+                let text = std::fs::read_to_string(f).map_err(|source| ConfigError::Read {
+                    file: f.to_path_buf(),
+                    source,
+                })?;
                 (Self::parse(&text, f)?, f.display().to_string())
             }
             None => (Config::default(), "embedded default".to_string()),
@@ -271,28 +279,49 @@ impl Config {
         struct Probe {
             create_default_domains: Option<bool>,
         }
-        let mut cfg: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { file: file.to_path_buf(), message: e.to_string() })?;
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let probe: Option<Probe> = toml::from_str(text).ok();
-        cfg.create_default_domains = probe.and_then(|p| p.create_default_domains).unwrap_or(false);
+        cfg.create_default_domains = probe
+            .and_then(|p| p.create_default_domains)
+            .unwrap_or(false);
         Ok(cfg)
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let bad = |key: &'static str, why: String| ConfigError::Invalid { file: origin.to_string(), key, why };
+        let bad = |key: &'static str, why: String| ConfigError::Invalid {
+            file: origin.to_string(),
+            key,
+            why,
+        };
         if !(1..=2000).contains(&self.host_id) {
-            return Err(bad("host_id", format!("{} is outside 1-2000", self.host_id)));
+            return Err(bad(
+                "host_id",
+                format!("{} is outside 1-2000", self.host_id),
+            ));
         }
         if !["auto", "io_uring", "sync"].contains(&self.io.backend.as_str()) {
-            return Err(bad("io.backend", format!("{:?} is not auto, io_uring or sync", self.io.backend)));
+            return Err(bad(
+                "io.backend",
+                format!("{:?} is not auto, io_uring or sync", self.io.backend),
+            ));
         }
         if self.io.queue_depth > 1024 {
-            return Err(bad("io.queue_depth", format!("{} is more than 1024", self.io.queue_depth)));
+            return Err(bad(
+                "io.queue_depth",
+                format!("{} is more than 1024", self.io.queue_depth),
+            ));
         }
         if self.io.chunk_size != 0
-            && (self.io.chunk_size % 4096 != 0 || !(4096..=(64 << 20)).contains(&self.io.chunk_size))
+            && (!self.io.chunk_size.is_multiple_of(4096)
+                || !(4096..=(64 << 20)).contains(&self.io.chunk_size))
         {
-            return Err(bad("io.chunk_size", "must be a multiple of 4096 between 4 KiB and 64 MiB".into()));
+            return Err(bad(
+                "io.chunk_size",
+                "must be a multiple of 4096 between 4 KiB and 64 MiB".into(),
+            ));
         }
         if !(1..=256).contains(&self.io.max_running_jobs) {
             return Err(bad("io.max_running_jobs", "must be 1-256".into()));
@@ -304,7 +333,10 @@ impl Config {
             return Err(bad("leases.sanlock_io_timeout_s", "must be 1-60".into()));
         }
         if self.server.max_request_body_bytes < 4096 {
-            return Err(bad("server.max_request_body_bytes", "must be at least 4096".into()));
+            return Err(bad(
+                "server.max_request_body_bytes",
+                "must be at least 4096".into(),
+            ));
         }
         if self.server.max_connections == 0 {
             return Err(bad("server.max_connections", "must be at least 1".into()));
@@ -323,7 +355,9 @@ impl Config {
 
     /// Finished-job lifetime.
     pub fn autodelete(&self) -> Option<std::time::Duration> {
-        u64::try_from(self.jobs.autodelete_delay_s).ok().map(std::time::Duration::from_secs)
+        u64::try_from(self.jobs.autodelete_delay_s)
+            .ok()
+            .map(std::time::Duration::from_secs)
     }
 }
 
@@ -349,14 +383,27 @@ mod tests {
     #[test]
     fn errors_name_file_and_key() {
         let p = Path::new("/etc/sdm/agent.toml");
-        let e = Config::parse("listen = \"127.0.0.1:1\"\nbogus = 1\n", p).unwrap_err().to_string();
-        assert!(e.contains("/etc/sdm/agent.toml") && e.contains("bogus"), "{e}");
-        let e = Config::parse("[io]\nqueue_depth = \"x\"\n", p).unwrap_err().to_string();
+        let e = Config::parse("listen = \"127.0.0.1:1\"\nbogus = 1\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/etc/sdm/agent.toml") && e.contains("bogus"),
+            "{e}"
+        );
+        let e = Config::parse("[io]\nqueue_depth = \"x\"\n", p)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("queue_depth"), "{e}");
-        let over = Overrides { host_id: Some(0), ..Default::default() };
+        let over = Overrides {
+            host_id: Some(0),
+            ..Default::default()
+        };
         let e = Config::load(None, &over).unwrap_err().to_string();
         assert!(e.contains("host_id"), "{e}");
-        let over = Overrides { listen: Some("0.0.0.0:54321".parse().unwrap()), ..Default::default() };
+        let over = Overrides {
+            listen: Some("0.0.0.0:54321".parse().unwrap()),
+            ..Default::default()
+        };
         let e = Config::load(None, &over).unwrap_err().to_string();
         assert!(e.contains("TLS"), "{e}");
     }

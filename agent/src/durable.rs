@@ -89,13 +89,22 @@ pub fn replace(path: &Path, data: &[u8]) -> Result<(), DurableError> {
         .truncate(true)
         .mode(0o660)
         .open(&tmp)
-        .map_err(|source| DurableError::Write { path: tmp.clone(), source })?;
-    f.write_all(data).map_err(|source| DurableError::Write { path: tmp.clone(), source })?;
+        .map_err(|source| DurableError::Write {
+            path: tmp.clone(),
+            source,
+        })?;
+    f.write_all(data).map_err(|source| DurableError::Write {
+        path: tmp.clone(),
+        source,
+    })?;
     fail::fail_point!("sdm::durable::fsync", |arg| Err(DurableError::Sync {
         path: tmp.clone(),
         source: injected_io(arg),
     }));
-    f.sync_all().map_err(|source| DurableError::Sync { path: tmp.clone(), source })?;
+    f.sync_all().map_err(|source| DurableError::Sync {
+        path: tmp.clone(),
+        source,
+    })?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(|source| DurableError::Rename {
         from: tmp.clone(),
@@ -108,8 +117,14 @@ pub fn replace(path: &Path, data: &[u8]) -> Result<(), DurableError> {
 
 /// fsyncs a directory so that a create, rename or unlink in it is durable.
 pub fn sync_dir(dir: &Path) -> Result<(), DurableError> {
-    let d = File::open(dir).map_err(|source| DurableError::Sync { path: dir.to_path_buf(), source })?;
-    d.sync_all().map_err(|source| DurableError::Sync { path: dir.to_path_buf(), source })
+    let d = File::open(dir).map_err(|source| DurableError::Sync {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    d.sync_all().map_err(|source| DurableError::Sync {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 /// Largest metadata file [`read_direct`] reads.
@@ -119,8 +134,15 @@ pub const MAX_METADATA_FILE: usize = 64 * 1024;
 /// storage another host's latest write is seen; trailing NUL padding is stripped. Falls back to a
 /// buffered read where O_DIRECT is refused (EINVAL, e.g. some FUSE or older tmpfs).
 pub fn read_direct(path: &Path) -> Result<Vec<u8>, DurableError> {
-    let err = |source| DurableError::Read { path: path.to_path_buf(), source };
-    let mut data = match OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) {
+    let err = |source| DurableError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut data = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
         Ok(f) => match read_aligned(f) {
             Ok(d) => d,
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => read_buffered(path).map_err(err)?,
@@ -137,9 +159,14 @@ pub fn read_direct(path: &Path) -> Result<Vec<u8>, DurableError> {
 
 fn read_buffered(path: &Path) -> io::Result<Vec<u8>> {
     let mut data = Vec::new();
-    File::open(path)?.take(MAX_METADATA_FILE as u64 + 1).read_to_end(&mut data)?;
+    File::open(path)?
+        .take(MAX_METADATA_FILE as u64 + 1)
+        .read_to_end(&mut data)?;
     if data.len() > MAX_METADATA_FILE {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "metadata file larger than 64 KiB"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "metadata file larger than 64 KiB",
+        ));
     }
     Ok(data)
 }
@@ -163,7 +190,10 @@ fn read_aligned(mut f: File) -> io::Result<Vec<u8>> {
         }
         len += n;
         if len > MAX_METADATA_FILE {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "metadata file larger than 64 KiB"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "metadata file larger than 64 KiB",
+            ));
         }
         if len % ALIGN != 0 {
             // A short read at EOF leaves the offset unaligned; a further read would be EINVAL.
@@ -183,7 +213,10 @@ fn injected_io(arg: Option<String>) -> io::Error {
 
 #[cfg(feature = "failpoints")]
 fn injected(path: &Path, arg: Option<String>) -> DurableError {
-    DurableError::Write { path: temp_path(path), source: injected_io(arg) }
+    DurableError::Write {
+        path: temp_path(path),
+        source: injected_io(arg),
+    }
 }
 
 #[cfg(test)]
@@ -209,6 +242,8 @@ mod tests {
         data.extend_from_slice(&[0u8; 100]);
         std::fs::write(&p, &data).unwrap();
         assert_eq!(read_direct(&p).unwrap(), vec![b'x'; 5000]);
-        assert!(read_direct(&dir.path().join("missing")).unwrap_err().is_not_found());
+        assert!(read_direct(&dir.path().join("missing"))
+            .unwrap_err()
+            .is_not_found());
     }
 }

@@ -72,6 +72,11 @@ mod tests {
         let e = Outer(std::io::Error::from_raw_os_error(libc::ENOSPC));
         let api = to_api_error(&e);
         assert_eq!(api.code, ErrorCode::GeneralException);
-        assert!(api.message.starts_with("write /x failed: No space left on device"), "{}", api.message);
+        assert!(
+            api.message
+                .starts_with("write /x failed: No space left on device"),
+            "{}",
+            api.message
+        );
     }
 }

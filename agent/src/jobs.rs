@@ -142,7 +142,8 @@ impl Job {
 
     /// Declares how many bytes the job will process in all, before its parts start.
     pub fn set_planned_total(&self, bytes: u64) {
-        self.planned_total.store(bytes, std::sync::atomic::Ordering::Relaxed);
+        self.planned_total
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn abort_controls(&self) {
@@ -156,13 +157,20 @@ impl Job {
     /// Progress summed over the job's control and its sub-operations.
     fn progress(&self) -> sdm_io::Progress {
         let mut p = self.ctl.progress();
-        for c in self.children.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for c in self
+            .children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             let q = c.progress();
             p.bytes_done += q.bytes_done;
             p.bytes_total += q.bytes_total;
             p.rate_bps += q.rate_bps;
         }
-        let planned = self.planned_total.load(std::sync::atomic::Ordering::Relaxed);
+        let planned = self
+            .planned_total
+            .load(std::sync::atomic::Ordering::Relaxed);
         p.bytes_total = p.bytes_total.max(planned);
         p
     }
@@ -226,7 +234,10 @@ impl Job {
                 // A specific code (e.g. VolumesZeroingError for a stopped wipe) is kept; a
                 // generic failure caused by the abort is reported as the abort.
                 st.error = Some(if e.code == ErrorCode::GeneralException {
-                    ApiError::new(ErrorCode::ActionStopped, format!("job aborted: {}", e.message))
+                    ApiError::new(
+                        ErrorCode::ActionStopped,
+                        format!("job aborted: {}", e.message),
+                    )
                 } else {
                     e
                 });
@@ -290,7 +301,10 @@ impl Jobs {
 
     /// Registers a job under the caller's id.
     pub fn register(&self, id: &Uuid, description: &str) -> Result<Arc<Job>, JobsError> {
-        if self.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
+        if self
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
             return Err(JobsError::ShuttingDown);
         }
         let mut map = self.map();
@@ -342,7 +356,10 @@ impl Jobs {
             let j = job.clone();
             let outcome = match tokio::task::spawn_blocking(move || work(&j)).await {
                 Ok(outcome) => outcome,
-                Err(e) => Err(ApiError::new(ErrorCode::GeneralException, format!("job panicked: {e}"))),
+                Err(e) => Err(ApiError::new(
+                    ErrorCode::GeneralException,
+                    format!("job panicked: {e}"),
+                )),
             };
             drop(permit);
             job.finish(outcome);
@@ -367,7 +384,10 @@ impl Jobs {
 
     /// A job by id.
     pub fn get(&self, id: &Uuid) -> Result<Arc<Job>, JobsError> {
-        self.map().get(id).cloned().ok_or_else(|| JobsError::NoSuchJob(id.clone()))
+        self.map()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| JobsError::NoSuchJob(id.clone()))
     }
 
     /// `Host.getJobs`.
@@ -392,7 +412,10 @@ impl Jobs {
         match st.status {
             JobStatus::Pending => {
                 st.status = JobStatus::Aborted;
-                st.error = Some(ApiError::new(ErrorCode::ActionStopped, "job aborted before it started"));
+                st.error = Some(ApiError::new(
+                    ErrorCode::ActionStopped,
+                    "job aborted before it started",
+                ));
                 st.finished_at = Some(Instant::now());
             }
             JobStatus::Running => {
@@ -410,7 +433,9 @@ impl Jobs {
     /// `Job.delete`.
     pub fn delete(&self, id: &Uuid) -> Result<(), JobsError> {
         let mut map = self.map();
-        let job = map.get(id).ok_or_else(|| JobsError::NoSuchJob(id.clone()))?;
+        let job = map
+            .get(id)
+            .ok_or_else(|| JobsError::NoSuchJob(id.clone()))?;
         if job.status().is_active() {
             return Err(JobsError::NotDone(id.clone()));
         }
@@ -444,7 +469,8 @@ impl Jobs {
 
     /// Refuses new jobs and aborts every active one (SIGTERM).
     pub fn abort_all(&self) {
-        self.shutting_down.store(true, std::sync::atomic::Ordering::Release);
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Release);
         let ids: Vec<Uuid> = self.map().keys().cloned().collect();
         for id in ids {
             let _ = self.abort(&id);
@@ -491,7 +517,10 @@ mod tests {
         let jobs = Jobs::new(2, None);
         let a = id();
         let job = jobs.register(&a, "test").unwrap();
-        assert!(matches!(jobs.register(&a, "test"), Err(JobsError::Exists(_))));
+        assert!(matches!(
+            jobs.register(&a, "test"),
+            Err(JobsError::Exists(_))
+        ));
         assert!(job.info().progress.is_none());
         jobs.start(job, Box::new(|_| Ok(None)));
         let info = wait_status(&jobs, &a, JobStatus::Done).await;
@@ -500,7 +529,10 @@ mod tests {
 
         let b = id();
         let job = jobs.register(&b, "test").unwrap();
-        jobs.start(job, Box::new(|_| Err(ApiError::new(ErrorCode::GenerationMismatch, "gen"))));
+        jobs.start(
+            job,
+            Box::new(|_| Err(ApiError::new(ErrorCode::GenerationMismatch, "gen"))),
+        );
         let info = wait_status(&jobs, &b, JobStatus::Failed).await;
         assert_eq!(info.error.unwrap().code, 911);
         assert!(matches!(jobs.abort(&b), Err(JobsError::NotActive(_))));
@@ -543,9 +575,15 @@ mod tests {
         let job = jobs.register(&a, "x").unwrap();
         jobs.start(job, Box::new(|_| Ok(None)));
         wait_status(&jobs, &a, JobStatus::Done).await;
-        let f = JobFilter { job_type: Some("storage".into()), job_ids: Some(vec![a.clone()]) };
+        let f = JobFilter {
+            job_type: Some("storage".into()),
+            job_ids: Some(vec![a.clone()]),
+        };
         assert_eq!(jobs.infos(&f).len(), 1);
-        let f = JobFilter { job_type: Some("v2v".into()), job_ids: None };
+        let f = JobFilter {
+            job_type: Some("v2v".into()),
+            job_ids: None,
+        };
         assert!(jobs.infos(&f).is_empty());
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert!(jobs.get(&a).is_err());

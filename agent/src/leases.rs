@@ -61,7 +61,9 @@ impl LeaseBackends {
     /// daemon (checked without registering).
     pub fn available(&self) -> Vec<String> {
         let mut v = vec!["local".to_string()];
-        if self.sanlock.lock().map(|s| s.is_some()).unwrap_or(false) || sanlock_daemon_present(&self.cfg) {
+        if self.sanlock.lock().map(|s| s.is_some()).unwrap_or(false)
+            || sanlock_daemon_present(&self.cfg)
+        {
             v.push("sanlock".to_string());
         }
         v

@@ -77,7 +77,10 @@ impl LockManager {
             }
         }
         let deadline = Instant::now() + timeout;
-        let mut set = LockSet { mgr: self.clone(), held: Vec::with_capacity(sorted.len()) };
+        let mut set = LockSet {
+            mgr: self.clone(),
+            held: Vec::with_capacity(sorted.len()),
+        };
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
         for (key, mode) in sorted {
             loop {
@@ -105,7 +108,11 @@ impl LockManager {
                 }
                 // Wake at least every 100 ms to notice `stop`.
                 let wait = (deadline - now).min(Duration::from_millis(100));
-                table = self.changed.wait_timeout(table, wait).unwrap_or_else(|e| e.into_inner()).0;
+                table = self
+                    .changed
+                    .wait_timeout(table, wait)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
             }
         }
         Ok(set)
@@ -147,25 +154,45 @@ mod tests {
     #[test]
     fn shared_coexist_exclusive_waits() {
         let m = Arc::new(LockManager::default());
-        let a = m.lock(&[("x".into(), Mode::Shared)], Duration::ZERO, &never).unwrap();
-        let _b = m.lock(&[("x".into(), Mode::Shared)], Duration::ZERO, &never).unwrap();
+        let a = m
+            .lock(&[("x".into(), Mode::Shared)], Duration::ZERO, &never)
+            .unwrap();
+        let _b = m
+            .lock(&[("x".into(), Mode::Shared)], Duration::ZERO, &never)
+            .unwrap();
         assert!(matches!(
-            m.lock(&[("x".into(), Mode::Exclusive)], Duration::from_millis(50), &never),
+            m.lock(
+                &[("x".into(), Mode::Exclusive)],
+                Duration::from_millis(50),
+                &never
+            ),
             Err(LockError::Timeout(_))
         ));
         drop(a);
         drop(_b);
-        let _c = m.lock(&[("x".into(), Mode::Exclusive)], Duration::ZERO, &never).unwrap();
+        let _c = m
+            .lock(&[("x".into(), Mode::Exclusive)], Duration::ZERO, &never)
+            .unwrap();
     }
 
     #[test]
     fn conflicting_modes_are_refused_and_duplicates_merged() {
         let m = Arc::new(LockManager::default());
         assert!(matches!(
-            m.lock(&[("x".into(), Mode::Shared), ("x".into(), Mode::Exclusive)], Duration::ZERO, &never),
+            m.lock(
+                &[("x".into(), Mode::Shared), ("x".into(), Mode::Exclusive)],
+                Duration::ZERO,
+                &never
+            ),
             Err(LockError::Conflict(_))
         ));
-        let s = m.lock(&[("x".into(), Mode::Shared), ("x".into(), Mode::Shared)], Duration::ZERO, &never).unwrap();
+        let s = m
+            .lock(
+                &[("x".into(), Mode::Shared), ("x".into(), Mode::Shared)],
+                Duration::ZERO,
+                &never,
+            )
+            .unwrap();
         assert_eq!(s.held.len(), 1);
     }
 
@@ -179,7 +206,11 @@ mod tests {
                 for _ in 0..200 {
                     let (a, b) = if i % 2 == 0 { ("a", "b") } else { ("b", "a") };
                     let _s = m
-                        .lock(&[(a.into(), Mode::Exclusive), (b.into(), Mode::Exclusive)], Duration::from_secs(10), &never)
+                        .lock(
+                            &[(a.into(), Mode::Exclusive), (b.into(), Mode::Exclusive)],
+                            Duration::from_secs(10),
+                            &never,
+                        )
                         .unwrap();
                 }
             }));
@@ -192,10 +223,16 @@ mod tests {
     #[test]
     fn stop_ends_the_wait() {
         let m = Arc::new(LockManager::default());
-        let _x = m.lock(&[("x".into(), Mode::Exclusive)], Duration::ZERO, &never).unwrap();
+        let _x = m
+            .lock(&[("x".into(), Mode::Exclusive)], Duration::ZERO, &never)
+            .unwrap();
         let stop = || true;
         assert!(matches!(
-            m.lock(&[("x".into(), Mode::Exclusive)], Duration::from_secs(10), &stop),
+            m.lock(
+                &[("x".into(), Mode::Exclusive)],
+                Duration::from_secs(10),
+                &stop
+            ),
             Err(LockError::Stopped(_))
         ));
     }

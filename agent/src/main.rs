@@ -38,7 +38,11 @@ fn main() -> anyhow::Result<()> {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
 
-    let over = Overrides { listen: args.listen, state_dir: args.state_dir, host_id: args.host_id };
+    let over = Overrides {
+        listen: args.listen,
+        state_dir: args.state_dir,
+        host_id: args.host_id,
+    };
     let cfg = Config::load(args.config.as_deref(), &over)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -10,10 +10,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jsonrpsee::core::middleware::{Batch, BatchEntry, Notification, RpcServiceBuilder, RpcServiceT};
+use jsonrpsee::core::middleware::{
+    Batch, BatchEntry, Notification, RpcServiceBuilder, RpcServiceT,
+};
 use jsonrpsee::core::server::{BatchResponseBuilder, MethodResponse};
 use jsonrpsee::core::{async_trait, SubscriptionResult};
-use jsonrpsee::server::{BatchRequestConfig, PendingSubscriptionSink, PingConfig, Server, ServerConfig, ServerHandle};
+use jsonrpsee::server::{
+    BatchRequestConfig, PendingSubscriptionSink, PingConfig, Server, ServerConfig, ServerHandle,
+};
 use jsonrpsee::types::error::INVALID_PARAMS_CODE;
 use jsonrpsee::types::{ErrorObjectOwned, Request};
 use sdm_proto::*;
@@ -43,7 +47,9 @@ where
 {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map_err(ErrorObjectOwned::from),
-        Err(e) => Err(ApiError::new(ErrorCode::GeneralException, format!("internal error: {e}")).into()),
+        Err(e) => {
+            Err(ApiError::new(ErrorCode::GeneralException, format!("internal error: {e}")).into())
+        }
     }
 }
 
@@ -51,6 +57,8 @@ fn flag(f: Option<Flag>) -> bool {
     f.map(Flag::get).unwrap_or(false)
 }
 
+// The wire verbs take their parameters by name, as many as the contract gives them.
+#[allow(clippy::too_many_arguments)]
 #[async_trait]
 impl SdmApiServer for Rpc {
     async fn get_capabilities(&self) -> RpcResult<Capabilities> {
@@ -63,24 +71,43 @@ impl SdmApiServer for Rpc {
         blocking(move || Ok(a.stats())).await
     }
 
-    async fn get_jobs(&self, job_type: Option<String>, job_ids: Option<Vec<Uuid>>) -> RpcResult<JobMap> {
+    async fn get_jobs(
+        &self,
+        job_type: Option<String>,
+        job_ids: Option<Vec<Uuid>>,
+    ) -> RpcResult<JobMap> {
         Ok(self.agent.jobs.infos(&JobFilter { job_type, job_ids }))
     }
 
     async fn abort_job(&self, job_id: Uuid) -> RpcResult<bool> {
-        self.agent.jobs.abort(&job_id).map_err(|e| to_api_error(&e))?;
+        self.agent
+            .jobs
+            .abort(&job_id)
+            .map_err(|e| to_api_error(&e))?;
         Ok(true)
     }
 
     async fn delete_job(&self, job_id: Uuid) -> RpcResult<bool> {
-        self.agent.jobs.delete(&job_id).map_err(|e| to_api_error(&e))?;
+        self.agent
+            .jobs
+            .delete(&job_id)
+            .map_err(|e| to_api_error(&e))?;
         Ok(true)
     }
 
-    async fn create_domain(&self, sd_id: Uuid, path: String, description: Option<Description>) -> RpcResult<bool> {
+    async fn create_domain(
+        &self,
+        sd_id: Uuid,
+        path: String,
+        description: Option<Description>,
+    ) -> RpcResult<bool> {
         let a = self.agent.clone();
         blocking(move || {
-            a.create_domain(&sd_id, &path, description.as_ref().map(Description::as_str).unwrap_or(""))?;
+            a.create_domain(
+                &sd_id,
+                &path,
+                description.as_ref().map(Description::as_str).unwrap_or(""),
+            )?;
             Ok(true)
         })
         .await
@@ -149,7 +176,12 @@ impl SdmApiServer for Rpc {
         .await
     }
 
-    async fn get_volume_info(&self, sd_id: Uuid, img_id: Uuid, vol_id: Uuid) -> RpcResult<VolumeInfo> {
+    async fn get_volume_info(
+        &self,
+        sd_id: Uuid,
+        img_id: Uuid,
+        vol_id: Uuid,
+    ) -> RpcResult<VolumeInfo> {
         let a = self.agent.clone();
         blocking(move || a.volume_info(&sd_id, &img_id, &vol_id)).await
     }
@@ -186,7 +218,12 @@ impl SdmApiServer for Rpc {
         Ok(true)
     }
 
-    async fn update_volume(&self, job_id: Uuid, vol_info: VolumeRef, vol_attr: VolumeAttributes) -> RpcResult<bool> {
+    async fn update_volume(
+        &self,
+        job_id: Uuid,
+        vol_info: VolumeRef,
+        vol_attr: VolumeAttributes,
+    ) -> RpcResult<bool> {
         ops::update_volume::schedule(&self.agent, &job_id, vol_info, vol_attr)?;
         Ok(true)
     }
@@ -227,11 +264,17 @@ impl SdmApiServer for Rpc {
         blocking(move || ops::image::delete(&a, &sd_id, &image_id, wipe, discard, job_id)).await
     }
 
-    async fn subscribe_job(&self, pending: PendingSubscriptionSink, job_id: Uuid) -> SubscriptionResult {
+    async fn subscribe_job(
+        &self,
+        pending: PendingSubscriptionSink,
+        job_id: Uuid,
+    ) -> SubscriptionResult {
         let job = match self.agent.jobs.get(&job_id) {
             Ok(j) => j,
             Err(e) => {
-                pending.reject(ErrorObjectOwned::from(to_api_error(&e))).await;
+                pending
+                    .reject(ErrorObjectOwned::from(to_api_error(&e)))
+                    .await;
                 return Ok(());
             }
         };
@@ -284,13 +327,19 @@ fn rewrite(id: jsonrpsee::types::Id<'static>, rp: MethodResponse) -> MethodRespo
             })
         })
         .unwrap_or_else(|| "invalid parameters".into());
-    MethodResponse::error(id, ErrorObjectOwned::from(ApiError::invalid(format!("invalid parameters: {detail}"))))
+    MethodResponse::error(
+        id,
+        ErrorObjectOwned::from(ApiError::invalid(format!("invalid parameters: {detail}"))),
+    )
 }
 
 impl<S> RpcServiceT for ParamErrors<S>
 where
-    S: RpcServiceT<MethodResponse = MethodResponse, BatchResponse = MethodResponse, NotificationResponse = MethodResponse>
-        + Send
+    S: RpcServiceT<
+            MethodResponse = MethodResponse,
+            BatchResponse = MethodResponse,
+            NotificationResponse = MethodResponse,
+        > + Send
         + Sync
         + Clone
         + 'static,
@@ -336,7 +385,10 @@ where
         }
     }
 
-    fn notification<'a>(&self, n: Notification<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
+    fn notification<'a>(
+        &self,
+        n: Notification<'a>,
+    ) -> impl Future<Output = MethodResponse> + Send + 'a {
         self.inner.notification(n)
     }
 }
@@ -348,14 +400,18 @@ pub struct ParamErrorsLayer(usize);
 impl<S> tower::Layer<S> for ParamErrorsLayer {
     type Service = ParamErrors<S>;
     fn layer(&self, inner: S) -> ParamErrors<S> {
-        ParamErrors { inner, max_response: self.0 }
+        ParamErrors {
+            inner,
+            max_response: self.0,
+        }
     }
 }
 
 /// Binds the listener and starts serving. Returns the bound address (port 0 picks a free one).
 pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHandle)> {
     let s = &agent.cfg.server;
-    let rpc_mw = RpcServiceBuilder::new().layer(ParamErrorsLayer(s.max_response_body_bytes as usize));
+    let rpc_mw =
+        RpcServiceBuilder::new().layer(ParamErrorsLayer(s.max_response_body_bytes as usize));
     let config = ServerConfig::builder()
         .max_request_body_size(s.max_request_body_bytes)
         .max_response_body_size(s.max_response_body_bytes)
@@ -363,7 +419,11 @@ pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHand
         .max_subscriptions_per_connection(s.max_subscriptions_per_connection)
         .set_batch_request_config(BatchRequestConfig::Limit(s.max_batch_len))
         // Idle WebSocket connections are pinged and dropped when they stop answering.
-        .enable_ws_ping(PingConfig::new().ping_interval(Duration::from_secs(30)).inactive_limit(Duration::from_secs(90)))
+        .enable_ws_ping(
+            PingConfig::new()
+                .ping_interval(Duration::from_secs(30))
+                .inactive_limit(Duration::from_secs(90)),
+        )
         .build();
     let server = Server::builder()
         .set_config(config)

@@ -60,8 +60,13 @@ impl Agent {
     /// Builds the agent: probes the data path, attaches the domains it had, those configured,
     /// and (embedded default, first start) creates two local domains.
     pub fn start(cfg: Config) -> Result<Arc<Agent>, ApiError> {
-        std::fs::create_dir_all(&cfg.state_dir)
-            .map_err(|e| api(StorageError::io("create state directory", &cfg.state_dir, e)))?;
+        std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
+            api(StorageError::io(
+                "create state directory",
+                &cfg.state_dir,
+                e,
+            ))
+        })?;
         let engine = sdm_io::Engine::new(engine_config(&cfg));
         let leases = LeaseBackends::new(cfg.host_id, cfg.leases.clone());
         let agent = Arc::new_cyclic(|me| Agent {
@@ -88,18 +93,31 @@ impl Agent {
             wanted.push((a.path, kind));
         }
         for d in &self.cfg.domains {
-            wanted.push((d.path.clone(), d.lease_backend.unwrap_or(self.leases.default_kind())));
+            wanted.push((
+                d.path.clone(),
+                d.lease_backend.unwrap_or(self.leases.default_kind()),
+            ));
         }
         if self.cfg.create_default_domains {
             let root = self.default_domain_root();
             let existing = existing_domains(&root);
             if existing.is_empty() {
-                std::fs::create_dir_all(&root).map_err(|e| api(StorageError::io("mkdir", &root, e)))?;
+                std::fs::create_dir_all(&root)
+                    .map_err(|e| api(StorageError::io("mkdir", &root, e)))?;
                 for n in 1..=2 {
                     let sd = Uuid::new_v4();
-                    let local = self.leases.get(LeaseBackendKind::Local).map_err(|e| api(StorageError::Lease(e)))?;
-                    let dir = Domain::create(&root, &sd, &format!("sdm local domain {n}"), local.as_ref(), 10)
-                        .map_err(api)?;
+                    let local = self
+                        .leases
+                        .get(LeaseBackendKind::Local)
+                        .map_err(|e| api(StorageError::Lease(e)))?;
+                    let dir = Domain::create(
+                        &root,
+                        &sd,
+                        &format!("sdm local domain {n}"),
+                        local.as_ref(),
+                        10,
+                    )
+                    .map_err(api)?;
                     tracing::info!(sd_id = %sd, path = %dir.display(), "created embedded local domain");
                     wanted.push((dir, LeaseBackendKind::Local));
                 }
@@ -114,8 +132,12 @@ impl Agent {
                 continue;
             }
             match self.attach_path(&path, kind) {
-                Ok(sd) => tracing::info!(sd_id = %sd, path = %path.display(), lease_backend = kind.as_str(), "attached domain"),
-                Err(e) => tracing::error!(path = %path.display(), error = %e.message, "cannot attach domain at start"),
+                Ok(sd) => {
+                    tracing::info!(sd_id = %sd, path = %path.display(), lease_backend = kind.as_str(), "attached domain")
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e.message, "cannot attach domain at start")
+                }
             }
         }
         Ok(())
@@ -139,7 +161,9 @@ impl Agent {
 
     /// Takes locks for a synchronous verb (short wait).
     pub fn lock_sync(&self, wanted: &[(String, Mode)]) -> Result<LockSet, ApiError> {
-        self.locks.lock(wanted, SYNC_LOCK_TIMEOUT, &|| false).map_err(api)
+        self.locks
+            .lock(wanted, SYNC_LOCK_TIMEOUT, &|| false)
+            .map_err(api)
     }
 
     // --- host -----------------------------------------------------------------------------
@@ -152,7 +176,12 @@ impl Agent {
             io_uring: self.engine.backend() == sdm_io::BackendKind::IoUring,
             io_fallback_reason: self.engine.fallback_reason().map(str::to_string),
             lease_backends: self.leases.available(),
-            domains: self.registry.all().into_iter().map(|(d, _)| d.sd_id.clone()).collect(),
+            domains: self
+                .registry
+                .all()
+                .into_iter()
+                .map(|(d, _)| d.sd_id.clone())
+                .collect(),
         }
     }
 
@@ -170,21 +199,28 @@ impl Agent {
             max_running_jobs: self.jobs.max_running() as u64,
             uptime_s: self.started.elapsed().as_secs(),
             rss_bytes: proc_rss(),
-            open_fds: std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0),
+            open_fds: std::fs::read_dir("/proc/self/fd")
+                .map(|d| d.count() as u64)
+                .unwrap_or(0),
         }
     }
 
     // --- domains --------------------------------------------------------------------------
 
     fn attach_path(&self, path: &Path, kind: LeaseBackendKind) -> Result<Uuid, ApiError> {
-        let leases = self.leases.get(kind).map_err(|e| api(StorageError::Lease(e)))?;
+        let leases = self
+            .leases
+            .get(kind)
+            .map_err(|e| api(StorageError::Lease(e)))?;
         let dom = Domain::open(path, leases.clone()).map_err(api)?;
         if let Ok(existing) = self.registry.get(&dom.sd_id) {
             if existing.dir == dom.dir {
                 return Ok(dom.sd_id);
             }
         }
-        leases.join(dom.sd_id.as_str(), &dom.ids_path()).map_err(|e| api(StorageError::Lease(e)))?;
+        leases
+            .join(dom.sd_id.as_str(), &dom.ids_path())
+            .map_err(|e| api(StorageError::Lease(e)))?;
         let sd = dom.sd_id.clone();
         let dom = Arc::new(dom);
         self.registry.insert(dom.clone(), kind).map_err(api)?;
@@ -213,9 +249,18 @@ impl Agent {
             return Err(api(StorageError::DomainExists(sd.to_string())));
         }
         let kind = self.leases.default_kind();
-        let leases = self.leases.get(kind).map_err(|e| api(StorageError::Lease(e)))?;
-        let dir = Domain::create(&canon, sd, description, leases.as_ref(), self.leases.io_timeout_s())
-            .map_err(api)?;
+        let leases = self
+            .leases
+            .get(kind)
+            .map_err(|e| api(StorageError::Lease(e)))?;
+        let dir = Domain::create(
+            &canon,
+            sd,
+            description,
+            leases.as_ref(),
+            self.leases.io_timeout_s(),
+        )
+        .map_err(api)?;
         tracing::info!(sd_id = %sd, path = %dir.display(), "created domain");
         self.attach_path(&dir, kind)?;
         Ok(())
@@ -234,8 +279,16 @@ impl Agent {
         let dom = self.registry.get(sd).map_err(api)?;
         let _guard = self
             .locks
-            .lock(&[(domain_key(sd.as_str()), Mode::Exclusive)], Duration::from_millis(200), &|| false)
-            .map_err(|_| api(StorageError::Busy(format!("storage domain {sd} is in use by running jobs"))))?;
+            .lock(
+                &[(domain_key(sd.as_str()), Mode::Exclusive)],
+                Duration::from_millis(200),
+                &|| false,
+            )
+            .map_err(|_| {
+                api(StorageError::Busy(format!(
+                    "storage domain {sd} is in use by running jobs"
+                )))
+            })?;
         self.registry.remove(sd).map_err(api)?;
         if let Err(e) = dom.leases.leave(sd.as_str(), &dom.ids_path()) {
             tracing::warn!(sd_id = %sd, error = %e, "leaving the lockspace failed");
@@ -324,11 +377,13 @@ impl Agent {
 }
 
 fn engine_config(cfg: &Config) -> sdm_io::EngineConfig {
-    let mut e = sdm_io::EngineConfig::default();
-    e.backend = match cfg.io.backend.as_str() {
-        "io_uring" => sdm_io::BackendChoice::IoUring,
-        "sync" => sdm_io::BackendChoice::Sync,
-        _ => sdm_io::BackendChoice::Auto,
+    let mut e = sdm_io::EngineConfig {
+        backend: match cfg.io.backend.as_str() {
+            "io_uring" => sdm_io::BackendChoice::IoUring,
+            "sync" => sdm_io::BackendChoice::Sync,
+            _ => sdm_io::BackendChoice::Auto,
+        },
+        ..Default::default()
     };
     if cfg.io.queue_depth > 0 {
         e.queue_depth = cfg.io.queue_depth;
@@ -351,12 +406,16 @@ fn absolute(path: &str) -> Result<PathBuf, ApiError> {
 }
 
 fn existing_domains(root: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(root) else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
     let mut v: Vec<PathBuf> = rd
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(sdm_proto::is_canonical_uuid)
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(sdm_proto::is_canonical_uuid)
                 && p.join("dom_md").is_dir()
         })
         .collect();
@@ -367,7 +426,11 @@ fn existing_domains(root: &Path) -> Vec<PathBuf> {
 fn proc_rss() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .map(|pages| pages * 4096)
         .unwrap_or(0)
 }

@@ -12,16 +12,31 @@ fn bad_config_names_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("agent.toml");
     std::fs::write(&cfg, "host_id = 1\n[io]\nqueue_depth = \"deep\"\n").unwrap();
-    let out = agent().arg("--config").arg(&cfg).arg("--state-dir").arg(dir.path().join("s")).output().unwrap();
+    let out = agent()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--state-dir")
+        .arg(dir.path().join("s"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&cfg.display().to_string()) && err.contains("queue_depth"), "{err}");
-    assert!(!dir.path().join("s").exists(), "nothing is created for a refused config");
+    assert!(
+        err.contains(&cfg.display().to_string()) && err.contains("queue_depth"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("s").exists(),
+        "nothing is created for a refused config"
+    );
 
     std::fs::write(&cfg, "host_id = 5000\n").unwrap();
     let out = agent().arg("--config").arg(&cfg).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("host_id") && err.contains("1-2000"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("host_id") && err.contains("1-2000"),
+        "{err}"
+    );
 }
 
 #[test]

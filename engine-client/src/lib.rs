@@ -6,7 +6,6 @@
 //! ([`AgentClient::submit`]), following a job to its end ([`AgentClient::wait_job`], by
 //! WebSocket subscription with a polling fallback).
 
-
 use std::time::Duration;
 
 use jsonrpsee::core::client::{ClientT, Error as RpcError};
@@ -64,7 +63,10 @@ pub struct ClientOptions {
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        ClientOptions { request_timeout: Duration::from_secs(30), retries: 3 }
+        ClientOptions {
+            request_timeout: Duration::from_secs(30),
+            retries: 3,
+        }
     }
 }
 
@@ -108,7 +110,6 @@ impl AgentClient {
         convert(&self.url, e)
     }
 
-
     /// Submits a job-starting verb whose job id the caller chose, retrying on transport errors.
     ///
     /// Safe because the agent registers a job id once: if an earlier attempt reached the agent
@@ -140,13 +141,20 @@ impl AgentClient {
     /// The job's info, or None when the agent does not know it (finished long ago, or the
     /// agent restarted).
     pub async fn job(&self, job_id: &Uuid) -> Result<Option<JobInfo>, Error> {
-        let mut map = self.http.get_jobs(None, Some(vec![job_id.clone()])).await.via(self)?;
+        let mut map = self
+            .http
+            .get_jobs(None, Some(vec![job_id.clone()]))
+            .await
+            .via(self)?;
         Ok(map.remove(job_id))
     }
 
     /// A WebSocket connection to the same agent (for subscriptions).
     pub async fn websocket(&self) -> Result<WsClient, Error> {
-        let ws_url = self.url.replacen("http://", "ws://", 1).replacen("https://", "wss://", 1);
+        let ws_url = self
+            .url
+            .replacen("http://", "ws://", 1)
+            .replacen("https://", "wss://", 1);
         WsClientBuilder::default()
             .request_timeout(self.opts.request_timeout)
             .build(&ws_url)
@@ -156,7 +164,11 @@ impl AgentClient {
 
     /// Waits for a job to end, calling `on_update` with every info seen. Uses `Job.subscribe`
     /// and falls back to polling `Host.getJobs` if subscribing is not possible.
-    pub async fn wait_job(&self, job_id: &Uuid, mut on_update: impl FnMut(&JobInfo)) -> Result<JobInfo, Error> {
+    pub async fn wait_job(
+        &self,
+        job_id: &Uuid,
+        mut on_update: impl FnMut(&JobInfo),
+    ) -> Result<JobInfo, Error> {
         if let Ok(ws) = self.websocket().await {
             if let Ok(mut sub) = ws.subscribe_job(job_id.clone()).await {
                 while let Some(item) = sub.next().await {
@@ -215,7 +227,12 @@ pub fn job_outcome(info: &JobInfo) -> Result<(), ApiError> {
             .error
             .as_ref()
             .map(|e| e.to_api_error())
-            .unwrap_or_else(|| ApiError::new(ErrorCode::GeneralException, format!("job ended {}", info.status)))),
+            .unwrap_or_else(|| {
+                ApiError::new(
+                    ErrorCode::GeneralException,
+                    format!("job ended {}", info.status),
+                )
+            })),
     }
 }
 
@@ -230,7 +247,9 @@ fn normalize(url: &str) -> Result<String, Error> {
     } else if !u.is_empty() && !u.contains("://") {
         format!("http://{u}")
     } else {
-        return Err(Error::Usage(format!("bad agent URL {url:?}: use http://HOST:PORT")));
+        return Err(Error::Usage(format!(
+            "bad agent URL {url:?}: use http://HOST:PORT"
+        )));
     };
     Ok(u)
 }
@@ -238,8 +257,14 @@ fn normalize(url: &str) -> Result<String, Error> {
 fn convert(url: &str, e: RpcError) -> Error {
     match e {
         RpcError::Call(obj) => Error::Api(ApiError::from_error_object(&obj)),
-        RpcError::ParseError(p) => Error::Transport { url: url.into(), message: format!("bad response: {p}") },
-        other => Error::Transport { url: url.into(), message: other.to_string() },
+        RpcError::ParseError(p) => Error::Transport {
+            url: url.into(),
+            message: format!("bad response: {p}"),
+        },
+        other => Error::Transport {
+            url: url.into(),
+            message: other.to_string(),
+        },
     }
 }
 
@@ -259,7 +284,10 @@ mod tests {
 
     #[test]
     fn urls_are_normalized() {
-        assert_eq!(normalize("127.0.0.1:54321").unwrap(), "http://127.0.0.1:54321");
+        assert_eq!(
+            normalize("127.0.0.1:54321").unwrap(),
+            "http://127.0.0.1:54321"
+        );
         assert_eq!(normalize("ws://h:1/").unwrap(), "http://h:1");
         assert_eq!(normalize("https://h:1").unwrap(), "https://h:1");
         assert!(normalize("ftp://h").is_err());

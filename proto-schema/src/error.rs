@@ -113,7 +113,10 @@ pub struct ApiError {
 impl ApiError {
     /// An error of `code` with `message`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
-        ApiError { code, message: message.into() }
+        ApiError {
+            code,
+            message: message.into(),
+        }
     }
 
     /// Shorthand for [`ErrorCode::InvalidParameterException`].
@@ -148,7 +151,9 @@ impl From<ApiError> for ErrorObjectOwned {
         ErrorObject::owned(
             err.code.code(),
             err.message,
-            Some(ErrorData { name: err.code.name().to_string() }),
+            Some(ErrorData {
+                name: err.code.name().to_string(),
+            }),
         )
     }
 }
@@ -198,7 +203,10 @@ mod tests {
             assert!(!code.doc().is_empty());
         }
         assert_eq!(ErrorCode::GenerationMismatch.code(), 911);
-        assert_eq!(ErrorCode::prepareIllegalVolumeError.name(), "prepareIllegalVolumeError");
+        assert_eq!(
+            ErrorCode::prepareIllegalVolumeError.name(),
+            "prepareIllegalVolumeError"
+        );
     }
 
     #[test]

@@ -252,9 +252,14 @@ fn size_from_u64<E: de::Error>(v: u64) -> Result<u64, E> {
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     if t.is_empty() || t.len() > 20 || !t.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("invalid size {:?}: expected a decimal number of bytes", truncate_for_message(s)));
+        return Err(format!(
+            "invalid size {:?}: expected a decimal number of bytes",
+            truncate_for_message(s)
+        ));
     }
-    let v: u64 = t.parse().map_err(|_| format!("size {t} is beyond 2^63-1"))?;
+    let v: u64 = t
+        .parse()
+        .map_err(|_| format!("size {t} is beyond 2^63-1"))?;
     if v > MAX_SIZE {
         return Err(format!("size {t} is beyond 2^63-1"));
     }
@@ -278,7 +283,9 @@ impl<'de> Deserialize<'de> for Size {
                     .map(Size)
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Size, E> {
-                Err(E::custom(format!("size {v} is not an integer number of bytes below 2^63")))
+                Err(E::custom(format!(
+                    "size {v} is not an integer number of bytes below 2^63"
+                )))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
                 parse_size(v).map(Size).map_err(E::custom)
@@ -390,7 +397,9 @@ impl<'de> Deserialize<'de> for Generation {
                     .and_then(|v| Generation::new(v).map_err(E::custom))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Generation, E> {
-                Err(E::custom(format!("generation {v} is not an integer 0-{MAX_GENERATION}")))
+                Err(E::custom(format!(
+                    "generation {v} is not an integer 0-{MAX_GENERATION}"
+                )))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Generation, E> {
                 let n = parse_size(v).map_err(|_| {
@@ -430,7 +439,10 @@ impl Description {
     /// Validates free text.
     pub fn parse(s: &str) -> Result<Description, String> {
         if s.len() > MAX_DESCRIPTION_BYTES {
-            return Err(format!("description is {} bytes, more than {MAX_DESCRIPTION_BYTES}", s.len()));
+            return Err(format!(
+                "description is {} bytes, more than {MAX_DESCRIPTION_BYTES}",
+                s.len()
+            ));
         }
         if let Some(c) = s.chars().find(|c| c.is_control()) {
             return Err(format!("description contains the control character {c:?}"));
@@ -573,11 +585,15 @@ impl<'de> Deserialize<'de> for ImageOperation {
                 match v {
                     1 => Ok(ImageOperation::Copy),
                     2 => Ok(ImageOperation::Move),
-                    _ => Err(E::custom(format!("invalid operation {v}: expected 1 (copy) or 2 (move)"))),
+                    _ => Err(E::custom(format!(
+                        "invalid operation {v}: expected 1 (copy) or 2 (move)"
+                    ))),
                 }
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ImageOperation, E> {
-                Err(E::custom(format!("invalid operation {v}: expected 1 (copy) or 2 (move)")))
+                Err(E::custom(format!(
+                    "invalid operation {v}: expected 1 (copy) or 2 (move)"
+                )))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ImageOperation, E> {
                 match v.to_ascii_lowercase().as_str() {
@@ -641,8 +657,20 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// A div endpoint.
-    pub fn div(sd_id: Uuid, img_id: Uuid, vol_id: Uuid, generation: Option<Generation>) -> Endpoint {
-        Endpoint { endpoint_type: EndpointType::Div, sd_id, img_id, vol_id, generation, prepared: None }
+    pub fn div(
+        sd_id: Uuid,
+        img_id: Uuid,
+        vol_id: Uuid,
+        generation: Option<Generation>,
+    ) -> Endpoint {
+        Endpoint {
+            endpoint_type: EndpointType::Div,
+            sd_id,
+            img_id,
+            vol_id,
+            generation,
+            prepared: None,
+        }
     }
 }
 
@@ -890,20 +918,35 @@ mod tests {
 
     #[test]
     fn uuid_is_strict() {
-        assert!(serde_json::from_value::<Uuid>(json!("5f7d1f2e-29a6-4f0b-9a35-1c2b3d4e5f60")).is_ok());
+        assert!(
+            serde_json::from_value::<Uuid>(json!("5f7d1f2e-29a6-4f0b-9a35-1c2b3d4e5f60")).is_ok()
+        );
         for bad in [
-            "", "../../etc", "a/b", "5F7D1F2E-29A6-4F0B-9A35-1C2B3D4E5F60",
-            "5f7d1f2e29a64f0b9a351c2b3d4e5f60", "{5f7d1f2e-29a6-4f0b-9a35-1c2b3d4e5f60}",
-            "5f7d1f2e-29a6-4f0b-9a35-1c2b3d4e5f6g", "5f7d1f2e-29a6-4f0b-9a35-1c2b3d4e5f60\n",
+            "",
+            "../../etc",
+            "a/b",
+            "5F7D1F2E-29A6-4F0B-9A35-1C2B3D4E5F60",
+            "5f7d1f2e29a64f0b9a351c2b3d4e5f60",
+            "{5f7d1f2e-29a6-4f0b-9a35-1c2b3d4e5f60}",
+            "5f7d1f2e-29a6-4f0b-9a35-1c2b3d4e5f6g",
+            "5f7d1f2e-29a6-4f0b-9a35-1c2b3d4e5f60\n",
         ] {
-            assert!(serde_json::from_value::<Uuid>(json!(bad)).is_err(), "{bad:?}");
+            assert!(
+                serde_json::from_value::<Uuid>(json!(bad)).is_err(),
+                "{bad:?}"
+            );
         }
         assert!(serde_json::from_value::<Uuid>(json!(5)).is_err());
     }
 
     #[test]
     fn flag_accepts_strings() {
-        for (v, want) in [(json!(true), true), (json!("TRUE"), true), (json!("false"), false), (json!("False"), false)] {
+        for (v, want) in [
+            (json!(true), true),
+            (json!("TRUE"), true),
+            (json!("false"), false),
+            (json!("False"), false),
+        ] {
             assert_eq!(serde_json::from_value::<Flag>(v).unwrap().0, want);
         }
         assert!(serde_json::from_value::<Flag>(json!("yes")).is_err());
@@ -912,12 +955,30 @@ mod tests {
 
     #[test]
     fn sizes_accept_strings_and_refuse_overflow() {
-        assert_eq!(serde_json::from_value::<Size>(json!("1073741824")).unwrap().0, 1 << 30);
+        assert_eq!(
+            serde_json::from_value::<Size>(json!("1073741824"))
+                .unwrap()
+                .0,
+            1 << 30
+        );
         assert_eq!(serde_json::from_value::<Size>(json!(4096)).unwrap().0, 4096);
         assert_eq!(serde_json::to_value(Size(5)).unwrap(), json!("5"));
-        for bad in [json!(-1), json!("-1"), json!("1e9"), json!(1.5), json!("9223372036854775808"),
-                    json!(9223372036854775808u64), json!("abc"), json!(""), json!(null), json!(1e30)] {
-            assert!(serde_json::from_value::<Size>(bad.clone()).is_err(), "{bad}");
+        for bad in [
+            json!(-1),
+            json!("-1"),
+            json!("1e9"),
+            json!(1.5),
+            json!("9223372036854775808"),
+            json!(9223372036854775808u64),
+            json!("abc"),
+            json!(""),
+            json!(null),
+            json!(1e30),
+        ] {
+            assert!(
+                serde_json::from_value::<Size>(bad.clone()).is_err(),
+                "{bad}"
+            );
         }
         assert!(serde_json::from_value::<Capacity>(json!(0)).is_err());
         assert!(serde_json::from_value::<Capacity>(json!("0")).is_err());
@@ -925,7 +986,10 @@ mod tests {
 
     #[test]
     fn generation_range_and_wrap() {
-        assert_eq!(serde_json::from_value::<Generation>(json!(999)).unwrap().0, 999);
+        assert_eq!(
+            serde_json::from_value::<Generation>(json!(999)).unwrap().0,
+            999
+        );
         assert!(serde_json::from_value::<Generation>(json!(1000)).is_err());
         assert!(serde_json::from_value::<Generation>(json!(-1)).is_err());
         assert_eq!(Generation(999).next(), Generation(0));
@@ -934,8 +998,14 @@ mod tests {
 
     #[test]
     fn operation_words_and_numbers() {
-        assert_eq!(serde_json::from_value::<ImageOperation>(json!(1)).unwrap(), ImageOperation::Copy);
-        assert_eq!(serde_json::from_value::<ImageOperation>(json!("MOVE")).unwrap(), ImageOperation::Move);
+        assert_eq!(
+            serde_json::from_value::<ImageOperation>(json!(1)).unwrap(),
+            ImageOperation::Copy
+        );
+        assert_eq!(
+            serde_json::from_value::<ImageOperation>(json!("MOVE")).unwrap(),
+            ImageOperation::Move
+        );
         assert!(serde_json::from_value::<ImageOperation>(json!(0)).is_err());
         assert!(serde_json::from_value::<ImageOperation>(json!(3)).is_err());
     }
@@ -965,13 +1035,27 @@ mod tests {
     #[test]
     fn job_info_omits_absent_progress_and_error() {
         let info = JobInfo {
-            id: Uuid::new_v4(), status: JobStatus::Pending, description: "copy_data".into(),
-            job_type: "storage".into(), progress: None, error: None, bytes_done: 0, bytes_total: 0,
-            rate_bps: 0, eta_s: None, aborting: false, result: None,
+            id: Uuid::new_v4(),
+            status: JobStatus::Pending,
+            description: "copy_data".into(),
+            job_type: "storage".into(),
+            progress: None,
+            error: None,
+            bytes_done: 0,
+            bytes_total: 0,
+            rate_bps: 0,
+            eta_s: None,
+            aborting: false,
+            result: None,
         };
         let v = serde_json::to_value(&info).unwrap();
-        assert!(v.get("progress").is_none() && v.get("error").is_none() && v.get("aborting").is_none());
-        let with = JobInfo { progress: Some(100.0), ..info };
+        assert!(
+            v.get("progress").is_none() && v.get("error").is_none() && v.get("aborting").is_none()
+        );
+        let with = JobInfo {
+            progress: Some(100.0),
+            ..info
+        };
         assert!(serde_json::to_value(&with).unwrap()["progress"].is_f64());
     }
 }

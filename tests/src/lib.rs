@@ -25,7 +25,10 @@ pub fn bin_dir() -> PathBuf {
 /// Path of a workspace binary, built by `cargo test --workspace` (the agent and client crates
 /// have integration tests, which makes cargo build their binaries).
 pub fn bin(name: &str) -> PathBuf {
-    if let Some(p) = std::env::var_os(format!("SDM_{}_BIN", name.to_ascii_uppercase().replace('-', "_"))) {
+    if let Some(p) = std::env::var_os(format!(
+        "SDM_{}_BIN",
+        name.to_ascii_uppercase().replace('-', "_")
+    )) {
         return p.into();
     }
     let p = bin_dir().join(name);
@@ -70,7 +73,10 @@ impl AgentProc {
         let (tmp, state_dir) = match &opts.state_dir {
             Some(p) => (None, p.clone()),
             None => {
-                let t = tempfile::Builder::new().prefix("sdm-test-").tempdir().expect("tempdir");
+                let t = tempfile::Builder::new()
+                    .prefix("sdm-test-")
+                    .tempdir()
+                    .expect("tempdir");
                 let p = t.path().to_path_buf();
                 (Some(t), p)
             }
@@ -91,7 +97,10 @@ impl AgentProc {
 
     fn spawn(&mut self) {
         let mut cmd = Command::new(bin("sdm-agent"));
-        cmd.arg("--listen").arg("127.0.0.1:0").arg("--state-dir").arg(&self.state_dir);
+        cmd.arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--state-dir")
+            .arg(&self.state_dir);
         if let Some(extra) = &self.opts.config {
             let cfg = self.state_dir.join("agent.toml");
             std::fs::write(&cfg, extra).expect("write config");
@@ -103,8 +112,14 @@ impl AgentProc {
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
-        cmd.stdout(Stdio::piped()).stderr(log).env("SDM_LOG", "info,sdm_agent=debug");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        cmd.stdout(Stdio::piped())
+            .stderr(log)
+            .env("SDM_LOG", "info,sdm_agent=debug");
         let mut child = cmd.spawn().expect("spawn sdm-agent");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
@@ -173,7 +188,11 @@ impl AgentProc {
 impl Drop for AgentProc {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- sdm-agent log ({}) ---\n{}", self.log.display(), self.log_text());
+            eprintln!(
+                "--- sdm-agent log ({}) ---\n{}",
+                self.log.display(),
+                self.log_text()
+            );
         }
         self.kill9();
     }
@@ -189,14 +208,24 @@ pub async fn default_domains(c: &AgentClient) -> (Uuid, Uuid, PathBuf, PathBuf) 
     let mut l = c.api().list_domains().await.via(c).expect("list domains");
     l.sort_by(|a, b| a.description.cmp(&b.description));
     assert!(l.len() >= 2, "expected the two embedded domains, got {l:?}");
-    (l[0].sd_id.clone(), l[1].sd_id.clone(), l[0].path.clone().into(), l[1].path.clone().into())
+    (
+        l[0].sd_id.clone(),
+        l[1].sd_id.clone(),
+        l[0].path.clone().into(),
+        l[1].path.clone().into(),
+    )
 }
 
 /// Waits for a job to finish (polling) and returns its final info.
 pub async fn wait_job(c: &AgentClient, job: &Uuid) -> JobInfo {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let m = c.api().get_jobs(None, Some(vec![job.clone()])).await.via(c).expect("getJobs");
+        let m = c
+            .api()
+            .get_jobs(None, Some(vec![job.clone()]))
+            .await
+            .via(c)
+            .expect("getJobs");
         if let Some(info) = m.get(job) {
             if !info.status.is_active() {
                 return info.clone();
@@ -211,9 +240,16 @@ pub async fn wait_job(c: &AgentClient, job: &Uuid) -> JobInfo {
 pub async fn wait_running(c: &AgentClient, job: &Uuid) -> JobInfo {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let m = c.api().get_jobs(None, Some(vec![job.clone()])).await.via(c).expect("getJobs");
+        let m = c
+            .api()
+            .get_jobs(None, Some(vec![job.clone()]))
+            .await
+            .via(c)
+            .expect("getJobs");
         if let Some(info) = m.get(job) {
-            if info.status == JobStatus::Running && info.progress.is_some() || !info.status.is_active() {
+            if info.status == JobStatus::Running && info.progress.is_some()
+                || !info.status.is_active()
+            {
                 return info.clone();
             }
         }
@@ -225,9 +261,15 @@ pub async fn wait_running(c: &AgentClient, job: &Uuid) -> JobInfo {
 /// Writes `len` pseudo-random bytes at `offset` into `path` (deterministic from `seed`).
 pub fn write_pattern(path: &Path, offset: u64, len: usize, seed: u64) {
     use std::io::{Seek, SeekFrom, Write};
-    let mut f = std::fs::OpenOptions::new().write(true).open(path).expect("open for pattern");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open for pattern");
     f.seek(SeekFrom::Start(offset)).unwrap();
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
     let mut buf = vec![0u8; len];
     for chunk in buf.chunks_mut(8) {
         x ^= x << 13;
@@ -242,13 +284,27 @@ pub fn write_pattern(path: &Path, offset: u64, len: usize, seed: u64) {
 
 /// sha256sum of a file, by the real tool.
 pub fn sha256sum(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().expect("sha256sum");
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_string()
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
 
 /// True if `qemu-img compare` says the two images have the same content.
 pub fn qemu_img_compare(a: &Path, b: &Path) -> bool {
-    Command::new("qemu-img").arg("compare").arg("-q").arg(a).arg(b).status().map(|s| s.success()).unwrap_or(false)
+    Command::new("qemu-img")
+        .arg("compare")
+        .arg("-q")
+        .arg(a)
+        .arg(b)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 /// True if the test runs as root (loop devices, sanlock).
@@ -272,8 +328,15 @@ pub fn raw_post(addr: SocketAddr, body: &[u8]) -> (u16, String) {
     let mut resp = Vec::new();
     let _ = s.read_to_end(&mut resp);
     let text = String::from_utf8_lossy(&resp).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, dechunk(&body))
 }
 
@@ -285,7 +348,9 @@ fn dechunk(body: &str) -> String {
     let mut out = String::new();
     let mut rest = body;
     while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { return body.to_string() };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            return body.to_string();
+        };
         if n == 0 || after.len() < n {
             break;
         }
@@ -316,10 +381,14 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, i64)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
-            let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
             if m.is_dir() {
                 stack.push(p.clone());
             }

@@ -15,13 +15,17 @@
 
 use std::sync::Arc;
 
-use sdm_proto::{is_canonical_uuid, ApiError, ErrorCode, Fix, FixType, JobResult, Legality, TaskRef, Uuid};
+use sdm_proto::{
+    is_canonical_uuid, ApiError, ErrorCode, Fix, FixType, JobResult, Legality, TaskRef, Uuid,
+};
 use serde_json::json;
 
 use super::{image, lease, lock_for_job, spawn_job, storage};
 use crate::locks::{domain_key, image_key, Mode};
 use crate::service::Agent;
-use crate::storage::domain::{list_volumes_in, volume_paths_in, Domain, REMOVE_ME_PREFIX, REMOVE_ME_ZERO_PREFIX};
+use crate::storage::domain::{
+    list_volumes_in, volume_paths_in, Domain, REMOVE_ME_PREFIX, REMOVE_ME_ZERO_PREFIX,
+};
 use crate::storage::md::DomainMetadata;
 use crate::storage::volume::read_metadata_at;
 use crate::storage::StorageError;
@@ -30,7 +34,10 @@ use crate::storage::StorageError;
 pub fn check(agent: &Agent, sd: &Uuid) -> Result<Vec<Fix>, ApiError> {
     let dom = agent.domain(sd)?;
     let mut fixes = Vec::new();
-    match crate::durable::read_direct(&dom.dom_md().join("metadata")).map_err(StorageError::from).and_then(|raw| DomainMetadata::parse(&raw)) {
+    match crate::durable::read_direct(&dom.dom_md().join("metadata"))
+        .map_err(StorageError::from)
+        .and_then(|raw| DomainMetadata::parse(&raw))
+    {
         Ok(_) => {}
         Err(e) => fixes.push(Fix {
             fix_type: FixType::Mend,
@@ -52,7 +59,9 @@ pub fn check(agent: &Agent, sd: &Uuid) -> Result<Vec<Fix>, ApiError> {
     for img in dom.list_images().map_err(storage)? {
         let dir = dom.image_dir(&img);
         let vols = list_volumes_in(&dir).map_err(storage)?;
-        for entry in std::fs::read_dir(&dir).map_err(|e| storage(StorageError::io("list", &dir, e)))? {
+        for entry in
+            std::fs::read_dir(&dir).map_err(|e| storage(StorageError::io("list", &dir, e)))?
+        {
             let Ok(entry) = entry else { continue };
             let name = entry.file_name().to_string_lossy().into_owned();
             let stem = name.split('.').next().unwrap_or("");
@@ -116,7 +125,9 @@ fn volume_is_idle(agent: &Agent, dom: &Domain, img: &Uuid, vol: &Uuid) -> bool {
         return false;
     };
     let p = dom.volume_paths(img, vol);
-    dom.leases.status(dom.sd_id.as_str(), vol.as_str(), &p.lease, 0).is_ok_and(|s| s.owners.is_empty())
+    dom.leases
+        .status(dom.sd_id.as_str(), vol.as_str(), &p.lease, 0)
+        .is_ok_and(|s| s.owners.is_empty())
 }
 
 fn actual_size(path: &std::path::Path, format: sdm_proto::VolumeFormat) -> Option<u64> {
@@ -146,7 +157,12 @@ fn uuid_field(fix: &Fix, key: &str) -> Result<Uuid, ApiError> {
 }
 
 /// `StorageDomain.fix`: validates the finding and starts its repair as a job.
-pub fn fix(agent: &Arc<Agent>, sd: &Uuid, fix: Fix, job_id: Option<Uuid>) -> Result<TaskRef, ApiError> {
+pub fn fix(
+    agent: &Arc<Agent>,
+    sd: &Uuid,
+    fix: Fix,
+    job_id: Option<Uuid>,
+) -> Result<TaskRef, ApiError> {
     let dom = agent.domain(sd)?;
     let job_id = job_id.unwrap_or_else(Uuid::new_v4);
     let a = agent.clone();
@@ -163,9 +179,16 @@ pub fn fix(agent: &Arc<Agent>, sd: &Uuid, fix: Fix, job_id: Option<Uuid>) -> Res
             let wipe = name.starts_with(REMOVE_ME_ZERO_PREFIX);
             let dir = dom.images_dir().join(&name);
             if !dir.is_dir() {
-                return Err(ApiError::invalid(format!("images/{name} does not exist (already fixed?)")));
+                return Err(ApiError::invalid(format!(
+                    "images/{name} does not exist (already fixed?)"
+                )));
             }
-            spawn_job(agent, &job_id, "fix_leftover", Box::new(move |job| image::purge(&a, job, &dom, &dir, wipe, false)))?;
+            spawn_job(
+                agent,
+                &job_id,
+                "fix_leftover",
+                Box::new(move |job| image::purge(&a, job, &dom, &dir, wipe, false)),
+            )?;
         }
         "orphan" => {
             let img = uuid_field(&fix, "img")?;
@@ -173,20 +196,33 @@ pub fn fix(agent: &Arc<Agent>, sd: &Uuid, fix: Fix, job_id: Option<Uuid>) -> Res
             if !is_volume_file_name(&file) {
                 return Err(ApiError::invalid("not a volume file name"));
             }
-            spawn_job(agent, &job_id, "fix_orphan", Box::new(move |job| {
-                let dir = dom.image_dir(&img);
-                let _l = lock_for_job(&a, job, &[(domain_key(dom.sd_id.as_str()), Mode::Shared), (image_key(dom.sd_id.as_str(), img.as_str()), Mode::Exclusive)])?;
-                let stem = Uuid::parse(&file[..36]).map_err(ApiError::invalid)?;
-                let is_temp = file.ends_with(".new");
-                if !is_temp && list_volumes_in(&dir).map_err(storage)?.contains(&stem) {
-                    return Err(ApiError::invalid(format!("{file} belongs to a volume now")));
-                }
-                let p = dir.join(&file);
-                std::fs::remove_file(&p).map_err(|e| storage(StorageError::io("remove", &p, e)))?;
-                crate::durable::sync_dir(&dir).map_err(|e| storage(e.into()))?;
-                tracing::info!(sd_id = %dom.sd_id, file = %p.display(), "removed orphaned file");
-                Ok(None)
-            }))?;
+            spawn_job(
+                agent,
+                &job_id,
+                "fix_orphan",
+                Box::new(move |job| {
+                    let dir = dom.image_dir(&img);
+                    let _l = lock_for_job(
+                        &a,
+                        job,
+                        &[
+                            (domain_key(dom.sd_id.as_str()), Mode::Shared),
+                            (image_key(dom.sd_id.as_str(), img.as_str()), Mode::Exclusive),
+                        ],
+                    )?;
+                    let stem = Uuid::parse(&file[..36]).map_err(ApiError::invalid)?;
+                    let is_temp = file.ends_with(".new");
+                    if !is_temp && list_volumes_in(&dir).map_err(storage)?.contains(&stem) {
+                        return Err(ApiError::invalid(format!("{file} belongs to a volume now")));
+                    }
+                    let p = dir.join(&file);
+                    std::fs::remove_file(&p)
+                        .map_err(|e| storage(StorageError::io("remove", &p, e)))?;
+                    crate::durable::sync_dir(&dir).map_err(|e| storage(e.into()))?;
+                    tracing::info!(sd_id = %dom.sd_id, file = %p.display(), "removed orphaned file");
+                    Ok(None)
+                }),
+            )?;
         }
         "illegal_volume" => {
             let img = uuid_field(&fix, "img")?;
@@ -196,24 +232,49 @@ pub fn fix(agent: &Arc<Agent>, sd: &Uuid, fix: Fix, job_id: Option<Uuid>) -> Res
                     "deleting an ILLEGAL volume needs confirmation: send the fix with data.confirm_delete set to true",
                 ));
             }
-            spawn_job(agent, &job_id, "fix_illegal_volume", Box::new(move |job| delete_illegal(&a, job, &dom, &img, &vol)))?;
+            spawn_job(
+                agent,
+                &job_id,
+                "fix_illegal_volume",
+                Box::new(move |job| delete_illegal(&a, job, &dom, &img, &vol)),
+            )?;
         }
         "size_mismatch" => {
             let img = uuid_field(&fix, "img")?;
             let vol = uuid_field(&fix, "vol")?;
-            spawn_job(agent, &job_id, "fix_size", Box::new(move |job| {
-                let _l = lock_for_job(&a, job, &[(domain_key(dom.sd_id.as_str()), Mode::Shared), (image_key(dom.sd_id.as_str(), img.as_str()), Mode::Exclusive)])?;
-                let p = dom.volume_paths(&img, &vol);
-                let md = read_metadata_at(&p.meta).map_err(storage)?;
-                let actual = actual_size(&p.data, md.format).unwrap_or(0);
-                if md.format != sdm_proto::VolumeFormat::Raw || actual > md.capacity {
-                    return Err(ApiError::new(ErrorCode::UnsupportedOperation, "only a RAW volume shorter than its capacity can be mended (by extending it); anything else would lose data"));
-                }
-                let _held = dom.leases.acquire(dom.sd_id.as_str(), vol.as_str(), &p.lease, 0).map_err(lease)?;
-                let f = std::fs::OpenOptions::new().write(true).open(&p.data).map_err(|e| storage(StorageError::io("open", &p.data, e)))?;
-                f.set_len(md.capacity).and_then(|_| f.sync_all()).map_err(|e| storage(StorageError::io("extend", &p.data, e)))?;
-                Ok(None)
-            }))?;
+            spawn_job(
+                agent,
+                &job_id,
+                "fix_size",
+                Box::new(move |job| {
+                    let _l = lock_for_job(
+                        &a,
+                        job,
+                        &[
+                            (domain_key(dom.sd_id.as_str()), Mode::Shared),
+                            (image_key(dom.sd_id.as_str(), img.as_str()), Mode::Exclusive),
+                        ],
+                    )?;
+                    let p = dom.volume_paths(&img, &vol);
+                    let md = read_metadata_at(&p.meta).map_err(storage)?;
+                    let actual = actual_size(&p.data, md.format).unwrap_or(0);
+                    if md.format != sdm_proto::VolumeFormat::Raw || actual > md.capacity {
+                        return Err(ApiError::new(ErrorCode::UnsupportedOperation, "only a RAW volume shorter than its capacity can be mended (by extending it); anything else would lose data"));
+                    }
+                    let _held = dom
+                        .leases
+                        .acquire(dom.sd_id.as_str(), vol.as_str(), &p.lease, 0)
+                        .map_err(lease)?;
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&p.data)
+                        .map_err(|e| storage(StorageError::io("open", &p.data, e)))?;
+                    f.set_len(md.capacity)
+                        .and_then(|_| f.sync_all())
+                        .map_err(|e| storage(StorageError::io("extend", &p.data, e)))?;
+                    Ok(None)
+                }),
+            )?;
         }
         "bad_metadata" => {
             return Err(ApiError::new(
@@ -226,22 +287,43 @@ pub fn fix(agent: &Arc<Agent>, sd: &Uuid, fix: Fix, job_id: Option<Uuid>) -> Res
     Ok(TaskRef { uuid: job_id })
 }
 
-fn delete_illegal(agent: &Agent, job: &Arc<crate::jobs::Job>, dom: &Domain, img: &Uuid, vol: &Uuid) -> Result<Option<JobResult>, ApiError> {
-    let _l = lock_for_job(agent, job, &[(domain_key(dom.sd_id.as_str()), Mode::Shared), (image_key(dom.sd_id.as_str(), img.as_str()), Mode::Exclusive)])?;
+fn delete_illegal(
+    agent: &Agent,
+    job: &Arc<crate::jobs::Job>,
+    dom: &Domain,
+    img: &Uuid,
+    vol: &Uuid,
+) -> Result<Option<JobResult>, ApiError> {
+    let _l = lock_for_job(
+        agent,
+        job,
+        &[
+            (domain_key(dom.sd_id.as_str()), Mode::Shared),
+            (image_key(dom.sd_id.as_str(), img.as_str()), Mode::Exclusive),
+        ],
+    )?;
     let dir = dom.image_dir(img);
     let p = dom.volume_paths(img, vol);
     let md = read_metadata_at(&p.meta).map_err(storage)?;
     if md.legality != Legality::Illegal {
-        return Err(ApiError::invalid(format!("volume {vol} is {} now; not deleted", md.legality)));
+        return Err(ApiError::invalid(format!(
+            "volume {vol} is {} now; not deleted",
+            md.legality
+        )));
     }
     for other in list_volumes_in(&dir).map_err(storage)? {
         if let Ok(omd) = read_metadata_at(&volume_paths_in(&dir, &other).meta) {
             if omd.parent == vol.as_str() {
-                return Err(ApiError::invalid(format!("volume {vol} is the parent of {other}; not deleted")));
+                return Err(ApiError::invalid(format!(
+                    "volume {vol} is the parent of {other}; not deleted"
+                )));
             }
         }
     }
-    let held = dom.leases.acquire(dom.sd_id.as_str(), vol.as_str(), &p.lease, 0).map_err(lease)?;
+    let held = dom
+        .leases
+        .acquire(dom.sd_id.as_str(), vol.as_str(), &p.lease, 0)
+        .map_err(lease)?;
     // Metadata first: once it is gone the volume no longer exists; the rest are orphans at worst.
     for f in [&p.meta, &p.data] {
         match std::fs::remove_file(f) {
@@ -253,7 +335,11 @@ fn delete_illegal(agent: &Agent, job: &Arc<crate::jobs::Job>, dom: &Domain, img:
     drop(held);
     let _ = std::fs::remove_file(&p.lease);
     crate::durable::sync_dir(&dir).map_err(|e| storage(e.into()))?;
-    if list_volumes_in(&dir).map(|v| v.is_empty()).unwrap_or(false) && std::fs::read_dir(&dir).map(|mut d| d.next().is_none()).unwrap_or(false) {
+    if list_volumes_in(&dir).map(|v| v.is_empty()).unwrap_or(false)
+        && std::fs::read_dir(&dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false)
+    {
         let _ = std::fs::remove_dir(&dir);
     }
     tracing::info!(sd_id = %dom.sd_id, img_id = %img, vol_id = %vol, "deleted ILLEGAL volume on request");

@@ -11,7 +11,13 @@ use crate::service::Agent;
 use crate::storage::volume::read_metadata;
 
 /// Validates and schedules a checksum.
-pub fn schedule(agent: &Arc<Agent>, job_id: &Uuid, sd: Uuid, img: Uuid, vol: Uuid) -> Result<(), ApiError> {
+pub fn schedule(
+    agent: &Arc<Agent>,
+    job_id: &Uuid,
+    sd: Uuid,
+    img: Uuid,
+    vol: Uuid,
+) -> Result<(), ApiError> {
     let agent2 = agent.clone();
     spawn_job(
         agent,
@@ -31,7 +37,10 @@ pub fn schedule(agent: &Arc<Agent>, job_id: &Uuid, sd: Uuid, img: Uuid, vol: Uui
             let path = dom.volume_paths(&img, &vol).data;
             job.mark_started();
             let checksum = agent2.engine.checksum(&path, job.control()).map_err(io)?;
-            Ok(Some(JobResult { checksum, algorithm: ChecksumAlgorithm::Sha256 }))
+            Ok(Some(JobResult {
+                checksum,
+                algorithm: ChecksumAlgorithm::Sha256,
+            }))
         }),
     )
 }

@@ -17,9 +17,7 @@
 
 use std::sync::Arc;
 
-use sdm_proto::{
-    ApiError, Endpoint, ErrorCode, Generation, JobResult, Legality, VolumeFormat,
-};
+use sdm_proto::{ApiError, Endpoint, ErrorCode, Generation, JobResult, Legality, VolumeFormat};
 
 use super::{check_abort, io, lease, lock_for_job, spawn_job, storage};
 use crate::jobs::Job;
@@ -41,10 +39,17 @@ pub struct CopyRequest {
 }
 
 /// Validates and schedules a copy.
-pub fn schedule(agent: &Arc<Agent>, job_id: &sdm_proto::Uuid, req: CopyRequest, copy_bitmaps: bool) -> Result<(), ApiError> {
+pub fn schedule(
+    agent: &Arc<Agent>,
+    job_id: &sdm_proto::Uuid,
+    req: CopyRequest,
+    copy_bitmaps: bool,
+) -> Result<(), ApiError> {
     let (s, d) = (&req.source, &req.destination);
     if s.sd_id == d.sd_id && s.img_id == d.img_id && s.vol_id == d.vol_id {
-        return Err(ApiError::invalid("source and destination are the same volume"));
+        return Err(ApiError::invalid(
+            "source and destination are the same volume",
+        ));
     }
     if copy_bitmaps {
         return Err(ApiError::new(
@@ -53,7 +58,12 @@ pub fn schedule(agent: &Arc<Agent>, job_id: &sdm_proto::Uuid, req: CopyRequest, 
         ));
     }
     let agent2 = agent.clone();
-    spawn_job(agent, job_id, "copy_data", Box::new(move |job| run(&agent2, job, &req)))
+    spawn_job(
+        agent,
+        job_id,
+        "copy_data",
+        Box::new(move |job| run(&agent2, job, &req)),
+    )
 }
 
 fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobResult>, ApiError> {
@@ -64,10 +74,16 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
     let mut wanted = vec![
         (domain_key(src.sd_id.as_str()), Mode::Shared),
         (domain_key(dst.sd_id.as_str()), Mode::Shared),
-        (image_key(dst.sd_id.as_str(), dst.img_id.as_str()), Mode::Exclusive),
+        (
+            image_key(dst.sd_id.as_str(), dst.img_id.as_str()),
+            Mode::Exclusive,
+        ),
     ];
     if (&src.sd_id, &src.img_id) != (&dst.sd_id, &dst.img_id) {
-        wanted.push((image_key(src.sd_id.as_str(), src.img_id.as_str()), Mode::Shared));
+        wanted.push((
+            image_key(src.sd_id.as_str(), src.img_id.as_str()),
+            Mode::Shared,
+        ));
     }
     let _locks = lock_for_job(agent, job, &wanted)?;
     check_abort(job)?;
@@ -82,13 +98,18 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
     fail::fail_point!("sdm::copy_data::after_lease");
 
     // Re-read under the lease: another host may have written it while we waited.
-    dst_md = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id).map_err(storage).unwrap_or(dst_md);
+    dst_md = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id)
+        .map_err(storage)
+        .unwrap_or(dst_md);
     let start_gen = dst_md.generation;
     if let Some(want) = dst.generation {
         if want.get() != start_gen {
             return Err(ApiError::new(
                 ErrorCode::GenerationMismatch,
-                format!("destination generation is {start_gen}, requested {}", want.get()),
+                format!(
+                    "destination generation is {start_gen}, requested {}",
+                    want.get()
+                ),
             ));
         }
     }
@@ -118,7 +139,11 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
                 "COW copies need equal capacities (the qcow2 container is copied as is)",
             ))
         }
-        VolumeFormat::Cow if dst_md.parent != src_md.parent && src_md.parent != sdm_proto::BLANK_UUID && dst_md.parent == sdm_proto::BLANK_UUID => {
+        VolumeFormat::Cow
+            if dst_md.parent != src_md.parent
+                && src_md.parent != sdm_proto::BLANK_UUID
+                && dst_md.parent == sdm_proto::BLANK_UUID =>
+        {
             return Err(ApiError::new(
                 ErrorCode::UnsupportedOperation,
                 "collapsing a COW chain into a volume without a parent is not supported",
@@ -135,15 +160,33 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
 
     let src_path = src_dom.volume_paths(&src.img_id, &src.vol_id).data;
     let ctl = job.control();
-    ctl.set_bandwidth_limit(req.bandwidth_limit.or_else(|| nonzero(agent.cfg.io.bandwidth_limit)));
+    ctl.set_bandwidth_limit(
+        req.bandwidth_limit
+            .or_else(|| nonzero(agent.cfg.io.bandwidth_limit)),
+    );
     job.mark_started();
-    let opts = sdm_io::CopyOptions { verify: req.verify, ..Default::default() };
-    agent.engine.copy(&src_path, &dst_paths.data, &opts, ctl).map_err(io)?;
+    let opts = sdm_io::CopyOptions {
+        verify: req.verify,
+        ..Default::default()
+    };
+    agent
+        .engine
+        .copy(&src_path, &dst_paths.data, &opts, ctl)
+        .map_err(io)?;
     if src_md.format == VolumeFormat::Raw && dst_md.capacity > src_md.capacity {
-        let f = std::fs::OpenOptions::new().write(true).open(&dst_paths.data)
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&dst_paths.data)
             .map_err(|e| storage(crate::storage::StorageError::io("open", &dst_paths.data, e)))?;
-        f.set_len(dst_md.capacity).and_then(|_| f.sync_all())
-            .map_err(|e| storage(crate::storage::StorageError::io("extend", &dst_paths.data, e)))?;
+        f.set_len(dst_md.capacity)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| {
+                storage(crate::storage::StorageError::io(
+                    "extend",
+                    &dst_paths.data,
+                    e,
+                ))
+            })?;
     }
     if src_md.format == VolumeFormat::Cow && dst_md.parent != src_md.parent {
         rebase_header(&dst_paths.data, &dst_md.parent, &dst_dom, &dst.img_id)?;
@@ -157,7 +200,10 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
     if now.generation != start_gen {
         return Err(ApiError::new(
             ErrorCode::GenerationMismatch,
-            format!("destination generation changed to {} during the copy", now.generation),
+            format!(
+                "destination generation changed to {} during the copy",
+                now.generation
+            ),
         ));
     }
     now.legality = Legality::Legal;
@@ -188,7 +234,11 @@ fn rebase_header(
     } else {
         let pid = sdm_proto::Uuid::parse(parent).map_err(ApiError::invalid)?;
         let pmd = read_metadata(dom, img, &pid).map_err(storage)?;
-        let fmt = if pmd.format == VolumeFormat::Raw { "raw" } else { "qcow2" };
+        let fmt = if pmd.format == VolumeFormat::Raw {
+            "raw"
+        } else {
+            "qcow2"
+        };
         cmd.arg("-b").arg(parent).arg("-F").arg(fmt);
     }
     cmd.arg(path).current_dir(dom.image_dir(img));

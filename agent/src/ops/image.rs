@@ -10,13 +10,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sdm_proto::{ApiError, ErrorCode, ImageOperation, JobResult, Legality, TaskRef, Uuid, VolumeRole};
+use sdm_proto::{
+    ApiError, ErrorCode, ImageOperation, JobResult, Legality, TaskRef, Uuid, VolumeRole,
+};
 
 use super::{check_abort, io, lease, lock_for_job, spawn_job, storage};
 use crate::jobs::Job;
 use crate::locks::{domain_key, image_key, Mode};
 use crate::service::Agent;
-use crate::storage::domain::{list_volumes_in, volume_paths_in, Domain, REMOVE_ME_PREFIX, REMOVE_ME_ZERO_PREFIX};
+use crate::storage::domain::{
+    list_volumes_in, volume_paths_in, Domain, REMOVE_ME_PREFIX, REMOVE_ME_ZERO_PREFIX,
+};
 use crate::storage::md::VolumeMetadata;
 use crate::storage::volume::{self, read_metadata, read_metadata_at, update_metadata, NewVolume};
 use crate::storage::StorageError;
@@ -40,7 +44,12 @@ pub fn delete(
         (image_key(sd.as_str(), img.as_str()), Mode::Exclusive),
     ])?;
     let dir = dom.image_dir(img);
-    let not_found = || storage(StorageError::ImageNotFound { sd: sd.to_string(), img: img.to_string() });
+    let not_found = || {
+        storage(StorageError::ImageNotFound {
+            sd: sd.to_string(),
+            img: img.to_string(),
+        })
+    };
     if !dir.is_dir() {
         return Err(not_found());
     }
@@ -60,9 +69,16 @@ pub fn delete(
     let mut held = Vec::new();
     for v in &vols {
         let p = dom.volume_paths(img, v);
-        held.push(dom.leases.acquire(sd.as_str(), v.as_str(), &p.lease, 0).map_err(lease)?);
+        held.push(
+            dom.leases
+                .acquire(sd.as_str(), v.as_str(), &p.lease, 0)
+                .map_err(lease)?,
+        );
     }
-    let job = agent.jobs.register(&job_id, "delete_image").map_err(|e| crate::error::to_api_error(&e))?;
+    let job = agent
+        .jobs
+        .register(&job_id, "delete_image")
+        .map_err(|e| crate::error::to_api_error(&e))?;
     let marked = (|| -> Result<PathBuf, ApiError> {
         for (v, md) in &mut mds {
             if md.legality != Legality::Illegal {
@@ -70,7 +86,11 @@ pub fn delete(
                 update_metadata(&dom.volume_paths(img, v), md).map_err(storage)?;
             }
         }
-        let prefix = if wipe { REMOVE_ME_ZERO_PREFIX } else { REMOVE_ME_PREFIX };
+        let prefix = if wipe {
+            REMOVE_ME_ZERO_PREFIX
+        } else {
+            REMOVE_ME_PREFIX
+        };
         let target = dom.images_dir().join(format!("{prefix}{img}"));
         fail::fail_point!("sdm::image_delete::before_rename");
         std::fs::rename(&dir, &target).map_err(|e| storage(StorageError::io("rename", &dir, e)))?;
@@ -88,7 +108,10 @@ pub fn delete(
     tracing::info!(sd_id = %sd, img_id = %img, wipe, discard, leftover = %target.display(), "image marked for deletion");
     let agent2 = agent.clone();
     let dom2 = dom.clone();
-    agent.jobs.start(job, Box::new(move |job| purge(&agent2, job, &dom2, &target, wipe, discard)));
+    agent.jobs.start(
+        job,
+        Box::new(move |job| purge(&agent2, job, &dom2, &target, wipe, discard)),
+    );
     Ok(TaskRef { uuid: job_id })
 }
 
@@ -97,11 +120,19 @@ pub fn schedule_leftover_wipe(agent: &Agent, dom: &Domain, name: &str) -> Result
     let dir = dom.images_dir().join(name);
     let job_id = Uuid::new_v4();
     let Some(jobs_owner) = agent.self_arc() else {
-        return Err(ApiError::new(ErrorCode::GeneralException, "agent is not running"));
+        return Err(ApiError::new(
+            ErrorCode::GeneralException,
+            "agent is not running",
+        ));
     };
     let dom = agent.domain(&dom.sd_id)?;
     let agent2 = jobs_owner.clone();
-    spawn_job(&jobs_owner, &job_id, "gc_wipe", Box::new(move |job| purge(&agent2, job, &dom, &dir, true, false)))?;
+    spawn_job(
+        &jobs_owner,
+        &job_id,
+        "gc_wipe",
+        Box::new(move |job| purge(&agent2, job, &dom, &dir, true, false)),
+    )?;
     tracing::info!(job = %job_id, leftover = %name, "scheduled wipe of a deleted image left over by an interrupted deletion");
     Ok(())
 }
@@ -115,11 +146,18 @@ pub fn purge(
     wipe: bool,
     discard: bool,
 ) -> Result<Option<JobResult>, ApiError> {
-    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("")
+        .to_string();
     let _lock = lock_for_job(
         agent,
         job,
-        &[(domain_key(dom.sd_id.as_str()), Mode::Shared), (image_key(dom.sd_id.as_str(), &name), Mode::Exclusive)],
+        &[
+            (domain_key(dom.sd_id.as_str()), Mode::Shared),
+            (image_key(dom.sd_id.as_str(), &name), Mode::Exclusive),
+        ],
     )?;
     if !dir.exists() {
         // Another purge finished it meanwhile.
@@ -131,14 +169,29 @@ pub fn purge(
         job.mark_started();
         let results = run_parallel(agent.cfg.io.image_parallelism, files, |(path, _)| {
             let ctl = job.child_control();
-            let opts = sdm_io::WipeOptions { discard, ..Default::default() };
-            agent.engine.wipe(&path, &opts, &ctl).map(|_| ()).map_err(|e| (path, e))
+            let opts = sdm_io::WipeOptions {
+                discard,
+                ..Default::default()
+            };
+            agent
+                .engine
+                .wipe(&path, &opts, &ctl)
+                .map(|_| ())
+                .map_err(|e| (path, e))
         });
         if let Some(Err((path, e))) = results.into_iter().find(Result::is_err) {
-            let why = if e.kind() == sdm_io::IoErrorKind::Aborted { "stopped" } else { "failed" };
+            let why = if e.kind() == sdm_io::IoErrorKind::Aborted {
+                "stopped"
+            } else {
+                "failed"
+            };
             return Err(ApiError::new(
                 ErrorCode::VolumesZeroingError,
-                format!("wipe of {} {why}: {}; the image stays as {name} until it is wiped", path.display(), crate::error::chain_message(&e)),
+                format!(
+                    "wipe of {} {why}: {}; the image stays as {name} until it is wiped",
+                    path.display(),
+                    crate::error::chain_message(&e)
+                ),
             ));
         }
         tracing::info!(sd_id = %dom.sd_id, leftover = %name, "image wiped");
@@ -146,7 +199,13 @@ pub fn purge(
         tracing::info!(sd_id = %dom.sd_id, leftover = %name, "discard: removing the files releases their space on a file domain");
     }
     fail::fail_point!("sdm::image_delete::before_remove");
-    check_abort(job).map_err(|e| if wipe { ApiError::new(ErrorCode::VolumesZeroingError, e.message) } else { e })?;
+    check_abort(job).map_err(|e| {
+        if wipe {
+            ApiError::new(ErrorCode::VolumesZeroingError, e.message)
+        } else {
+            e
+        }
+    })?;
     remove_dir(dir).map_err(storage)?;
     crate::durable::sync_dir(&dom.images_dir()).map_err(|e| storage(e.into()))?;
     tracing::info!(sd_id = %dom.sd_id, leftover = %name, "deleted image removed");
@@ -163,7 +222,9 @@ fn data_files(dir: &Path) -> Result<Vec<(PathBuf, u64)>, StorageError> {
         if name.ends_with(".meta") || name.ends_with(".lease") || name.ends_with(".new") {
             continue;
         }
-        let md = e.metadata().map_err(|err| StorageError::io("stat", e.path(), err))?;
+        let md = e
+            .metadata()
+            .map_err(|err| StorageError::io("stat", e.path(), err))?;
         if md.is_file() {
             out.push((e.path(), md.len()));
         }
@@ -195,7 +256,10 @@ fn run_parallel<T: Send, R: Send>(n: usize, items: Vec<T>, f: impl Fn(T) -> R + 
                 let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
                 let Some((i, item)) = next else { break };
                 let r = f(item);
-                results.lock().unwrap_or_else(|e| e.into_inner()).push((i, r));
+                results
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((i, r));
             });
         }
     });
@@ -223,7 +287,12 @@ pub struct MoveRequest {
 }
 
 /// `Image.move`: validates and starts the copy job.
-pub fn move_image(agent: &Arc<Agent>, op: ImageOperation, req: MoveRequest, job_id: Option<Uuid>) -> Result<TaskRef, ApiError> {
+pub fn move_image(
+    agent: &Arc<Agent>,
+    op: ImageOperation,
+    req: MoveRequest,
+    job_id: Option<Uuid>,
+) -> Result<TaskRef, ApiError> {
     if op == ImageOperation::Move {
         return Err(ApiError::new(
             ErrorCode::UnsupportedOperation,
@@ -231,13 +300,18 @@ pub fn move_image(agent: &Arc<Agent>, op: ImageOperation, req: MoveRequest, job_
         ));
     }
     if req.src == req.dst {
-        return Err(ApiError::invalid("source and destination domains are the same"));
+        return Err(ApiError::invalid(
+            "source and destination domains are the same",
+        ));
     }
     let src_dom = agent.domain(&req.src)?;
     let dst_dom = agent.domain(&req.dst)?;
     let vols = src_dom.list_volumes(&req.img).map_err(storage)?;
     if vols.is_empty() {
-        return Err(storage(StorageError::ImageNotFound { sd: req.src.to_string(), img: req.img.to_string() }));
+        return Err(storage(StorageError::ImageNotFound {
+            sd: req.src.to_string(),
+            img: req.img.to_string(),
+        }));
     }
     if !req.force && dst_image_is_legal(&dst_dom, &req.img) {
         return Err(storage(StorageError::VolumeExists(format!(
@@ -247,7 +321,12 @@ pub fn move_image(agent: &Arc<Agent>, op: ImageOperation, req: MoveRequest, job_
     }
     let job_id = job_id.unwrap_or_else(Uuid::new_v4);
     let agent2 = agent.clone();
-    spawn_job(agent, &job_id, "move_image", Box::new(move |job| run_move(&agent2, job, &req)))?;
+    spawn_job(
+        agent,
+        &job_id,
+        "move_image",
+        Box::new(move |job| run_move(&agent2, job, &req)),
+    )?;
     Ok(TaskRef { uuid: job_id })
 }
 
@@ -266,14 +345,22 @@ fn chain_order(mut vols: Vec<(Uuid, VolumeMetadata)>) -> Vec<(Uuid, VolumeMetada
     while !vols.is_empty() {
         let pos = vols
             .iter()
-            .position(|(_, md)| md.parent == sdm_proto::BLANK_UUID || out.iter().any(|(o, _)| o.as_str() == md.parent) || !vols.iter().any(|(v, _)| v.as_str() == md.parent))
+            .position(|(_, md)| {
+                md.parent == sdm_proto::BLANK_UUID
+                    || out.iter().any(|(o, _)| o.as_str() == md.parent)
+                    || !vols.iter().any(|(v, _)| v.as_str() == md.parent)
+            })
             .unwrap_or(0);
         out.push(vols.remove(pos));
     }
     out
 }
 
-fn run_move(agent: &Agent, job: &Arc<Job>, req: &MoveRequest) -> Result<Option<JobResult>, ApiError> {
+fn run_move(
+    agent: &Agent,
+    job: &Arc<Job>,
+    req: &MoveRequest,
+) -> Result<Option<JobResult>, ApiError> {
     let src_dom = agent.domain(&req.src)?;
     let dst_dom = agent.domain(&req.dst)?;
     let _locks = lock_for_job(
@@ -283,14 +370,20 @@ fn run_move(agent: &Agent, job: &Arc<Job>, req: &MoveRequest) -> Result<Option<J
             (domain_key(req.src.as_str()), Mode::Shared),
             (domain_key(req.dst.as_str()), Mode::Shared),
             (image_key(req.src.as_str(), req.img.as_str()), Mode::Shared),
-            (image_key(req.dst.as_str(), req.img.as_str()), Mode::Exclusive),
+            (
+                image_key(req.dst.as_str(), req.img.as_str()),
+                Mode::Exclusive,
+            ),
         ],
     )?;
     let mut vols = Vec::new();
     for v in src_dom.list_volumes(&req.img).map_err(storage)? {
         let md = read_metadata(&src_dom, &req.img, &v).map_err(storage)?;
         if md.legality != Legality::Legal {
-            return Err(ApiError::new(ErrorCode::prepareIllegalVolumeError, format!("source volume {v} is {}", md.legality)));
+            return Err(ApiError::new(
+                ErrorCode::prepareIllegalVolumeError,
+                format!("source volume {v} is {}", md.legality),
+            ));
         }
         vols.push((v, md));
     }
@@ -302,7 +395,10 @@ fn run_move(agent: &Agent, job: &Arc<Job>, req: &MoveRequest) -> Result<Option<J
     let dst_dir = dst_dom.image_dir(&req.img);
     if dst_dir.exists() {
         if !req.force && dst_image_is_legal(&dst_dom, &req.img) {
-            return Err(storage(StorageError::VolumeExists(format!("image {} exists on domain {}", req.img, req.dst))));
+            return Err(storage(StorageError::VolumeExists(format!(
+                "image {} exists on domain {}",
+                req.img, req.dst
+            ))));
         }
         replace_destination(agent, job, &dst_dom, &req.img, req.post_zero)?;
     }
@@ -325,7 +421,11 @@ fn run_move(agent: &Agent, job: &Arc<Job>, req: &MoveRequest) -> Result<Option<J
     fail::fail_point!("sdm::image_move::after_create");
     let total: u64 = vols
         .iter()
-        .map(|(v, _)| std::fs::metadata(src_dom.volume_paths(&req.img, v).data).map(|m| m.len()).unwrap_or(0))
+        .map(|(v, _)| {
+            std::fs::metadata(src_dom.volume_paths(&req.img, v).data)
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
         .sum();
     job.set_planned_total(total);
     job.mark_started();
@@ -349,14 +449,25 @@ fn copy_one(
 ) -> Result<(), ApiError> {
     check_abort(job)?;
     let dst = dst_dom.volume_paths(img, v);
-    let held = dst_dom.leases.acquire(dst_dom.sd_id.as_str(), v.as_str(), &dst.lease, 0).map_err(lease)?;
+    let held = dst_dom
+        .leases
+        .acquire(dst_dom.sd_id.as_str(), v.as_str(), &dst.lease, 0)
+        .map_err(lease)?;
     let ctl = job.child_control();
-    ctl.set_bandwidth_limit((agent.cfg.io.bandwidth_limit > 0).then_some(agent.cfg.io.bandwidth_limit));
+    ctl.set_bandwidth_limit(
+        (agent.cfg.io.bandwidth_limit > 0).then_some(agent.cfg.io.bandwidth_limit),
+    );
     // A freshly truncated raw sparse file reads as zeros, so source holes need no work.
     let fresh_sparse = src_md.format == sdm_proto::VolumeFormat::Raw
         && src_md.allocation == sdm_proto::Preallocation::Sparse;
-    let opts = sdm_io::CopyOptions { dst_reads_zero: fresh_sparse, ..Default::default() };
-    agent.engine.copy(&src_dom.volume_paths(img, v).data, &dst.data, &opts, &ctl).map_err(io)?;
+    let opts = sdm_io::CopyOptions {
+        dst_reads_zero: fresh_sparse,
+        ..Default::default()
+    };
+    agent
+        .engine
+        .copy(&src_dom.volume_paths(img, v).data, &dst.data, &opts, &ctl)
+        .map_err(io)?;
     let mut md = read_metadata_at(&dst.meta).map_err(storage)?;
     md.legality = Legality::Legal;
     md.role = src_md.role;
@@ -368,13 +479,23 @@ fn copy_one(
     Ok(())
 }
 
-fn replace_destination(agent: &Agent, job: &Arc<Job>, dom: &Domain, img: &Uuid, wipe: bool) -> Result<(), ApiError> {
+fn replace_destination(
+    agent: &Agent,
+    job: &Arc<Job>,
+    dom: &Domain,
+    img: &Uuid,
+    wipe: bool,
+) -> Result<(), ApiError> {
     let dir = dom.image_dir(img);
     let vols = list_volumes_in(&dir).map_err(storage)?;
     let mut held = Vec::new();
     for v in &vols {
         let p = volume_paths_in(&dir, v);
-        held.push(dom.leases.acquire(dom.sd_id.as_str(), v.as_str(), &p.lease, 0).map_err(lease)?);
+        held.push(
+            dom.leases
+                .acquire(dom.sd_id.as_str(), v.as_str(), &p.lease, 0)
+                .map_err(lease)?,
+        );
         if let Ok(mut md) = read_metadata_at(&p.meta) {
             if md.legality != Legality::Illegal {
                 md.legality = Legality::Illegal;
@@ -382,12 +503,19 @@ fn replace_destination(agent: &Agent, job: &Arc<Job>, dom: &Domain, img: &Uuid, 
             }
         }
     }
-    let prefix = if wipe { REMOVE_ME_ZERO_PREFIX } else { REMOVE_ME_PREFIX };
+    let prefix = if wipe {
+        REMOVE_ME_ZERO_PREFIX
+    } else {
+        REMOVE_ME_PREFIX
+    };
     let target = dom.images_dir().join(format!("{prefix}{img}"));
     if target.exists() {
         return Err(ApiError::new(
             ErrorCode::GeneralException,
-            format!("{} exists from an earlier deletion; finish it with StorageDomain.fix first", target.display()),
+            format!(
+                "{} exists from an earlier deletion; finish it with StorageDomain.fix first",
+                target.display()
+            ),
         ));
     }
     std::fs::rename(&dir, &target).map_err(|e| storage(StorageError::io("rename", &dir, e)))?;

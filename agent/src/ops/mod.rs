@@ -28,19 +28,34 @@ use crate::storage::StorageError;
 pub const JOB_LOCK_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Registers `job_id` and starts `work` as its job.
-pub fn spawn_job(agent: &Arc<Agent>, job_id: &Uuid, description: &str, work: Work) -> Result<(), ApiError> {
-    let job = agent.jobs.register(job_id, description).map_err(|e| to_api_error(&e))?;
+pub fn spawn_job(
+    agent: &Arc<Agent>,
+    job_id: &Uuid,
+    description: &str,
+    work: Work,
+) -> Result<(), ApiError> {
+    let job = agent
+        .jobs
+        .register(job_id, description)
+        .map_err(|e| to_api_error(&e))?;
     agent.jobs.start(job, work);
     Ok(())
 }
 
 /// Takes a job's locks, waiting while other jobs hold them, giving up if the job is aborted.
-pub fn lock_for_job(agent: &Agent, job: &Job, wanted: &[(String, Mode)]) -> Result<LockSet, ApiError> {
+pub fn lock_for_job(
+    agent: &Agent,
+    job: &Job,
+    wanted: &[(String, Mode)],
+) -> Result<LockSet, ApiError> {
     agent
         .locks
         .lock(wanted, JOB_LOCK_TIMEOUT, &|| job.is_aborting())
         .map_err(|e| match e {
-            LockError::Stopped(_) => ApiError::new(ErrorCode::ActionStopped, "job aborted while waiting for locks"),
+            LockError::Stopped(_) => ApiError::new(
+                ErrorCode::ActionStopped,
+                "job aborted while waiting for locks",
+            ),
             e => to_api_error(&e),
         })
 }

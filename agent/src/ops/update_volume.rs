@@ -5,7 +5,10 @@
 
 use std::sync::Arc;
 
-use sdm_proto::{ApiError, ErrorCode, Generation, JobResult, Uuid, VolumeAttributes, VolumeRef, VolumeRole, MAX_DESCRIPTION_CHARS};
+use sdm_proto::{
+    ApiError, ErrorCode, Generation, JobResult, Uuid, VolumeAttributes, VolumeRef, VolumeRole,
+    MAX_DESCRIPTION_CHARS,
+};
 
 use super::{lease, lock_for_job, spawn_job, storage};
 use crate::jobs::Job;
@@ -14,44 +17,73 @@ use crate::service::Agent;
 use crate::storage::volume::{read_metadata, update_metadata};
 
 /// Validates and schedules an update.
-pub fn schedule(agent: &Arc<Agent>, job_id: &Uuid, vol: VolumeRef, attrs: VolumeAttributes) -> Result<(), ApiError> {
+pub fn schedule(
+    agent: &Arc<Agent>,
+    job_id: &Uuid,
+    vol: VolumeRef,
+    attrs: VolumeAttributes,
+) -> Result<(), ApiError> {
     if attrs.is_empty() {
-        return Err(ApiError::invalid("vol_attr is empty: give legality, description, generation or type"));
+        return Err(ApiError::invalid(
+            "vol_attr is empty: give legality, description, generation or type",
+        ));
     }
     if matches!(attrs.role, Some(r) if r != VolumeRole::Shared) {
         return Err(ApiError::invalid("vol_attr.type can only be SHARED"));
     }
     if matches!(attrs.legality, Some(sdm_proto::Legality::Fake)) {
-        return Err(ApiError::invalid("vol_attr.legality must be LEGAL or ILLEGAL"));
+        return Err(ApiError::invalid(
+            "vol_attr.legality must be LEGAL or ILLEGAL",
+        ));
     }
     let agent2 = agent.clone();
-    spawn_job(agent, job_id, "update_volume", Box::new(move |job| run(&agent2, job, &vol, &attrs)))
+    spawn_job(
+        agent,
+        job_id,
+        "update_volume",
+        Box::new(move |job| run(&agent2, job, &vol, &attrs)),
+    )
 }
 
 fn invalid_update(msg: String) -> ApiError {
     ApiError::new(ErrorCode::InvalidVolumeUpdate, msg)
 }
 
-fn run(agent: &Agent, job: &Arc<Job>, v: &VolumeRef, attrs: &VolumeAttributes) -> Result<Option<JobResult>, ApiError> {
+fn run(
+    agent: &Agent,
+    job: &Arc<Job>,
+    v: &VolumeRef,
+    attrs: &VolumeAttributes,
+) -> Result<Option<JobResult>, ApiError> {
     let dom = agent.domain(&v.sd_id)?;
     let _locks = lock_for_job(
         agent,
         job,
         &[
             (domain_key(v.sd_id.as_str()), Mode::Shared),
-            (image_key(v.sd_id.as_str(), v.img_id.as_str()), Mode::Exclusive),
+            (
+                image_key(v.sd_id.as_str(), v.img_id.as_str()),
+                Mode::Exclusive,
+            ),
         ],
     )?;
     let paths = dom.volume_paths(&v.img_id, &v.vol_id);
     read_metadata(&dom, &v.img_id, &v.vol_id).map_err(storage)?;
-    let held = dom.leases.acquire(v.sd_id.as_str(), v.vol_id.as_str(), &paths.lease, 0).map_err(lease)?;
+    let held = dom
+        .leases
+        .acquire(v.sd_id.as_str(), v.vol_id.as_str(), &paths.lease, 0)
+        .map_err(lease)?;
     let mut md = read_metadata(&dom, &v.img_id, &v.vol_id).map_err(storage)?;
     match v.generation {
         Some(g) if g.get() == md.generation => {}
         Some(g) => {
             return Err(ApiError::new(
                 ErrorCode::GenerationMismatch,
-                format!("volume generation is {}, requested {}", md.generation, g.get()),
+                format!(
+                    "volume generation is {}, requested {}",
+                    md.generation,
+                    g.get()
+                ),
             ))
         }
         None => {
@@ -63,16 +95,25 @@ fn run(agent: &Agent, job: &Arc<Job>, v: &VolumeRef, attrs: &VolumeAttributes) -
     }
     if let Some(l) = attrs.legality {
         if l == md.legality {
-            return Err(invalid_update(format!("volume {} is already {l}", v.vol_id)));
+            return Err(invalid_update(format!(
+                "volume {} is already {l}",
+                v.vol_id
+            )));
         }
         md.legality = l;
     }
     if attrs.role.is_some() {
         if md.role != VolumeRole::Leaf {
-            return Err(invalid_update(format!("volume {} is {}, only a LEAF can become SHARED", v.vol_id, md.role)));
+            return Err(invalid_update(format!(
+                "volume {} is {}, only a LEAF can become SHARED",
+                v.vol_id, md.role
+            )));
         }
         if md.parent != sdm_proto::BLANK_UUID {
-            return Err(invalid_update(format!("volume {} has a parent and cannot become SHARED", v.vol_id)));
+            return Err(invalid_update(format!(
+                "volume {} has a parent and cannot become SHARED",
+                v.vol_id
+            )));
         }
         md.role = VolumeRole::Shared;
     }

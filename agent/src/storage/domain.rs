@@ -79,7 +79,10 @@ impl Domain {
             why: format!("cannot create a domain there: {e}"),
         })?;
         if !meta.is_dir() {
-            return Err(StorageError::Invalid(format!("{} is not a directory", root.display())));
+            return Err(StorageError::Invalid(format!(
+                "{} is not a directory",
+                root.display()
+            )));
         }
         let root = root
             .canonicalize()
@@ -121,14 +124,24 @@ impl Domain {
         let dom_md = dir.join("dom_md");
         mkdir(&dom_md)?;
         mkdir(&dir.join("images"))?;
-        for (name, size) in [("ids", 0), ("leases", 0), ("inbox", MAILBOX_SIZE), ("outbox", MAILBOX_SIZE)] {
+        for (name, size) in [
+            ("ids", 0),
+            ("leases", 0),
+            ("inbox", MAILBOX_SIZE),
+            ("outbox", MAILBOX_SIZE),
+        ] {
             create_sized(&dom_md.join(name), size)?;
         }
         let shared = leases.kind() != "local";
         if shared {
             write_xleases(&dom_md.join("xleases"), sd_id)?;
         }
-        leases.format_domain(sd_id.as_str(), &dom_md.join("ids"), &dom_md.join("leases"), io_timeout_s)?;
+        leases.format_domain(
+            sd_id.as_str(),
+            &dom_md.join("ids"),
+            &dom_md.join("leases"),
+            io_timeout_s,
+        )?;
 
         let mut md = DomainMetadata::default();
         md.set("ALIGNMENT", ALIGNMENT.to_string());
@@ -154,7 +167,10 @@ impl Domain {
 
     /// Opens the domain whose directory is `dir`, verifying its metadata.
     pub fn open(dir: &Path, leases: Arc<dyn LeaseBackend>) -> Result<Domain, StorageError> {
-        let not = |why: String| StorageError::NotADomain { path: dir.to_path_buf(), why };
+        let not = |why: String| StorageError::NotADomain {
+            path: dir.to_path_buf(),
+            why,
+        };
         let dir = dir.canonicalize().map_err(|e| not(e.to_string()))?;
         if !dir.is_dir() {
             return Err(not("not a directory".into()));
@@ -196,7 +212,12 @@ impl Domain {
         if !dir.join("images").is_dir() {
             return Err(not("images/ is missing".into()));
         }
-        Ok(Domain { sd_id: Uuid::parse(name).map_err(not)?, dir, metadata, leases })
+        Ok(Domain {
+            sd_id: Uuid::parse(name).map_err(not)?,
+            dir,
+            metadata,
+            leases,
+        })
     }
 
     /// `dom_md/`.
@@ -268,7 +289,10 @@ impl Domain {
         let dir = self.image_dir(img);
         list_volumes_in(&dir).map_err(|e| match e {
             StorageError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                StorageError::ImageNotFound { sd: self.sd_id.to_string(), img: img.to_string() }
+                StorageError::ImageNotFound {
+                    sd: self.sd_id.to_string(),
+                    img: img.to_string(),
+                }
             }
             e => e,
         })
@@ -294,7 +318,11 @@ pub fn list_volumes_in(dir: &Path) -> Result<Vec<Uuid>, StorageError> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| StorageError::io("list", dir, e))? {
         let entry = entry.map_err(|e| StorageError::io("list", dir, e))?;
-        if let Some(stem) = entry.file_name().to_str().and_then(|n| n.strip_suffix(".meta")) {
+        if let Some(stem) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_suffix(".meta"))
+        {
             if let Ok(id) = Uuid::parse(stem) {
                 out.push(id);
             }
@@ -316,8 +344,8 @@ fn statvfs_space(path: &Path) -> Option<(u64, u64)> {
     }
     // SAFETY: statvfs returned 0, so it filled the struct.
     let st = unsafe { st.assume_init() };
-    let frsize = st.f_frsize as u64;
-    Some((st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize))
+    let frsize = st.f_frsize;
+    Some((st.f_blocks * frsize, st.f_bavail * frsize))
 }
 
 fn create_sized(path: &Path, size: u64) -> Result<(), StorageError> {
@@ -327,7 +355,8 @@ fn create_sized(path: &Path, size: u64) -> Result<(), StorageError> {
         .mode(0o660)
         .open(path)
         .map_err(|e| StorageError::io("create", path, e))?;
-    f.set_len(size).map_err(|e| StorageError::io("truncate", path, e))?;
+    f.set_len(size)
+        .map_err(|e| StorageError::io("truncate", path, e))?;
     f.sync_all().map_err(|e| StorageError::io("fsync", path, e))
 }
 
@@ -369,8 +398,10 @@ fn write_xleases(path: &Path, sd_id: &Uuid) -> Result<(), StorageError> {
         .open(path)
         .map_err(|e| StorageError::io("create", path, e))?;
     use std::io::{Seek, SeekFrom};
-    f.seek(SeekFrom::Start(ALIGNMENT)).map_err(|e| StorageError::io("seek", path, e))?;
-    f.write_all(&index).map_err(|e| StorageError::io("write", path, e))?;
+    f.seek(SeekFrom::Start(ALIGNMENT))
+        .map_err(|e| StorageError::io("seek", path, e))?;
+    f.write_all(&index)
+        .map_err(|e| StorageError::io("write", path, e))?;
     f.sync_all().map_err(|e| StorageError::io("fsync", path, e))
 }
 
@@ -389,7 +420,10 @@ mod tests {
         for f in ["metadata", "ids", "leases", "inbox", "outbox"] {
             assert!(dir.join("dom_md").join(f).exists(), "{f}");
         }
-        assert_eq!(fs::metadata(dir.join("dom_md/inbox")).unwrap().len(), MAILBOX_SIZE);
+        assert_eq!(
+            fs::metadata(dir.join("dom_md/inbox")).unwrap().len(),
+            MAILBOX_SIZE
+        );
         let d = Domain::open(&dir, leases.clone()).unwrap();
         assert_eq!(d.sd_id, sd);
         assert_eq!(d.description(), "test domain");
@@ -405,9 +439,15 @@ mod tests {
     fn open_refuses_what_is_not_a_domain() {
         let root = tempfile::tempdir().unwrap();
         let leases: Arc<dyn LeaseBackend> = Arc::new(LocalLeases::new(1));
-        assert!(matches!(Domain::open(root.path(), leases.clone()), Err(StorageError::NotADomain { .. })));
+        assert!(matches!(
+            Domain::open(root.path(), leases.clone()),
+            Err(StorageError::NotADomain { .. })
+        ));
         let fake = root.path().join(Uuid::new_v4().as_str());
         fs::create_dir_all(fake.join("dom_md")).unwrap();
-        assert!(matches!(Domain::open(&fake, leases), Err(StorageError::NotADomain { .. })));
+        assert!(matches!(
+            Domain::open(&fake, leases),
+            Err(StorageError::NotADomain { .. })
+        ));
     }
 }

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use sdm_proto::{Legality, Preallocation, VolumeFormat, VolumeRole, BLANK_UUID, MAX_DESCRIPTION_CHARS};
+use sdm_proto::{
+    Legality, Preallocation, VolumeFormat, VolumeRole, BLANK_UUID, MAX_DESCRIPTION_CHARS,
+};
 use sha1::{Digest, Sha1};
 
 use super::StorageError;
@@ -52,7 +54,9 @@ impl DomainMetadata {
         let mut keys = BTreeMap::new();
         let mut sealed = None;
         for line in text.lines() {
-            let Some((k, v)) = line.split_once('=') else { continue };
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
             let k = k.trim();
             if k == CHECKSUM_KEY {
                 sealed = Some(v.trim().to_string());
@@ -63,7 +67,10 @@ impl DomainMetadata {
         if let Some(sealed) = sealed {
             let computed = domain_checksum(&keys);
             if !sealed.eq_ignore_ascii_case(&computed) {
-                return Err(StorageError::SealBroken { stored: sealed, computed });
+                return Err(StorageError::SealBroken {
+                    stored: sealed,
+                    computed,
+                });
             }
         }
         Ok(DomainMetadata { keys })
@@ -133,11 +140,15 @@ impl VolumeMetadata {
             if line.starts_with("EOF") {
                 break;
             }
-            let Some((k, v)) = line.split_once('=') else { continue };
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
             kv.insert(k.trim(), v.trim());
         }
         if kv.contains_key("NONE") {
-            return Err(StorageError::BadMetadata("metadata was cleared (NONE key)".into()));
+            return Err(StorageError::BadMetadata(
+                "metadata was cleared (NONE key)".into(),
+            ));
         }
         let need = |k: &str| {
             kv.get(k)
@@ -145,8 +156,9 @@ impl VolumeMetadata {
                 .ok_or_else(|| StorageError::BadMetadata(format!("key {k} is missing")))
         };
         let num = |k: &str, v: &str| {
-            v.parse::<u64>()
-                .map_err(|_| StorageError::BadMetadata(format!("key {k} has a non-numeric value {v:?}")))
+            v.parse::<u64>().map_err(|_| {
+                StorageError::BadMetadata(format!("key {k} has a non-numeric value {v:?}"))
+            })
         };
         let capacity = match kv.get("CAP") {
             Some(v) => num("CAP", v)?,
@@ -158,14 +170,22 @@ impl VolumeMetadata {
         let format: VolumeFormat = parse_enum("FORMAT")?
             .parse()
             .map_err(StorageError::BadMetadata)?;
-        let legality: Legality = parse_enum("LEGALITY")?.parse().map_err(StorageError::BadMetadata)?;
-        let allocation: Preallocation = parse_enum("TYPE")?.parse().map_err(StorageError::BadMetadata)?;
-        let role: VolumeRole = parse_enum("VOLTYPE")?.parse().map_err(StorageError::BadMetadata)?;
+        let legality: Legality = parse_enum("LEGALITY")?
+            .parse()
+            .map_err(StorageError::BadMetadata)?;
+        let allocation: Preallocation = parse_enum("TYPE")?
+            .parse()
+            .map_err(StorageError::BadMetadata)?;
+        let role: VolumeRole = parse_enum("VOLTYPE")?
+            .parse()
+            .map_err(StorageError::BadMetadata)?;
         let generation = match kv.get("GEN") {
             Some(v) => {
                 let g = num("GEN", v)?;
                 if g > 999 {
-                    return Err(StorageError::BadMetadata(format!("GEN {g} is outside 0-999")));
+                    return Err(StorageError::BadMetadata(format!(
+                        "GEN {g} is outside 0-999"
+                    )));
                 }
                 g as u16
             }
@@ -173,7 +193,11 @@ impl VolumeMetadata {
         };
         Ok(VolumeMetadata {
             capacity,
-            ctime: kv.get("CTIME").map(|v| num("CTIME", v)).transpose()?.unwrap_or(0),
+            ctime: kv
+                .get("CTIME")
+                .map(|v| num("CTIME", v))
+                .transpose()?
+                .unwrap_or(0),
             description: kv.get("DESCRIPTION").copied().unwrap_or("").to_string(),
             disktype: kv.get("DISKTYPE").copied().unwrap_or("DATA").to_string(),
             domain: need("DOMAIN")?.to_string(),
@@ -182,7 +206,11 @@ impl VolumeMetadata {
             generation,
             legality,
             parent: kv.get("PUUID").copied().unwrap_or(BLANK_UUID).to_string(),
-            sequence: kv.get("SEQ").map(|v| num("SEQ", v)).transpose()?.unwrap_or(0),
+            sequence: kv
+                .get("SEQ")
+                .map(|v| num("SEQ", v))
+                .transpose()?
+                .unwrap_or(0),
             allocation,
             role,
         })
@@ -191,7 +219,11 @@ impl VolumeMetadata {
     /// Serializes as V5: sorted keys, `EOF` last. The description is cut to 210 characters, and
     /// further (at a character boundary) if the whole would not fit in 512 bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>, StorageError> {
-        let mut desc: String = self.description.chars().take(MAX_DESCRIPTION_CHARS).collect();
+        let mut desc: String = self
+            .description
+            .chars()
+            .take(MAX_DESCRIPTION_CHARS)
+            .collect();
         loop {
             let s = self.render(&desc);
             if s.len() <= VOLUME_METADATA_MAX {
@@ -243,7 +275,10 @@ mod tests {
     #[test]
     fn ovirt_domain_metadata_verifies_and_round_trips() {
         let md = DomainMetadata::parse(OVIRT_DOMAIN_MD.as_bytes()).unwrap();
-        assert_eq!(md.get("SDUUID"), Some("275766cb-c7d8-43d6-a663-4e52160de620"));
+        assert_eq!(
+            md.get("SDUUID"),
+            Some("275766cb-c7d8-43d6-a663-4e52160de620")
+        );
         assert_eq!(md.get("LOCKPOLICY"), Some(""));
         assert_eq!(String::from_utf8(md.to_bytes()).unwrap(), OVIRT_DOMAIN_MD);
     }
@@ -290,8 +325,22 @@ mod tests {
         let keys: Vec<&str> = text.lines().map(|l| l.split('=').next().unwrap()).collect();
         assert_eq!(
             keys,
-            ["CAP", "CTIME", "DESCRIPTION", "DISKTYPE", "DOMAIN", "FORMAT", "GEN", "IMAGE",
-             "LEGALITY", "PUUID", "SEQ", "TYPE", "VOLTYPE", "EOF"]
+            [
+                "CAP",
+                "CTIME",
+                "DESCRIPTION",
+                "DISKTYPE",
+                "DOMAIN",
+                "FORMAT",
+                "GEN",
+                "IMAGE",
+                "LEGALITY",
+                "PUUID",
+                "SEQ",
+                "TYPE",
+                "VOLTYPE",
+                "EOF"
+            ]
         );
         assert_eq!(VolumeMetadata::parse(text.as_bytes()).unwrap(), sample());
     }

@@ -100,7 +100,11 @@ pub enum StorageError {
 impl StorageError {
     /// An IO error with its context.
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> StorageError {
-        StorageError::Io { op, path: path.into(), source }
+        StorageError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
     }
 }
 

@@ -36,25 +36,36 @@ pub struct Registry {
 impl Registry {
     /// An empty registry persisting to `<state_dir>/domains.json`.
     pub fn new(state_dir: &Path) -> Registry {
-        Registry { state_file: state_dir.join("domains.json"), domains: RwLock::new(BTreeMap::new()) }
+        Registry {
+            state_file: state_dir.join("domains.json"),
+            domains: RwLock::new(BTreeMap::new()),
+        }
     }
 
     /// Domains attached before the last stop.
     pub fn persisted(&self) -> Result<Vec<Attached>, StorageError> {
         match std::fs::read(&self.state_file) {
-            Ok(b) => serde_json::from_slice::<StateFile>(&b).map(|s| s.domains).map_err(|e| {
-                StorageError::BadMetadata(format!("{}: {e}", self.state_file.display()))
-            }),
+            Ok(b) => serde_json::from_slice::<StateFile>(&b)
+                .map(|s| s.domains)
+                .map_err(|e| {
+                    StorageError::BadMetadata(format!("{}: {e}", self.state_file.display()))
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(StorageError::io("read", &self.state_file, e)),
         }
     }
 
-    fn persist(&self, map: &BTreeMap<Uuid, (Arc<Domain>, LeaseBackendKind)>) -> Result<(), StorageError> {
+    fn persist(
+        &self,
+        map: &BTreeMap<Uuid, (Arc<Domain>, LeaseBackendKind)>,
+    ) -> Result<(), StorageError> {
         let state = StateFile {
             domains: map
                 .values()
-                .map(|(d, k)| Attached { path: d.dir.clone(), lease_backend: k.as_str().to_string() })
+                .map(|(d, k)| Attached {
+                    path: d.dir.clone(),
+                    lease_backend: k.as_str().to_string(),
+                })
                 .collect(),
         };
         let data = serde_json::to_vec_pretty(&state).expect("state serializes");
@@ -84,7 +95,9 @@ impl Registry {
     /// Removes a domain.
     pub fn remove(&self, sd: &Uuid) -> Result<Arc<Domain>, StorageError> {
         let mut map = self.domains.write().unwrap_or_else(|e| e.into_inner());
-        let (dom, _) = map.remove(sd).ok_or_else(|| StorageError::DomainNotAttached(sd.to_string()))?;
+        let (dom, _) = map
+            .remove(sd)
+            .ok_or_else(|| StorageError::DomainNotAttached(sd.to_string()))?;
         self.persist(&map)?;
         Ok(dom)
     }
@@ -101,6 +114,11 @@ impl Registry {
 
     /// Every attached domain with its lease backend kind.
     pub fn all(&self) -> Vec<(Arc<Domain>, LeaseBackendKind)> {
-        self.domains.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        self.domains
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 }

@@ -51,9 +51,16 @@ pub fn read_metadata(dom: &Domain, img: &Uuid, vol: &Uuid) -> Result<VolumeMetad
     read_metadata_at(&paths.meta).map_err(|e| match e {
         StorageError::Durable(d) if d.is_not_found() => {
             if dom.image_dir(img).is_dir() {
-                StorageError::VolumeNotFound { sd: dom.sd_id.to_string(), img: img.to_string(), vol: vol.to_string() }
+                StorageError::VolumeNotFound {
+                    sd: dom.sd_id.to_string(),
+                    img: img.to_string(),
+                    vol: vol.to_string(),
+                }
             } else {
-                StorageError::ImageNotFound { sd: dom.sd_id.to_string(), img: img.to_string() }
+                StorageError::ImageNotFound {
+                    sd: dom.sd_id.to_string(),
+                    img: img.to_string(),
+                }
             }
         }
         e => e,
@@ -90,7 +97,9 @@ fn now_epoch() -> u64 {
 /// Creates a volume. The caller holds the domain (shared) and image (exclusive) locks.
 pub fn create(dom: &Domain, req: &NewVolume) -> Result<(), StorageError> {
     if req.parent.is_some() && req.format != VolumeFormat::Cow {
-        return Err(StorageError::Invalid("a volume with a parent must be COW".into()));
+        return Err(StorageError::Invalid(
+            "a volume with a parent must be COW".into(),
+        ));
     }
     let capacity = req
         .capacity
@@ -102,18 +111,26 @@ pub fn create(dom: &Domain, req: &NewVolume) -> Result<(), StorageError> {
         Some(p) if p.is_blank() => None,
         Some(p) => {
             if p == &req.vol {
-                return Err(StorageError::Invalid("a volume cannot be its own parent".into()));
+                return Err(StorageError::Invalid(
+                    "a volume cannot be its own parent".into(),
+                ));
             }
             let md = read_metadata(dom, &req.img, p).map_err(|e| match e {
                 StorageError::VolumeNotFound { .. } | StorageError::ImageNotFound { .. } => {
-                    StorageError::Invalid(format!("parent volume {p} does not exist in image {}", req.img))
+                    StorageError::Invalid(format!(
+                        "parent volume {p} does not exist in image {}",
+                        req.img
+                    ))
                 }
                 e => e,
             })?;
             // A LEGAL volume cannot sit on an untrusted parent; an ILLEGAL one (a copy
             // destination being built parents first) may.
             if md.legality != Legality::Legal && req.legality == Legality::Legal {
-                return Err(StorageError::Invalid(format!("parent volume {p} is {}", md.legality)));
+                return Err(StorageError::Invalid(format!(
+                    "parent volume {p} is {}",
+                    md.legality
+                )));
             }
             if capacity < md.capacity {
                 return Err(StorageError::Invalid(format!(
@@ -154,7 +171,10 @@ pub fn create(dom: &Domain, req: &NewVolume) -> Result<(), StorageError> {
         format: req.format,
         generation: 0,
         legality: req.legality,
-        parent: parent_md.as_ref().map(|(p, _)| p.to_string()).unwrap_or_else(|| Uuid::blank().to_string()),
+        parent: parent_md
+            .as_ref()
+            .map(|(p, _)| p.to_string())
+            .unwrap_or_else(|| Uuid::blank().to_string()),
         sequence: 0,
         allocation: req.allocation,
         role: VolumeRole::Leaf,
@@ -188,7 +208,8 @@ fn create_data(
         })?;
     match req.format {
         VolumeFormat::Raw => {
-            f.set_len(capacity).map_err(|e| StorageError::io("truncate", &paths.data, e))?;
+            f.set_len(capacity)
+                .map_err(|e| StorageError::io("truncate", &paths.data, e))?;
             if req.allocation == Preallocation::Preallocated {
                 preallocate(&f, &paths.data, 0, capacity)?;
             }
@@ -196,7 +217,8 @@ fn create_data(
         VolumeFormat::Cow => {
             drop(f);
             let mut cmd = Command::new("qemu-img");
-            cmd.current_dir(img_dir).args(["create", "-q", "-f", "qcow2", "-o", "compat=1.1"]);
+            cmd.current_dir(img_dir)
+                .args(["create", "-q", "-f", "qcow2", "-o", "compat=1.1"]);
             if let Some((pid, pmd)) = parent {
                 // The backing file is the bare parent UUID, relative to the image directory, as
                 // oVirt writes it; -u because the size is given and the parent need not be opened.
@@ -228,7 +250,8 @@ fn create_data(
         .write(true)
         .open(&paths.data)
         .map_err(|e| StorageError::io("open", &paths.data, e))?;
-    f.sync_all().map_err(|e| StorageError::io("fsync", &paths.data, e))
+    f.sync_all()
+        .map_err(|e| StorageError::io("fsync", &paths.data, e))
 }
 
 /// Runs qemu-img, turning a failure into an error carrying its stderr.
@@ -245,7 +268,11 @@ pub fn run_qemu_img(cmd: &mut Command) -> Result<String, StorageError> {
                 std::io::Error::from_raw_os_error(libc::ENOSPC),
             ));
         }
-        return Err(StorageError::QemuImg(format!("{}: {}", out.status, err.trim())));
+        return Err(StorageError::QemuImg(format!(
+            "{}: {}",
+            out.status,
+            err.trim()
+        )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -255,7 +282,8 @@ pub fn run_qemu_img(cmd: &mut Command) -> Result<String, StorageError> {
 fn preallocate(f: &fs::File, path: &Path, offset: u64, len: u64) -> Result<(), StorageError> {
     use std::os::fd::AsRawFd;
     // SAFETY: plain syscall on a valid open fd; no memory is passed.
-    let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, offset as libc::off_t, len as libc::off_t) };
+    let rc =
+        unsafe { libc::fallocate(f.as_raw_fd(), 0, offset as libc::off_t, len as libc::off_t) };
     if rc == 0 {
         return Ok(());
     }
@@ -266,11 +294,13 @@ fn preallocate(f: &fs::File, path: &Path, offset: u64, len: u64) -> Result<(), S
     let zeros = vec![0u8; 1 << 20];
     let mut w = f;
     use std::io::{Seek, SeekFrom};
-    w.seek(SeekFrom::Start(offset)).map_err(|e| StorageError::io("seek", path, e))?;
+    w.seek(SeekFrom::Start(offset))
+        .map_err(|e| StorageError::io("seek", path, e))?;
     let mut left = len;
     while left > 0 {
         let n = left.min(zeros.len() as u64) as usize;
-        w.write_all(&zeros[..n]).map_err(|e| StorageError::io("write", path, e))?;
+        w.write_all(&zeros[..n])
+            .map_err(|e| StorageError::io("write", path, e))?;
         left -= n as u64;
     }
     Ok(())
@@ -281,7 +311,9 @@ pub fn info(dom: &Domain, img: &Uuid, vol: &Uuid) -> Result<VolumeInfo, StorageE
     let md = read_metadata(dom, img, vol)?;
     let paths = dom.volume_paths(img, vol);
     let st = fs::metadata(&paths.data).map_err(|e| StorageError::io("stat", &paths.data, e))?;
-    let lease = dom.leases.status(dom.sd_id.as_str(), vol.as_str(), &paths.lease, 0)?;
+    let lease = dom
+        .leases
+        .status(dom.sd_id.as_str(), vol.as_str(), &paths.lease, 0)?;
     let status = match md.legality {
         Legality::Illegal => "ILLEGAL",
         _ => "OK",
@@ -361,7 +393,10 @@ mod tests {
         pre.allocation = Preallocation::Preallocated;
         create(&d, &pre).unwrap();
         assert!(info(&d, &img, &pre.vol).unwrap().truesize.0 >= 1 << 20);
-        assert!(matches!(create(&d, &req), Err(StorageError::VolumeExists(_))));
+        assert!(matches!(
+            create(&d, &req),
+            Err(StorageError::VolumeExists(_))
+        ));
         assert_eq!(d.list_volumes(&img).unwrap().len(), 2);
     }
 
@@ -373,7 +408,10 @@ mod tests {
         create(&d, &base).unwrap();
         let top = new(&img, VolumeFormat::Cow, Some(base.vol.clone()));
         create(&d, &top).unwrap();
-        assert_eq!(info(&d, &img, &base.vol).unwrap().voltype, VolumeRole::Internal);
+        assert_eq!(
+            info(&d, &img, &base.vol).unwrap().voltype,
+            VolumeRole::Internal
+        );
         let ti = info(&d, &img, &top.vol).unwrap();
         assert_eq!(ti.parent, base.vol);
         let out = Command::new("qemu-img")
@@ -386,6 +424,9 @@ mod tests {
         assert_eq!(v["backing-filename-format"], "qcow2");
         assert_eq!(v["format"], "qcow2");
         let raw_child = new(&img, VolumeFormat::Raw, Some(base.vol.clone()));
-        assert!(matches!(create(&d, &raw_child), Err(StorageError::Invalid(_))));
+        assert!(matches!(
+            create(&d, &raw_child),
+            Err(StorageError::Invalid(_))
+        ));
     }
 }

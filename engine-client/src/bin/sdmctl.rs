@@ -153,7 +153,11 @@ enum VolumeCmd {
         description: String,
     },
     /// Volume metadata, sizes and lease.
-    Info { sd_id: String, img_id: String, vol_id: String },
+    Info {
+        sd_id: String,
+        img_id: String,
+        vol_id: String,
+    },
     /// SHA-256 of the volume's bytes.
     Checksum {
         sd_id: String,
@@ -228,7 +232,10 @@ struct UpdateArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start runtime: {e}");
@@ -237,22 +244,25 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            match e.downcast_ref::<Error>() {
-                Some(Error::Api(api)) => {
-                    eprintln!("error: {} ({}): {}", api.code.name(), api.code.code(), api.message);
-                    ExitCode::from(1)
-                }
-                Some(Error::Transport { .. }) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(3)
-                }
-                _ => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(2)
-                }
+        Err(e) => match e.downcast_ref::<Error>() {
+            Some(Error::Api(api)) => {
+                eprintln!(
+                    "error: {} ({}): {}",
+                    api.code.name(),
+                    api.code.code(),
+                    api.message
+                );
+                ExitCode::from(1)
             }
-        }
+            Some(Error::Transport { .. }) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(3)
+            }
+            _ => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
 
@@ -261,7 +271,10 @@ fn uuid(s: &str, what: &str) -> anyhow::Result<Uuid> {
 }
 
 fn uuid_or_new(s: &Option<String>, what: &str) -> anyhow::Result<Uuid> {
-    s.as_deref().map(|s| uuid(s, what)).transpose().map(|u| u.unwrap_or_else(Uuid::new_v4))
+    s.as_deref()
+        .map(|s| uuid(s, what))
+        .transpose()
+        .map(|u| u.unwrap_or_else(Uuid::new_v4))
 }
 
 /// Parses `10G`, `512M`, `4K`, `1T` or plain bytes (binary units).
@@ -282,15 +295,27 @@ fn parse_bytes(s: &str) -> anyhow::Result<u64> {
         }
         None => (t, 1),
     };
-    let n: u64 = num.trim().parse().with_context(|| format!("bad size {s:?}"))?;
-    n.checked_mul(mult).with_context(|| format!("size {s:?} is too large"))
+    let n: u64 = num
+        .trim()
+        .parse()
+        .with_context(|| format!("bad size {s:?}"))?;
+    n.checked_mul(mult)
+        .with_context(|| format!("size {s:?} is too large"))
 }
 
 fn div(s: &str, generation: Option<u16>) -> anyhow::Result<Endpoint> {
     let parts: Vec<&str> = s.split('/').collect();
     anyhow::ensure!(parts.len() == 3, "{s:?}: expected SD/IMG/VOL");
-    let generation = generation.map(|g| Generation::new(g as u64)).transpose().map_err(anyhow::Error::msg)?;
-    Ok(Endpoint::div(uuid(parts[0], "sd")?, uuid(parts[1], "img")?, uuid(parts[2], "vol")?, generation))
+    let generation = generation
+        .map(|g| Generation::new(g as u64))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    Ok(Endpoint::div(
+        uuid(parts[0], "sd")?,
+        uuid(parts[1], "img")?,
+        uuid(parts[2], "vol")?,
+        generation,
+    ))
 }
 
 fn human_bytes(b: u64) -> String {
@@ -307,7 +332,11 @@ fn print<T: Serialize>(json: bool, v: &T, human: impl FnOnce(&T)) -> anyhow::Res
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let url = cli.agents.first().cloned().unwrap_or_else(|| DEFAULT_AGENT.to_string());
+    let url = cli
+        .agents
+        .first()
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_AGENT.to_string());
     let client = AgentClient::new(&url)?;
     let c = &client;
     let json = cli.json;
@@ -317,20 +346,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print(json, &caps, |c| {
                 println!("version:        {}", c.version);
                 println!("host id:        {}", c.host_id);
-                println!("io backend:     {}", if c.io_uring { "io_uring" } else { "sync" });
+                println!(
+                    "io backend:     {}",
+                    if c.io_uring { "io_uring" } else { "sync" }
+                );
                 if let Some(r) = &c.io_fallback_reason {
                     println!("io fallback:    {r}");
                 }
                 println!("lease backends: {}", c.lease_backends.join(", "));
-                println!("domains:        {}", c.domains.iter().map(Uuid::as_str).collect::<Vec<_>>().join(", "));
+                println!(
+                    "domains:        {}",
+                    c.domains
+                        .iter()
+                        .map(Uuid::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
             })?;
         }
         Cmd::Host(HostCmd::Stats) => {
             let s = c.api().get_stats().await.via(c)?;
             print(json, &s, |s| {
-                println!("jobs running {} pending {} (max {})", s.jobs_running, s.jobs_pending, s.max_running_jobs);
-                println!("read {}/s write {}/s", human_bytes(s.read_bps), human_bytes(s.write_bps));
-                println!("uptime {}s rss {} fds {}", s.uptime_s, human_bytes(s.rss_bytes), s.open_fds);
+                println!(
+                    "jobs running {} pending {} (max {})",
+                    s.jobs_running, s.jobs_pending, s.max_running_jobs
+                );
+                println!(
+                    "read {}/s write {}/s",
+                    human_bytes(s.read_bps),
+                    human_bytes(s.write_bps)
+                );
+                println!(
+                    "uptime {}s rss {} fds {}",
+                    s.uptime_s,
+                    human_bytes(s.rss_bytes),
+                    s.open_fds
+                );
             })?;
         }
         Cmd::Domain(d) => domain(c, json, d).await?,
@@ -341,7 +392,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let job_id = uuid_or_new(&a.wait.job_id, "job id")?;
             let src = div(&a.src, None)?;
             let dst = div(&a.dst, a.generation)?;
-            let bw = a.bandwidth.as_deref().map(parse_bytes).transpose()?.map(Size);
+            let bw = a
+                .bandwidth
+                .as_deref()
+                .map(parse_bytes)
+                .transpose()?
+                .map(Size);
             let verify = Some(Flag(a.verify));
             c.submit(&job_id, |h| {
                 let (s, d, j) = (src.clone(), dst.clone(), job_id.clone());
@@ -353,11 +409,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::UpdateVolume(a) => {
             let job_id = uuid_or_new(&a.wait.job_id, "job id")?;
             let e = div(&a.volume, Some(a.generation))?;
-            let vol = VolumeRef { sd_id: e.sd_id, img_id: e.img_id, vol_id: e.vol_id, generation: e.generation };
+            let vol = VolumeRef {
+                sd_id: e.sd_id,
+                img_id: e.img_id,
+                vol_id: e.vol_id,
+                generation: e.generation,
+            };
             let attrs = VolumeAttributes {
-                legality: a.legality.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?,
-                description: a.description.as_deref().map(Description::parse).transpose().map_err(anyhow::Error::msg)?,
-                generation: a.new_generation.map(|g| Generation::new(g as u64)).transpose().map_err(anyhow::Error::msg)?,
+                legality: a
+                    .legality
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?,
+                description: a
+                    .description
+                    .as_deref()
+                    .map(Description::parse)
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?,
+                generation: a
+                    .new_generation
+                    .map(|g| Generation::new(g as u64))
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?,
                 role: None,
             };
             c.submit(&job_id, |h| {
@@ -376,17 +451,36 @@ async fn domain(c: &AgentClient, json: bool, cmd: DomainCmd) -> anyhow::Result<(
         DomainCmd::List => {
             let list = c.api().list_domains().await.via(c)?;
             print(json, &list, |l| {
-                println!("{:<36}  {:<8}  {:>10}  {:>10}  PATH", "SD_ID", "LEASES", "SIZE", "FREE");
+                println!(
+                    "{:<36}  {:<8}  {:>10}  {:>10}  PATH",
+                    "SD_ID", "LEASES", "SIZE", "FREE"
+                );
                 for d in l {
-                    println!("{:<36}  {:<8}  {:>10}  {:>10}  {}", d.sd_id, d.lease_backend, human_bytes(d.capacity.0), human_bytes(d.free.0), d.path);
+                    println!(
+                        "{:<36}  {:<8}  {:>10}  {:>10}  {}",
+                        d.sd_id,
+                        d.lease_backend,
+                        human_bytes(d.capacity.0),
+                        human_bytes(d.free.0),
+                        d.path
+                    );
                 }
             })?;
         }
-        DomainCmd::Create { path, sd_id, description } => {
+        DomainCmd::Create {
+            path,
+            sd_id,
+            description,
+        } => {
             let sd = uuid_or_new(&sd_id, "sd id")?;
             let desc = Description::parse(&description).map_err(anyhow::Error::msg)?;
-            c.api().create_domain(sd.clone(), path.clone(), Some(desc)).await.via(c)?;
-            print(json, &serde_json::json!({"sd_id": sd}), |_| println!("{sd}"))?;
+            c.api()
+                .create_domain(sd.clone(), path.clone(), Some(desc))
+                .await
+                .via(c)?;
+            print(json, &serde_json::json!({"sd_id": sd}), |_| {
+                println!("{sd}")
+            })?;
         }
         DomainCmd::Attach { path } => {
             let r = c.api().attach_domain(path).await.via(c)?;
@@ -410,20 +504,27 @@ async fn domain(c: &AgentClient, json: bool, cmd: DomainCmd) -> anyhow::Result<(
                     println!("nothing to fix");
                 }
                 for f in l {
-                    println!("[{}] {}\n    fix: sdmctl domain fix {sd_id} '{}'", f.fix_type, f.description, f.data_json());
+                    println!(
+                        "[{}] {}\n    fix: sdmctl domain fix {sd_id} '{}'",
+                        f.fix_type,
+                        f.description,
+                        f.data_json()
+                    );
                 }
             })?;
         }
         DomainCmd::Fix { sd_id, fix, wait } => {
             let sd = uuid(&sd_id, "sd id")?;
-            let f: Fix = serde_json::from_str(&fix).or_else(|_| {
-                // Accept the bare `data` object that `domain check` prints.
-                serde_json::from_str::<serde_json::Value>(&fix).map(|data| Fix {
-                    fix_type: FixType::Clean,
-                    description: String::new(),
-                    data,
+            let f: Fix = serde_json::from_str(&fix)
+                .or_else(|_| {
+                    // Accept the bare `data` object that `domain check` prints.
+                    serde_json::from_str::<serde_json::Value>(&fix).map(|data| Fix {
+                        fix_type: FixType::Clean,
+                        description: String::new(),
+                        data,
+                    })
                 })
-            }).context("fix must be JSON")?;
+                .context("fix must be JSON")?;
             let job_id = uuid_or_new(&wait.job_id, "job id")?;
             let r = c.api().fix_domain(sd, f, Some(job_id)).await.via(c)?;
             follow(c, json, &r.uuid, &wait).await?;
@@ -449,22 +550,55 @@ async fn image(c: &AgentClient, json: bool, cmd: ImageCmd) -> anyhow::Result<()>
             let l = c.api().get_volumes(sd, img).await.via(c)?;
             print(json, &l, |l| l.iter().for_each(|v| println!("{v}")))?;
         }
-        ImageCmd::Move { img_id, from, to, force, post_zero, wait } => {
-            let (img, src, dst) = (uuid(&img_id, "image id")?, uuid(&from, "source sd")?, uuid(&to, "destination sd")?);
+        ImageCmd::Move {
+            img_id,
+            from,
+            to,
+            force,
+            post_zero,
+            wait,
+        } => {
+            let (img, src, dst) = (
+                uuid(&img_id, "image id")?,
+                uuid(&from, "source sd")?,
+                uuid(&to, "destination sd")?,
+            );
             let job_id = uuid_or_new(&wait.job_id, "job id")?;
             let r = c
                 .api()
-                .move_image(img, src, dst, ImageOperation::Copy, Some(Flag(post_zero)), Some(Flag(force)), None, Some(job_id))
+                .move_image(
+                    img,
+                    src,
+                    dst,
+                    ImageOperation::Copy,
+                    Some(Flag(post_zero)),
+                    Some(Flag(force)),
+                    None,
+                    Some(job_id),
+                )
                 .await
                 .via(c)?;
             follow(c, json, &r.uuid, &wait).await?;
         }
-        ImageCmd::Delete { sd_id, img_id, wipe, discard, wait } => {
+        ImageCmd::Delete {
+            sd_id,
+            img_id,
+            wipe,
+            discard,
+            wait,
+        } => {
             let (sd, img) = (uuid(&sd_id, "sd id")?, uuid(&img_id, "image id")?);
             let job_id = uuid_or_new(&wait.job_id, "job id")?;
             let r = c
                 .api()
-                .delete_image(img, sd, Some(Flag(wipe)), None, Some(Flag(discard)), Some(job_id))
+                .delete_image(
+                    img,
+                    sd,
+                    Some(Flag(wipe)),
+                    None,
+                    Some(Flag(discard)),
+                    Some(job_id),
+                )
                 .await
                 .via(c)?;
             follow(c, json, &r.uuid, &wait).await?;
@@ -475,30 +609,74 @@ async fn image(c: &AgentClient, json: bool, cmd: ImageCmd) -> anyhow::Result<()>
 
 async fn volume(c: &AgentClient, json: bool, cmd: VolumeCmd) -> anyhow::Result<()> {
     match cmd {
-        VolumeCmd::Create { sd_id, img_id, vol_id, size, format, preallocated, parent, description } => {
+        VolumeCmd::Create {
+            sd_id,
+            img_id,
+            vol_id,
+            size,
+            format,
+            preallocated,
+            parent,
+            description,
+        } => {
             let (sd, img) = (uuid(&sd_id, "sd id")?, uuid(&img_id, "image id")?);
             let vol = uuid_or_new(&vol_id, "volume id")?;
             let cap = parse_bytes(&size)?;
             anyhow::ensure!(cap > 0, "size must be greater than 0");
-            let format: VolumeFormat = format.to_ascii_uppercase().parse().map_err(anyhow::Error::msg)?;
+            let format: VolumeFormat = format
+                .to_ascii_uppercase()
+                .parse()
+                .map_err(anyhow::Error::msg)?;
             let parent = parent.as_deref().map(|p| uuid(p, "parent")).transpose()?;
-            let prealloc = if preallocated { Preallocation::Preallocated } else { Preallocation::Sparse };
+            let prealloc = if preallocated {
+                Preallocation::Preallocated
+            } else {
+                Preallocation::Sparse
+            };
             let desc = Description::parse(&description).map_err(anyhow::Error::msg)?;
-            c.api().create_volume(sd, img, vol.clone(), Capacity(Size(cap)), format, prealloc, parent, Some(desc))
+            c.api()
+                .create_volume(
+                    sd,
+                    img,
+                    vol.clone(),
+                    Capacity(Size(cap)),
+                    format,
+                    prealloc,
+                    parent,
+                    Some(desc),
+                )
                 .await
                 .via(c)?;
-            print(json, &serde_json::json!({"vol_id": vol}), |_| println!("{vol}"))?;
+            print(json, &serde_json::json!({"vol_id": vol}), |_| {
+                println!("{vol}")
+            })?;
         }
-        VolumeCmd::Info { sd_id, img_id, vol_id } => {
-            let (sd, img, vol) = (uuid(&sd_id, "sd id")?, uuid(&img_id, "image id")?, uuid(&vol_id, "volume id")?);
+        VolumeCmd::Info {
+            sd_id,
+            img_id,
+            vol_id,
+        } => {
+            let (sd, img, vol) = (
+                uuid(&sd_id, "sd id")?,
+                uuid(&img_id, "image id")?,
+                uuid(&vol_id, "volume id")?,
+            );
             let i = c.api().get_volume_info(sd, img, vol).await.via(c)?;
             print(json, &i, |i| {
                 println!("volume:      {}", i.uuid);
                 println!("image:       {}", i.image);
                 println!("domain:      {}", i.domain);
                 println!("format:      {} {} {}", i.format, i.allocation, i.voltype);
-                println!("capacity:    {} ({} bytes)", human_bytes(i.capacity.0), i.capacity);
-                println!("size:        {} apparent, {} allocated", human_bytes(i.apparentsize.0), human_bytes(i.truesize.0));
+                println!(
+                    "capacity:    {} ({} bytes)",
+                    human_bytes(i.capacity.0),
+                    i.capacity
+                );
+                println!(
+                    "size:        {} apparent, {} allocated",
+                    human_bytes(i.apparentsize.0),
+                    human_bytes(i.truesize.0)
+                );
                 println!("parent:      {}", i.parent);
                 println!("legality:    {} (generation {})", i.legality, i.generation);
                 println!("description: {}", i.description);
@@ -507,15 +685,30 @@ async fn volume(c: &AgentClient, json: bool, cmd: VolumeCmd) -> anyhow::Result<(
                 } else {
                     format!("held by host {:?}", i.lease.owners)
                 };
-                println!("lease:       {owners} ({}:{})", i.lease.path, i.lease.offset);
+                println!(
+                    "lease:       {owners} ({}:{})",
+                    i.lease.path, i.lease.offset
+                );
             })?;
         }
-        VolumeCmd::Checksum { sd_id, img_id, vol_id, wait } => {
-            let (sd, img, vol) = (uuid(&sd_id, "sd id")?, uuid(&img_id, "image id")?, uuid(&vol_id, "volume id")?);
+        VolumeCmd::Checksum {
+            sd_id,
+            img_id,
+            vol_id,
+            wait,
+        } => {
+            let (sd, img, vol) = (
+                uuid(&sd_id, "sd id")?,
+                uuid(&img_id, "image id")?,
+                uuid(&vol_id, "volume id")?,
+            );
             let job_id = uuid_or_new(&wait.job_id, "job id")?;
             c.submit(&job_id, |h| {
                 let (j, s, i, v) = (job_id.clone(), sd.clone(), img.clone(), vol.clone());
-                async move { h.checksum_volume(j, s, i, v, Some(ChecksumAlgorithm::Sha256)).await }
+                async move {
+                    h.checksum_volume(j, s, i, v, Some(ChecksumAlgorithm::Sha256))
+                        .await
+                }
             })
             .await?;
             follow(c, json, &job_id, &wait).await?;
@@ -527,21 +720,46 @@ async fn volume(c: &AgentClient, json: bool, cmd: VolumeCmd) -> anyhow::Result<(
 async fn jobs(c: &AgentClient, json: bool, cmd: JobsCmd) -> anyhow::Result<()> {
     match cmd {
         JobsCmd::List { ids } => {
-            let ids: Vec<Uuid> = ids.iter().map(|i| uuid(i, "job id")).collect::<Result<_, _>>()?;
+            let ids: Vec<Uuid> = ids
+                .iter()
+                .map(|i| uuid(i, "job id"))
+                .collect::<Result<_, _>>()?;
             let ids = (!ids.is_empty()).then_some(ids);
             let m = c.api().get_jobs(None, ids).await.via(c)?;
             print(json, &m, |m| {
-                println!("{:<36}  {:<8}  {:<14}  {:>6}  ERROR", "JOB", "STATUS", "DESCRIPTION", "DONE");
+                println!(
+                    "{:<36}  {:<8}  {:<14}  {:>6}  ERROR",
+                    "JOB", "STATUS", "DESCRIPTION", "DONE"
+                );
                 for j in m.values() {
-                    let pct = j.progress.map(|p| format!("{p:.1}%")).unwrap_or_else(|| "-".into());
-                    let err = j.error.as_ref().map(|e| format!("{} ({})", e.message, e.code)).unwrap_or_default();
-                    println!("{:<36}  {:<8}  {:<14}  {:>6}  {}", j.id, j.status, j.description, pct, err);
+                    let pct = j
+                        .progress
+                        .map(|p| format!("{p:.1}%"))
+                        .unwrap_or_else(|| "-".into());
+                    let err = j
+                        .error
+                        .as_ref()
+                        .map(|e| format!("{} ({})", e.message, e.code))
+                        .unwrap_or_default();
+                    println!(
+                        "{:<36}  {:<8}  {:<14}  {:>6}  {}",
+                        j.id, j.status, j.description, pct, err
+                    );
                 }
             })?;
         }
         JobsCmd::Watch { job_id } => {
             let id = uuid(&job_id, "job id")?;
-            follow(c, json, &id, &WaitArgs { no_wait: false, job_id: None }).await?;
+            follow(
+                c,
+                json,
+                &id,
+                &WaitArgs {
+                    no_wait: false,
+                    job_id: None,
+                },
+            )
+            .await?;
         }
         JobsCmd::Abort { job_id } => {
             let id = uuid(&job_id, "job id")?;
@@ -561,14 +779,22 @@ async fn jobs(c: &AgentClient, json: bool, cmd: JobsCmd) -> anyhow::Result<()> {
 /// job fails.
 async fn follow(c: &AgentClient, json: bool, job_id: &Uuid, wait: &WaitArgs) -> anyhow::Result<()> {
     if wait.no_wait {
-        return print(json, &serde_json::json!({"job_id": job_id}), |_| println!("{job_id}"));
+        return print(json, &serde_json::json!({"job_id": job_id}), |_| {
+            println!("{job_id}")
+        });
     }
     let show = !json && std::io::stderr().is_terminal();
-    let bar = if show { ProgressBar::new(0) } else { ProgressBar::hidden() };
+    let bar = if show {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
-        ProgressStyle::with_template("{msg:<12} [{bar:32}] {percent:>3}% {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:<12} [{bar:32}] {percent:>3}% {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     let start = std::time::Instant::now();
@@ -586,10 +812,21 @@ async fn follow(c: &AgentClient, json: bool, job_id: &Uuid, wait: &WaitArgs) -> 
     if json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {
-        let rate = if secs > 0.0 { info.bytes_total as f64 / secs } else { 0.0 };
-        let mut line = format!("job {} {} {} in {secs:.1}s", info.id, info.description, info.status);
+        let rate = if secs > 0.0 {
+            info.bytes_total as f64 / secs
+        } else {
+            0.0
+        };
+        let mut line = format!(
+            "job {} {} {} in {secs:.1}s",
+            info.id, info.description, info.status
+        );
         if info.bytes_total > 0 {
-            line.push_str(&format!(", {} at {}/s", human_bytes(info.bytes_total), human_bytes(rate as u64)));
+            line.push_str(&format!(
+                ", {} at {}/s",
+                human_bytes(info.bytes_total),
+                human_bytes(rate as u64)
+            ));
         }
         println!("{line}");
         if let Some(r) = &info.result {

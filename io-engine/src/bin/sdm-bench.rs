@@ -54,6 +54,15 @@ fn main() -> ExitCode {
 // Internal modes: the engine under test, in its own process so that it is timed like the peers.
 
 fn internal(mode: &str, args: &[String]) -> Result<(), String> {
+    if mode == "__pretouch" {
+        let n: usize = args
+            .first()
+            .and_then(|a| a.parse().ok())
+            .ok_or("__pretouch BYTES")?;
+        let v = vec![1u8; n];
+        std::hint::black_box(&v);
+        return Ok(());
+    }
     let mut cfg = EngineConfig::default();
     let mut rest = Vec::new();
     let mut it = args.iter();
@@ -191,9 +200,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Touches (and frees) `bytes` of memory, so that the host backs the guest's free memory
 /// again before a timed run writes into fresh tmpfs pages (balloon free-page reporting hands
 /// freed memory back to the host, and touching it then runs at about 1 GiB/s).
-fn pretouch(bytes: u64) {
-    let v = vec![1u8; bytes as usize];
-    std::hint::black_box(&v);
+///
+/// Done in a child process: children are spawned with vfork, and exec hands the parent's RSS
+/// high-water mark to the child's `ru_maxrss`, so touching memory here would spoil every
+/// later RSS measurement.
+fn pretouch(exe: &str, bytes: u64) {
+    let _ = Command::new(exe)
+        .arg("__pretouch")
+        .arg(bytes.to_string())
+        .status();
 }
 
 fn drop_caches() {
@@ -312,6 +327,10 @@ struct Tool {
     sdm: bool,
     /// Excluded from "best peer" (reference measurements such as the IO ceiling).
     reference: bool,
+    /// Untimed command run before every run (e.g. refilling a volume before a wipe).
+    setup: Option<Vec<String>>,
+    /// After sdm's first run this path must read as zeros over `logical` bytes.
+    check_zero: Option<PathBuf>,
 }
 
 struct Row {
@@ -495,15 +514,27 @@ impl Bench {
         if self.wants("wipe") {
             let v = self.dir.join("wipe.raw");
             std::fs::copy(&src_full, &v).map_err(|e| format!("copy wipe image: {e}"))?;
-            // dd's output is the volume itself: it must survive between runs, so no dst.
+            // Every run starts from the same fully written volume, refilled untimed.
+            let refill = sh(&format!(
+                "dd if={} of={} bs=4M iflag=direct oflag=direct conv=notrunc status=none",
+                src_full.display(),
+                v.display()
+            ));
             let dd = format!(
                 "dd if=/dev/zero of={v} bs=4M count={} oflag=direct conv=notrunc status=none && sync -d {v}",
                 n / (4 * MIB),
                 v = v.display()
             );
             let tools = vec![
-                self.tool("sdm wipe", self.sdm("__wipe", &[s(&v)]), None, true),
-                self.tool("dd if=/dev/zero oflag=direct", sh(&dd), None, false),
+                Tool {
+                    setup: Some(refill.clone()),
+                    check_zero: Some(v.clone()),
+                    ..self.tool("sdm wipe", self.sdm("__wipe", &[s(&v)]), None, true)
+                },
+                Tool {
+                    setup: Some(refill),
+                    ..self.tool("dd if=/dev/zero oflag=direct", sh(&dd), None, false)
+                },
             ];
             self.case("wipe (file, real zero writes)", n, tools, None)?;
             let _ = std::fs::remove_file(&v);
@@ -512,14 +543,26 @@ impl Bench {
             let v = self.dir.join("blkwipe.raw");
             std::fs::copy(&src_full, &v).map_err(|e| format!("copy wipe image: {e}"))?;
             let dev = Loop::attach(&v)?;
+            let refill = sh(&format!(
+                "dd if={} of={} bs=4M iflag=direct oflag=direct status=none",
+                src_full.display(),
+                dev.0
+            ));
             let tools = vec![
-                self.tool("sdm wipe", self.sdm("__wipe", &[dev.0.clone()]), None, true),
-                self.tool(
-                    "blkdiscard -z",
-                    vec!["blkdiscard".into(), "-z".into(), dev.0.clone()],
-                    None,
-                    false,
-                ),
+                Tool {
+                    setup: Some(refill.clone()),
+                    check_zero: Some(PathBuf::from(&dev.0)),
+                    ..self.tool("sdm wipe", self.sdm("__wipe", &[dev.0.clone()]), None, true)
+                },
+                Tool {
+                    setup: Some(refill),
+                    ..self.tool(
+                        "blkdiscard -z",
+                        vec!["blkdiscard".into(), "-z".into(), dev.0.clone()],
+                        None,
+                        false,
+                    )
+                },
             ];
             self.case("wipe (loop device)", n, tools, None)?;
             drop(dev);
@@ -551,6 +594,8 @@ impl Bench {
             create: sdm,
             sdm,
             reference: false,
+            setup: None,
+            check_zero: None,
         }
     }
 
@@ -659,8 +704,11 @@ impl Bench {
                         File::create(d).map_err(|e| format!("{}: {e}", d.display()))?;
                     }
                 }
+                if let Some(setup) = &t.setup {
+                    run_measured(setup, &log).map_err(|e| format!("setup: {e}"))?;
+                }
                 match pretouch_bytes {
-                    Some(b) => pretouch(b),
+                    Some(b) => pretouch(&self.exe, b),
                     None => drop_caches(),
                 }
                 let smp = run_measured(&t.argv, &log)?;
@@ -668,6 +716,18 @@ impl Bench {
                     "   round {round} {:<34} {:8.3} s  cpu {:7.3} s  rss {:6.1} MiB",
                     t.name, smp.wall, smp.cpu, smp.rss_mib
                 );
+                if let (0, Some(z)) = (round, &t.check_zero) {
+                    let ok = Command::new("cmp")
+                        .arg("-n")
+                        .arg(logical.to_string())
+                        .arg(z)
+                        .arg("/dev/zero")
+                        .status()
+                        .map(|s| s.success());
+                    if !matches!(ok, Ok(true)) {
+                        return Err(format!("{case}: {} left non-zero data", t.name));
+                    }
+                }
                 if round == 0 && t.sdm {
                     if let (Some(src), Some(d)) = (check, &t.dst) {
                         let ok = Command::new("cmp")
