@@ -305,6 +305,11 @@ impl Io {
             }
             let asynchronous = !matches!(op, Op::ZeroOut { .. });
             if asynchronous && self.ring.is_some() {
+                // Keep the kernel's share below the completion queue size, so that no
+                // completion ever overflows: one slot can carry many writes.
+                while self.ring.as_ref().is_some_and(|r| !r.has_room()) {
+                    self.reap_kernel()?;
+                }
                 let mut sqe = self.sqe(op, done, len).user_data(id as u64);
                 if self.punted.contains(&op.fd()) {
                     sqe = sqe.flags(squeue::Flags::ASYNC);
@@ -313,8 +318,20 @@ impl Io {
                     // SAFETY: buffers named by the entry are pool memory whose slot use count
                     // stays raised until this request's completion is reaped in wait() (or in
                     // Drop), and the pool outlives the ring. Nothing else writes a busy slot.
-                    unsafe { ring.push(&sqe) }.map_err(|e| IoError::ring("submission", e))?;
-                    return Ok(());
+                    match unsafe { ring.push(&sqe) } {
+                        Ok(()) => return Ok(()),
+                        // Not in the kernel: finish it here, or a drain would wait forever.
+                        Err(e) => {
+                            let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                            let errno = if errno == libc::EINTR || errno == libc::EAGAIN {
+                                libc::EIO
+                            } else {
+                                errno
+                            };
+                            self.finish(id, -i64::from(errno));
+                            return Ok(());
+                        }
+                    }
                 }
             }
             let res = self.exec_sync(op, done, len);
@@ -433,25 +450,32 @@ impl Io {
     /// Moves finished requests into `out`, waiting for at least one if any is in flight.
     pub(crate) fn wait(&mut self, out: &mut Vec<Done>) -> Result<(), IoError> {
         while self.ready.is_empty() && self.live > 0 {
-            let ring = self
-                .ring
-                .as_mut()
-                .expect("only ring requests stay in flight");
-            ring.submit_and_wait()
-                .map_err(|e| IoError::ring("wait", e))?;
-            let mut reaped = std::mem::take(&mut self.reaped);
-            ring.reap(&mut reaped);
-            for &(id, res) in &reaped {
-                let id = id as usize;
-                if !self.finish(id, i64::from(res)) {
-                    self.issue(id)?;
-                }
-            }
-            reaped.clear();
-            self.reaped = reaped;
+            self.reap_kernel()?;
         }
         out.extend(self.ready.drain(..));
         Ok(())
+    }
+
+    /// Waits for at least one kernel completion and applies all available ones.
+    fn reap_kernel(&mut self) -> Result<(), IoError> {
+        let ring = self
+            .ring
+            .as_mut()
+            .expect("only ring requests stay in flight");
+        ring.submit_and_wait()
+            .map_err(|e| IoError::ring("wait", e))?;
+        let mut reaped = std::mem::take(&mut self.reaped);
+        ring.reap(&mut reaped);
+        let mut r = Ok(());
+        for &(id, res) in &reaped {
+            let id = id as usize;
+            if !self.finish(id, i64::from(res)) && r.is_ok() {
+                r = self.issue(id);
+            }
+        }
+        reaped.clear();
+        self.reaped = reaped;
+        r
     }
 
     /// Waits for every request in flight and discards the results (error and abort paths).

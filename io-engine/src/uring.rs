@@ -20,6 +20,8 @@ pub(crate) struct Ring {
     ring: IoUring,
     /// Entries pushed but not yet handed to the kernel.
     unsubmitted: usize,
+    /// Requests pushed whose completion has not been reaped.
+    live: usize,
 }
 
 fn build(entries: u32) -> io::Result<IoUring> {
@@ -39,6 +41,7 @@ impl Ring {
         Ok(Ring {
             ring: build(entries.next_power_of_two())?,
             unsubmitted: 0,
+            live: 0,
         })
     }
 
@@ -61,6 +64,7 @@ impl Ring {
             // SAFETY: forwarded to our caller's contract.
             if unsafe { self.ring.submission().push(sqe) }.is_ok() {
                 self.unsubmitted += 1;
+                self.live += 1;
                 return Ok(());
             }
             self.submit()?;
@@ -98,11 +102,18 @@ impl Ring {
 
     /// Moves available completions as (user_data, result) into `out`.
     pub(crate) fn reap(&mut self, out: &mut Vec<(u64, i32)>) {
+        let before = out.len();
         out.extend(
             self.ring
                 .completion()
                 .map(|c: cqueue::Entry| (c.user_data(), c.result())),
         );
+        self.live -= out.len() - before;
+    }
+
+    /// Whether another request may be pushed without risking completion queue overflow.
+    pub(crate) fn has_room(&self) -> bool {
+        self.live < self.ring.params().cq_entries() as usize
     }
 }
 

@@ -25,7 +25,7 @@
 //! // killed by pid and its run dir removed when `daemon` is dropped, also on panic.
 //! ```
 
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -64,7 +64,7 @@ pub fn sanlock_available() -> Result<(), String> {
 /// The daemon is started by a tiny `sh` reaper that holds the read end of a pipe from this
 /// process: when the pipe closes, because the handle is dropped or because the test process
 /// died without unwinding (SIGKILL, abort, a harness timeout), the reaper kills the daemon by
-/// pid and reaps it. So no test daemon outlives its test process.
+/// pid, reaps it and removes the run dir. So no test daemon outlives its test process.
 #[derive(Debug)]
 pub struct SanlockDaemon {
     reaper: Child,
@@ -77,13 +77,16 @@ pub struct SanlockDaemon {
 }
 
 /// `$0 "$@"` is the daemon command line; it runs in the background with its output in
-/// `$SDM_SANLOCK_LOG`, its pid goes to our stdout, then the shell blocks on stdin.
+/// `$SDM_SANLOCK_LOG`, its pid goes to our stdout, then the shell blocks on stdin. An orderly
+/// stop writes `keep` first (the handle still owns the run dir and may read the log); a bare
+/// EOF means the test process died, so the reaper removes the run dir itself.
 const REAPER: &str = r#""$0" "$@" >>"$SDM_SANLOCK_LOG" 2>&1 </dev/null &
 pid=$!
 echo "$pid"
-read -r _ignored
+read -r cmd
 kill -9 "$pid" 2>/dev/null
 wait "$pid"
+[ "$cmd" = keep ] || rm -rf -- "$SANLOCK_RUN_DIR"
 "#;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -255,7 +258,10 @@ impl SanlockDaemon {
         self.stopped = true;
         // EOF on the reaper's stdin: it kills the daemon by pid and reaps it, so the pid
         // cannot have been reused when the kill is sent.
-        drop(self.keepalive.take());
+        if let Some(mut pipe) = self.keepalive.take() {
+            // If this write fails the reaper is gone already; EOF below still stops it.
+            let _ = writeln!(pipe, "keep");
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if self.reaper.try_wait()?.is_some() {

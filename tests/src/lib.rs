@@ -138,6 +138,14 @@ impl AgentProc {
                 panic!("sdm-agent did not become ready; log:\n{}", self.log_text());
             }
         };
+        if self.opts.env.iter().any(|(k, _)| k == "FAILPOINTS") {
+            assert!(
+                self.log_text().contains("failpoints enabled"),
+                "{} was built without the `failpoints` feature: build it with `cargo test --workspace` \
+                 (the sdm-tests crate turns the feature on for the workspace build)",
+                bin("sdm-agent").display()
+            );
+        }
         self.addr = addr.parse().expect("ready address");
         self.url = format!("http://{addr}");
         self.child = Some(child);

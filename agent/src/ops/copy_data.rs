@@ -71,6 +71,18 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
     let src_dom = agent.domain(&src.sd_id)?;
     let dst_dom = agent.domain(&dst.sd_id)?;
 
+    // The destination's lease comes first and never waits: a second writer of the same volume
+    // fails at once with AcquireLockFailure, here or on any other host. The in-process locks
+    // after it may wait (another job on the same image), but never for this volume.
+    let dst_paths = dst_dom.volume_paths(&dst.img_id, &dst.vol_id);
+    let mut dst_md = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id).map_err(storage)?;
+    fail::fail_point!("sdm::copy_data::before_lease");
+    let held = dst_dom
+        .leases
+        .acquire(dst.sd_id.as_str(), dst.vol_id.as_str(), &dst_paths.lease, 0)
+        .map_err(lease)?;
+    fail::fail_point!("sdm::copy_data::after_lease");
+
     let mut wanted = vec![
         (domain_key(src.sd_id.as_str()), Mode::Shared),
         (domain_key(dst.sd_id.as_str()), Mode::Shared),
@@ -87,15 +99,6 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
     }
     let _locks = lock_for_job(agent, job, &wanted)?;
     check_abort(job)?;
-
-    let dst_paths = dst_dom.volume_paths(&dst.img_id, &dst.vol_id);
-    let mut dst_md = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id).map_err(storage)?;
-    fail::fail_point!("sdm::copy_data::before_lease");
-    let held = dst_dom
-        .leases
-        .acquire(dst.sd_id.as_str(), dst.vol_id.as_str(), &dst_paths.lease, 0)
-        .map_err(lease)?;
-    fail::fail_point!("sdm::copy_data::after_lease");
 
     // Re-read under the lease: another host may have written it while we waited.
     dst_md = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id)

@@ -56,6 +56,14 @@ fn run(
     attrs: &VolumeAttributes,
 ) -> Result<Option<JobResult>, ApiError> {
     let dom = agent.domain(&v.sd_id)?;
+    // Lease first, never waiting (see copy_data): fencing a volume that a live job writes
+    // fails at once with AcquireLockFailure, and the engine decides again on its next poll.
+    let paths = dom.volume_paths(&v.img_id, &v.vol_id);
+    read_metadata(&dom, &v.img_id, &v.vol_id).map_err(storage)?;
+    let held = dom
+        .leases
+        .acquire(v.sd_id.as_str(), v.vol_id.as_str(), &paths.lease, 0)
+        .map_err(lease)?;
     let _locks = lock_for_job(
         agent,
         job,
@@ -67,12 +75,6 @@ fn run(
             ),
         ],
     )?;
-    let paths = dom.volume_paths(&v.img_id, &v.vol_id);
-    read_metadata(&dom, &v.img_id, &v.vol_id).map_err(storage)?;
-    let held = dom
-        .leases
-        .acquire(v.sd_id.as_str(), v.vol_id.as_str(), &paths.lease, 0)
-        .map_err(lease)?;
     let mut md = read_metadata(&dom, &v.img_id, &v.vol_id).map_err(storage)?;
     match v.generation {
         Some(g) if g.get() == md.generation => {}

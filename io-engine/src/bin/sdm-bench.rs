@@ -552,7 +552,12 @@ impl Bench {
                 Tool {
                     setup: Some(refill.clone()),
                     check_zero: Some(PathBuf::from(&dev.0)),
-                    ..self.tool("sdm wipe", self.sdm("__wipe", &[dev.0.clone()]), None, true)
+                    ..self.tool(
+                        "sdm wipe",
+                        self.sdm("__wipe", std::slice::from_ref(&dev.0)),
+                        None,
+                        true,
+                    )
                 },
                 Tool {
                     setup: Some(refill),
@@ -774,7 +779,7 @@ impl Bench {
             pairs.push((src, self.dir.join(format!("c_dst{i}.raw"))));
         }
         let flat: Vec<String> = pairs.iter().flat_map(|(a, b)| [s(a), s(b)]).collect();
-        let tools = vec![
+        let tools = [
             Tool {
                 create: true,
                 ..self.tool(

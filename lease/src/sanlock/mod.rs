@@ -44,8 +44,8 @@ const LS_FLAGS: u32 = ffi::SANLK_LSF_ALIGN1M | ffi::SANLK_LSF_SECTOR512;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SanlockOptions {
     /// io_timeout (seconds) passed to `add_lockspace`; a join takes about 3× this, and
-    /// `host_dead_seconds` is 14× it. 0 means the daemon's default. Production domains use
-    /// 10 (VDSM's value); tests use 1.
+    /// other hosts may take our leases `8 × io_timeout + 60` s after we stop renewing.
+    /// 0 means the daemon's default. Production domains use 10 (VDSM's value); tests use 1.
     pub io_timeout_s: u32,
     /// `SANLOCK_RUN_DIR` of the daemon to talk to; `None` = the environment's
     /// `SANLOCK_RUN_DIR`, else [`DEFAULT_RUN_DIR`]. Binds the whole process (see module docs).
@@ -287,12 +287,14 @@ pub struct SanlockLeases {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let reg = self.lock();
-        f.debug_struct("SanlockClient")
-            .field("run_dir", &self.run_dir)
-            .field("registered", &reg.fd.is_some())
-            .field("generation", &reg.generation)
-            .finish()
+        let mut d = f.debug_struct("SanlockClient");
+        d.field("run_dir", &self.run_dir);
+        // try_lock: Debug may be called while this thread holds the registration.
+        if let Ok(reg) = self.reg.try_lock() {
+            d.field("registered", &reg.fd.is_some())
+                .field("generation", &reg.generation);
+        }
+        d.finish()
     }
 }
 

@@ -1,0 +1,663 @@
+//! `SDM.copy_data` and `SDM.update_volume` through real agents: VDSM's scenarios, leases seen
+//! from another client, contention, kill -9 and restart — with local leases, and with sanlock
+//! for two hosts.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sdm_client::{AgentClient, SdmApiClient, Via};
+use sdm_proto::*;
+use sdm_tests::*;
+
+const MIB: u64 = 1 << 20;
+
+struct Vol {
+    sd: Uuid,
+    img: Uuid,
+    vol: Uuid,
+    path: PathBuf,
+}
+
+impl Vol {
+    fn ep(&self, generation: Option<u16>) -> Endpoint {
+        Endpoint::div(
+            self.sd.clone(),
+            self.img.clone(),
+            self.vol.clone(),
+            generation.map(Generation),
+        )
+    }
+}
+
+async fn domain_dir(c: &AgentClient, sd: &Uuid) -> PathBuf {
+    let l = c.api().list_domains().await.via(c).unwrap();
+    l.into_iter()
+        .find(|d| &d.sd_id == sd)
+        .expect("domain attached")
+        .path
+        .into()
+}
+
+async fn create(c: &AgentClient, sd: &Uuid, size: u64, format: VolumeFormat) -> Vol {
+    let (img, vol) = (uuid(), uuid());
+    c.api()
+        .create_volume(
+            sd.clone(),
+            img.clone(),
+            vol.clone(),
+            Capacity(Size(size)),
+            format,
+            Preallocation::Sparse,
+            None,
+            None,
+        )
+        .await
+        .via(c)
+        .unwrap();
+    let path = domain_dir(c, sd)
+        .await
+        .join("images")
+        .join(img.as_str())
+        .join(vol.as_str());
+    Vol {
+        sd: sd.clone(),
+        img,
+        vol,
+        path,
+    }
+}
+
+/// A raw source with data in a few places and holes elsewhere.
+async fn raw_source(c: &AgentClient, sd: &Uuid, size: u64) -> Vol {
+    let v = create(c, sd, size, VolumeFormat::Raw).await;
+    write_pattern(&v.path, 0, 256 * 1024, 1);
+    write_pattern(&v.path, size / 2 + 4096, MIB as usize, 2);
+    write_pattern(&v.path, size - 8192, 8192, 3);
+    v
+}
+
+async fn info(c: &AgentClient, v: &Vol) -> VolumeInfo {
+    c.api()
+        .get_volume_info(v.sd.clone(), v.img.clone(), v.vol.clone())
+        .await
+        .via(c)
+        .unwrap()
+}
+
+async fn copy(
+    c: &AgentClient,
+    src: &Vol,
+    dst: &Vol,
+    generation: Option<u16>,
+    bw: Option<u64>,
+) -> Uuid {
+    let job = uuid();
+    c.api()
+        .copy_data(
+            job.clone(),
+            src.ep(None),
+            dst.ep(generation),
+            None,
+            None,
+            bw.map(Size),
+        )
+        .await
+        .via(c)
+        .unwrap();
+    job
+}
+
+async fn fill_illegal(c: &AgentClient, v: &Vol, generation: u16) {
+    let job = uuid();
+    let r = VolumeRef {
+        sd_id: v.sd.clone(),
+        img_id: v.img.clone(),
+        vol_id: v.vol.clone(),
+        generation: Some(Generation(generation)),
+    };
+    let a = VolumeAttributes {
+        legality: Some(Legality::Illegal),
+        ..Default::default()
+    };
+    c.api()
+        .update_volume(job.clone(), r, a)
+        .await
+        .via(c)
+        .unwrap();
+    assert_eq!(wait_job(c, &job).await.status, JobStatus::Done);
+}
+
+fn same_bytes(a: &Path, b: &Path) -> bool {
+    std::process::Command::new("cmp")
+        .arg("-s")
+        .arg(a)
+        .arg(b)
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[tokio::test]
+async fn copy_raw_and_cow_succeeds_legal_with_next_generation() {
+    let agent = AgentProc::start(AgentOptions::default());
+    let c = agent.client();
+    let (sd1, sd2, _, _) = default_domains(&c).await;
+
+    let src = raw_source(&c, &sd1, 64 * MIB).await;
+    let before = sha256sum(&src.path);
+    let dst = create(&c, &sd2, 64 * MIB, VolumeFormat::Raw).await;
+    let job = copy(&c, &src, &dst, Some(0), None).await;
+    let done = wait_job(&c, &job).await;
+    assert_eq!(done.status, JobStatus::Done, "{done:?}");
+    assert_eq!(done.progress, Some(100.0));
+    let i = info(&c, &dst).await;
+    assert_eq!((i.legality, i.generation), (Legality::Legal, 1));
+    assert!(i.lease.owners.is_empty());
+    assert!(same_bytes(&src.path, &dst.path), "cmp differs");
+    assert!(qemu_img_compare(&src.path, &dst.path));
+    assert!(
+        i.truesize.0 < 16 * MIB,
+        "sparse source stays sparse: {} allocated",
+        i.truesize.0
+    );
+    assert_eq!(sha256sum(&src.path), before, "source untouched");
+    assert_eq!(
+        info(&c, &src).await.generation,
+        0,
+        "source generation untouched"
+    );
+
+    // COW: a qcow2 with data, copied container to container.
+    let csrc = create(&c, &sd1, 32 * MIB, VolumeFormat::Cow).await;
+    let raw = agent.state_dir.join("fill.raw");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(32 * MIB)
+        .unwrap();
+    write_pattern(&raw, 3 * MIB, 2 * MIB as usize, 9);
+    let st = std::process::Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2", "-n"])
+        .arg(&raw)
+        .arg(&csrc.path)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let cdst = create(&c, &sd2, 32 * MIB, VolumeFormat::Cow).await;
+    let job = copy(&c, &csrc, &cdst, Some(0), None).await;
+    assert_eq!(wait_job(&c, &job).await.status, JobStatus::Done);
+    assert!(
+        qemu_img_compare(&raw, &cdst.path),
+        "qcow2 destination has the data"
+    );
+    let check = std::process::Command::new("qemu-img")
+        .args(["check", "-q"])
+        .arg(&cdst.path)
+        .status()
+        .unwrap();
+    assert!(check.success(), "qemu-img check of the destination");
+
+    // Format conversion is refused (as a job error), the destination left as it was.
+    let job = copy(&c, &src, &cdst, None, None).await;
+    let f = wait_job(&c, &job).await;
+    assert_eq!(f.error.unwrap().code, 2009);
+    assert_eq!(info(&c, &cdst).await.legality, Legality::Legal);
+}
+
+#[tokio::test]
+async fn injected_io_error_leaves_destination_illegal_with_old_generation() {
+    let agent = AgentProc::start(AgentOptions {
+        env: vec![("FAILPOINTS".into(), "sdm_io::write=return(EIO)".into())],
+        ..Default::default()
+    });
+    let c = agent.client();
+    let (sd1, sd2, _, _) = default_domains(&c).await;
+    let src = raw_source(&c, &sd1, 16 * MIB).await;
+    let before = sha256sum(&src.path);
+    let dst = create(&c, &sd2, 16 * MIB, VolumeFormat::Raw).await;
+    let job = copy(&c, &src, &dst, Some(0), None).await;
+    let f = wait_job(&c, &job).await;
+    assert_eq!(f.status, JobStatus::Failed);
+    let e = f.error.unwrap();
+    assert_eq!(e.code, 100, "{e:?}");
+    assert!(
+        e.message.contains("Input/output error"),
+        "errno text reaches the engine: {}",
+        e.message
+    );
+    let i = info(&c, &dst).await;
+    assert_eq!((i.legality, i.generation), (Legality::Illegal, 0));
+    assert!(i.lease.owners.is_empty());
+    assert_eq!(sha256sum(&src.path), before);
+    c.api().get_capabilities().await.via(&c).unwrap();
+}
+
+#[tokio::test]
+async fn abort_and_lease_visible_while_running() {
+    let agent = AgentProc::start(AgentOptions::default());
+    let c = agent.client();
+    let (sd1, sd2, _, _) = default_domains(&c).await;
+    let src = create(&c, &sd1, 16 * MIB, VolumeFormat::Raw).await;
+    write_pattern(&src.path, 0, 16 * MIB as usize, 5);
+    let dst = create(&c, &sd2, 16 * MIB, VolumeFormat::Raw).await;
+    let job = copy(&c, &src, &dst, Some(0), Some(2 * MIB)).await;
+    let running = wait_running(&c, &job).await;
+    assert_eq!(running.status, JobStatus::Running);
+
+    // A second client sees the lease held by this host while the copy runs.
+    let other = AgentClient::new(&agent.url).unwrap();
+    let i = info(&other, &dst).await;
+    assert_eq!(i.lease.owners, vec![1]);
+    assert_eq!(i.legality, Legality::Illegal, "ILLEGAL while written");
+    let stats = other.api().get_stats().await.via(&other).unwrap();
+    assert_eq!(stats.jobs_running, 1);
+
+    // A second copy onto the same destination fails at once with 651.
+    let second = copy(&other, &src, &dst, None, None).await;
+    let s = wait_job(&other, &second).await;
+    assert_eq!(s.error.as_ref().map(|e| e.code), Some(651), "{s:?}");
+
+    let t = std::time::Instant::now();
+    c.api().abort_job(job.clone()).await.via(&c).unwrap();
+    let a = wait_job(&c, &job).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "abort took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(a.status, JobStatus::Aborted);
+    assert_eq!(a.error.unwrap().code, 443);
+    let i = info(&c, &dst).await;
+    assert_eq!((i.legality, i.generation), (Legality::Illegal, 0));
+    assert!(i.lease.owners.is_empty(), "lease released after abort");
+
+    // An ILLEGAL destination is allowed: the copy can be run again and succeeds.
+    let job = copy(&c, &src, &dst, Some(0), None).await;
+    assert_eq!(wait_job(&c, &job).await.status, JobStatus::Done);
+    let i = info(&c, &dst).await;
+    assert_eq!((i.legality, i.generation), (Legality::Legal, 1));
+    assert!(same_bytes(&src.path, &dst.path));
+}
+
+#[tokio::test]
+async fn generation_mismatch_and_illegal_source() {
+    let agent = AgentProc::start(AgentOptions::default());
+    let c = agent.client();
+    let (sd1, sd2, _, _) = default_domains(&c).await;
+    let src = raw_source(&c, &sd1, 8 * MIB).await;
+    let dst = create(&c, &sd2, 8 * MIB, VolumeFormat::Raw).await;
+    let dst_before = sha256sum(&dst.path);
+    let meta_before = std::fs::read(dst.path.with_extension("meta")).unwrap();
+
+    let job = copy(&c, &src, &dst, Some(1), None).await;
+    let f = wait_job(&c, &job).await;
+    assert_eq!(f.error.unwrap().code, 911);
+    let i = info(&c, &dst).await;
+    assert_eq!(
+        (i.legality, i.generation),
+        (Legality::Legal, 0),
+        "nothing changed"
+    );
+    assert_eq!(sha256sum(&dst.path), dst_before);
+    assert_eq!(
+        std::fs::read(dst.path.with_extension("meta")).unwrap(),
+        meta_before,
+        "metadata not rewritten"
+    );
+
+    fill_illegal(&c, &src, 0).await;
+    let job = copy(&c, &src, &dst, Some(0), None).await;
+    let f = wait_job(&c, &job).await;
+    assert_eq!(f.error.unwrap().code, 227);
+    assert_eq!(info(&c, &dst).await.legality, Legality::Legal);
+}
+
+#[tokio::test]
+async fn update_volume_matrix() {
+    let agent = AgentProc::start(AgentOptions::default());
+    let c = agent.client();
+    let (sd1, _, _, _) = default_domains(&c).await;
+    let v = create(&c, &sd1, MIB, VolumeFormat::Raw).await;
+    let r = |g: Option<u16>| VolumeRef {
+        sd_id: v.sd.clone(),
+        img_id: v.img.clone(),
+        vol_id: v.vol.clone(),
+        generation: g.map(Generation),
+    };
+    let run = |vr: VolumeRef, a: VolumeAttributes| {
+        let c = c.clone();
+        async move {
+            let job = uuid();
+            c.api()
+                .update_volume(job.clone(), vr, a)
+                .await
+                .via(&c)
+                .unwrap();
+            wait_job(&c, &job).await
+        }
+    };
+    let legality = |l| VolumeAttributes {
+        legality: Some(l),
+        ..Default::default()
+    };
+
+    assert_eq!(
+        run(r(Some(0)), legality(Legality::Illegal)).await.status,
+        JobStatus::Done
+    );
+    assert_eq!(info(&c, &v).await.generation, 1);
+    assert_eq!(
+        run(r(Some(1)), legality(Legality::Legal)).await.status,
+        JobStatus::Done
+    );
+    let i = info(&c, &v).await;
+    assert_eq!((i.legality, i.generation), (Legality::Legal, 2));
+    // Same legality: InvalidVolumeUpdate, generation unchanged.
+    assert_eq!(
+        run(r(Some(2)), legality(Legality::Legal))
+            .await
+            .error
+            .unwrap()
+            .code,
+        235
+    );
+    assert_eq!(info(&c, &v).await.generation, 2);
+    // Wrong or missing generation: 911.
+    assert_eq!(
+        run(r(Some(7)), legality(Legality::Illegal))
+            .await
+            .error
+            .unwrap()
+            .code,
+        911
+    );
+    assert_eq!(
+        run(r(None), legality(Legality::Illegal))
+            .await
+            .error
+            .unwrap()
+            .code,
+        911
+    );
+    // Description; explicit generation; the fence G -> G+3.
+    let d = VolumeAttributes {
+        description: Some(Description::parse("renamed").unwrap()),
+        ..Default::default()
+    };
+    assert_eq!(run(r(Some(2)), d).await.status, JobStatus::Done);
+    assert_eq!(info(&c, &v).await.description, "renamed");
+    let g = VolumeAttributes {
+        generation: Some(Generation(44)),
+        ..Default::default()
+    };
+    assert_eq!(run(r(Some(3)), g).await.status, JobStatus::Done);
+    assert_eq!(info(&c, &v).await.generation, 44);
+    let fence = VolumeAttributes {
+        generation: Some(Generation(47)),
+        ..Default::default()
+    };
+    assert_eq!(run(r(Some(44)), fence).await.status, JobStatus::Done);
+    assert_eq!(info(&c, &v).await.generation, 47);
+    // Generation wraps at 999.
+    let g = VolumeAttributes {
+        generation: Some(Generation(999)),
+        ..Default::default()
+    };
+    run(r(Some(47)), g).await;
+    assert_eq!(
+        run(r(Some(999)), legality(Legality::Illegal)).await.status,
+        JobStatus::Done
+    );
+    assert_eq!(info(&c, &v).await.generation, 0);
+    // Type: a parentless LEAF may become SHARED, once.
+    let shared = VolumeAttributes {
+        role: Some(VolumeRole::Shared),
+        ..Default::default()
+    };
+    assert_eq!(
+        run(r(Some(0)), shared.clone()).await.status,
+        JobStatus::Done
+    );
+    assert_eq!(info(&c, &v).await.voltype, VolumeRole::Shared);
+    assert_eq!(
+        run(r(Some(1)), shared.clone()).await.error.unwrap().code,
+        235
+    );
+    // A leaf with a parent, and an internal volume, cannot.
+    let img = uuid();
+    let (base, top) = (uuid(), uuid());
+    for (vol, parent) in [(&base, None), (&top, Some(base.clone()))] {
+        c.api()
+            .create_volume(
+                sd1.clone(),
+                img.clone(),
+                vol.clone(),
+                Capacity(Size(MIB)),
+                VolumeFormat::Cow,
+                Preallocation::Sparse,
+                parent,
+                None,
+            )
+            .await
+            .via(&c)
+            .unwrap();
+    }
+    for vol in [&top, &base] {
+        let vr = VolumeRef {
+            sd_id: sd1.clone(),
+            img_id: img.clone(),
+            vol_id: vol.clone(),
+            generation: Some(Generation(0)),
+        };
+        assert_eq!(run(vr, shared.clone()).await.error.unwrap().code, 235);
+    }
+    // Empty or invalid attributes are refused before a job exists.
+    let job = uuid();
+    let e = c
+        .api()
+        .update_volume(job.clone(), r(Some(1)), VolumeAttributes::default())
+        .await
+        .via(&c)
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidParameterException));
+    let e = c
+        .api()
+        .update_volume(
+            job.clone(),
+            r(Some(1)),
+            VolumeAttributes {
+                role: Some(VolumeRole::Leaf),
+                ..Default::default()
+            },
+        )
+        .await
+        .via(&c)
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidParameterException));
+    assert!(c
+        .api()
+        .get_jobs(None, Some(vec![job]))
+        .await
+        .via(&c)
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn kill_9_mid_copy_then_restart_local_leases() {
+    let mut agent = AgentProc::start(AgentOptions::default());
+    let c = agent.client();
+    let (sd1, sd2, _, _) = default_domains(&c).await;
+    let src = create(&c, &sd1, 16 * MIB, VolumeFormat::Raw).await;
+    write_pattern(&src.path, 0, 16 * MIB as usize, 11);
+    let before = sha256sum(&src.path);
+    let dst = create(&c, &sd2, 16 * MIB, VolumeFormat::Raw).await;
+    let job = copy(&c, &src, &dst, Some(0), Some(2 * MIB)).await;
+    wait_running(&c, &job).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    agent.restart();
+    let c = agent.client();
+    let i = info(&c, &dst).await;
+    assert_eq!((i.legality, i.generation), (Legality::Illegal, 0));
+    assert!(i.lease.owners.is_empty(), "the dead agent's lease is free");
+    assert_eq!(sha256sum(&src.path), before, "source byte-identical");
+    assert!(
+        c.api()
+            .get_jobs(None, None)
+            .await
+            .via(&c)
+            .unwrap()
+            .is_empty(),
+        "jobs are gone with the process"
+    );
+    let job = copy(&c, &src, &dst, Some(0), None).await;
+    assert_eq!(wait_job(&c, &job).await.status, JobStatus::Done);
+    assert!(same_bytes(&src.path, &dst.path));
+}
+
+#[tokio::test]
+async fn sigterm_aborts_running_jobs_cleanly() {
+    let mut agent = AgentProc::start(AgentOptions::default());
+    let c = agent.client();
+    let (sd1, sd2, _, _) = default_domains(&c).await;
+    let src = create(&c, &sd1, 16 * MIB, VolumeFormat::Raw).await;
+    write_pattern(&src.path, 0, 16 * MIB as usize, 12);
+    let dst = create(&c, &sd2, 16 * MIB, VolumeFormat::Raw).await;
+    let job = copy(&c, &src, &dst, Some(0), Some(MIB)).await;
+    wait_running(&c, &job).await;
+    let (status, took) = agent.terminate();
+    assert!(
+        status.success() && took < Duration::from_secs(10),
+        "{status} after {took:?}"
+    );
+    let md = std::fs::read_to_string(dst.path.with_extension("meta")).unwrap();
+    assert!(
+        md.contains("LEGALITY=ILLEGAL\n") && md.contains("GEN=0\n"),
+        "{md}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// sanlock: two hosts, each with its own daemon, over one shared domain directory.
+
+fn sanlock_config(shared: &Path, run_dir: &Path) -> String {
+    format!(
+        "create_default_domains = false\ndomain_roots = [{shared:?}]\n[leases]\ndefault_backend = \"sanlock\"\nsanlock_io_timeout_s = 1\nsanlock_run_dir = {run_dir:?}\n"
+    )
+}
+
+#[tokio::test]
+async fn sanlock_two_hosts_lease_contention_and_crash() {
+    use sdm_lease::test_support::{sanlock_available, SanlockDaemon};
+    if let Err(why) = sanlock_available() {
+        eprintln!("skipping sanlock_two_hosts_lease_contention_and_crash: {why}");
+        return;
+    }
+    let shared = tempfile::Builder::new()
+        .prefix("sdm-shared-")
+        .tempdir()
+        .unwrap();
+    let d1 = SanlockDaemon::start("sdm-h1");
+    let d2 = SanlockDaemon::start("sdm-h2");
+    let mut h1 = AgentProc::start(AgentOptions {
+        config: Some(sanlock_config(shared.path(), d1.run_dir())),
+        host_id: Some(1),
+        ..Default::default()
+    });
+    let h2 = AgentProc::start(AgentOptions {
+        config: Some(sanlock_config(shared.path(), d2.run_dir())),
+        host_id: Some(2),
+        ..Default::default()
+    });
+    let c1 = h1.client();
+    let c2 = h2.client();
+    let sd = uuid();
+    c1.api()
+        .create_domain(sd.clone(), shared.path().to_string_lossy().into(), None)
+        .await
+        .via(&c1)
+        .unwrap();
+    let dir = shared.path().join(sd.as_str());
+    c2.api()
+        .attach_domain(dir.to_string_lossy().into())
+        .await
+        .via(&c2)
+        .unwrap();
+    let caps = c2.api().get_capabilities().await.via(&c2).unwrap();
+    assert!(caps.lease_backends.contains(&"sanlock".to_string()));
+    assert_eq!(
+        std::fs::metadata(dir.join("dom_md/ids")).unwrap().len(),
+        1 << 20,
+        "lockspace written"
+    );
+
+    let src_a = create(&c1, &sd, 8 * MIB, VolumeFormat::Raw).await;
+    write_pattern(&src_a.path, 0, 8 * MIB as usize, 21);
+    let dst_a = create(&c1, &sd, 8 * MIB, VolumeFormat::Raw).await;
+    let src_b = create(&c2, &sd, 8 * MIB, VolumeFormat::Raw).await;
+    write_pattern(&src_b.path, 0, 8 * MIB as usize, 22);
+    let dst_b = create(&c2, &sd, 8 * MIB, VolumeFormat::Raw).await;
+    assert_eq!(
+        std::fs::metadata(dst_a.path.with_extension("lease"))
+            .unwrap()
+            .len(),
+        1 << 20,
+        "sanlock resource written"
+    );
+
+    // Host 1 copies slowly; host 2 sees host 1 as the owner and cannot take the lease.
+    let job_a = copy(&c1, &src_a, &dst_a, Some(0), Some(MIB)).await;
+    wait_running(&c1, &job_a).await;
+    let seen = info(&c2, &dst_a).await;
+    assert_eq!(
+        seen.lease.owners,
+        vec![1],
+        "host 2 sees host 1 holding the lease"
+    );
+    assert!(seen.lease.version.is_some());
+    let t = std::time::Instant::now();
+    let steal = copy(&c2, &src_b, &dst_a, None, None).await;
+    let s = wait_job(&c2, &steal).await;
+    assert_eq!(s.error.as_ref().map(|e| e.code), Some(651), "{s:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "refused at once, not after waiting: {:?}",
+        t.elapsed()
+    );
+
+    // Copies on both hosts run at the same time on different volumes.
+    let job_b = copy(&c2, &src_b, &dst_b, Some(0), None).await;
+    assert_eq!(wait_job(&c2, &job_b).await.status, JobStatus::Done);
+    assert_eq!(
+        wait_running(&c1, &job_a).await.status,
+        JobStatus::Running,
+        "host 1 still copying"
+    );
+    assert!(same_bytes(&src_b.path, &dst_b.path));
+
+    // kill -9 of host 1 mid-copy: sanlock frees its lease, the volume stays ILLEGAL, gen 0.
+    h1.kill9();
+    let mut freed = false;
+    for _ in 0..50 {
+        if info(&c2, &dst_a).await.lease.owners.is_empty() {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(freed, "the dead agent's lease was not freed");
+    let i = info(&c2, &dst_a).await;
+    assert_eq!((i.legality, i.generation), (Legality::Illegal, 0));
+    // Host 2 finishes the work.
+    let job = copy(&c2, &src_a, &dst_a, Some(0), None).await;
+    assert_eq!(wait_job(&c2, &job).await.status, JobStatus::Done);
+    let i = info(&c2, &dst_a).await;
+    assert_eq!((i.legality, i.generation), (Legality::Legal, 1));
+    assert!(same_bytes(&src_a.path, &dst_a.path));
+    // Host 1 comes back, rejoins, and sees the finished volume with its lease free.
+    h1.restart();
+    let c1 = h1.client();
+    let i = info(&c1, &dst_a).await;
+    assert!(i.lease.owners.is_empty());
+    assert_eq!(i.generation, 1);
+    drop(d2);
+}
