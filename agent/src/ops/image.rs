@@ -169,6 +169,7 @@ pub fn purge(
         job.mark_started();
         let results = run_parallel(agent.cfg.io.image_parallelism, files, |(path, _)| {
             let ctl = job.child_control();
+            ctl.set_bandwidth_limit((agent.cfg.io.bandwidth_limit > 0).then_some(agent.cfg.io.bandwidth_limit));
             let opts = sdm_io::WipeOptions {
                 discard,
                 ..Default::default()
@@ -222,10 +223,10 @@ fn data_files(dir: &Path) -> Result<Vec<(PathBuf, u64)>, StorageError> {
         if name.ends_with(".meta") || name.ends_with(".lease") || name.ends_with(".new") {
             continue;
         }
-        let md = e
-            .metadata()
-            .map_err(|err| StorageError::io("stat", e.path(), err))?;
-        if md.is_file() {
+        // Follow links: a volume may be a link to a block device, as on oVirt block domains.
+        let md = std::fs::metadata(e.path()).map_err(|err| StorageError::io("stat", e.path(), err))?;
+        use std::os::unix::fs::FileTypeExt;
+        if md.is_file() || md.file_type().is_block_device() {
             out.push((e.path(), md.len()));
         }
     }
