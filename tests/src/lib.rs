@@ -1,6 +1,7 @@
 //! Test harness: real `sdm-agent` processes on free loopback ports with private state
 //! directories, killed by pid when the test ends (also when it fails).
 
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -408,4 +409,50 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, i64)> {
     }
     out.sort();
     out
+}
+
+/// A loop device over a file, detached (by its name) when dropped, also on panic.
+pub struct LoopDevice {
+    /// `/dev/loopN`.
+    pub dev: PathBuf,
+}
+
+impl LoopDevice {
+    /// Attaches `file` with direct IO; None (with the reason printed) where loop devices cannot
+    /// be used.
+    pub fn attach(file: &Path) -> Option<LoopDevice> {
+        if !is_root() {
+            eprintln!("skipping loop-device part: not root");
+            return None;
+        }
+        let out = Command::new("losetup").args(["--direct-io=on", "-f", "--show"]).arg(file).output().ok()?;
+        if !out.status.success() {
+            eprintln!("skipping loop-device part: losetup failed: {}", String::from_utf8_lossy(&out.stderr));
+            return None;
+        }
+        let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        Some(LoopDevice { dev })
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+/// True if every byte readable from `r` is zero.
+pub fn all_zero(mut r: impl std::io::Read) -> bool {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => {
+                if buf[..n].iter().any(|b| *b != 0) {
+                    return false;
+                }
+            }
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
 }
