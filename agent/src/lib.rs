@@ -15,5 +15,6 @@ pub mod ops;
 pub mod rpc;
 pub mod service;
 pub mod storage;
+pub mod tls;
 
 pub use service::Agent;

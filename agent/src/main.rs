@@ -13,8 +13,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use sd_notify::NotifyState;
-use sdm_agent::config::{Config, Overrides};
+use sdm_agent::config::{Config, ConfigError, Overrides};
 use sdm_agent::{rpc, Agent};
+
+/// Exit status for a configuration that was refused (sysexits' EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
 
 /// sdm-agent: storage data-path agent for virtualization hosts.
 #[derive(Parser, Debug)]
@@ -53,7 +56,12 @@ fn main() -> ExitCode {
             // text, which `systemctl status sdm-agent` keeps showing after the failed start.
             tracing::error!("cannot run: {e:#}");
             notify(&[NotifyState::Status(&format!("failed: {e:#}"))]);
-            ExitCode::FAILURE
+            if e.downcast_ref::<ConfigError>().is_some() {
+                // EX_CONFIG: the unit's RestartPreventExitStatus; retrying cannot help.
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -157,7 +165,7 @@ fn init_logging() {
         builder
             .with_ansi(false)
             .event_format(journal::PriorityPrefix(
-                tracing_subscriber::fmt::format().without_time(),
+                tracing_subscriber::fmt::format().without_time().with_level(false),
             ))
             .init();
     } else {
@@ -189,8 +197,8 @@ mod journal {
     use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
     use tracing_subscriber::registry::LookupSpan;
 
-    /// Prefixes each event with its syslog priority (`<3>` error … `<7>` debug), which the
-    /// journal strips and records as the entry's priority.
+    /// Starts each event with its syslog priority (`<3>` error … `<7>` debug), which the
+    /// journal strips and records as the entry's priority, then the level name.
     pub struct PriorityPrefix<F>(pub F);
 
     impl<S, N, F> FormatEvent<S, N> for PriorityPrefix<F>
@@ -205,13 +213,14 @@ mod journal {
             mut writer: Writer<'_>,
             event: &Event<'_>,
         ) -> fmt::Result {
-            let priority = match *event.metadata().level() {
+            let level = *event.metadata().level();
+            let priority = match level {
                 Level::ERROR => 3,
                 Level::WARN => 4,
                 Level::INFO => 6,
                 Level::DEBUG | Level::TRACE => 7,
             };
-            write!(writer, "<{priority}>")?;
+            write!(writer, "<{priority}>{level} ")?;
             self.0.format_event(ctx, writer, event)
         }
     }

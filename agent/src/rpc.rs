@@ -16,7 +16,8 @@ use jsonrpsee::core::middleware::{
 use jsonrpsee::core::server::{BatchResponseBuilder, MethodResponse};
 use jsonrpsee::core::{async_trait, SubscriptionResult};
 use jsonrpsee::server::{
-    BatchRequestConfig, PendingSubscriptionSink, PingConfig, Server, ServerConfig, ServerHandle,
+    serve_with_graceful_shutdown, stop_channel, BatchRequestConfig, Methods, PendingSubscriptionSink, PingConfig, Server,
+    ServerConfig, ServerHandle,
 };
 use jsonrpsee::types::error::INVALID_PARAMS_CODE;
 use jsonrpsee::types::{ErrorObjectOwned, Request};
@@ -407,11 +408,12 @@ impl<S> tower::Layer<S> for ParamErrorsLayer {
     }
 }
 
-/// Binds the listener and starts serving. Returns the bound address (port 0 picks a free one).
+/// Binds the listener and starts serving: plain HTTP/WebSocket on loopback, mutual TLS when
+/// `[tls]` is configured (the configuration refuses a non-loopback address without it).
+/// Returns the bound address (port 0 picks a free one) and the handle that stops the server.
 pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHandle)> {
     let s = &agent.cfg.server;
-    let rpc_mw =
-        RpcServiceBuilder::new().layer(ParamErrorsLayer(s.max_response_body_bytes as usize));
+    let rpc_mw = RpcServiceBuilder::new().layer(ParamErrorsLayer(s.max_response_body_bytes as usize));
     let config = ServerConfig::builder()
         .max_request_body_size(s.max_request_body_bytes)
         .max_response_body_size(s.max_response_body_bytes)
@@ -419,18 +421,60 @@ pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHand
         .max_subscriptions_per_connection(s.max_subscriptions_per_connection)
         .set_batch_request_config(BatchRequestConfig::Limit(s.max_batch_len))
         // Idle WebSocket connections are pinged and dropped when they stop answering.
-        .enable_ws_ping(
-            PingConfig::new()
-                .ping_interval(Duration::from_secs(30))
-                .inactive_limit(Duration::from_secs(90)),
-        )
+        .enable_ws_ping(PingConfig::new().ping_interval(Duration::from_secs(30)).inactive_limit(Duration::from_secs(90)))
         .build();
-    let server = Server::builder()
-        .set_config(config)
-        .set_rpc_middleware(rpc_mw)
-        .build(agent.cfg.listen)
-        .await?;
-    let addr = server.local_addr()?;
-    let handle = server.start(Rpc::new(agent).into_rpc());
+    let tls = match &agent.cfg.tls {
+        Some(t) => Some(tokio_rustls::TlsAcceptor::from(
+            crate::tls::server_config(t).map_err(|e| std::io::Error::other(crate::error::chain_message(&e)))?,
+        )),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(agent.cfg.listen).await?;
+    let addr = listener.local_addr()?;
+    let builder = Server::builder().set_config(config).set_rpc_middleware(rpc_mw).to_service_builder();
+    let methods: Methods = Rpc::new(agent).into_rpc().into();
+    let (stop, handle) = stop_channel();
+    tokio::spawn(async move {
+        loop {
+            let sock = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((sock, _)) => sock,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = stop.clone().shutdown() => break,
+            };
+            let svc = builder.clone().build(methods.clone(), stop.clone());
+            let stop = stop.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let peer = sock.peer_addr().ok();
+                let res = match tls {
+                    Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
+                        Ok(Ok(stream)) => serve_with_graceful_shutdown(stream, svc, stop.shutdown()).await,
+                        Ok(Err(e)) => {
+                            tracing::info!(?peer, error = %e, "TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(?peer, "TLS handshake timed out");
+                            return;
+                        }
+                    },
+                    None => serve_with_graceful_shutdown(sock, svc, stop.shutdown()).await,
+                };
+                if let Err(e) = res {
+                    tracing::debug!(?peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+    });
     Ok((addr, handle))
 }
+
+/// How long a client has to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
