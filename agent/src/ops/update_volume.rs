@@ -126,7 +126,9 @@ fn run(
         Some(g) => g.get(),
         None => Generation(md.generation).next().get(),
     };
+    fail::fail_point!("sdm::update_volume::before_write");
     update_metadata(&paths, &mut md).map_err(storage)?;
+    fail::fail_point!("sdm::update_volume::after_write");
     if let Err(e) = held.release() {
         tracing::warn!(error = %e, "releasing the volume lease failed");
     }
