@@ -338,12 +338,27 @@ impl Jobs {
 
     /// Starts a registered job: it waits for a slot, then runs `work` on a blocking thread.
     pub fn start(self: &Arc<Self>, job: Arc<Job>, work: Work) {
+        self.start_inner(job, work, true);
+    }
+
+    /// Starts a metadata-only job at once, without waiting for a data-path slot: fencing
+    /// (`SDM.update_volume`) must not queue behind hours of copies, or a stale copy queued
+    /// before the fence would run first.
+    pub fn start_unqueued(self: &Arc<Self>, job: Arc<Job>, work: Work) {
+        self.start_inner(job, work, false);
+    }
+
+    fn start_inner(self: &Arc<Self>, job: Arc<Job>, work: Work, queued: bool) {
         let jobs = self.clone();
         tokio::spawn(async move {
-            let permit = jobs.slots.clone().acquire_owned().await;
+            let permit = if queued {
+                Some(jobs.slots.clone().acquire_owned().await)
+            } else {
+                None
+            };
             {
                 let mut st = job.state();
-                if st.status != JobStatus::Pending || permit.is_err() {
+                if st.status != JobStatus::Pending || permit.as_ref().is_some_and(|p| p.is_err()) {
                     // Aborted while pending: it never ran and needs no cleanup.
                     drop(st);
                     jobs.schedule_autodelete(&job);

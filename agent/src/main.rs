@@ -165,7 +165,9 @@ fn init_logging() {
         builder
             .with_ansi(false)
             .event_format(journal::PriorityPrefix(
-                tracing_subscriber::fmt::format().without_time().with_level(false),
+                tracing_subscriber::fmt::format()
+                    .without_time()
+                    .with_level(false),
             ))
             .init();
     } else {

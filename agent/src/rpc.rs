@@ -16,8 +16,8 @@ use jsonrpsee::core::middleware::{
 use jsonrpsee::core::server::{BatchResponseBuilder, MethodResponse};
 use jsonrpsee::core::{async_trait, SubscriptionResult};
 use jsonrpsee::server::{
-    serve_with_graceful_shutdown, stop_channel, BatchRequestConfig, Methods, PendingSubscriptionSink, PingConfig, Server,
-    ServerConfig, ServerHandle,
+    serve_with_graceful_shutdown, stop_channel, BatchRequestConfig, Methods,
+    PendingSubscriptionSink, PingConfig, Server, ServerConfig, ServerHandle,
 };
 use jsonrpsee::types::error::INVALID_PARAMS_CODE;
 use jsonrpsee::types::{ErrorObjectOwned, Request};
@@ -413,7 +413,8 @@ impl<S> tower::Layer<S> for ParamErrorsLayer {
 /// Returns the bound address (port 0 picks a free one) and the handle that stops the server.
 pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHandle)> {
     let s = &agent.cfg.server;
-    let rpc_mw = RpcServiceBuilder::new().layer(ParamErrorsLayer(s.max_response_body_bytes as usize));
+    let rpc_mw =
+        RpcServiceBuilder::new().layer(ParamErrorsLayer(s.max_response_body_bytes as usize));
     let config = ServerConfig::builder()
         .max_request_body_size(s.max_request_body_bytes)
         .max_response_body_size(s.max_response_body_bytes)
@@ -421,17 +422,25 @@ pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHand
         .max_subscriptions_per_connection(s.max_subscriptions_per_connection)
         .set_batch_request_config(BatchRequestConfig::Limit(s.max_batch_len))
         // Idle WebSocket connections are pinged and dropped when they stop answering.
-        .enable_ws_ping(PingConfig::new().ping_interval(Duration::from_secs(30)).inactive_limit(Duration::from_secs(90)))
+        .enable_ws_ping(
+            PingConfig::new()
+                .ping_interval(Duration::from_secs(30))
+                .inactive_limit(Duration::from_secs(90)),
+        )
         .build();
     let tls = match &agent.cfg.tls {
         Some(t) => Some(tokio_rustls::TlsAcceptor::from(
-            crate::tls::server_config(t).map_err(|e| std::io::Error::other(crate::error::chain_message(&e)))?,
+            crate::tls::server_config(t)
+                .map_err(|e| std::io::Error::other(crate::error::chain_message(&e)))?,
         )),
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(agent.cfg.listen).await?;
     let addr = listener.local_addr()?;
-    let builder = Server::builder().set_config(config).set_rpc_middleware(rpc_mw).to_service_builder();
+    let builder = Server::builder()
+        .set_config(config)
+        .set_rpc_middleware(rpc_mw)
+        .to_service_builder();
     let methods: Methods = Rpc::new(agent).into_rpc().into();
     let (stop, handle) = stop_channel();
     tokio::spawn(async move {
@@ -454,17 +463,23 @@ pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHand
             tokio::spawn(async move {
                 let peer = sock.peer_addr().ok();
                 let res = match tls {
-                    Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
-                        Ok(Ok(stream)) => serve_with_graceful_shutdown(stream, svc, stop.shutdown()).await,
-                        Ok(Err(e)) => {
-                            tracing::info!(?peer, error = %e, "TLS handshake refused");
-                            return;
+                    Some(acceptor) => {
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(sock))
+                            .await
+                        {
+                            Ok(Ok(stream)) => {
+                                serve_with_graceful_shutdown(stream, svc, stop.shutdown()).await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::info!(?peer, error = %e, "TLS handshake refused");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::info!(?peer, "TLS handshake timed out");
+                                return;
+                            }
                         }
-                        Err(_) => {
-                            tracing::info!(?peer, "TLS handshake timed out");
-                            return;
-                        }
-                    },
+                    }
                     None => serve_with_graceful_shutdown(sock, svc, stop.shutdown()).await,
                 };
                 if let Err(e) = res {

@@ -36,7 +36,11 @@ pub enum TlsError {
 }
 
 fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let err = |why: String| TlsError::Load { what, path: path.to_path_buf(), why };
+    let err = |why: String| TlsError::Load {
+        what,
+        path: path.to_path_buf(),
+        why,
+    };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| err(e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
@@ -86,11 +90,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "").unwrap();
-        let cfg = TlsConfig { ca: empty.clone(), cert: empty.clone(), key: empty.clone() };
+        let cfg = TlsConfig {
+            ca: empty.clone(),
+            cert: empty.clone(),
+            key: empty.clone(),
+        };
         let e = server_config(&cfg).unwrap_err().to_string();
-        assert!(e.contains("CA certificates") && e.contains("empty.pem"), "{e}");
-        let cfg = TlsConfig { ca: dir.path().join("nope.pem"), cert: empty.clone(), key: empty };
-        assert!(server_config(&cfg).unwrap_err().to_string().contains("nope.pem"));
+        assert!(
+            e.contains("CA certificates") && e.contains("empty.pem"),
+            "{e}"
+        );
+        let cfg = TlsConfig {
+            ca: dir.path().join("nope.pem"),
+            cert: empty.clone(),
+            key: empty,
+        };
+        assert!(server_config(&cfg)
+            .unwrap_err()
+            .to_string()
+            .contains("nope.pem"));
     }
 
     #[test]

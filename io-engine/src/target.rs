@@ -167,6 +167,11 @@ impl Target {
     }
 
     pub(crate) fn set_len(&mut self, len: u64) -> Result<(), IoError> {
+        // Some files cannot be truncated (FUSE exports of fixed-size devices answer ENOSYS);
+        // one that already has the right size needs no truncate.
+        if self.size == len {
+            return Ok(());
+        }
         self.file
             .set_len(len)
             .map_err(|e| IoError::os("truncate", &self.path, e))?;

@@ -61,18 +61,34 @@ fn vol_path(dom: &Path, img: &Uuid, vol: &Uuid) -> PathBuf {
 
 async fn create(c: &AgentClient, sd: &Uuid, img: &Uuid, vol: &Uuid, size: u64) {
     c.api()
-        .create_volume(sd.clone(), img.clone(), vol.clone(), Capacity(Size(size)), VolumeFormat::Raw, Preallocation::Sparse, None, None)
+        .create_volume(
+            sd.clone(),
+            img.clone(),
+            vol.clone(),
+            Capacity(Size(size)),
+            VolumeFormat::Raw,
+            Preallocation::Sparse,
+            None,
+            None,
+        )
         .await
         .via(c)
         .unwrap();
 }
 
 async fn info(c: &AgentClient, sd: &Uuid, img: &Uuid, vol: &Uuid) -> Option<VolumeInfo> {
-    c.api().get_volume_info(sd.clone(), img.clone(), vol.clone()).await.via(c).ok()
+    c.api()
+        .get_volume_info(sd.clone(), img.clone(), vol.clone())
+        .await
+        .via(c)
+        .ok()
 }
 
 async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng) -> Trial {
-    let state = tempfile::Builder::new().prefix("sdm-crash-").tempdir().unwrap();
+    let state = tempfile::Builder::new()
+        .prefix("sdm-crash-")
+        .tempdir()
+        .unwrap();
     let env = match point {
         Some(p) => vec![("FAILPOINTS".to_string(), format!("{p}=sleep(60000)"))],
         None => vec![],
@@ -80,10 +96,17 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng) -> Trial {
     // Random-delay trials are throttled so that the kill lands mid-operation; trials held at a
     // named point run at full speed so they surely reach it before the kill.
     let config = match point {
-        None => Some("create_default_domains = true\n[io]\nbandwidth_limit = 8388608\n".to_string()),
+        None => {
+            Some("create_default_domains = true\n[io]\nbandwidth_limit = 8388608\n".to_string())
+        }
         Some(_) => None,
     };
-    let mut agent = AgentProc::start(AgentOptions { state_dir: Some(state.path().into()), config: config.clone(), env, ..Default::default() });
+    let mut agent = AgentProc::start(AgentOptions {
+        state_dir: Some(state.path().into()),
+        config: config.clone(),
+        env,
+        ..Default::default()
+    });
     let c = agent.client();
     let (sd1, sd2, dom1, dom2) = default_domains(&c).await;
     let (img, src, dst) = (uuid(), uuid(), uuid());
@@ -122,19 +145,51 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng) -> Trial {
         }
         Op::Move => {
             c.api()
-                .move_image(img.clone(), sd1.clone(), sd2.clone(), ImageOperation::Copy, None, None, None, Some(job.clone()))
+                .move_image(
+                    img.clone(),
+                    sd1.clone(),
+                    sd2.clone(),
+                    ImageOperation::Copy,
+                    None,
+                    None,
+                    None,
+                    Some(job.clone()),
+                )
                 .await
                 .via(&c)
                 .unwrap();
         }
         Op::DeleteWipe => {
-            c.api().delete_image(img.clone(), sd1.clone(), Some(Flag(true)), None, None, Some(job.clone())).await.via(&c).unwrap();
+            c.api()
+                .delete_image(
+                    img.clone(),
+                    sd1.clone(),
+                    Some(Flag(true)),
+                    None,
+                    None,
+                    Some(job.clone()),
+                )
+                .await
+                .via(&c)
+                .unwrap();
         }
         Op::Update => {
-            let r = VolumeRef { sd_id: sd1.clone(), img_id: img.clone(), vol_id: src.clone(), generation: Some(Generation(0)) };
+            let r = VolumeRef {
+                sd_id: sd1.clone(),
+                img_id: img.clone(),
+                vol_id: src.clone(),
+                generation: Some(Generation(0)),
+            };
             let _ = c
                 .api()
-                .update_volume(job.clone(), r, VolumeAttributes { generation: Some(Generation(3)), ..Default::default() })
+                .update_volume(
+                    job.clone(),
+                    r,
+                    VolumeAttributes {
+                        generation: Some(Generation(3)),
+                        ..Default::default()
+                    },
+                )
                 .await
                 .via(&c);
         }
@@ -148,7 +203,11 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng) -> Trial {
     agent.kill9();
 
     // Restart without failpoints.
-    let mut agent = AgentProc::start(AgentOptions { state_dir: Some(state.path().into()), config, ..Default::default() });
+    let mut agent = AgentProc::start(AgentOptions {
+        state_dir: Some(state.path().into()),
+        config,
+        ..Default::default()
+    });
     let c = agent.client();
     // Garbage collection may be wiping a leftover: let it finish.
     for _ in 0..200 {
@@ -164,7 +223,11 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng) -> Trial {
             if sha256sum(&vol_path(&dom1, &img, &src)) != src_sum {
                 v.push("source modified".into());
             }
-            let (dimg, dvol) = if matches!(op, Op::Copy) { (&dimg, &dst) } else { (&img, &src) };
+            let (dimg, dvol) = if matches!(op, Op::Copy) {
+                (&dimg, &dst)
+            } else {
+                (&img, &src)
+            };
             match info(&c, &sd2, dimg, dvol).await {
                 Some(i) => {
                     if !i.lease.owners.is_empty() {
@@ -182,7 +245,10 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng) -> Trial {
                         Legality::Legal => {
                             outcome = "LEGAL, new generation";
                             if i.generation != want_gen {
-                                v.push(format!("LEGAL with generation {} (want {want_gen})", i.generation));
+                                v.push(format!(
+                                    "LEGAL with generation {} (want {want_gen})",
+                                    i.generation
+                                ));
                             }
                             if sha256sum(&vol_path(&dom2, dimg, dvol)) != src_sum {
                                 v.push("LEGAL destination differs from the source".into());
@@ -228,9 +294,16 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng) -> Trial {
         }
         Op::Update => {
             let i = info(&c, &sd1, &img, &src).await.expect("volume");
-            outcome = if i.generation == 3 { "updated" } else { "not updated" };
+            outcome = if i.generation == 3 {
+                "updated"
+            } else {
+                "not updated"
+            };
             if i.generation != 3 && i.generation != 0 {
-                v.push(format!("generation {} is neither old nor new", i.generation));
+                v.push(format!(
+                    "generation {} is neither old nor new",
+                    i.generation
+                ));
             }
             if !i.lease.owners.is_empty() {
                 v.push("lease still held".into());
@@ -246,7 +319,8 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng) -> Trial {
         for f in fixes {
             let kind = f.data["kind"].as_str().unwrap_or("");
             let expected = matches!(kind, "leftover" | "illegal_volume")
-                || (kind == "orphan" && f.data["file"].as_str().is_some_and(|n| n.ends_with(".new")));
+                || (kind == "orphan"
+                    && f.data["file"].as_str().is_some_and(|n| n.ends_with(".new")));
             if !expected {
                 v.push(format!("unexpected finding: {}", f.description));
             }
@@ -254,7 +328,10 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng) -> Trial {
     }
     drop(keep);
     agent.kill9();
-    Trial { outcome, violations: v }
+    Trial {
+        outcome,
+        violations: v,
+    }
 }
 
 #[tokio::test]
@@ -265,7 +342,11 @@ async fn crash_matrix() {
     let mut table: BTreeMap<(String, &'static str), usize> = BTreeMap::new();
     let mut violations = Vec::new();
     for t in 0..trials {
-        let (op, point) = POINTS[if full { (rng.next() as usize) % POINTS.len() } else { t % POINTS.len() }];
+        let (op, point) = POINTS[if full {
+            (rng.next() as usize) % POINTS.len()
+        } else {
+            t % POINTS.len()
+        }];
         let trial = run_trial(op, point, &mut rng).await;
         let key = format!("{op:?} @ {}", point.unwrap_or("random delay"));
         *table.entry((key.clone(), trial.outcome)).or_default() += 1;
@@ -274,7 +355,10 @@ async fn crash_matrix() {
         }
     }
     println!("\ncrash matrix: {trials} trials, local leases");
-    println!("{:<58} {:<26} {:>6}", "operation @ kill point", "outcome after restart", "trials");
+    println!(
+        "{:<58} {:<26} {:>6}",
+        "operation @ kill point", "outcome after restart", "trials"
+    );
     for ((k, o), n) in &table {
         println!("{k:<58} {o:<26} {n:>6}");
     }

@@ -169,7 +169,9 @@ pub fn purge(
         job.mark_started();
         let results = run_parallel(agent.cfg.io.image_parallelism, files, |(path, _)| {
             let ctl = job.child_control();
-            ctl.set_bandwidth_limit((agent.cfg.io.bandwidth_limit > 0).then_some(agent.cfg.io.bandwidth_limit));
+            ctl.set_bandwidth_limit(
+                (agent.cfg.io.bandwidth_limit > 0).then_some(agent.cfg.io.bandwidth_limit),
+            );
             let opts = sdm_io::WipeOptions {
                 discard,
                 ..Default::default()
@@ -224,7 +226,8 @@ fn data_files(dir: &Path) -> Result<Vec<(PathBuf, u64)>, StorageError> {
             continue;
         }
         // Follow links: a volume may be a link to a block device, as on oVirt block domains.
-        let md = std::fs::metadata(e.path()).map_err(|err| StorageError::io("stat", e.path(), err))?;
+        let md =
+            std::fs::metadata(e.path()).map_err(|err| StorageError::io("stat", e.path(), err))?;
         use std::os::unix::fs::FileTypeExt;
         if md.is_file() || md.file_type().is_block_device() {
             out.push((e.path(), md.len()));

@@ -42,6 +42,21 @@ pub fn spawn_job(
     Ok(())
 }
 
+/// Registers and starts a metadata-only job that does not wait for a data-path slot.
+pub fn spawn_metadata_job(
+    agent: &Arc<Agent>,
+    job_id: &Uuid,
+    description: &str,
+    work: Work,
+) -> Result<(), ApiError> {
+    let job = agent
+        .jobs
+        .register(job_id, description)
+        .map_err(|e| to_api_error(&e))?;
+    agent.jobs.start_unqueued(job, work);
+    Ok(())
+}
+
 /// Takes a job's locks, waiting while other jobs hold them, giving up if the job is aborted.
 pub fn lock_for_job(
     agent: &Agent,

@@ -10,7 +10,7 @@ use sdm_proto::{
     MAX_DESCRIPTION_CHARS,
 };
 
-use super::{lease, lock_for_job, spawn_job, storage};
+use super::{lease, lock_for_job, spawn_metadata_job, storage};
 use crate::jobs::Job;
 use crate::locks::{domain_key, image_key, Mode};
 use crate::service::Agent;
@@ -37,7 +37,7 @@ pub fn schedule(
         ));
     }
     let agent2 = agent.clone();
-    spawn_job(
+    spawn_metadata_job(
         agent,
         job_id,
         "update_volume",
