@@ -634,6 +634,17 @@ async fn sanlock_two_hosts_lease_contention_and_crash() {
     );
     assert!(same_bytes(&src_b.path, &dst_b.path));
 
+    // Host 1's agent frozen (SIGSTOP) while its sanlock daemon keeps renewing the host's
+    // delta lease: the lease stays with host 1, and host 2 is still refused at once.
+    // SAFETY: signals to our own child process.
+    unsafe { libc::kill(h1.pid() as i32, libc::SIGSTOP) };
+    let frozen = copy(&c2, &src_b, &dst_a, None, None).await;
+    let s = wait_job(&c2, &frozen).await;
+    assert_eq!(s.error.as_ref().map(|e| e.code), Some(651), "{s:?}");
+    assert_eq!(info(&c2, &dst_a).await.lease.owners, vec![1]);
+    // SAFETY: as above.
+    unsafe { libc::kill(h1.pid() as i32, libc::SIGCONT) };
+
     // kill -9 of host 1 mid-copy: sanlock frees its lease, the volume stays ILLEGAL, gen 0.
     h1.kill9();
     let mut freed = false;
