@@ -104,25 +104,26 @@ impl Agent {
             if existing.is_empty() {
                 std::fs::create_dir_all(&root)
                     .map_err(|e| api(StorageError::io("mkdir", &root, e)))?;
+                // The default backend is local unless the config says otherwise (the fault
+                // suites run the same default domains over sanlock).
+                let kind = self.leases.default_kind();
+                let backend = self.leases.get(kind).map_err(|e| api(StorageError::Lease(e)))?;
                 for n in 1..=2 {
                     let sd = Uuid::new_v4();
-                    let local = self
-                        .leases
-                        .get(LeaseBackendKind::Local)
-                        .map_err(|e| api(StorageError::Lease(e)))?;
                     let dir = Domain::create(
                         &root,
                         &sd,
                         &format!("sdm local domain {n}"),
-                        local.as_ref(),
-                        10,
+                        backend.as_ref(),
+                        self.leases.io_timeout_s(),
                     )
                     .map_err(api)?;
-                    tracing::info!(sd_id = %sd, path = %dir.display(), "created embedded local domain");
-                    wanted.push((dir, LeaseBackendKind::Local));
+                    tracing::info!(sd_id = %sd, path = %dir.display(), lease_backend = kind.as_str(), "created embedded domain");
+                    wanted.push((dir, kind));
                 }
             } else {
-                wanted.extend(existing.into_iter().map(|p| (p, LeaseBackendKind::Local)));
+                let kind = self.leases.default_kind();
+                wanted.extend(existing.into_iter().map(|p| (p, kind)));
             }
         }
         let mut seen = std::collections::HashSet::new();

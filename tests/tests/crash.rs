@@ -1,8 +1,8 @@
 //! Crash matrix: kill -9 the agent at named points of copy_data, Image.move, Image.delete with
 //! wipe, update_volume and domain attach (a failpoint holds the job there), and at random
-//! moments, then restart and check every invariant of CONTRACT §4. Quick form (10 trials, local
-//! leases) in the normal run; `SDM_FULL=1` runs 200 trials, and sanlock trials where the daemon
-//! can run. Prints a table of outcomes and violations (which must be 0).
+//! moments, then restart and check every invariant of CONTRACT §4, with local leases and with
+//! sanlock. Quick form (10 + 4 trials) in the normal run; `SDM_FULL=1` runs 200 + 60. Prints a
+//! table of outcomes and violations (which must be 0).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -84,7 +84,7 @@ async fn info(c: &AgentClient, sd: &Uuid, img: &Uuid, vol: &Uuid) -> Option<Volu
         .ok()
 }
 
-async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng) -> Trial {
+async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng, sanlock: Option<&Path>) -> Trial {
     let state = tempfile::Builder::new()
         .prefix("sdm-crash-")
         .tempdir()
@@ -95,12 +95,16 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng) -> Trial {
     };
     // Random-delay trials are throttled so that the kill lands mid-operation; trials held at a
     // named point run at full speed so they surely reach it before the kill.
-    let config = match point {
-        None => {
-            Some("create_default_domains = true\n[io]\nbandwidth_limit = 8388608\n".to_string())
-        }
-        Some(_) => None,
-    };
+    let mut config = String::from("create_default_domains = true\n");
+    if let Some(run_dir) = sanlock {
+        config.push_str(&format!(
+            "[leases]\ndefault_backend = \"sanlock\"\nsanlock_io_timeout_s = 1\nsanlock_run_dir = {run_dir:?}\n"
+        ));
+    }
+    if point.is_none() {
+        config.push_str("[io]\nbandwidth_limit = 8388608\n");
+    }
+    let config = Some(config);
     let mut agent = AgentProc::start(AgentOptions {
         state_dir: Some(state.path().into()),
         config: config.clone(),
@@ -335,9 +339,25 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng) -> Trial {
 }
 
 #[tokio::test]
-async fn crash_matrix() {
+async fn crash_matrix_local_leases() {
     let full = std::env::var_os("SDM_FULL").is_some();
-    let trials = if full { 200 } else { 10 };
+    matrix(if full { 200 } else { 10 }, full, None).await;
+}
+
+#[tokio::test]
+async fn crash_matrix_sanlock() {
+    use sdm_lease::test_support::{sanlock_available, SanlockDaemon};
+    if let Err(why) = sanlock_available() {
+        eprintln!("skipping crash_matrix_sanlock: {why}");
+        return;
+    }
+    let daemon = SanlockDaemon::start("sdm-crash");
+    let full = std::env::var_os("SDM_FULL").is_some();
+    // Each start joins the lockspace (about 3 s with io_timeout 1), so fewer trials.
+    matrix(if full { 60 } else { 4 }, full, Some(daemon.run_dir())).await;
+}
+
+async fn matrix(trials: usize, full: bool, sanlock: Option<&Path>) {
     let mut rng = Rng(0x5eed_1234_abcd ^ trials as u64);
     let mut table: BTreeMap<(String, &'static str), usize> = BTreeMap::new();
     let mut violations = Vec::new();
@@ -347,14 +367,15 @@ async fn crash_matrix() {
         } else {
             t % POINTS.len()
         }];
-        let trial = run_trial(op, point, &mut rng).await;
+        let trial = run_trial(op, point, &mut rng, sanlock).await;
         let key = format!("{op:?} @ {}", point.unwrap_or("random delay"));
         *table.entry((key.clone(), trial.outcome)).or_default() += 1;
         for v in trial.violations {
             violations.push(format!("trial {t} ({key}): {v}"));
         }
     }
-    println!("\ncrash matrix: {trials} trials, local leases");
+    let backend = if sanlock.is_some() { "sanlock" } else { "local" };
+    println!("\ncrash matrix: {trials} trials, {backend} leases");
     println!(
         "{:<58} {:<26} {:>6}",
         "operation @ kill point", "outcome after restart", "trials"
