@@ -17,9 +17,26 @@ fn img_dir(dom: &Path, img: &Uuid) -> PathBuf {
     dom.join("images").join(img.as_str())
 }
 
-async fn create(c: &AgentClient, sd: &Uuid, img: &Uuid, vol: &Uuid, size: u64, f: VolumeFormat, parent: Option<Uuid>) {
+async fn create(
+    c: &AgentClient,
+    sd: &Uuid,
+    img: &Uuid,
+    vol: &Uuid,
+    size: u64,
+    f: VolumeFormat,
+    parent: Option<Uuid>,
+) {
     c.api()
-        .create_volume(sd.clone(), img.clone(), vol.clone(), Capacity(Size(size)), f, Preallocation::Sparse, parent, Some(Description::parse("{\"DiskAlias\":\"d\"}").unwrap()))
+        .create_volume(
+            sd.clone(),
+            img.clone(),
+            vol.clone(),
+            Capacity(Size(size)),
+            f,
+            Preallocation::Sparse,
+            parent,
+            Some(Description::parse("{\"DiskAlias\":\"d\"}").unwrap()),
+        )
         .await
         .via(c)
         .unwrap();
@@ -32,17 +49,41 @@ fn qemu_io_write(file: &Path, pattern: u8, offset: u64, len: u64) {
         .arg(file)
         .output()
         .unwrap();
-    assert!(st.status.success(), "qemu-io: {}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "qemu-io: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
 }
 
 fn qemu_img_check(file: &Path) -> bool {
-    Command::new("qemu-img").args(["check", "-q"]).arg(file).status().unwrap().success()
+    Command::new("qemu-img")
+        .args(["check", "-q"])
+        .arg(file)
+        .status()
+        .unwrap()
+        .success()
 }
 
-async fn move_image(c: &AgentClient, img: &Uuid, src: &Uuid, dst: &Uuid, force: bool) -> Result<JobInfo, sdm_client::Error> {
+async fn move_image(
+    c: &AgentClient,
+    img: &Uuid,
+    src: &Uuid,
+    dst: &Uuid,
+    force: bool,
+) -> Result<JobInfo, sdm_client::Error> {
     let r = c
         .api()
-        .move_image(img.clone(), src.clone(), dst.clone(), ImageOperation::Copy, None, Some(Flag(force)), None, None)
+        .move_image(
+            img.clone(),
+            src.clone(),
+            dst.clone(),
+            ImageOperation::Copy,
+            None,
+            Some(Flag(force)),
+            None,
+            None,
+        )
         .await
         .via(c)?;
     Ok(wait_job(c, &r.uuid).await)
@@ -59,24 +100,73 @@ async fn move_cow_chain_and_raw_image_then_force() {
     let (base, mid, top) = (uuid(), uuid(), uuid());
     create(&c, &sd1, &img, &base, 32 * MIB, VolumeFormat::Cow, None).await;
     qemu_io_write(&img_dir(&dom1, &img).join(base.as_str()), 0x11, 0, 4 * MIB);
-    create(&c, &sd1, &img, &mid, 32 * MIB, VolumeFormat::Cow, Some(base.clone())).await;
-    qemu_io_write(&img_dir(&dom1, &img).join(mid.as_str()), 0x22, 2 * MIB, 4 * MIB);
-    create(&c, &sd1, &img, &top, 32 * MIB, VolumeFormat::Cow, Some(mid.clone())).await;
-    qemu_io_write(&img_dir(&dom1, &img).join(top.as_str()), 0x33, 20 * MIB, MIB);
-    let src_sums: Vec<String> = [&base, &mid, &top].iter().map(|v| sha256sum(&img_dir(&dom1, &img).join(v.as_str()))).collect();
+    create(
+        &c,
+        &sd1,
+        &img,
+        &mid,
+        32 * MIB,
+        VolumeFormat::Cow,
+        Some(base.clone()),
+    )
+    .await;
+    qemu_io_write(
+        &img_dir(&dom1, &img).join(mid.as_str()),
+        0x22,
+        2 * MIB,
+        4 * MIB,
+    );
+    create(
+        &c,
+        &sd1,
+        &img,
+        &top,
+        32 * MIB,
+        VolumeFormat::Cow,
+        Some(mid.clone()),
+    )
+    .await;
+    qemu_io_write(
+        &img_dir(&dom1, &img).join(top.as_str()),
+        0x33,
+        20 * MIB,
+        MIB,
+    );
+    let src_sums: Vec<String> = [&base, &mid, &top]
+        .iter()
+        .map(|v| sha256sum(&img_dir(&dom1, &img).join(v.as_str())))
+        .collect();
 
     let done = move_image(&c, &img, &sd1, &sd2, false).await.unwrap();
     assert_eq!(done.status, JobStatus::Done, "{done:?}");
     assert_eq!(done.progress, Some(100.0));
-    let mut vols = c.api().get_volumes(sd2.clone(), img.clone()).await.via(&c).unwrap();
+    let mut vols = c
+        .api()
+        .get_volumes(sd2.clone(), img.clone())
+        .await
+        .via(&c)
+        .unwrap();
     vols.sort();
     let mut want = vec![base.clone(), mid.clone(), top.clone()];
     want.sort();
     assert_eq!(vols, want, "same UUIDs on the destination");
     for (i, v) in [&base, &mid, &top].iter().enumerate() {
-        let s = c.api().get_volume_info(sd1.clone(), img.clone(), (*v).clone()).await.via(&c).unwrap();
-        let d = c.api().get_volume_info(sd2.clone(), img.clone(), (*v).clone()).await.via(&c).unwrap();
-        assert_eq!((d.format, d.voltype, &d.parent, d.capacity, &d.description), (s.format, s.voltype, &s.parent, s.capacity, &s.description));
+        let s = c
+            .api()
+            .get_volume_info(sd1.clone(), img.clone(), (*v).clone())
+            .await
+            .via(&c)
+            .unwrap();
+        let d = c
+            .api()
+            .get_volume_info(sd2.clone(), img.clone(), (*v).clone())
+            .await
+            .via(&c)
+            .unwrap();
+        assert_eq!(
+            (d.format, d.voltype, &d.parent, d.capacity, &d.description),
+            (s.format, s.voltype, &s.parent, s.capacity, &s.description)
+        );
         assert_eq!(d.legality, Legality::Legal);
         assert!(d.lease.owners.is_empty());
         let path = img_dir(&dom2, &img).join(v.as_str());
@@ -84,7 +174,10 @@ async fn move_cow_chain_and_raw_image_then_force() {
         assert_eq!(sha256sum(&path), src_sums[i], "volume {v} bytes");
     }
     assert!(
-        qemu_img_compare(&img_dir(&dom1, &img).join(top.as_str()), &img_dir(&dom2, &img).join(top.as_str())),
+        qemu_img_compare(
+            &img_dir(&dom1, &img).join(top.as_str()),
+            &img_dir(&dom2, &img).join(top.as_str())
+        ),
         "the whole chain reads the same"
     );
 
@@ -92,9 +185,23 @@ async fn move_cow_chain_and_raw_image_then_force() {
     let rimg = uuid();
     let rvol = uuid();
     create(&c, &sd1, &rimg, &rvol, 16 * MIB, VolumeFormat::Raw, None).await;
-    write_pattern(&img_dir(&dom1, &rimg).join(rvol.as_str()), MIB, 3 * MIB as usize, 4);
-    assert_eq!(move_image(&c, &rimg, &sd1, &sd2, false).await.unwrap().status, JobStatus::Done);
-    let (a, b) = (img_dir(&dom1, &rimg).join(rvol.as_str()), img_dir(&dom2, &rimg).join(rvol.as_str()));
+    write_pattern(
+        &img_dir(&dom1, &rimg).join(rvol.as_str()),
+        MIB,
+        3 * MIB as usize,
+        4,
+    );
+    assert_eq!(
+        move_image(&c, &rimg, &sd1, &sd2, false)
+            .await
+            .unwrap()
+            .status,
+        JobStatus::Done
+    );
+    let (a, b) = (
+        img_dir(&dom1, &rimg).join(rvol.as_str()),
+        img_dir(&dom2, &rimg).join(rvol.as_str()),
+    );
     assert!(qemu_img_compare(&a, &b));
     assert_eq!(sha256sum(&a), sha256sum(&b));
 
@@ -106,35 +213,85 @@ async fn move_cow_chain_and_raw_image_then_force() {
     // Operation MOVE is refused, nothing changed.
     let e = c
         .api()
-        .move_image(rimg.clone(), sd1.clone(), sd2.clone(), ImageOperation::Move, None, None, None, None)
+        .move_image(
+            rimg.clone(),
+            sd1.clone(),
+            sd2.clone(),
+            ImageOperation::Move,
+            None,
+            None,
+            None,
+            None,
+        )
         .await
         .via(&c)
         .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::UnsupportedOperation));
-    assert!(e.to_string().contains("delete"), "the message says to copy, then delete: {e}");
+    assert!(
+        e.to_string().contains("delete"),
+        "the message says to copy, then delete: {e}"
+    );
     assert_eq!(before, snapshot(&img_dir(&dom2, &rimg)));
     // With force the destination is replaced.
     write_pattern(&a, 0, MIB as usize, 5);
-    assert_eq!(move_image(&c, &rimg, &sd1, &sd2, true).await.unwrap().status, JobStatus::Done);
+    assert_eq!(
+        move_image(&c, &rimg, &sd1, &sd2, true)
+            .await
+            .unwrap()
+            .status,
+        JobStatus::Done
+    );
     assert_eq!(sha256sum(&a), sha256sum(&b));
     // An ILLEGAL destination image is replaced without force.
     let job = uuid();
-    let r = VolumeRef { sd_id: sd2.clone(), img_id: rimg.clone(), vol_id: rvol.clone(), generation: Some(Generation(0)) };
+    let r = VolumeRef {
+        sd_id: sd2.clone(),
+        img_id: rimg.clone(),
+        vol_id: rvol.clone(),
+        generation: Some(Generation(0)),
+    };
     c.api()
-        .update_volume(job.clone(), r, VolumeAttributes { legality: Some(Legality::Illegal), ..Default::default() })
+        .update_volume(
+            job.clone(),
+            r,
+            VolumeAttributes {
+                legality: Some(Legality::Illegal),
+                ..Default::default()
+            },
+        )
         .await
         .via(&c)
         .unwrap();
     wait_job(&c, &job).await;
     write_pattern(&a, 0, MIB as usize, 6);
-    assert_eq!(move_image(&c, &rimg, &sd1, &sd2, false).await.unwrap().status, JobStatus::Done);
+    assert_eq!(
+        move_image(&c, &rimg, &sd1, &sd2, false)
+            .await
+            .unwrap()
+            .status,
+        JobStatus::Done
+    );
     assert_eq!(sha256sum(&a), sha256sum(&b));
-    assert!(c.api().check_domain(sd2.clone()).await.via(&c).unwrap().is_empty(), "no leftovers after force");
+    assert!(
+        c.api()
+            .check_domain(sd2.clone())
+            .await
+            .via(&c)
+            .unwrap()
+            .is_empty(),
+        "no leftovers after force"
+    );
 
     // Missing images and hostile ids.
-    let e = move_image(&c, &uuid(), &sd1, &sd2, false).await.unwrap_err();
+    let e = move_image(&c, &uuid(), &sd1, &sd2, false)
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::ImageDoesNotExistInSD));
-    let r = raw_call(agent.addr, "Image.move", serde_json::json!({"imageID": "../x", "storagedomainID": sd1, "dstSdUUID": sd2, "operation": "copy"}));
+    let r = raw_call(
+        agent.addr,
+        "Image.move",
+        serde_json::json!({"imageID": "../x", "storagedomainID": sd1, "dstSdUUID": sd2, "operation": "copy"}),
+    );
     assert_eq!(error_code(&r), 1000);
 }
 
@@ -152,7 +309,10 @@ async fn delete_with_wipe_overwrites_file_volumes() {
     write_pattern(&p1, 0, 8 * MIB as usize, 7);
     write_pattern(&p2, 2 * MIB, MIB as usize, 8);
     // Handles kept open: they still read the old inodes after the files are removed.
-    let (h1, h2) = (std::fs::File::open(&p1).unwrap(), std::fs::File::open(&p2).unwrap());
+    let (h1, h2) = (
+        std::fs::File::open(&p1).unwrap(),
+        std::fs::File::open(&p2).unwrap(),
+    );
 
     let r = c
         .api()
@@ -168,17 +328,43 @@ async fn delete_with_wipe_overwrites_file_volumes() {
     assert!(all_zero(&h2), "every byte of volume 2 was zeroed");
     let leftover = dom1.join("images").join(format!("_remove_me_ZERO_{img}"));
     assert!(!leftover.exists(), "removed after the wipe");
-    assert!(c.api().get_images(sd1.clone()).await.via(&c).unwrap().is_empty());
-    let e = c.api().delete_image(img.clone(), sd1.clone(), None, None, None, None).await.via(&c).unwrap_err();
+    assert!(c
+        .api()
+        .get_images(sd1.clone())
+        .await
+        .via(&c)
+        .unwrap()
+        .is_empty());
+    let e = c
+        .api()
+        .delete_image(img.clone(), sd1.clone(), None, None, None, None)
+        .await
+        .via(&c)
+        .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::ImageDoesNotExistInSD));
 
     // Without wipe: plain removal.
     let img = uuid();
     let v = uuid();
     create(&c, &sd1, &img, &v, MIB, VolumeFormat::Raw, None).await;
-    let r = c.api().delete_image(img.clone(), sd1.clone(), Some(Flag(false)), None, Some(Flag(true)), None).await.via(&c).unwrap();
+    let r = c
+        .api()
+        .delete_image(
+            img.clone(),
+            sd1.clone(),
+            Some(Flag(false)),
+            None,
+            Some(Flag(true)),
+            None,
+        )
+        .await
+        .via(&c)
+        .unwrap();
     assert_eq!(wait_job(&c, &r.uuid).await.status, JobStatus::Done);
-    assert!(!dom1.join("images").join(format!("_remove_me_{img}")).exists());
+    assert!(!dom1
+        .join("images")
+        .join(format!("_remove_me_{img}"))
+        .exists());
 }
 
 #[tokio::test]
@@ -187,9 +373,14 @@ async fn delete_with_wipe_zeroes_a_block_device_volume() {
     let c = agent.client();
     let (sd1, _, dom1, _) = default_domains(&c).await;
     let backing = agent.state_dir.join("block.img");
-    std::fs::File::create(&backing).unwrap().set_len(16 * MIB).unwrap();
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(16 * MIB)
+        .unwrap();
     write_pattern(&backing, 0, 16 * MIB as usize, 9);
-    let Some(lo) = LoopDevice::attach(&backing) else { return };
+    let Some(lo) = LoopDevice::attach(&backing) else {
+        return;
+    };
     let img = uuid();
     let v = uuid();
     create(&c, &sd1, &img, &v, 16 * MIB, VolumeFormat::Raw, None).await;
@@ -197,7 +388,12 @@ async fn delete_with_wipe_zeroes_a_block_device_volume() {
     let p = img_dir(&dom1, &img).join(v.as_str());
     std::fs::remove_file(&p).unwrap();
     std::os::unix::fs::symlink(&lo.dev, &p).unwrap();
-    let r = c.api().delete_image(img.clone(), sd1.clone(), Some(Flag(true)), None, None, None).await.via(&c).unwrap();
+    let r = c
+        .api()
+        .delete_image(img.clone(), sd1.clone(), Some(Flag(true)), None, None, None)
+        .await
+        .via(&c)
+        .unwrap();
     let done = wait_job(&c, &r.uuid).await;
     assert_eq!(done.status, JobStatus::Done, "{done:?}");
     let dev = std::fs::File::open(&lo.dev).unwrap();
@@ -215,7 +411,12 @@ async fn delete_refuses_held_leases_and_shared_volumes() {
     create(&c, &sd2, &simg, &svol, 8 * MIB, VolumeFormat::Raw, None).await;
     create(&c, &sd1, &dimg, &dvol, 8 * MIB, VolumeFormat::Raw, None).await;
     let (_, _, _, dom2) = default_domains(&c).await;
-    write_pattern(&img_dir(&dom2, &simg).join(svol.as_str()), 0, 8 * MIB as usize, 13);
+    write_pattern(
+        &img_dir(&dom2, &simg).join(svol.as_str()),
+        0,
+        8 * MIB as usize,
+        13,
+    );
     let job = uuid();
     c.api()
         .copy_data(
@@ -230,8 +431,23 @@ async fn delete_refuses_held_leases_and_shared_volumes() {
         .via(&c)
         .unwrap();
     wait_running(&c, &job).await;
-    let e = c.api().delete_image(dimg.clone(), sd1.clone(), Some(Flag(true)), None, None, None).await.via(&c).unwrap_err();
-    assert!(matches!(e.code(), Some(ErrorCode::AcquireLockFailure)), "{e}");
+    let e = c
+        .api()
+        .delete_image(
+            dimg.clone(),
+            sd1.clone(),
+            Some(Flag(true)),
+            None,
+            None,
+            None,
+        )
+        .await
+        .via(&c)
+        .unwrap_err();
+    assert!(
+        matches!(e.code(), Some(ErrorCode::AcquireLockFailure)),
+        "{e}"
+    );
     assert!(img_dir(&dom1, &dimg).exists(), "nothing renamed");
     c.api().abort_job(job.clone()).await.via(&c).unwrap();
     wait_job(&c, &job).await;
@@ -240,21 +456,47 @@ async fn delete_refuses_held_leases_and_shared_volumes() {
     let (timg, tvol) = (uuid(), uuid());
     create(&c, &sd1, &timg, &tvol, MIB, VolumeFormat::Raw, None).await;
     let j = uuid();
-    let r = VolumeRef { sd_id: sd1.clone(), img_id: timg.clone(), vol_id: tvol.clone(), generation: Some(Generation(0)) };
-    c.api().update_volume(j.clone(), r, VolumeAttributes { role: Some(VolumeRole::Shared), ..Default::default() }).await.via(&c).unwrap();
+    let r = VolumeRef {
+        sd_id: sd1.clone(),
+        img_id: timg.clone(),
+        vol_id: tvol.clone(),
+        generation: Some(Generation(0)),
+    };
+    c.api()
+        .update_volume(
+            j.clone(),
+            r,
+            VolumeAttributes {
+                role: Some(VolumeRole::Shared),
+                ..Default::default()
+            },
+        )
+        .await
+        .via(&c)
+        .unwrap();
     wait_job(&c, &j).await;
-    let e = c.api().delete_image(timg.clone(), sd1.clone(), None, None, None, None).await.via(&c).unwrap_err();
+    let e = c
+        .api()
+        .delete_image(timg.clone(), sd1.clone(), None, None, None, None)
+        .await
+        .via(&c)
+        .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::CannotDeleteSharedVolume));
     assert!(img_dir(&dom1, &timg).exists());
 }
 
 fn slow_config(bw: u64) -> Option<String> {
-    Some(format!("create_default_domains = true\n[io]\nbandwidth_limit = {bw}\nimage_parallelism = 1\n"))
+    Some(format!(
+        "create_default_domains = true\n[io]\nbandwidth_limit = {bw}\nimage_parallelism = 1\n"
+    ))
 }
 
 #[tokio::test]
 async fn abort_and_crash_mid_wipe_leave_a_leftover_that_is_wiped_before_removal() {
-    let state = tempfile::Builder::new().prefix("sdm-wipe-").tempdir().unwrap();
+    let state = tempfile::Builder::new()
+        .prefix("sdm-wipe-")
+        .tempdir()
+        .unwrap();
     let mut agent = AgentProc::start(AgentOptions {
         state_dir: Some(state.path().to_path_buf()),
         config: slow_config(2 * MIB),
@@ -270,7 +512,12 @@ async fn abort_and_crash_mid_wipe_leave_a_leftover_that_is_wiped_before_removal(
     let p = img_dir(&dom1, &img).join(v.as_str());
     write_pattern(&p, 0, 16 * MIB as usize, 10);
     let h = std::fs::File::open(&p).unwrap();
-    let r = c.api().delete_image(img.clone(), sd1.clone(), Some(Flag(true)), None, None, None).await.via(&c).unwrap();
+    let r = c
+        .api()
+        .delete_image(img.clone(), sd1.clone(), Some(Flag(true)), None, None, None)
+        .await
+        .via(&c)
+        .unwrap();
     wait_running(&c, &r.uuid).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.api().abort_job(r.uuid.clone()).await.via(&c).unwrap();
@@ -278,7 +525,10 @@ async fn abort_and_crash_mid_wipe_leave_a_leftover_that_is_wiped_before_removal(
     assert_eq!(a.status, JobStatus::Aborted);
     assert_eq!(a.error.as_ref().unwrap().code, 374, "{a:?}");
     let leftover = dom1.join("images").join(format!("_remove_me_ZERO_{img}"));
-    assert!(leftover.join(v.as_str()).exists(), "unwiped data is never removed");
+    assert!(
+        leftover.join(v.as_str()).exists(),
+        "unwiped data is never removed"
+    );
     let mut tail = vec![0u8; 4096];
     h.read_exact_at(&mut tail, 16 * MIB - 4096).unwrap();
     assert!(tail.iter().any(|b| *b != 0), "the end was not reached yet");
@@ -291,7 +541,12 @@ async fn abort_and_crash_mid_wipe_leave_a_leftover_that_is_wiped_before_removal(
     assert_eq!(fix.fix_type, FixType::Clean);
 
     // Crash mid-wipe of the fix job: the restart's garbage collection wipes, then removes.
-    let job = c.api().fix_domain(sd1.clone(), fix, None).await.via(&c).unwrap();
+    let job = c
+        .api()
+        .fix_domain(sd1.clone(), fix, None)
+        .await
+        .via(&c)
+        .unwrap();
     wait_running(&c, &job.uuid).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     agent.kill9();
@@ -299,9 +554,17 @@ async fn abort_and_crash_mid_wipe_leave_a_leftover_that_is_wiped_before_removal(
     agent.restart();
     let c = agent.client();
     let fixes = c.api().check_domain(sd1.clone()).await.via(&c).unwrap();
-    assert!(fixes.iter().any(|f| f.data["kind"] == "leftover"), "still reported while being wiped: {fixes:?}");
+    assert!(
+        fixes.iter().any(|f| f.data["kind"] == "leftover"),
+        "still reported while being wiped: {fixes:?}"
+    );
     let gc = c.api().get_jobs(None, None).await.via(&c).unwrap();
-    let gc_job = gc.values().find(|j| j.description == "gc_wipe").expect("attach scheduled the wipe").id.clone();
+    let gc_job = gc
+        .values()
+        .find(|j| j.description == "gc_wipe")
+        .expect("attach scheduled the wipe")
+        .id
+        .clone();
     let done = wait_job(&c, &gc_job).await;
     assert_eq!(done.status, JobStatus::Done, "{done:?}");
     assert!(!leftover.exists());
@@ -311,7 +574,13 @@ async fn abort_and_crash_mid_wipe_leave_a_leftover_that_is_wiped_before_removal(
     use std::io::Seek;
     h2.seek(std::io::SeekFrom::Start(0)).unwrap();
     assert!(all_zero(&h2), "wiped before removal");
-    assert!(c.api().check_domain(sd1.clone()).await.via(&c).unwrap().is_empty());
+    assert!(c
+        .api()
+        .check_domain(sd1.clone())
+        .await
+        .via(&c)
+        .unwrap()
+        .is_empty());
     drop(agent);
 }
 
@@ -331,36 +600,96 @@ async fn check_and_fix_orphans_illegal_volumes_and_sizes() {
     let orphan = uuid();
     std::fs::write(dir.join(orphan.as_str()), b"x").unwrap();
     let j = uuid();
-    let r = VolumeRef { sd_id: sd1.clone(), img_id: img.clone(), vol_id: bad.clone(), generation: Some(Generation(0)) };
-    c.api().update_volume(j.clone(), r, VolumeAttributes { legality: Some(Legality::Illegal), ..Default::default() }).await.via(&c).unwrap();
+    let r = VolumeRef {
+        sd_id: sd1.clone(),
+        img_id: img.clone(),
+        vol_id: bad.clone(),
+        generation: Some(Generation(0)),
+    };
+    c.api()
+        .update_volume(
+            j.clone(),
+            r,
+            VolumeAttributes {
+                legality: Some(Legality::Illegal),
+                ..Default::default()
+            },
+        )
+        .await
+        .via(&c)
+        .unwrap();
     wait_job(&c, &j).await;
-    std::fs::OpenOptions::new().write(true).open(dir.join(short.as_str())).unwrap().set_len(MIB).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join(short.as_str()))
+        .unwrap()
+        .set_len(MIB)
+        .unwrap();
 
     let fixes = c.api().check_domain(sd1.clone()).await.via(&c).unwrap();
-    let find = |kind: &str| fixes.iter().find(|f| f.data["kind"] == kind).cloned().unwrap_or_else(|| panic!("{kind} not found in {fixes:?}"));
-    let (o, i, s) = (find("orphan"), find("illegal_volume"), find("size_mismatch"));
+    let find = |kind: &str| {
+        fixes
+            .iter()
+            .find(|f| f.data["kind"] == kind)
+            .cloned()
+            .unwrap_or_else(|| panic!("{kind} not found in {fixes:?}"))
+    };
+    let (o, i, s) = (
+        find("orphan"),
+        find("illegal_volume"),
+        find("size_mismatch"),
+    );
     assert_eq!(fixes.len(), 3, "{fixes:?}");
     assert_eq!(o.data["file"], orphan.as_str());
     assert_eq!(i.data["vol"], bad.as_str());
 
     // Orphan: removed.
-    let t = c.api().fix_domain(sd1.clone(), o, None).await.via(&c).unwrap();
+    let t = c
+        .api()
+        .fix_domain(sd1.clone(), o, None)
+        .await
+        .via(&c)
+        .unwrap();
     assert_eq!(wait_job(&c, &t.uuid).await.status, JobStatus::Done);
     assert!(!dir.join(orphan.as_str()).exists());
     // ILLEGAL volume: refused unless confirmed; then deleted.
-    let e = c.api().fix_domain(sd1.clone(), i.clone(), None).await.via(&c).unwrap_err();
+    let e = c
+        .api()
+        .fix_domain(sd1.clone(), i.clone(), None)
+        .await
+        .via(&c)
+        .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::InvalidParameterException));
     assert!(dir.join(format!("{bad}.meta")).exists());
     let mut confirmed = i;
     confirmed.data["confirm_delete"] = serde_json::json!(true);
-    let t = c.api().fix_domain(sd1.clone(), confirmed, None).await.via(&c).unwrap();
+    let t = c
+        .api()
+        .fix_domain(sd1.clone(), confirmed, None)
+        .await
+        .via(&c)
+        .unwrap();
     assert_eq!(wait_job(&c, &t.uuid).await.status, JobStatus::Done);
     assert!(!dir.join(format!("{bad}.meta")).exists() && !dir.join(bad.as_str()).exists());
     // Short raw file: extended to its capacity.
-    let t = c.api().fix_domain(sd1.clone(), s, None).await.via(&c).unwrap();
+    let t = c
+        .api()
+        .fix_domain(sd1.clone(), s, None)
+        .await
+        .via(&c)
+        .unwrap();
     assert_eq!(wait_job(&c, &t.uuid).await.status, JobStatus::Done);
-    assert_eq!(std::fs::metadata(dir.join(short.as_str())).unwrap().len(), 4 * MIB);
-    assert!(c.api().check_domain(sd1.clone()).await.via(&c).unwrap().is_empty());
+    assert_eq!(
+        std::fs::metadata(dir.join(short.as_str())).unwrap().len(),
+        4 * MIB
+    );
+    assert!(c
+        .api()
+        .check_domain(sd1.clone())
+        .await
+        .via(&c)
+        .unwrap()
+        .is_empty());
     assert!(dir.join(good.as_str()).exists());
 
     // A forged finding cannot point outside the domain.
@@ -369,13 +698,23 @@ async fn check_and_fix_orphans_illegal_volumes_and_sizes() {
         description: String::new(),
         data: serde_json::json!({"kind": "orphan", "img": img, "file": "../../../../etc/passwd"}),
     };
-    let e = c.api().fix_domain(sd1.clone(), forged, None).await.via(&c).unwrap_err();
+    let e = c
+        .api()
+        .fix_domain(sd1.clone(), forged, None)
+        .await
+        .via(&c)
+        .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::InvalidParameterException));
     let forged = Fix {
         fix_type: FixType::Clean,
         description: String::new(),
         data: serde_json::json!({"kind": "leftover", "name": "_remove_me_../../x"}),
     };
-    let e = c.api().fix_domain(sd1.clone(), forged, None).await.via(&c).unwrap_err();
+    let e = c
+        .api()
+        .fix_domain(sd1.clone(), forged, None)
+        .await
+        .via(&c)
+        .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::InvalidParameterException));
 }

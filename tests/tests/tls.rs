@@ -22,7 +22,10 @@ fn ca(name: &str) -> Ca {
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.distinguished_name.push(rcgen::DnType::CommonName, name);
     let cert = p.self_signed(&key).unwrap();
-    Ca { pem: cert.pem(), issuer: Issuer::new(p, key) }
+    Ca {
+        pem: cert.pem(),
+        issuer: Issuer::new(p, key),
+    }
 }
 
 fn leaf(ca: &Ca, name: &str, expired: bool) -> (String, String) {
@@ -48,30 +51,48 @@ fn client_config(ca_pem: &str, client: Option<&(String, String)>) -> Arc<rustls:
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let b = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
     Arc::new(match client {
         Some((cert, key)) => {
-            let chain = CertificateDer::pem_slice_iter(cert.as_bytes()).map(Result::unwrap).collect();
-            b.with_client_auth_cert(chain, PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap()).unwrap()
+            let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .map(Result::unwrap)
+                .collect();
+            b.with_client_auth_cert(
+                chain,
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap()
         }
         None => b.with_no_client_auth(),
     })
 }
 
 /// One JSON-RPC call over HTTPS; Err when the TLS session or the exchange fails.
-async fn https_call(addr: std::net::SocketAddr, cfg: Arc<rustls::ClientConfig>) -> Result<String, String> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+async fn https_call(
+    addr: std::net::SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+) -> Result<String, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let conn = tokio_rustls::TlsConnector::from(cfg);
-    let mut s = conn.connect(ServerName::try_from("localhost").unwrap(), tcp).await.map_err(|e| e.to_string())?;
+    let mut s = conn
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
     let body = r#"{"jsonrpc":"2.0","id":1,"method":"Host.getCapabilities"}"#;
     let req = format!(
         "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out))
         .await
@@ -97,7 +118,10 @@ async fn mutual_tls_accepts_only_clients_of_the_ca() {
         write(dir.path(), "server.pem", &scert),
         write(dir.path(), "server-key.pem", &skey),
     );
-    let agent = AgentProc::start(AgentOptions { config: Some(config), ..Default::default() });
+    let agent = AgentProc::start(AgentOptions {
+        config: Some(config),
+        ..Default::default()
+    });
 
     let good = leaf(&good_ca, "engine", false);
     let expired = leaf(&good_ca, "engine-old", true);
@@ -107,8 +131,14 @@ async fn mutual_tls_accepts_only_clients_of_the_ca() {
     assert!(ok.is_ok(), "good client refused: {ok:?}");
     for (what, cfg) in [
         ("no client certificate", client_config(&good_ca.pem, None)),
-        ("expired client certificate", client_config(&good_ca.pem, Some(&expired))),
-        ("certificate from another CA", client_config(&good_ca.pem, Some(&stranger))),
+        (
+            "expired client certificate",
+            client_config(&good_ca.pem, Some(&expired)),
+        ),
+        (
+            "certificate from another CA",
+            client_config(&good_ca.pem, Some(&stranger)),
+        ),
     ] {
         let r = https_call(agent.addr, cfg).await;
         assert!(r.is_err(), "{what} was accepted: {r:?}");
@@ -116,12 +146,24 @@ async fn mutual_tls_accepts_only_clients_of_the_ca() {
     // Plain HTTP to the TLS port gets no JSON-RPC answer and the connection is closed.
     let plain = tokio::task::spawn_blocking({
         let addr = agent.addr;
-        move || raw_post(addr, br#"{"jsonrpc":"2.0","id":1,"method":"Host.getCapabilities"}"#)
+        move || {
+            raw_post(
+                addr,
+                br#"{"jsonrpc":"2.0","id":1,"method":"Host.getCapabilities"}"#,
+            )
+        }
     })
     .await
     .unwrap();
-    assert!(!plain.1.contains("result"), "plain HTTP was answered: {plain:?}");
+    assert!(
+        !plain.1.contains("result"),
+        "plain HTTP was answered: {plain:?}"
+    );
     // The agent still serves good clients afterwards.
-    assert!(https_call(agent.addr, client_config(&good_ca.pem, Some(&good))).await.is_ok());
+    assert!(
+        https_call(agent.addr, client_config(&good_ca.pem, Some(&good)))
+            .await
+            .is_ok()
+    );
     assert!(agent.log_text().contains("TLS handshake refused"));
 }

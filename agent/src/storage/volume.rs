@@ -256,6 +256,7 @@ fn create_data(
 
 /// Runs qemu-img, turning a failure into an error carrying its stderr.
 pub fn run_qemu_img(cmd: &mut Command) -> Result<String, StorageError> {
+    die_with_parent(cmd);
     let out = cmd
         .output()
         .map_err(|e| StorageError::QemuImg(format!("cannot run qemu-img: {e}")))?;
@@ -275,6 +276,22 @@ pub fn run_qemu_img(cmd: &mut Command) -> Result<String, StorageError> {
         )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Makes a child process die with the agent: a helper that kept writing after the agent died
+/// would write without the lease that sanlock released with the agent.
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which
+    // is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Allocates `[offset, offset+len)`: fallocate, or zero writes where the file system has no
