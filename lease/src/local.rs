@@ -142,10 +142,14 @@ impl LeaseBackend for LocalLeases {
         offset: u64,
     ) -> Result<Lease, LeaseError> {
         // A fresh open file description per acquire: that is what makes two jobs of this
-        // process exclude each other.
+        // process exclude each other. The file is only a lock anchor, so a missing one (oVirt's
+        // LOCALFS domains have no `.lease` files) is created.
+        use std::os::unix::fs::OpenOptionsExt;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
+            .create(true)
+            .mode(0o660)
             .open(lease_path)
             .map_err(|e| LeaseError::io("open lease", lease_path, e))?;
         match ofd_setlk(file.as_fd(), libc::F_WRLCK as libc::c_short) {
@@ -176,8 +180,17 @@ impl LeaseBackend for LocalLeases {
         _offset: u64,
     ) -> Result<LeaseStatus, LeaseError> {
         // Ask from a separate open file description so that our own holders show up too.
-        let file =
-            File::open(lease_path).map_err(|e| LeaseError::io("open lease", lease_path, e))?;
+        let file = match File::open(lease_path) {
+            Ok(f) => f,
+            // Nobody can hold a lock on a file that does not exist.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(LeaseStatus {
+                    owners: vec![],
+                    version: None,
+                })
+            }
+            Err(e) => return Err(LeaseError::io("open lease", lease_path, e)),
+        };
         let found =
             ofd_getlk(file.as_fd()).map_err(|e| LeaseError::io("query lease", lease_path, e))?;
         let owners = if found == libc::F_UNLCK as libc::c_short {
@@ -261,21 +274,27 @@ mod tests {
     }
 
     #[test]
-    fn missing_lease_file_is_not_found() {
+    fn missing_lease_file_is_free_and_created_on_acquire() {
+        // oVirt LOCALFS domains have no `.lease` files: such a volume is free, and taking its
+        // lease creates the anchor file.
         let dir = tempfile::tempdir().unwrap();
         let leases = LocalLeases::new(1);
         let p = dir.path().join("nope.lease");
         assert_eq!(
-            leases.acquire("sd", "v", &p, 0).unwrap_err().kind(),
-            LeaseErrorKind::NotFound
+            leases.status("sd", "v", &p, 0).unwrap().owners,
+            Vec::<u64>::new()
         );
-        assert_eq!(
-            leases.status("sd", "v", &p, 0).unwrap_err().kind(),
-            LeaseErrorKind::NotFound
-        );
+        let held = leases.acquire("sd", "v", &p, 0).unwrap();
+        assert!(p.exists());
+        assert_eq!(leases.status("sd", "v", &p, 0).unwrap().owners, vec![1]);
+        held.release().unwrap();
         let p = dir.path().join("no-dir").join("v.lease");
         assert_eq!(
             leases.init_volume_lease("sd", "v", &p).unwrap_err().kind(),
+            LeaseErrorKind::NotFound
+        );
+        assert_eq!(
+            leases.acquire("sd", "v", &p, 0).unwrap_err().kind(),
             LeaseErrorKind::NotFound
         );
     }
