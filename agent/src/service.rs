@@ -107,7 +107,10 @@ impl Agent {
                 // The default backend is local unless the config says otherwise (the fault
                 // suites run the same default domains over sanlock).
                 let kind = self.leases.default_kind();
-                let backend = self.leases.get(kind).map_err(|e| api(StorageError::Lease(e)))?;
+                let backend = self
+                    .leases
+                    .get(kind)
+                    .map_err(|e| api(StorageError::Lease(e)))?;
                 for n in 1..=2 {
                     let sd = Uuid::new_v4();
                     let dir = Domain::create(

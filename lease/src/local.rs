@@ -149,6 +149,7 @@ impl LeaseBackend for LocalLeases {
             .read(true)
             .write(true)
             .create(true)
+            .truncate(false)
             .mode(0o660)
             .open(lease_path)
             .map_err(|e| LeaseError::io("open lease", lease_path, e))?;
