@@ -1,10 +1,34 @@
-//! `sdm-client`: talk to sdm agents from an engine or a shell.
+//! `sdm-client`: what an engine embeds to run storage data operations on any of its hosts, and
+//! what `sdmctl` is built on.
 //!
-//! [`AgentClient`] is a typed client for one agent, generated from `sdm-proto`'s API trait:
-//! every verb is a method of [`SdmApiClient`] on [`AgentClient::api`]. On top of it this crate
-//! adds what an engine needs to run data operations safely: idempotent job submission
-//! ([`AgentClient::submit`]), following a job to its end ([`AgentClient::wait_job`], by
-//! WebSocket subscription with a polling fallback).
+//! Layers, bottom up:
+//!
+//! * [`AgentClient`]: a typed client of one agent, generated from `sdm-proto`'s API trait (every
+//!   verb is a method of [`SdmApiClient`] on [`AgentClient::api`] over HTTP, or on
+//!   [`AgentClient::websocket`]), with request timeouts, retries of idempotent reads
+//!   ([`AgentClient::read`]) and idempotent job submission ([`AgentClient::submit`]).
+//! * [`pool::HostPool`]: the agents an engine knows, their health and domains, and host choice
+//!   through a [`pool::PlacementPolicy`] (least loaded by default).
+//! * [`follow`]: following a copy job to a verdict by the engine's recovery table: the job while
+//!   its host answers, the destination volume's lease and generation when it does not, fencing
+//!   when neither decides.
+//! * [`journal::Journal`]: the durable record of every phase of a disk operation.
+//! * [`disk::Disks`]: `copy_disk`, `move_disk`, `delete_disk` and `resume`, built on the above.
+//!
+//! `docs/engine-guide.md` walks through them with a runnable example.
+
+/// `call!(client, verb(args..))`: an idempotent request through [`AgentClient::read`]. The
+/// arguments are evaluated on every attempt, so they must be cheap clones of borrowed values.
+macro_rules! call {
+    ($c:expr, $method:ident($($arg:expr),* $(,)?)) => {
+        $c.read(|h| async move { h.$method($($arg),*).await })
+    };
+}
+
+pub mod disk;
+pub mod follow;
+pub mod journal;
+pub mod pool;
 
 use std::time::Duration;
 
@@ -13,6 +37,15 @@ use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
 use jsonrpsee::ws_client::{WsClient, WsClientBuilder};
 pub use sdm_proto::{self as proto, ApiError, ErrorCode, SdmApiClient};
 use sdm_proto::{JobInfo, JobStatus, Uuid};
+
+pub use disk::{
+    DeletePolicy, Disks, Event, EventSink, MovePolicy, NoEvents, OpKind, OpReport, Outcome, Phase,
+};
+pub use follow::{CopyTicket, Decision, FollowOptions, Verdict, VolumeId};
+pub use journal::{Journal, JournalError};
+pub use pool::{
+    Health, HostPool, HostView, LeastLoaded, PlacementPolicy, PlacementRequest, PoolOptions,
+};
 
 /// Default agent URL.
 pub const DEFAULT_AGENT: &str = "http://127.0.0.1:54321";
@@ -35,6 +68,25 @@ pub enum Error {
     /// A bad URL or option on our side.
     #[error("{0}")]
     Usage(String),
+    /// No healthy host sees the storage domains an operation needs.
+    #[error("no healthy host sees {0}")]
+    NoHost(String),
+    /// The engine journal could not record a phase, so the operation did not go on.
+    #[error("engine journal failed")]
+    Journal(#[from] JournalError),
+    /// A destination volume does not read back equal to its source.
+    #[error("volume {vol}: destination checksum {dst} differs from the source's {src}")]
+    Verification {
+        /// The volume.
+        vol: Uuid,
+        /// Source digest.
+        src: String,
+        /// Destination digest.
+        dst: String,
+    },
+    /// A disk operation ended without success; the message says how and why.
+    #[error("{0}")]
+    Operation(String),
 }
 
 impl Error {
@@ -42,6 +94,7 @@ impl Error {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             Error::Api(e) => Some(e.code),
+            Error::Verification { .. } => Some(ErrorCode::ImageVerificationError),
             _ => None,
         }
     }
@@ -110,6 +163,44 @@ impl AgentClient {
         convert(&self.url, e)
     }
 
+    /// The options this client was built with.
+    pub fn options(&self) -> &ClientOptions {
+        &self.opts
+    }
+
+    /// A client of the same agent whose requests give up after `timeout`: health probes and
+    /// job polls use a short one, so that a frozen host is noticed in seconds, while long
+    /// synchronous verbs keep the default.
+    pub fn with_timeout(&self, timeout: Duration) -> Result<AgentClient, Error> {
+        Self::with_options(
+            &self.url,
+            ClientOptions {
+                request_timeout: timeout,
+                ..self.opts.clone()
+            },
+        )
+    }
+
+    /// Runs an idempotent request (a read, or a verb whose repetition is harmless), retrying
+    /// when the transport fails. Agent errors are returned at once: they are answers.
+    pub async fn read<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    where
+        F: Fn(HttpClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RpcError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match f(self.http.clone()).await.map_err(|e| self.error(e)) {
+                Err(e) if e.is_transport() && attempt <= self.opts.retries => {
+                    tracing::debug!(url = %self.url, error = %e, attempt, "request failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * attempt as u64)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// Submits a job-starting verb whose job id the caller chose, retrying on transport errors.
     ///
     /// Safe because the agent registers a job id once: if an earlier attempt reached the agent
@@ -157,6 +248,7 @@ impl AgentClient {
             .replacen("https://", "wss://", 1);
         WsClientBuilder::default()
             .request_timeout(self.opts.request_timeout)
+            .connection_timeout(self.opts.request_timeout)
             .build(&ws_url)
             .await
             .map_err(|e| convert(&self.url, e))

@@ -1,6 +1,8 @@
 //! Test harness: real `sdm-agent` processes on free loopback ports with private state
 //! directories, killed by pid when the test ends (also when it fails).
 
+pub mod cluster;
+pub mod hostile;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -425,9 +427,16 @@ impl LoopDevice {
             eprintln!("skipping loop-device part: not root");
             return None;
         }
-        let out = Command::new("losetup").args(["--direct-io=on", "-f", "--show"]).arg(file).output().ok()?;
+        let out = Command::new("losetup")
+            .args(["--direct-io=on", "-f", "--show"])
+            .arg(file)
+            .output()
+            .ok()?;
         if !out.status.success() {
-            eprintln!("skipping loop-device part: losetup failed: {}", String::from_utf8_lossy(&out.stderr));
+            eprintln!(
+                "skipping loop-device part: losetup failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             return None;
         }
         let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());

@@ -718,3 +718,59 @@ async fn check_and_fix_orphans_illegal_volumes_and_sizes() {
         .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::InvalidParameterException));
 }
+
+#[tokio::test]
+async fn another_agent_attaching_leaves_a_live_deletion_alone() {
+    let a = AgentProc::start(AgentOptions {
+        config: slow_config(2 * MIB),
+        ..Default::default()
+    });
+    let ca = a.client();
+    let (sd1, _, dom1, _) = default_domains(&ca).await;
+    let img = uuid();
+    let v = uuid();
+    create(&ca, &sd1, &img, &v, 16 * MIB, VolumeFormat::Raw, None).await;
+    write_pattern(
+        &img_dir(&dom1, &img).join(v.as_str()),
+        0,
+        16 * MIB as usize,
+        14,
+    );
+    let r = ca
+        .api()
+        .delete_image(img.clone(), sd1.clone(), Some(Flag(true)), None, None, None)
+        .await
+        .via(&ca)
+        .unwrap();
+    wait_running(&ca, &r.uuid).await;
+    // A second agent attaches the same domain while the wipe runs.
+    let b = AgentProc::start(AgentOptions {
+        config: Some(format!(
+            "create_default_domains = false\n[[domains]]\npath = {:?}\n",
+            dom1
+        )),
+        host_id: Some(2),
+        ..Default::default()
+    });
+    let cb = b.client();
+    assert!(cb
+        .api()
+        .list_domains()
+        .await
+        .via(&cb)
+        .unwrap()
+        .iter()
+        .any(|d| d.sd_id == sd1));
+    let jobs = cb.api().get_jobs(None, None).await.via(&cb).unwrap();
+    assert!(
+        jobs.is_empty(),
+        "the second agent took over a live deletion: {jobs:?}"
+    );
+    assert!(
+        b.log_text().contains("in progress elsewhere"),
+        "{}",
+        b.log_text()
+    );
+    let done = wait_job(&ca, &r.uuid).await;
+    assert_eq!(done.status, JobStatus::Done, "{done:?}");
+}

@@ -187,7 +187,7 @@ pub fn fix(
                 agent,
                 &job_id,
                 "fix_leftover",
-                Box::new(move |job| image::purge(&a, job, &dom, &dir, wipe, false)),
+                Box::new(move |job| image::purge(&a, job, &dom, &dir, wipe, false, Vec::new())),
             )?;
         }
         "orphan" => {

@@ -17,6 +17,8 @@ pub struct GcReport {
     pub wipes_scheduled: usize,
     /// Leftovers that could not be handled (logged).
     pub failed: usize,
+    /// Leftovers another job or host is deleting right now (left to it).
+    pub busy: usize,
 }
 
 /// Collects the leftovers of `dom`.
@@ -32,10 +34,30 @@ pub fn collect_garbage(agent: &Agent, dom: &Domain) -> GcReport {
     };
     for name in leftovers {
         let dir = dom.images_dir().join(&name);
-        if name.starts_with(crate::storage::domain::REMOVE_ME_ZERO_PREFIX) {
+        // On shared storage another host may be deleting this image right now: its leases are
+        // held, and the leftover is not abandoned.
+        let zero = name.starts_with(crate::storage::domain::REMOVE_ME_ZERO_PREFIX);
+        // Held until the removal below is done.
+        let _held = if zero {
+            Vec::new()
+        } else {
+            match crate::ops::image::lease_leftover(dom, &dir) {
+                Ok(held) => held,
+                Err(e) => {
+                    report.busy += 1;
+                    tracing::info!(sd_id = %dom.sd_id, leftover = %name, reason = %e.message, "garbage collection leaves a deletion that is in progress elsewhere");
+                    continue;
+                }
+            }
+        };
+        if zero {
             // Never removed unwiped: the data may be sensitive.
             match crate::ops::image::schedule_leftover_wipe(agent, dom, &name) {
                 Ok(()) => report.wipes_scheduled += 1,
+                Err(e) if e.code == sdm_proto::ErrorCode::AcquireLockFailure => {
+                    report.busy += 1;
+                    tracing::info!(sd_id = %dom.sd_id, leftover = %name, reason = %e.message, "garbage collection leaves a wipe that is in progress elsewhere");
+                }
                 Err(e) => {
                     report.failed += 1;
                     tracing::error!(sd_id = %dom.sd_id, leftover = %name, error = %e.message, "cannot schedule the wipe of a deleted image");
@@ -55,7 +77,7 @@ pub fn collect_garbage(agent: &Agent, dom: &Domain) -> GcReport {
         }
     }
     if report != GcReport::default() {
-        tracing::info!(sd_id = %dom.sd_id, removed = report.removed, wipes_scheduled = report.wipes_scheduled, failed = report.failed, "garbage collection done");
+        tracing::info!(sd_id = %dom.sd_id, removed = report.removed, wipes_scheduled = report.wipes_scheduled, busy = report.busy, failed = report.failed, "garbage collection done");
     }
     report
 }

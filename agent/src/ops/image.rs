@@ -104,18 +104,35 @@ pub fn delete(
             return Err(e);
         }
     };
-    drop(held);
     tracing::info!(sd_id = %sd, img_id = %img, wipe, discard, leftover = %target.display(), "image marked for deletion");
     let agent2 = agent.clone();
     let dom2 = dom.clone();
+    // The leases stay held through the purge, so no other host's garbage collection takes the
+    // leftover for an abandoned one while this job wipes it.
     agent.jobs.start(
         job,
-        Box::new(move |job| purge(&agent2, job, &dom2, &target, wipe, discard)),
+        Box::new(move |job| purge(&agent2, job, &dom2, &target, wipe, discard, held)),
     );
     Ok(TaskRef { uuid: job_id })
 }
 
-/// Schedules wipe-then-remove of a `_remove_me_ZERO_` leftover found at attach.
+/// Takes the leases of every volume of a marked image directory, never waiting. A held lease
+/// means another job or host is deleting it right now: the leftover is not abandoned.
+pub fn lease_leftover(dom: &Domain, dir: &Path) -> Result<Vec<sdm_lease::Lease>, ApiError> {
+    let mut held = Vec::new();
+    for v in list_volumes_in(dir).map_err(storage)? {
+        let p = volume_paths_in(dir, &v);
+        held.push(
+            dom.leases
+                .acquire(dom.sd_id.as_str(), v.as_str(), &p.lease, 0)
+                .map_err(lease)?,
+        );
+    }
+    Ok(held)
+}
+
+/// Schedules wipe-then-remove of a `_remove_me_ZERO_` leftover found at attach. Fails with
+/// AcquireLockFailure when another job or host is working on it.
 pub fn schedule_leftover_wipe(agent: &Agent, dom: &Domain, name: &str) -> Result<(), ApiError> {
     let dir = dom.images_dir().join(name);
     let job_id = Uuid::new_v4();
@@ -125,13 +142,14 @@ pub fn schedule_leftover_wipe(agent: &Agent, dom: &Domain, name: &str) -> Result
             "agent is not running",
         ));
     };
+    let held = lease_leftover(dom, &dir)?;
     let dom = agent.domain(&dom.sd_id)?;
     let agent2 = jobs_owner.clone();
     spawn_job(
         &jobs_owner,
         &job_id,
         "gc_wipe",
-        Box::new(move |job| purge(&agent2, job, &dom, &dir, true, false)),
+        Box::new(move |job| purge(&agent2, job, &dom, &dir, true, false, held)),
     )?;
     tracing::info!(job = %job_id, leftover = %name, "scheduled wipe of a deleted image left over by an interrupted deletion");
     Ok(())
@@ -145,6 +163,7 @@ pub fn purge(
     dir: &Path,
     wipe: bool,
     discard: bool,
+    held: Vec<sdm_lease::Lease>,
 ) -> Result<Option<JobResult>, ApiError> {
     let name = dir
         .file_name()
@@ -163,6 +182,11 @@ pub fn purge(
         // Another purge finished it meanwhile.
         return Ok(None);
     }
+    let _held = if held.is_empty() {
+        lease_leftover(dom, dir)?
+    } else {
+        held
+    };
     if wipe {
         let files = data_files(dir).map_err(storage)?;
         job.set_planned_total(files.iter().map(|(_, len)| *len).sum());
@@ -524,7 +548,6 @@ fn replace_destination(
     }
     std::fs::rename(&dir, &target).map_err(|e| storage(StorageError::io("rename", &dir, e)))?;
     crate::durable::sync_dir(&dom.images_dir()).map_err(|e| storage(e.into()))?;
-    drop(held);
     tracing::info!(sd_id = %dom.sd_id, img_id = %img, "replacing the existing destination image");
-    purge(agent, job, dom, &target, wipe, false).map(|_| ())
+    purge(agent, job, dom, &target, wipe, false, held).map(|_| ())
 }

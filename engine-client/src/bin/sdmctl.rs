@@ -2,7 +2,15 @@
 //!
 //! Human output by default, `--json` for scripts. A failing command exits non-zero and prints
 //! the agent's error name, code and message. Commands that start a job follow it with a
-//! progress bar unless `--no-wait` is given.
+//! progress bar unless `--no-wait` is given. `hosts`, `disk`, `resume` and `jobs watch` use
+//! every `--agent` given (see `fleet`).
+//!
+//! Exit codes: 0 success; 1 the agent refused or the operation failed or was rolled back;
+//! 2 usage; 3 an agent could not be reached (or no agent could do the work); 4 the operation is
+//! pending in the journal (`sdmctl resume` finishes it).
+
+#[path = "sdmctl/fleet.rs"]
+mod fleet;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -49,6 +57,13 @@ enum Cmd {
     Copy(CopyArgs),
     /// Change a volume's legality, description or generation (SDM.update_volume).
     UpdateVolume(UpdateArgs),
+    /// Every agent's health, load and domains.
+    Hosts,
+    /// Disk operations spread over every agent, recorded in the engine journal.
+    #[command(subcommand)]
+    Disk(fleet::DiskCmd),
+    /// Finish or roll back the disk operations an interrupted sdmctl left in the journal.
+    Resume(fleet::ResumeArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -172,8 +187,9 @@ enum VolumeCmd {
 enum JobsCmd {
     /// All jobs (or those given).
     List { ids: Vec<String> },
-    /// Follow a job to its end with a progress bar.
-    Watch { job_id: String },
+    /// Follow jobs to their end with progress bars: the given ones (looked up on every
+    /// agent), or every active job of every agent.
+    Watch { job_ids: Vec<String> },
     /// Abort a job.
     Abort { job_id: String },
     /// Delete a finished job.
@@ -245,6 +261,10 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<Error>() {
+            Some(Error::NoHost(_)) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(3)
+            }
             Some(Error::Api(api)) => {
                 eprintln!(
                     "error: {} ({}): {}",
@@ -258,11 +278,35 @@ fn main() -> ExitCode {
                 eprintln!("error: {e:#}");
                 ExitCode::from(3)
             }
-            _ => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(2)
-            }
+            _ => match e.downcast_ref::<Exit>() {
+                // The report already said why.
+                Some(Exit(code)) => ExitCode::from(*code),
+                None => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            },
         },
+    }
+}
+
+/// A command that reported its own failure and only needs its exit code.
+#[derive(Debug)]
+struct Exit(u8);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+fn outcome_exit(o: sdm_client::Outcome) -> anyhow::Result<()> {
+    match o {
+        sdm_client::Outcome::Committed => Ok(()),
+        sdm_client::Outcome::Pending => Err(Exit(4).into()),
+        sdm_client::Outcome::RolledBack | sdm_client::Outcome::Failed => Err(Exit(1).into()),
     }
 }
 
@@ -340,7 +384,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = AgentClient::new(&url)?;
     let c = &client;
     let json = cli.json;
+    let agents = if cli.agents.is_empty() {
+        vec![DEFAULT_AGENT.to_string()]
+    } else {
+        cli.agents.clone()
+    };
     match cli.cmd {
+        Cmd::Hosts => fleet::hosts(&agents, json).await?,
+        Cmd::Disk(d) => outcome_exit(fleet::disk(&agents, json, d).await?)?,
+        Cmd::Resume(r) => outcome_exit(fleet::resume(&agents, json, r).await?)?,
+        Cmd::Jobs(JobsCmd::Watch { job_ids }) => {
+            let ids = job_ids
+                .iter()
+                .map(|i| uuid(i, "job id"))
+                .collect::<Result<Vec<_>, _>>()?;
+            if !fleet::watch(&agents, json, ids).await? {
+                return Err(Exit(1).into());
+            }
+        }
         Cmd::Host(HostCmd::Caps) => {
             let caps = c.api().get_capabilities().await.via(c)?;
             print(json, &caps, |c| {
@@ -748,19 +809,7 @@ async fn jobs(c: &AgentClient, json: bool, cmd: JobsCmd) -> anyhow::Result<()> {
                 }
             })?;
         }
-        JobsCmd::Watch { job_id } => {
-            let id = uuid(&job_id, "job id")?;
-            follow(
-                c,
-                json,
-                &id,
-                &WaitArgs {
-                    no_wait: false,
-                    job_id: None,
-                },
-            )
-            .await?;
-        }
+        JobsCmd::Watch { .. } => unreachable!("handled with every agent in run()"),
         JobsCmd::Abort { job_id } => {
             let id = uuid(&job_id, "job id")?;
             c.api().abort_job(id).await.via(c)?;

@@ -1,0 +1,598 @@
+//! Following a copy job to a verdict, by the engine's recovery table.
+//!
+//! Jobs live in the agent's memory only. While the job's host answers and knows the job, the
+//! job's own status decides. When the host does not answer, or answers without the job (it
+//! restarted, or the submission never arrived), the destination volume decides, read with
+//! `Volume.getInfo` from any healthy host that sees its domain. `G` is the destination's
+//! generation read just before the copy was submitted:
+//!
+//! | destination volume | verdict |
+//! |---|---|
+//! | lease held (owners non-empty) | running: keep waiting |
+//! | generation G+1 | done |
+//! | generation G+3 | failed: fenced |
+//! | anything else | unknown: fence (`SDM.update_volume` G → G+3), decide on the next cycle |
+//!
+//! Fencing needs the volume lease, so it cannot succeed while a copy holds it; once it succeeds
+//! a lost copy can never commit: one that has not started fails its generation check, one that
+//! is running finds the generation changed before its final write. Legality is not looked at,
+//! as in the engine. Unlike the engine, generations are compared modulo 1000, because the agent
+//! wraps them (999 + 1 = 0).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use jsonrpsee::core::client::Subscription;
+use jsonrpsee::ws_client::WsClient;
+use sdm_proto::{
+    ApiError, ErrorCode, Generation, JobInfo, Uuid, VolumeAttributes, VolumeRef,
+    FENCING_GENERATION_DIFF, MAX_GENERATION,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::pool::HostPool;
+use crate::{job_outcome, AgentClient, Error, SdmApiClient, Via};
+
+/// A volume by its domain, image and volume ids.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct VolumeId {
+    /// Storage domain.
+    pub sd_id: Uuid,
+    /// Image.
+    pub img_id: Uuid,
+    /// Volume.
+    pub vol_id: Uuid,
+}
+
+impl std::fmt::Display for VolumeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.sd_id, self.img_id, self.vol_id)
+    }
+}
+
+/// A submitted copy: everything needed to follow it, also after an engine restart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyTicket {
+    /// URL of the host the job was submitted to.
+    pub host: String,
+    /// The job id.
+    pub job_id: Uuid,
+    /// The destination volume.
+    pub dst: VolumeId,
+    /// The destination's generation read just before submitting (`G`).
+    pub generation: u16,
+}
+
+/// What the destination volume shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Observation {
+    /// The volume lease has owners.
+    pub lease_held: bool,
+    /// The volume's generation.
+    pub generation: u16,
+}
+
+/// The recovery table's answer for one observation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableVerdict {
+    /// The lease is held: a job still writes the volume.
+    Running,
+    /// Generation G+1: the copy committed.
+    Done,
+    /// Generation G+3: the copy was fenced.
+    Fenced,
+    /// Anything else: fence, then look again.
+    Unknown,
+}
+
+/// `g + n` in the agent's generation arithmetic (wrapping after 999).
+pub fn gen_plus(g: u16, n: u16) -> u16 {
+    ((g as u32 + n as u32) % (MAX_GENERATION as u32 + 1)) as u16
+}
+
+/// The recovery table (see the module documentation).
+pub fn decide(obs: &Observation, g: u16) -> TableVerdict {
+    if obs.lease_held {
+        TableVerdict::Running
+    } else if obs.generation == gen_plus(g, 1) {
+        TableVerdict::Done
+    } else if obs.generation == gen_plus(g, FENCING_GENERATION_DIFF) {
+        TableVerdict::Fenced
+    } else {
+        TableVerdict::Unknown
+    }
+}
+
+/// How to follow jobs.
+#[derive(Clone, Debug)]
+pub struct FollowOptions {
+    /// Pause between cycles when polling.
+    pub poll_interval: Duration,
+    /// Follow by `Job.subscribe` (WebSocket) while the host answers; polls check the host's
+    /// health meanwhile. False: poll `Host.getJobs` only.
+    pub subscribe: bool,
+    /// How long to wait for a fencing job to end before deciding on the next cycle anyway.
+    pub fence_timeout: Duration,
+    /// Give up following after this long (None: never; the job keeps its journal entry and
+    /// `resume` follows it again).
+    pub give_up_after: Option<Duration>,
+}
+
+impl Default for FollowOptions {
+    fn default() -> Self {
+        FollowOptions {
+            poll_interval: Duration::from_millis(500),
+            subscribe: true,
+            fence_timeout: Duration::from_secs(30),
+            give_up_after: None,
+        }
+    }
+}
+
+/// What one cycle of following found and decided; reported to the caller as it happens.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Decision {
+    /// The host reported the job.
+    Job {
+        /// Its info.
+        info: JobInfo,
+    },
+    /// The job's host did not answer.
+    HostUnreachable {
+        /// Host URL.
+        host: String,
+        /// Why.
+        error: String,
+    },
+    /// The job's host answered but does not know the job.
+    JobMissing {
+        /// Host URL.
+        host: String,
+    },
+    /// No healthy host could read the destination volume; nothing is decided this cycle.
+    NoObserver {
+        /// Why.
+        error: String,
+    },
+    /// The destination's lease is held: still running.
+    LeaseHeld {
+        /// Host that read the volume.
+        via: String,
+        /// Generation seen.
+        generation: u16,
+    },
+    /// The destination is at G+1: done.
+    GenerationDone {
+        /// Host that read the volume.
+        via: String,
+        /// Generation seen.
+        generation: u16,
+    },
+    /// The destination is at G+3: fenced, failed.
+    GenerationFenced {
+        /// Host that read the volume.
+        via: String,
+        /// Generation seen.
+        generation: u16,
+    },
+    /// Neither: fencing the destination.
+    Fencing {
+        /// Host running the fence.
+        via: String,
+        /// The fencing job.
+        fence_job: Uuid,
+        /// Generation seen (`G`).
+        from: u16,
+        /// Generation set (`G+3`).
+        to: u16,
+    },
+    /// The fencing job ended (its outcome only informs; the next cycle decides).
+    FenceEnded {
+        /// Host that ran it.
+        via: String,
+        /// The fencing job.
+        fence_job: Uuid,
+        /// "done", or the error.
+        outcome: String,
+    },
+    /// The caller cancelled: `Job.abort` was sent; following goes on until a verdict.
+    Aborting {
+        /// Host URL.
+        host: String,
+    },
+}
+
+/// How a followed copy ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The destination holds the copy at `generation` (G+1).
+    Done {
+        /// The destination's generation now.
+        generation: u16,
+    },
+    /// The copy failed, or was lost and fenced.
+    Failed {
+        /// Why.
+        error: ApiError,
+        /// The destination was found fenced (its job was lost).
+        fenced: bool,
+    },
+}
+
+struct JobSub {
+    _ws: WsClient,
+    sub: Subscription<JobInfo>,
+}
+
+async fn subscribe(client: &AgentClient, job: &Uuid, timeout: Duration) -> Option<JobSub> {
+    let fut = async {
+        let ws = client.websocket().await.ok()?;
+        let sub = ws.subscribe_job(job.clone()).await.ok()?;
+        Some(JobSub { _ws: ws, sub })
+    };
+    tokio::time::timeout(timeout, fut).await.ok().flatten()
+}
+
+enum Word {
+    Job(JobInfo),
+    Missing,
+    Unreachable(String),
+}
+
+/// Asks the job's host: the subscription first (if open), a poll when it is quiet or gone.
+async fn host_word(
+    sub: &mut Option<JobSub>,
+    probe: Option<&AgentClient>,
+    job: &Uuid,
+    quiet: Duration,
+) -> Word {
+    if let Some(s) = sub.as_mut() {
+        match tokio::time::timeout(quiet, s.sub.next()).await {
+            Ok(Some(Ok(info))) => return Word::Job(info),
+            // Ended or broken: poll from now on.
+            Ok(_) => *sub = None,
+            // Quiet: a poll tells whether the host is still there.
+            Err(_) => {}
+        }
+    }
+    let Some(p) = probe else {
+        return Word::Unreachable("the host is not in the pool".into());
+    };
+    match p.api().get_jobs(None, Some(vec![job.clone()])).await.via(p) {
+        Ok(mut m) => m.remove(job).map(Word::Job).unwrap_or(Word::Missing),
+        Err(e) => Word::Unreachable(e.to_string()),
+    }
+}
+
+enum Observed {
+    Seen(String, Observation),
+    Gone(ApiError),
+    Nobody(String),
+}
+
+/// Reads the destination from the first healthy host that answers.
+async fn observe(pool: &HostPool, dst: &VolumeId) -> Observed {
+    let mut why = format!("no host that is up sees domain {}", dst.sd_id);
+    for c in pool.up_seeing_probe(&dst.sd_id) {
+        let r = c
+            .api()
+            .get_volume_info(dst.sd_id.clone(), dst.img_id.clone(), dst.vol_id.clone())
+            .await
+            .via(&c);
+        match r {
+            Ok(info) => {
+                let obs = Observation {
+                    lease_held: !info.lease.owners.is_empty(),
+                    generation: info.generation,
+                };
+                return Observed::Seen(c.url().to_string(), obs);
+            }
+            Err(Error::Api(e)) => return Observed::Gone(e),
+            Err(e) => {
+                pool.mark_down(c.url(), &e.to_string());
+                why = e.to_string();
+            }
+        }
+    }
+    Observed::Nobody(why)
+}
+
+/// Polls a job until it ends or `limit` passes; None when it did not end in time or could not
+/// be read.
+async fn wait_briefly(c: &AgentClient, job: &Uuid, limit: Duration) -> Result<JobInfo, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match c.api().get_jobs(None, Some(vec![job.clone()])).await.via(c) {
+            Ok(m) => match m.get(job) {
+                Some(i) if !i.status.is_active() => return Ok(i.clone()),
+                Some(_) => {}
+                None => return Err(format!("job {job} is not known to {}", c.url())),
+            },
+            Err(e) => return Err(e.to_string()),
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("job {job} did not end within {limit:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Fences the destination (G → G+3) on the first healthy host that takes the job, and waits a
+/// little for the fence to end. Its outcome is only reported: the next cycle reads the volume.
+async fn fence(
+    pool: &HostPool,
+    dst: &VolumeId,
+    g: u16,
+    opts: &FollowOptions,
+    on: &(dyn Fn(&Decision) + Send + Sync),
+) {
+    let to = gen_plus(g, FENCING_GENERATION_DIFF);
+    for c in pool.up_seeing_probe(&dst.sd_id) {
+        let job = Uuid::new_v4();
+        let vol = VolumeRef {
+            sd_id: dst.sd_id.clone(),
+            img_id: dst.img_id.clone(),
+            vol_id: dst.vol_id.clone(),
+            generation: Some(Generation(g)),
+        };
+        let attrs = VolumeAttributes {
+            generation: Some(Generation(to)),
+            ..Default::default()
+        };
+        let r = c
+            .submit(&job, |h| {
+                let (j, v, a) = (job.clone(), vol.clone(), attrs.clone());
+                async move { h.update_volume(j, v, a).await }
+            })
+            .await;
+        match r {
+            Ok(()) => {
+                tracing::warn!(volume = %dst, from = g, to, via = %c.url(), fence_job = %job, "fencing the destination of a lost copy");
+                on(&Decision::Fencing {
+                    via: c.url().into(),
+                    fence_job: job.clone(),
+                    from: g,
+                    to,
+                });
+                let outcome = match wait_briefly(&c, &job, opts.fence_timeout).await {
+                    Ok(info) => match job_outcome(&info) {
+                        Ok(()) => "done".to_string(),
+                        Err(e) => e.to_string(),
+                    },
+                    Err(e) => e,
+                };
+                on(&Decision::FenceEnded {
+                    via: c.url().into(),
+                    fence_job: job,
+                    outcome,
+                });
+                return;
+            }
+            Err(Error::Api(e)) => {
+                on(&Decision::FenceEnded {
+                    via: c.url().into(),
+                    fence_job: job,
+                    outcome: e.to_string(),
+                });
+                return;
+            }
+            Err(e) => pool.mark_down(c.url(), &e.to_string()),
+        }
+    }
+    on(&Decision::NoObserver {
+        error: format!("no healthy host could fence {dst}"),
+    });
+}
+
+fn job_verdict(info: &JobInfo, g: u16) -> Verdict {
+    match job_outcome(info) {
+        Ok(()) => Verdict::Done {
+            generation: gen_plus(g, 1),
+        },
+        Err(error) => Verdict::Failed {
+            error,
+            fenced: false,
+        },
+    }
+}
+
+/// Follows a copy to its verdict by the recovery table (module documentation), reporting every
+/// finding to `on`. Setting `cancel` makes it send `Job.abort` once and go on to the verdict.
+/// Errors only when `give_up_after` passes.
+pub async fn follow_copy(
+    pool: &HostPool,
+    t: &CopyTicket,
+    opts: &FollowOptions,
+    cancel: Option<&AtomicBool>,
+    on: &(dyn Fn(&Decision) + Send + Sync),
+) -> Result<Verdict, Error> {
+    let started = Instant::now();
+    let probe = pool.probe_client(&t.host);
+    let quiet = (opts.poll_interval * 4).max(Duration::from_secs(1));
+    let mut sub = None;
+    if opts.subscribe {
+        if let Some(c) = &probe {
+            sub = subscribe(c, &t.job_id, pool.options().probe_timeout).await;
+        }
+    }
+    let mut abort_sent = false;
+    loop {
+        if let Some(limit) = opts.give_up_after {
+            if started.elapsed() > limit {
+                return Err(Error::Operation(format!(
+                    "gave up following copy job {} on {} after {limit:?}",
+                    t.job_id, t.host
+                )));
+            }
+        }
+        if !abort_sent && cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            abort_sent = true;
+            if let Some(c) = &probe {
+                // Best effort: a finished or unknown job needs no abort.
+                let _ = c.api().abort_job(t.job_id.clone()).await;
+            }
+            on(&Decision::Aborting {
+                host: t.host.clone(),
+            });
+        }
+
+        match host_word(&mut sub, probe.as_ref(), &t.job_id, quiet).await {
+            Word::Job(info) => {
+                let active = info.status.is_active();
+                on(&Decision::Job { info: info.clone() });
+                if !active {
+                    return Ok(job_verdict(&info, t.generation));
+                }
+                if sub.is_none() {
+                    tokio::time::sleep(opts.poll_interval).await;
+                }
+                continue;
+            }
+            Word::Missing => on(&Decision::JobMissing {
+                host: t.host.clone(),
+            }),
+            Word::Unreachable(error) => {
+                pool.mark_down(&t.host, &error);
+                sub = None;
+                on(&Decision::HostUnreachable {
+                    host: t.host.clone(),
+                    error,
+                });
+            }
+        }
+
+        match observe(pool, &t.dst).await {
+            Observed::Nobody(error) => {
+                on(&Decision::NoObserver { error });
+                pool.refresh().await;
+                tokio::time::sleep(opts.poll_interval).await;
+            }
+            Observed::Gone(error) => {
+                return Ok(Verdict::Failed {
+                    error,
+                    fenced: false,
+                })
+            }
+            Observed::Seen(via, obs) => match decide(&obs, t.generation) {
+                TableVerdict::Running => {
+                    on(&Decision::LeaseHeld {
+                        via,
+                        generation: obs.generation,
+                    });
+                    tokio::time::sleep(opts.poll_interval).await;
+                }
+                TableVerdict::Done => {
+                    on(&Decision::GenerationDone {
+                        via,
+                        generation: obs.generation,
+                    });
+                    return Ok(Verdict::Done {
+                        generation: obs.generation,
+                    });
+                }
+                TableVerdict::Fenced => {
+                    on(&Decision::GenerationFenced {
+                        via,
+                        generation: obs.generation,
+                    });
+                    let error = ApiError::new(
+                        ErrorCode::GeneralException,
+                        format!(
+                            "copy job {} on {} was lost; its destination {} is fenced at generation {}",
+                            t.job_id, t.host, t.dst.vol_id, obs.generation
+                        ),
+                    );
+                    return Ok(Verdict::Failed {
+                        error,
+                        fenced: true,
+                    });
+                }
+                TableVerdict::Unknown => fence(pool, &t.dst, t.generation, opts, on).await,
+            },
+        }
+    }
+}
+
+/// Follows a job that needs no recovery table (checksums, deletions, fixes, fences): until it
+/// ends, while its host answers. A host that stops answering for `lost_after`, or forgets the
+/// job, ends the wait with an error; `on` sees every info.
+pub async fn follow_plain(
+    client: &AgentClient,
+    job: &Uuid,
+    opts: &FollowOptions,
+    lost_after: Duration,
+    on: &(dyn Fn(&JobInfo) + Send + Sync),
+) -> Result<JobInfo, Error> {
+    let probe = client.with_timeout(lost_after.min(Duration::from_secs(5)))?;
+    let mut sub = None;
+    if opts.subscribe {
+        sub = subscribe(&probe, job, lost_after.min(Duration::from_secs(5))).await;
+    }
+    let quiet = (opts.poll_interval * 4).max(Duration::from_secs(1));
+    let mut silent_since: Option<Instant> = None;
+    loop {
+        match host_word(&mut sub, Some(&probe), job, quiet).await {
+            Word::Job(info) => {
+                silent_since = None;
+                on(&info);
+                if !info.status.is_active() {
+                    return Ok(info);
+                }
+                if sub.is_none() {
+                    tokio::time::sleep(opts.poll_interval).await;
+                }
+            }
+            Word::Missing => {
+                return Err(Error::Api(ApiError::new(
+                    ErrorCode::NoSuchJob,
+                    format!("job {job} is not known to {}", client.url()),
+                )))
+            }
+            Word::Unreachable(e) => {
+                sub = None;
+                let since = *silent_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= lost_after {
+                    return Err(Error::Transport {
+                        url: client.url().to_string(),
+                        message: e,
+                    });
+                }
+                tokio::time::sleep(opts.poll_interval).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(lease_held: bool, generation: u16) -> Observation {
+        Observation {
+            lease_held,
+            generation,
+        }
+    }
+
+    #[test]
+    fn the_recovery_table() {
+        assert_eq!(decide(&obs(true, 5), 5), TableVerdict::Running);
+        // A held lease wins even over a generation that looks final.
+        assert_eq!(decide(&obs(true, 6), 5), TableVerdict::Running);
+        assert_eq!(decide(&obs(false, 6), 5), TableVerdict::Done);
+        assert_eq!(decide(&obs(false, 8), 5), TableVerdict::Fenced);
+        assert_eq!(decide(&obs(false, 5), 5), TableVerdict::Unknown);
+        assert_eq!(decide(&obs(false, 7), 5), TableVerdict::Unknown);
+        assert_eq!(decide(&obs(false, 4), 5), TableVerdict::Unknown);
+    }
+
+    #[test]
+    fn generations_wrap_like_the_agent() {
+        assert_eq!(gen_plus(999, 1), 0);
+        assert_eq!(gen_plus(998, 3), 1);
+        assert_eq!(decide(&obs(false, 0), 999), TableVerdict::Done);
+        assert_eq!(decide(&obs(false, 2), 999), TableVerdict::Fenced);
+        assert_eq!(Generation(999).next().get(), gen_plus(999, 1));
+    }
+}

@@ -1,0 +1,427 @@
+//! Two-phase commit across engine crashes: the client is killed (a real `sdmctl` process, and
+//! in-process at every phase), `resume()` finishes the operation, leaves nothing behind, and the
+//! source is deleted only after the destination was verified and committed.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sdm_client::journal::{read_entries, Record};
+use sdm_client::{Event, MovePolicy, Outcome, SdmApiClient, Via};
+use sdm_proto::Uuid;
+use sdm_tests::cluster::*;
+
+/// Every source deletion in the journal comes after the commit, and the commit after every
+/// volume's successful copy and verification.
+fn assert_commit_order(entries: &[sdm_client::journal::Entry], src: &Uuid, volumes: usize) {
+    let recs: Vec<&Record> = entries.iter().map(|e| &e.rec).collect();
+    let commit = recs
+        .iter()
+        .position(|r| matches!(r, Record::Commit { .. }))
+        .expect("commit recorded");
+    let verified: Vec<usize> = recs
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(r, Record::Verified { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(verified.len(), volumes, "{recs:#?}");
+    assert!(verified.iter().all(|i| *i < commit));
+    let copies_done = recs
+        .iter()
+        .filter(|r| matches!(r, Record::CopyEnd { done: true, .. }))
+        .count();
+    assert_eq!(copies_done, volumes);
+    for (i, r) in recs.iter().enumerate() {
+        if let Record::DeleteSubmit { sd, .. } = r {
+            assert_eq!(sd, src, "only the source is deleted");
+            assert!(
+                i > commit,
+                "source deletion submitted before the commit: {recs:#?}"
+            );
+        }
+    }
+    assert!(
+        matches!(
+            recs.last(),
+            Some(Record::End {
+                outcome: Outcome::Committed,
+                ..
+            })
+        ),
+        "{recs:#?}"
+    );
+}
+
+async fn wait_idle(cluster: &Cluster) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cluster
+        .jobs()
+        .await
+        .iter()
+        .any(|(_, j)| j.status.is_active())
+    {
+        assert!(std::time::Instant::now() < deadline, "agents still busy");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdmctl_killed_mid_move_is_finished_by_resume() {
+    let cluster = Cluster::start(3).await;
+    let disk = create_disk(&cluster, &cluster.sd1, 4, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("engine.journal");
+    let mut cmd = Command::new(sdm_tests::bin("sdmctl"));
+    for u in cluster.urls() {
+        cmd.arg("--agent").arg(u);
+    }
+    cmd.args([
+        "disk",
+        "move",
+        disk.img.as_str(),
+        "--from",
+        cluster.sd1.as_str(),
+        "--to",
+        cluster.sd2.as_str(),
+    ])
+    .args(["--bandwidth", "1M", "--journal"])
+    .arg(&journal)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("sdmctl");
+
+    cluster
+        .wait_running("copy_data", 0, Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The journal shows an operation caught mid-copy.
+    let entries = read_entries(&journal).unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| matches!(e.rec, Record::CopySubmit { .. })),
+        "{entries:#?}"
+    );
+    assert!(!entries
+        .iter()
+        .any(|e| matches!(e.rec, Record::Commit { .. })));
+
+    let disks = engine(&cluster, &journal).await;
+    let log = EventLog::default();
+    let reports = disks.resume(&log).await.unwrap();
+
+    assert_eq!(reports.len(), 1);
+    let r = &reports[0];
+    assert_eq!(r.outcome, Outcome::Committed, "{r:#?}");
+    assert!(r.resumed && r.deleted);
+    for (v, want) in r.volumes.iter().zip(&disk.volumes) {
+        assert_eq!(v.checksum.as_deref(), Some(want.sha256.as_str()));
+    }
+    assert_moved(&cluster, &disk, &cluster.sd1, &cluster.sd2).await;
+    wait_idle(&cluster).await;
+    cluster.assert_clean().await;
+    assert_commit_order(
+        &read_entries(&journal).unwrap(),
+        &cluster.sd1,
+        disk.volumes.len(),
+    );
+
+    // Idempotent: nothing is left, a second resume does nothing, and sdmctl agrees.
+    assert!(disks.resume(&log).await.unwrap().is_empty());
+    drop(disks);
+    let out = Command::new(sdm_tests::bin("sdmctl"))
+        .args(["--agent", &cluster.agents[0].url, "resume", "--journal"])
+        .arg(&journal)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to resume"));
+}
+
+/// What stopping at one event looks like: the event's name (and phase for `phase`).
+fn matches_stop(e: &Event, stop: &str) -> bool {
+    let v = serde_json::to_value(e).unwrap();
+    match stop.split_once(':') {
+        Some((name, phase)) => v["event"] == name && v["phase"] == phase,
+        None => v["event"] == stop,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_crash_at_any_phase_is_finished_by_resume() {
+    let cluster = Cluster::start(2).await;
+    let stops = [
+        "phase:clone",
+        "copy_submitted",
+        "copy_ended",
+        "verified",
+        "target_ready",
+        "delete_submitted",
+        "delete_ended",
+    ];
+    for stop in stops {
+        let disk = create_disk(&cluster, &cluster.sd1, 1, 1).await;
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("j");
+        let disks = Arc::new(engine(&cluster, &journal).await);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let log = Arc::new(EventLog::with_channel(tx));
+        let task = {
+            let (disks, log, img, s1, s2) = (
+                disks.clone(),
+                log.clone(),
+                disk.img.clone(),
+                cluster.sd1.clone(),
+                cluster.sd2.clone(),
+            );
+            tokio::spawn(async move {
+                disks
+                    .move_disk(&img, &s1, &s2, MovePolicy::default(), log.as_ref())
+                    .await
+            })
+        };
+        // The "crash": the operation's future is dropped at its next await after the event.
+        loop {
+            let e = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            if matches_stop(&e, stop) {
+                task.abort();
+                break;
+            }
+        }
+        let _ = task.await;
+        drop(disks);
+        // Opening the journal again drops finished operations: keep what the crash left.
+        let crashed = read_entries(&journal).unwrap();
+        let names: Vec<&str> = crashed.iter().map(|e| e.rec.name()).collect();
+        eprintln!("stopped at {stop}: journal {names:?}");
+
+        let disks = engine(&cluster, &journal).await;
+        let reports = disks.resume(&sdm_client::disk::NoEvents).await.unwrap();
+        let finished_before = reports.is_empty();
+        if !finished_before {
+            assert_eq!(reports.len(), 1, "stop at {stop}");
+            assert_eq!(
+                reports[0].outcome,
+                Outcome::Committed,
+                "stop at {stop}: {:#?}",
+                reports[0]
+            );
+            assert!(reports[0].deleted, "stop at {stop}");
+        }
+        assert_moved(&cluster, &disk, &cluster.sd1, &cluster.sd2).await;
+        wait_idle(&cluster).await;
+        cluster.assert_clean().await;
+        let all = if finished_before {
+            crashed
+        } else {
+            read_entries(&journal).unwrap()
+        };
+        assert_commit_order(&all, &cluster.sd1, disk.volumes.len());
+        assert!(
+            disks
+                .resume(&sdm_client::disk::NoEvents)
+                .await
+                .unwrap()
+                .is_empty(),
+            "stop at {stop}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undeletable_source_stays_illegal_and_pending_until_resume() {
+    // Agent 1 cannot finish deleting anything; agent 0 can.
+    let cluster = Cluster::start_each(2, |i| {
+        if i == 1 {
+            vec![("FAILPOINTS", "sdm::image_delete::before_remove=panic")]
+        } else {
+            vec![]
+        }
+    })
+    .await;
+    let disk = create_disk(&cluster, &cluster.sd1, 2, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("j");
+    let broken_only = sdm_client::Disks::new(
+        test_pool(std::slice::from_ref(&cluster.agents[1].url)),
+        open_journal(&journal).await,
+    )
+    .with_follow_options(test_follow());
+    let log = EventLog::default();
+
+    let report = broken_only
+        .move_disk(
+            &disk.img,
+            &cluster.sd1,
+            &cluster.sd2,
+            MovePolicy::default(),
+            &log,
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(report.outcome, Outcome::Pending, "{report:#?}");
+    assert!(!report.deleted);
+    assert!(
+        report.target_ready_s.is_some(),
+        "the destination was committed"
+    );
+    assert!(log.position("target_ready").is_some());
+    assert_eq!(
+        broken_only.journal().unfinished().len(),
+        1,
+        "kept for a later retry"
+    );
+    // The destination is complete and usable already.
+    let c = cluster.client(0);
+    for v in &disk.volumes {
+        let info = c
+            .api()
+            .get_volume_info(cluster.sd2.clone(), disk.img.clone(), v.vol.clone())
+            .await
+            .via(&c)
+            .unwrap();
+        assert_eq!(info.legality, sdm_proto::Legality::Legal);
+        assert_eq!(
+            sdm_tests::sha256sum(&cluster.volume_path(&cluster.sd2, &disk.img, &v.vol)),
+            v.sha256
+        );
+    }
+    // The source is out of use: every volume ILLEGAL, waiting as a deletion leftover.
+    let leftover = cluster
+        .dir1
+        .join("images")
+        .join(format!("_remove_me_{}", disk.img));
+    assert!(leftover.is_dir(), "source kept as a deletion leftover");
+    for v in &disk.volumes {
+        let meta = std::fs::read_to_string(leftover.join(format!("{}.meta", v.vol))).unwrap();
+        assert!(meta.contains("LEGALITY=ILLEGAL\n"), "{meta}");
+    }
+    // While it is pending, no other operation may take the image.
+    let busy = broken_only
+        .copy_disk(
+            &disk.img,
+            &cluster.sd2,
+            &cluster.sd1,
+            MovePolicy::default(),
+            &log,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(busy, sdm_client::Error::Usage(_)), "{busy}");
+    drop(broken_only);
+
+    // A later resume, with a host that can delete, finishes it.
+    let disks = sdm_client::Disks::new(
+        test_pool(std::slice::from_ref(&cluster.agents[0].url)),
+        open_journal(&journal).await,
+    )
+    .with_follow_options(test_follow());
+    let reports = disks.resume(&log).await.unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].outcome, Outcome::Committed, "{:#?}", reports[0]);
+    assert!(reports[0].deleted);
+    assert!(!leftover.exists());
+    assert_moved(&cluster, &disk, &cluster.sd1, &cluster.sd2).await;
+    wait_idle(&cluster).await;
+    cluster.assert_clean().await;
+    assert!(disks.resume(&log).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_during_rollback_is_rolled_back_by_resume() {
+    // Every copy fails, so the move rolls back; the engine "crashes" as the rollback starts.
+    let cluster =
+        Cluster::start_with(2, &[("FAILPOINTS", "sdm::copy_data::after_illegal=panic")]).await;
+    let disk = create_disk(&cluster, &cluster.sd1, 1, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("j");
+    let disks = Arc::new(engine(&cluster, &journal).await);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let log = Arc::new(EventLog::with_channel(tx));
+    let task = {
+        let (disks, log, img, s1, s2) = (
+            disks.clone(),
+            log.clone(),
+            disk.img.clone(),
+            cluster.sd1.clone(),
+            cluster.sd2.clone(),
+        );
+        let policy = MovePolicy {
+            max_attempts: 1,
+            ..Default::default()
+        };
+        tokio::spawn(async move { disks.move_disk(&img, &s1, &s2, policy, log.as_ref()).await })
+    };
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if matches_stop(&e, "phase:rollback") {
+            task.abort();
+            break;
+        }
+    }
+    let _ = task.await;
+    drop(disks);
+    let crashed = read_entries(&journal).unwrap();
+    assert!(
+        crashed
+            .iter()
+            .any(|e| matches!(e.rec, Record::Rollback { .. })),
+        "{crashed:#?}"
+    );
+
+    let disks = engine(&cluster, &journal).await;
+    let reports = disks.resume(&sdm_client::disk::NoEvents).await.unwrap();
+
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].outcome, Outcome::RolledBack, "{:#?}", reports[0]);
+    let c = cluster.client(0);
+    let err = c
+        .api()
+        .get_volumes(cluster.sd2.clone(), disk.img.clone())
+        .await
+        .via(&c)
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(sdm_proto::ErrorCode::ImageDoesNotExistInSD)
+    );
+    for v in &disk.volumes {
+        let info = c
+            .api()
+            .get_volume_info(cluster.sd1.clone(), disk.img.clone(), v.vol.clone())
+            .await
+            .via(&c)
+            .unwrap();
+        assert_eq!(
+            info.legality,
+            sdm_proto::Legality::Legal,
+            "source untouched"
+        );
+        assert_eq!(
+            sdm_tests::sha256sum(&cluster.volume_path(&cluster.sd1, &disk.img, &v.vol)),
+            v.sha256
+        );
+    }
+    wait_idle(&cluster).await;
+    cluster.assert_clean().await;
+    assert!(disks
+        .resume(&sdm_client::disk::NoEvents)
+        .await
+        .unwrap()
+        .is_empty());
+}
