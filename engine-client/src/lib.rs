@@ -25,10 +25,12 @@ macro_rules! call {
     };
 }
 
+pub mod certs;
 pub mod disk;
 pub mod follow;
 pub mod journal;
 pub mod pool;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -112,6 +114,8 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// Attempts for idempotent requests when the transport fails.
     pub retries: u32,
+    /// Mutual TLS (for `https://` agents): our certificate and the CA we trust.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Default for ClientOptions {
@@ -119,6 +123,7 @@ impl Default for ClientOptions {
         ClientOptions {
             request_timeout: Duration::from_secs(30),
             retries: 3,
+            tls: None,
         }
     }
 }
@@ -140,9 +145,13 @@ impl AgentClient {
     /// A client with explicit options.
     pub fn with_options(url: &str, opts: ClientOptions) -> Result<AgentClient, Error> {
         let url = normalize(url)?;
-        let http = HttpClientBuilder::default()
+        let mut b = HttpClientBuilder::default()
             .request_timeout(opts.request_timeout)
-            .max_response_size(64 << 20)
+            .max_response_size(64 << 20);
+        if let Some(tls) = &opts.tls {
+            b = b.with_custom_cert_store((**tls).clone());
+        }
+        let http = b
             .build(&url)
             .map_err(|e| Error::Usage(format!("bad agent URL {url}: {e}")))?;
         Ok(AgentClient { url, http, opts })
@@ -246,12 +255,13 @@ impl AgentClient {
             .url
             .replacen("http://", "ws://", 1)
             .replacen("https://", "wss://", 1);
-        WsClientBuilder::default()
+        let mut b = WsClientBuilder::default()
             .request_timeout(self.opts.request_timeout)
-            .connection_timeout(self.opts.request_timeout)
-            .build(&ws_url)
-            .await
-            .map_err(|e| convert(&self.url, e))
+            .connection_timeout(self.opts.request_timeout);
+        if let Some(tls) = &self.opts.tls {
+            b = b.with_custom_cert_store((**tls).clone());
+        }
+        b.build(&ws_url).await.map_err(|e| convert(&self.url, e))
     }
 
     /// Waits for a job to end, calling `on_update` with every info seen. Uses `Job.subscribe`

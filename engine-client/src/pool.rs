@@ -33,6 +33,8 @@ pub struct PoolOptions {
     pub request_timeout: Duration,
     /// Stats older than this are read again before a placement.
     pub stats_max_age: Duration,
+    /// Mutual TLS for `https://` agents.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for PoolOptions {
@@ -41,6 +43,7 @@ impl Default for PoolOptions {
             probe_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(30),
             stats_max_age: Duration::from_secs(1),
+            tls: None,
         }
     }
 }
@@ -274,6 +277,7 @@ impl HostPool {
                 u.as_ref(),
                 ClientOptions {
                     request_timeout: opts.request_timeout,
+                    tls: opts.tls.clone(),
                     ..Default::default()
                 },
             )?;
@@ -286,6 +290,7 @@ impl HostPool {
                 ClientOptions {
                     request_timeout: opts.probe_timeout,
                     retries: 0,
+                    tls: opts.tls.clone(),
                 },
             )?;
             hosts.push(Arc::new(Host {

@@ -562,6 +562,7 @@ pub fn test_pool(urls: &[String]) -> Arc<sdm_client::HostPool> {
         probe_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(10),
         stats_max_age: Duration::from_millis(300),
+        tls: None,
     };
     Arc::new(
         sdm_client::HostPool::with_options(urls, opts, Box::new(sdm_client::LeastLoaded))

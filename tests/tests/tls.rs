@@ -167,3 +167,97 @@ async fn mutual_tls_accepts_only_clients_of_the_ca() {
     );
     assert!(agent.log_text().contains("TLS handshake refused"));
 }
+
+#[tokio::test]
+async fn sdmctl_certs_dev_then_client_and_cli_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("pki");
+    let out = std::process::Command::new(bin("sdmctl"))
+        .args(["--json", "certs", "dev", "--dir"])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = format!(
+        "create_default_domains = true\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        certs.join("ca.pem"),
+        certs.join("agent.pem"),
+        certs.join("agent-key.pem")
+    );
+    let agent = AgentProc::start(AgentOptions {
+        config: Some(config),
+        ..Default::default()
+    });
+    let url = format!("https://127.0.0.1:{}", agent.addr.port());
+
+    // The library: calls over HTTPS and a job followed over WSS.
+    let files = sdm_client::tls::TlsFiles {
+        ca: certs.join("ca.pem"),
+        cert: certs.join("client.pem"),
+        key: certs.join("client-key.pem"),
+    };
+    let opts = sdm_client::ClientOptions {
+        tls: Some(Arc::new(sdm_client::tls::client_config(&files).unwrap())),
+        ..Default::default()
+    };
+    let c = sdm_client::AgentClient::with_options(&url, opts).unwrap();
+    use sdm_client::{SdmApiClient, Via};
+    let caps = c.api().get_capabilities().await.via(&c).unwrap();
+    let sd = caps.domains[0].clone();
+    let (img, vol) = (uuid(), uuid());
+    c.api()
+        .create_volume(
+            sd.clone(),
+            img.clone(),
+            vol.clone(),
+            sdm_proto::Capacity(sdm_proto::Size(1 << 20)),
+            sdm_proto::VolumeFormat::Raw,
+            sdm_proto::Preallocation::Sparse,
+            None,
+            None,
+        )
+        .await
+        .via(&c)
+        .unwrap();
+    let job = uuid();
+    c.api()
+        .checksum_volume(job.clone(), sd, img, vol, None)
+        .await
+        .via(&c)
+        .unwrap();
+    let done = c.wait_job(&job, |_| {}).await.unwrap();
+    assert_eq!(done.status, sdm_proto::JobStatus::Done);
+
+    // The CLI, with and without its certificate.
+    let run = |with_cert: bool| {
+        let mut cmd = std::process::Command::new(bin("sdmctl"));
+        cmd.args(["--agent", &url]);
+        if with_cert {
+            cmd.arg("--ca")
+                .arg(certs.join("ca.pem"))
+                .arg("--cert")
+                .arg(certs.join("client.pem"))
+                .arg("--key")
+                .arg(certs.join("client-key.pem"));
+        }
+        cmd.args(["host", "caps"]).output().unwrap()
+    };
+    let ok = run(true);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("host id"));
+    let refused = run(false);
+    assert_eq!(
+        refused.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

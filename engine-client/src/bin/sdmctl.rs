@@ -32,12 +32,69 @@ struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// CA certificate that signed the agents' certificates (mutual TLS, `https://` agents).
+    #[arg(long, global = true, env = "SDM_CA")]
+    ca: Option<std::path::PathBuf>,
+    /// This client's certificate (signed by the agents' CA).
+    #[arg(long, global = true, env = "SDM_CERT")]
+    cert: Option<std::path::PathBuf>,
+    /// This client's private key.
+    #[arg(long, global = true, env = "SDM_KEY")]
+    key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
+/// TLS settings from the global options, shared with the multi-agent commands.
+static TLS: std::sync::OnceLock<Option<std::sync::Arc<rustls::ClientConfig>>> =
+    std::sync::OnceLock::new();
+
+/// Client options with the global TLS settings.
+fn client_options() -> sdm_client::ClientOptions {
+    sdm_client::ClientOptions {
+        tls: TLS.get().cloned().flatten(),
+        ..Default::default()
+    }
+}
+
+fn tls_from(cli: &Cli) -> anyhow::Result<Option<std::sync::Arc<rustls::ClientConfig>>> {
+    match (&cli.ca, &cli.cert, &cli.key) {
+        (None, None, None) => Ok(None),
+        (Some(ca), Some(cert), Some(key)) => {
+            let files = sdm_client::tls::TlsFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            };
+            Ok(Some(std::sync::Arc::new(sdm_client::tls::client_config(
+                &files,
+            )?)))
+        }
+        _ => anyhow::bail!("mutual TLS needs all of --ca, --cert and --key"),
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsCmd {
+    /// Make a development CA, an agent certificate and a client certificate (not for production).
+    Dev {
+        /// Directory to write ca.pem, agent.pem, agent-key.pem, client.pem, client-key.pem.
+        #[arg(long, default_value = "./sdm-certs")]
+        dir: std::path::PathBuf,
+        /// Names and addresses the agent certificate is valid for (repeatable).
+        #[arg(long = "host", default_values_t = vec!["localhost".to_string(), "127.0.0.1".to_string()])]
+        hosts: Vec<String>,
+        /// Common name of the client certificate.
+        #[arg(long, default_value = "sdm-engine")]
+        client: String,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Certificates for mutual TLS.
+    #[command(subcommand)]
+    Certs(CertsCmd),
     /// Host information.
     #[command(subcommand)]
     Host(HostCmd),
@@ -381,7 +438,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .first()
         .cloned()
         .unwrap_or_else(|| DEFAULT_AGENT.to_string());
-    let client = AgentClient::new(&url)?;
+    let _ = TLS.set(tls_from(&cli)?);
+    let client = AgentClient::with_options(&url, client_options())?;
     let c = &client;
     let json = cli.json;
     let agents = if cli.agents.is_empty() {
@@ -390,6 +448,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cli.agents.clone()
     };
     match cli.cmd {
+        Cmd::Certs(CertsCmd::Dev { dir, hosts, client }) => {
+            let made = sdm_client::certs::dev_certs(&dir, &hosts, &client)?;
+            print(json, &made, |m| {
+                println!("CA:     {}", m.ca.display());
+                println!(
+                    "agent:  {} {}",
+                    m.agent_cert.display(),
+                    m.agent_key.display()
+                );
+                println!(
+                    "client: {} {}",
+                    m.client_cert.display(),
+                    m.client_key.display()
+                );
+                println!(
+                    "agent.toml:\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}",
+                    m.ca, m.agent_cert, m.agent_key
+                );
+                println!(
+                    "sdmctl --ca {} --cert {} --key {} --agent https://HOST:54321 ...",
+                    m.ca.display(),
+                    m.client_cert.display(),
+                    m.client_key.display()
+                );
+            })?;
+        }
         Cmd::Hosts => fleet::hosts(&agents, json).await?,
         Cmd::Disk(d) => outcome_exit(fleet::disk(&agents, json, d).await?)?,
         Cmd::Resume(r) => outcome_exit(fleet::resume(&agents, json, r).await?)?,

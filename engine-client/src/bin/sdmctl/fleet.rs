@@ -120,7 +120,15 @@ pub struct ResumeArgs {
 }
 
 fn pool(agents: &[String]) -> anyhow::Result<Arc<HostPool>> {
-    Ok(Arc::new(HostPool::new(agents)?))
+    let opts = sdm_client::pool::PoolOptions {
+        tls: super::client_options().tls,
+        ..Default::default()
+    };
+    Ok(Arc::new(HostPool::with_options(
+        agents,
+        opts,
+        Box::new(sdm_client::LeastLoaded),
+    )?))
 }
 
 fn open_journal(j: &JournalArgs) -> anyhow::Result<Arc<Journal>> {
