@@ -125,6 +125,8 @@ const LENT: u32 = u32::MAX;
 pub(crate) struct Io {
     /// Declared before the pool so that it is closed first.
     ring: Option<Ring>,
+    /// io_uring backend: asynchronous requests go through `ring` (set up on first use).
+    use_ring: bool,
     fixed: bool,
     pool: ManuallyDrop<PageBuf>,
     chunk: usize,
@@ -161,11 +163,16 @@ impl Lent {
 
 impl Io {
     /// A pool of `slots` chunks of `chunk` bytes (plus the zero chunk) over the given backend.
+    ///
+    /// Nothing is set up in the kernel yet: the ring and the buffer registration (which pins,
+    /// and so faults in, the whole pool) wait for the first request that needs them, so that
+    /// a copy of nothing but holes or a BLKZEROOUT wipe pays for neither.
     pub(crate) fn new(backend: BackendKind, slots: usize, chunk: usize) -> Result<Io, IoError> {
         let pool = PageBuf::new((slots + 1) * chunk)
             .map_err(|e| IoError::ring("buffer pool allocation", e))?;
-        let mut io = Io {
+        Ok(Io {
             ring: None,
+            use_ring: backend == BackendKind::IoUring,
             fixed: false,
             pool: ManuallyDrop::new(pool),
             chunk,
@@ -177,28 +184,31 @@ impl Io {
             ready: VecDeque::new(),
             reaped: Vec::new(),
             punted: Vec::new(),
-        };
-        if backend == BackendKind::IoUring {
-            // Room for every slot plus zeroing requests, which use no slot.
-            let ring = Ring::new((2 * slots + 8) as u32).map_err(|e| IoError::ring("setup", e))?;
-            let iov: Vec<libc::iovec> = (0..=slots)
-                .map(|i| libc::iovec {
-                    iov_base: io.slot_ptr(i).cast(),
-                    iov_len: chunk,
-                })
-                .collect();
-            // SAFETY: the iovecs cover the pool, which Io frees only after the ring is closed
-            // (field order, and Drop reaps first).
-            match unsafe { ring.register_buffers(&iov) } {
-                Ok(()) => io.fixed = true,
-                // Typically RLIMIT_MEMLOCK for unprivileged users; plain reads still work.
-                Err(e) => {
-                    tracing::debug!(error = %e, "buffer registration refused, using plain IO")
-                }
-            }
-            io.ring = Some(ring);
+        })
+    }
+
+    /// Sets up the ring, with the pool registered as fixed buffers, on first use.
+    fn ensure_ring(&mut self) -> Result<(), IoError> {
+        if self.ring.is_some() {
+            return Ok(());
         }
-        Ok(io)
+        // Room for every slot plus zeroing requests, which use no slot.
+        let ring = Ring::new((2 * self.slots + 8) as u32).map_err(|e| IoError::ring("setup", e))?;
+        let iov: Vec<libc::iovec> = (0..=self.slots)
+            .map(|i| libc::iovec {
+                iov_base: self.slot_ptr(i).cast(),
+                iov_len: self.chunk,
+            })
+            .collect();
+        // SAFETY: the iovecs cover the pool, which Io frees only after the ring is closed
+        // (field order, and Drop reaps first).
+        match unsafe { ring.register_buffers(&iov) } {
+            Ok(()) => self.fixed = true,
+            // Typically RLIMIT_MEMLOCK for unprivileged users; plain reads still work.
+            Err(e) => tracing::debug!(error = %e, "buffer registration refused, using plain IO"),
+        }
+        self.ring = Some(ring);
+        Ok(())
     }
 
     pub(crate) fn chunk(&self) -> usize {
@@ -304,7 +314,17 @@ impl Io {
                 _ => {}
             }
             let asynchronous = !matches!(op, Op::ZeroOut { .. });
-            if asynchronous && self.ring.is_some() {
+            if asynchronous && self.use_ring {
+                if let Err(e) = self.ensure_ring() {
+                    // No ring, so nothing is in the kernel: fail just this request.
+                    let errno = match &e {
+                        IoError::Ring { source, .. } => source.raw_os_error(),
+                        _ => None,
+                    };
+                    tracing::warn!(error = %e, "io_uring setup failed");
+                    self.fail_locally(id, errno);
+                    return Ok(());
+                }
                 // Keep the kernel's share below the completion queue size, so that no
                 // completion ever overflows: one slot can carry many writes.
                 while self.ring.as_ref().is_some_and(|r| !r.has_room()) {
@@ -322,13 +342,7 @@ impl Io {
                         Ok(()) => return Ok(()),
                         // Not in the kernel: finish it here, or a drain would wait forever.
                         Err(e) => {
-                            let errno = e.raw_os_error().unwrap_or(libc::EIO);
-                            let errno = if errno == libc::EINTR || errno == libc::EAGAIN {
-                                libc::EIO
-                            } else {
-                                errno
-                            };
-                            self.finish(id, -i64::from(errno));
+                            self.fail_locally(id, e.raw_os_error());
                             return Ok(());
                         }
                     }
@@ -339,6 +353,16 @@ impl Io {
                 return Ok(());
             }
         }
+    }
+
+    /// Finishes a request that never reached the kernel with `errno` (EIO if none, and never
+    /// a retryable one, which would only bring it back here).
+    fn fail_locally(&mut self, id: usize, errno: Option<i32>) {
+        let errno = match errno {
+            None | Some(libc::EINTR) | Some(libc::EAGAIN) => libc::EIO,
+            Some(e) => e,
+        };
+        self.finish(id, -i64::from(errno));
     }
 
     fn sqe(&self, op: Op, done: u64, len: u64) -> squeue::Entry {
@@ -383,7 +407,7 @@ impl Io {
         let len = len as usize;
         let r = match op {
             Op::Read { fd, slot, off, .. } => {
-                debug_assert!(self.ring.is_none());
+                debug_assert!(!self.use_ring);
                 // SAFETY: the range lies in the pool; without a ring no request runs
                 // asynchronously, and &mut self excludes any other borrow of the slot.
                 let b = unsafe {
@@ -392,7 +416,7 @@ impl Io {
                 sys::pread(fd, b, off + done).map(|n| n as u64)
             }
             Op::Write { fd, off, .. } | Op::WriteZeros { fd, off, .. } => {
-                debug_assert!(self.ring.is_none());
+                debug_assert!(!self.use_ring);
                 let slot = op.slot().unwrap_or(self.zero_slot());
                 let start = op.buf_pos() + done as usize;
                 // SAFETY: as above; the kernel only reads from this slice.

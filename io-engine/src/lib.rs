@@ -319,3 +319,28 @@ impl Engine {
         checksum::checksum(self, path, ctl)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn shared_types_are_send_and_sync() {
+        send_sync::<Engine>();
+        send_sync::<Control>();
+        send_sync::<IoError>();
+    }
+
+    #[test]
+    fn config_is_clamped() {
+        let e = Engine::new(EngineConfig {
+            backend: BackendChoice::Sync,
+            queue_depth: 0,
+            chunk_size: 5000,
+        });
+        assert_eq!((e.queue_depth(), e.chunk_size()), (1, 8192));
+        assert_eq!(e.backend(), BackendKind::Sync);
+    }
+}

@@ -374,7 +374,11 @@ async fn matrix(trials: usize, full: bool, sanlock: Option<&Path>) {
             violations.push(format!("trial {t} ({key}): {v}"));
         }
     }
-    let backend = if sanlock.is_some() { "sanlock" } else { "local" };
+    let backend = if sanlock.is_some() {
+        "sanlock"
+    } else {
+        "local"
+    };
     println!("\ncrash matrix: {trials} trials, {backend} leases");
     println!(
         "{:<58} {:<26} {:>6}",

@@ -16,7 +16,7 @@
 //!
 //! Internal modes (used by the bench on itself): `__copy SRC DST`, `__wipe PATH`,
 //! `__checksum PATH`, `__multi SRC DST [SRC DST]...`, each after optional
-//! `--qd N --chunk BYTES --backend sync|uring`.
+//! `--qd N --chunk BYTES --backend sync|uring --step BYTES`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -64,6 +64,7 @@ fn internal(mode: &str, args: &[String]) -> Result<(), String> {
         return Ok(());
     }
     let mut cfg = EngineConfig::default();
+    let mut wipe = WipeOptions::default();
     let mut rest = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -71,6 +72,7 @@ fn internal(mode: &str, args: &[String]) -> Result<(), String> {
         match a.as_str() {
             "--qd" => cfg.queue_depth = val()?.parse().map_err(|e| format!("--qd: {e}"))?,
             "--chunk" => cfg.chunk_size = parse_size(val()?)? as usize,
+            "--step" => wipe.step = parse_size(val()?)?,
             "--backend" => {
                 cfg.backend = match val()?.as_str() {
                     "sync" => BackendChoice::Sync,
@@ -88,10 +90,7 @@ fn internal(mode: &str, args: &[String]) -> Result<(), String> {
             .copy(src, dst, &CopyOptions::default(), &ctl)
             .map(drop)
             .map_err(err),
-        ("__wipe", [p]) => engine
-            .wipe(p, &WipeOptions::default(), &ctl)
-            .map(drop)
-            .map_err(err),
+        ("__wipe", [p]) => engine.wipe(p, &wipe, &ctl).map(drop).map_err(err),
         ("__checksum", [p]) => {
             let sum = engine.checksum(p, &ctl).map_err(err)?;
             println!("{sum}  {}", p.display());
@@ -459,6 +458,7 @@ impl Bench {
             self.print_table();
             self.print_targets();
         }
+        println!("# at the end: {}", host_summary());
         Ok(())
     }
 
@@ -560,12 +560,23 @@ impl Bench {
                     )
                 },
                 Tool {
-                    setup: Some(refill),
+                    setup: Some(refill.clone()),
                     ..self.tool(
                         "blkdiscard -z",
                         vec!["blkdiscard".into(), "-z".into(), dev.0.clone()],
                         None,
                         false,
+                    )
+                },
+                Tool {
+                    setup: Some(refill),
+                    reference: true,
+                    sdm: false,
+                    ..self.tool(
+                        "sdm wipe, one step (reference)",
+                        self.sdm("__wipe", &["--step".into(), n.to_string(), dev.0.clone()]),
+                        None,
+                        true,
                     )
                 },
             ];
@@ -698,7 +709,7 @@ impl Bench {
         check: Option<&Path>,
         pretouch_bytes: Option<u64>,
     ) -> Result<(), String> {
-        eprintln!("== {case}");
+        eprintln!("== {case}  [{}]", host_summary());
         let log = self.dir.join("tool.log");
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); tools.len()];
         for round in 0..self.runs {
