@@ -23,6 +23,8 @@ use crate::error::WireError;
 
 /// Most jobs kept at once (finished ones are evicted oldest first beyond this).
 pub const MAX_JOBS: usize = 10_000;
+/// Metadata-only jobs (fencing) that run at once.
+pub const MAX_METADATA_JOBS: usize = 16;
 
 /// Job registry errors.
 #[derive(Debug, thiserror::Error)]
@@ -268,6 +270,9 @@ pub struct JobFilter {
 pub struct Jobs {
     map: Mutex<HashMap<Uuid, Arc<Job>>>,
     slots: Arc<Semaphore>,
+    /// Slots of metadata-only jobs: they do not wait behind data jobs, but are bounded too, so
+    /// that thousands of them waiting for a lock cannot take every blocking thread.
+    meta_slots: Arc<Semaphore>,
     max_running: usize,
     autodelete: Option<Duration>,
     shutting_down: std::sync::atomic::AtomicBool,
@@ -284,6 +289,7 @@ impl Jobs {
         Arc::new(Jobs {
             map: Mutex::new(HashMap::new()),
             slots: Arc::new(Semaphore::new(max_running)),
+            meta_slots: Arc::new(Semaphore::new(MAX_METADATA_JOBS)),
             max_running,
             autodelete,
             shutting_down: false.into(),
@@ -351,11 +357,12 @@ impl Jobs {
     fn start_inner(self: &Arc<Self>, job: Arc<Job>, work: Work, queued: bool) {
         let jobs = self.clone();
         tokio::spawn(async move {
-            let permit = if queued {
-                Some(jobs.slots.clone().acquire_owned().await)
+            let sem = if queued {
+                jobs.slots.clone()
             } else {
-                None
+                jobs.meta_slots.clone()
             };
+            let permit = Some(sem.acquire_owned().await);
             {
                 let mut st = job.state();
                 if st.status != JobStatus::Pending || permit.as_ref().is_some_and(|p| p.is_err()) {

@@ -6,6 +6,7 @@
 //! [`locks`] and [`leases`] around it → `sdm_io` (the data path) for the bytes.
 
 pub mod config;
+pub mod conn;
 pub mod durable;
 pub mod error;
 pub mod jobs;

@@ -314,24 +314,98 @@ pub struct ParamErrors<S> {
     max_response: usize,
 }
 
-fn rewrite(id: jsonrpsee::types::Id<'static>, rp: MethodResponse) -> MethodResponse {
-    if rp.as_error_code() != Some(INVALID_PARAMS_CODE) {
-        return rp;
+/// Longest error message sent back: hostile requests can be megabytes, and decoders quote them.
+const MAX_ERROR_MESSAGE: usize = 1024;
+
+fn cut(mut s: String) -> String {
+    if s.len() > MAX_ERROR_MESSAGE {
+        let mut end = MAX_ERROR_MESSAGE;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
     }
-    let detail = serde_json::from_str::<serde_json::Value>(rp.as_json().get())
-        .ok()
-        .and_then(|v| {
-            let e = v.get("error")?;
-            Some(match e.get("data").and_then(|d| d.as_str()) {
-                Some(d) => d.to_string(),
-                None => e.get("message")?.as_str()?.to_string(),
-            })
-        })
-        .unwrap_or_else(|| "invalid parameters".into());
+    s
+}
+
+fn invalid_params(id: jsonrpsee::types::Id<'static>, detail: &str) -> MethodResponse {
     MethodResponse::error(
         id,
-        ErrorObjectOwned::from(ApiError::invalid(format!("invalid parameters: {detail}"))),
+        ErrorObjectOwned::from(ApiError::invalid(cut(format!(
+            "invalid parameters: {detail}"
+        )))),
     )
+}
+
+/// Turns -32602 into InvalidParameterException, and cuts over-long error messages.
+fn rewrite(id: jsonrpsee::types::Id<'static>, rp: MethodResponse) -> MethodResponse {
+    let Some(code) = rp.as_error_code() else {
+        return rp;
+    };
+    if code != INVALID_PARAMS_CODE && rp.as_json().get().len() <= MAX_ERROR_MESSAGE + 256 {
+        return rp;
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(rp.as_json().get()) else {
+        return rp;
+    };
+    let Some(e) = v.get("error") else { return rp };
+    if code == INVALID_PARAMS_CODE {
+        let detail = match e.get("data").and_then(|d| d.as_str()) {
+            Some(d) => d.to_string(),
+            None => e
+                .get("message")
+                .and_then(|m| m.as_str())
+                .unwrap_or("invalid parameters")
+                .to_string(),
+        };
+        return invalid_params(id, &detail);
+    }
+    let message = e
+        .get("message")
+        .and_then(|m| m.as_str())
+        .unwrap_or("")
+        .to_string();
+    let data = e.get("data").cloned();
+    MethodResponse::error(
+        id,
+        jsonrpsee::types::ErrorObject::owned(code, cut(message), data),
+    )
+}
+
+/// Requests without parameters (absent, `null`, `[]`) are decoded as an empty object, so that
+/// verbs whose parameters are all optional work without any, and others report the missing
+/// field by name.
+fn normalize_params(mut request: Request<'_>) -> Request<'_> {
+    let empty = match &request.params {
+        None => true,
+        Some(p) => matches!(p.get().trim(), "null" | "[]"),
+    };
+    if empty {
+        if let Ok(raw) = serde_json::value::RawValue::from_string("{}".into()) {
+            request.params = Some(std::borrow::Cow::Owned(raw));
+        }
+    }
+    request
+}
+
+/// Subscriptions answer through their own channel, past the rewrite above: their parameters
+/// are checked here first.
+fn check_subscription_params(request: &Request<'_>) -> Result<(), String> {
+    if request.method_name() != "Job.subscribe" {
+        return Ok(());
+    }
+    let raw = request.params.as_ref().map(|p| p.get()).unwrap_or("{}");
+    let v: serde_json::Value = serde_json::from_str(raw).map_err(|e| e.to_string())?;
+    let v = match v {
+        serde_json::Value::Array(mut a) if a.len() == 1 => {
+            serde_json::json!({"job_id": a.remove(0)})
+        }
+        other => other,
+    };
+    serde_json::from_value::<sdm_proto::api::SubscribeJobParams>(v)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 impl<S> RpcServiceT for ParamErrors<S>
@@ -352,7 +426,14 @@ where
     fn call<'a>(&self, request: Request<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
         let inner = self.inner.clone();
         let id = request.id().into_owned();
-        async move { rewrite(id, inner.call(request).await) }
+        let request = normalize_params(request);
+        let early = check_subscription_params(&request).err();
+        async move {
+            if let Some(detail) = early {
+                return invalid_params(id, &detail);
+            }
+            rewrite(id, inner.call(request).await)
+        }
     }
 
     fn batch<'a>(&self, batch: Batch<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
@@ -413,6 +494,7 @@ impl<S> tower::Layer<S> for ParamErrorsLayer {
 /// Returns the bound address (port 0 picks a free one) and the handle that stops the server.
 pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHandle)> {
     let s = &agent.cfg.server;
+    let max_connections = s.max_connections;
     let rpc_mw =
         RpcServiceBuilder::new().layer(ParamErrorsLayer(s.max_response_body_bytes as usize));
     let config = ServerConfig::builder()
@@ -422,6 +504,8 @@ pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHand
         .max_subscriptions_per_connection(s.max_subscriptions_per_connection)
         .set_batch_request_config(BatchRequestConfig::Limit(s.max_batch_len))
         // Idle WebSocket connections are pinged and dropped when they stop answering.
+        // Few buffered answers per connection: a client that does not read is slowed down early.
+        .set_message_buffer_capacity(64)
         .enable_ws_ping(
             PingConfig::new()
                 .ping_interval(Duration::from_secs(30))
@@ -443,6 +527,7 @@ pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHand
         .to_service_builder();
     let methods: Methods = Rpc::new(agent).into_rpc().into();
     let (stop, handle) = stop_channel();
+    let conns = crate::conn::Connections::new(max_connections as usize);
     tokio::spawn(async move {
         loop {
             let sock = tokio::select! {
@@ -457,31 +542,52 @@ pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHand
                 },
                 _ = stop.clone().shutdown() => break,
             };
+            let Some(reg) = conns.register() else {
+                // Full of active connections: refuse the newcomer rather than run out of fds.
+                tracing::debug!(
+                    open = conns.len(),
+                    "connection refused: too many open connections"
+                );
+                drop(sock);
+                continue;
+            };
+            let peer = sock.peer_addr().ok();
+            let sock = crate::conn::Guarded::new(sock, &reg);
             let svc = builder.clone().build(methods.clone(), stop.clone());
             let stop = stop.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
-                let peer = sock.peer_addr().ok();
-                let res = match tls {
-                    Some(acceptor) => {
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(sock))
-                            .await
-                        {
-                            Ok(Ok(stream)) => {
-                                serve_with_graceful_shutdown(stream, svc, stop.shutdown()).await
-                            }
-                            Ok(Err(e)) => {
-                                tracing::info!(?peer, error = %e, "TLS handshake refused");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::info!(?peer, "TLS handshake timed out");
-                                return;
+                let kill = reg.state.clone();
+                let serve = async move {
+                    match tls {
+                        Some(acceptor) => {
+                            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(sock))
+                                .await
+                            {
+                                Ok(Ok(stream)) => {
+                                    serve_with_graceful_shutdown(stream, svc, stop.shutdown()).await
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::info!(?peer, error = %e, "TLS handshake refused");
+                                    Ok(())
+                                }
+                                Err(_) => {
+                                    tracing::info!(?peer, "TLS handshake timed out");
+                                    Ok(())
+                                }
                             }
                         }
+                        None => serve_with_graceful_shutdown(sock, svc, stop.shutdown()).await,
                     }
-                    None => serve_with_graceful_shutdown(sock, svc, stop.shutdown()).await,
                 };
+                let res = tokio::select! {
+                    r = serve => r,
+                    _ = kill.kill.notified() => {
+                        tracing::debug!(?peer, "closed a quiet connection to make room");
+                        Ok(())
+                    }
+                };
+                drop(reg);
                 if let Err(e) = res {
                     tracing::debug!(?peer, error = %e, "connection ended with an error");
                 }

@@ -444,7 +444,12 @@ impl Description {
                 s.len()
             ));
         }
-        if let Some(c) = s.chars().find(|c| c.is_control()) {
+        // Controls, and the Unicode line and paragraph separators: oVirt reads metadata with
+        // Python's splitlines(), which breaks lines at those too.
+        if let Some(c) = s
+            .chars()
+            .find(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
+        {
             return Err(format!("description contains the control character {c:?}"));
         }
         Ok(Description(s.to_string()))
@@ -1015,6 +1020,8 @@ mod tests {
         assert!(serde_json::from_value::<Description>(json!("disk {\"a\":1}")).is_ok());
         assert!(serde_json::from_value::<Description>(json!("a\nLEGALITY=LEGAL")).is_err());
         assert!(serde_json::from_value::<Description>(json!("a\u{0}b")).is_err());
+        assert!(serde_json::from_value::<Description>(json!("a\u{2028}b")).is_err());
+        assert!(serde_json::from_value::<Description>(json!("a\u{85}b")).is_err());
     }
 
     #[test]

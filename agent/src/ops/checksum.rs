@@ -35,6 +35,7 @@ pub fn schedule(
             )?;
             read_metadata(&dom, &img, &vol).map_err(storage)?;
             let path = dom.volume_paths(&img, &vol).data;
+            dom.check_contained(&path).map_err(storage)?;
             job.mark_started();
             let checksum = agent2.engine.checksum(&path, job.control()).map_err(io)?;
             Ok(Some(JobResult {

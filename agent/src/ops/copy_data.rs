@@ -156,6 +156,13 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
     }
     check_abort(job)?;
 
+    // Links planted in a domain must not lead the copy outside it (checked before anything
+    // is written).
+    src_dom
+        .check_contained(&src_dom.volume_paths(&src.img_id, &src.vol_id).data)
+        .map_err(storage)?;
+    dst_dom.check_contained(&dst_paths.data).map_err(storage)?;
+
     // From here on the destination's content is not to be trusted until the final write.
     dst_md.legality = Legality::Illegal;
     update_metadata(&dst_paths, &mut dst_md).map_err(storage)?;

@@ -36,6 +36,11 @@ pub fn collect_garbage(agent: &Agent, dom: &Domain) -> GcReport {
         let dir = dom.images_dir().join(&name);
         // On shared storage another host may be deleting this image right now: its leases are
         // held, and the leftover is not abandoned.
+        if let Err(e) = dom.check_real_dir(&dir) {
+            report.failed += 1;
+            tracing::error!(sd_id = %dom.sd_id, leftover = %name, error = %e, "garbage collection leaves a leftover that is not a real directory of the domain");
+            continue;
+        }
         let zero = name.starts_with(crate::storage::domain::REMOVE_ME_ZERO_PREFIX);
         // Held until the removal below is done.
         let _held = if zero {

@@ -187,8 +187,9 @@ pub fn purge(
     } else {
         held
     };
+    dom.check_real_dir(dir).map_err(storage)?;
     if wipe {
-        let files = data_files(dir).map_err(storage)?;
+        let files = data_files(dom, dir).map_err(storage)?;
         job.set_planned_total(files.iter().map(|(_, len)| *len).sum());
         job.mark_started();
         let results = run_parallel(agent.cfg.io.image_parallelism, files, |(path, _)| {
@@ -240,13 +241,19 @@ pub fn purge(
 }
 
 /// Data files of a marked image directory (anything that is not `.meta`/`.lease`), with sizes.
-fn data_files(dir: &Path) -> Result<Vec<(PathBuf, u64)>, StorageError> {
+fn data_files(dom: &Domain, dir: &Path) -> Result<Vec<(PathBuf, u64)>, StorageError> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).map_err(|e| StorageError::io("list", dir, e))? {
         let e = e.map_err(|e| StorageError::io("list", dir, e))?;
         let name = e.file_name();
         let name = name.to_string_lossy();
         if name.ends_with(".meta") || name.ends_with(".lease") || name.ends_with(".new") {
+            continue;
+        }
+        // A link that leads outside the domain (other than to a block device) is not ours to
+        // wipe: it is skipped here and only the link itself is removed with the directory.
+        if let Err(e) = dom.check_contained(&e.path()) {
+            tracing::warn!(error = %e, "not wiping a volume that leads outside the domain");
             continue;
         }
         // Follow links: a volume may be a link to a block device, as on oVirt block domains.
@@ -477,6 +484,10 @@ fn copy_one(
 ) -> Result<(), ApiError> {
     check_abort(job)?;
     let dst = dst_dom.volume_paths(img, v);
+    src_dom
+        .check_contained(&src_dom.volume_paths(img, v).data)
+        .map_err(storage)?;
+    dst_dom.check_contained(&dst.data).map_err(storage)?;
     let held = dst_dom
         .leases
         .acquire(dst_dom.sd_id.as_str(), v.as_str(), &dst.lease, 0)

@@ -240,6 +240,53 @@ impl Domain {
         self.images_dir().join(img.as_str())
     }
 
+    /// Checks that `path` (a volume's data file, or an image directory) really lies inside
+    /// this domain before the agent writes to it: it, and every directory above it, may be a
+    /// link only within the domain — except that a volume may be a link to a block device, as
+    /// oVirt block domains link images to logical volumes. Anything else is refused, so a link
+    /// planted in a domain can never make the agent write, wipe or delete outside it.
+    pub fn check_contained(&self, path: &Path) -> Result<(), StorageError> {
+        use std::os::unix::fs::FileTypeExt;
+        let outside = |why: &str| {
+            StorageError::Invalid(format!("{} {why}; refusing to use it", path.display()))
+        };
+        let (probe, exists) = match fs::symlink_metadata(path) {
+            Ok(_) => (path.to_path_buf(), true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                (path.parent().unwrap_or(path).to_path_buf(), false)
+            }
+            Err(e) => return Err(StorageError::io("stat", path, e)),
+        };
+        let real = probe
+            .canonicalize()
+            .map_err(|e| StorageError::io("resolve", &probe, e))?;
+        if real.starts_with(&self.dir) {
+            return Ok(());
+        }
+        if exists {
+            let m = fs::metadata(&real).map_err(|e| StorageError::io("stat", &real, e))?;
+            if m.file_type().is_block_device() {
+                return Ok(());
+            }
+        }
+        Err(outside(&format!(
+            "resolves to {}, outside the domain",
+            real.display()
+        )))
+    }
+
+    /// A directory of `images/` that is a real directory inside the domain (not a link).
+    pub fn check_real_dir(&self, dir: &Path) -> Result<(), StorageError> {
+        let m = fs::symlink_metadata(dir).map_err(|e| StorageError::io("stat", dir, e))?;
+        if !m.is_dir() {
+            return Err(StorageError::Invalid(format!(
+                "{} is not a directory (a link?); refusing to use it",
+                dir.display()
+            )));
+        }
+        self.check_contained(dir)
+    }
+
     /// The files of a volume (in a live image).
     pub fn volume_paths(&self, img: &Uuid, vol: &Uuid) -> VolumePaths {
         volume_paths_in(&self.image_dir(img), vol)

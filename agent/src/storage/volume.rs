@@ -101,9 +101,11 @@ pub fn create(dom: &Domain, req: &NewVolume) -> Result<(), StorageError> {
             "a volume with a parent must be COW".into(),
         ));
     }
+    // Rounded up to 4 KiB, it must still fit a file size (i64).
     let capacity = req
         .capacity
         .checked_next_multiple_of(CAPACITY_ALIGN)
+        .filter(|c| *c <= i64::MAX as u64)
         .ok_or_else(|| StorageError::Invalid(format!("capacity {} is too large", req.capacity)))?;
     let img_dir = dom.image_dir(&req.img);
     let paths = dom.volume_paths(&req.img, &req.vol);
@@ -149,6 +151,7 @@ pub fn create(dom: &Domain, req: &NewVolume) -> Result<(), StorageError> {
             .map_err(|e| StorageError::io("mkdir", &img_dir, e))?;
         durable::sync_dir(&dom.images_dir())?;
     }
+    dom.check_real_dir(&img_dir)?;
     if paths.meta.exists() || paths.data.exists() {
         return Err(StorageError::VolumeExists(req.vol.to_string()));
     }
