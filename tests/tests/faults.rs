@@ -310,9 +310,10 @@ async fn eio_from_an_external_nbdkit_peer() {
     }
     let agent = AgentProc::start(AgentOptions::default());
     let c = agent.client();
-    let (sd1, sd2, _, _) = default_domains(&c).await;
+    let (sd1, sd2, _, dom2) = default_domains(&c).await;
+    // Mounted inside the destination domain: the agent refuses volumes that lead outside it.
     let Some(nbd) = NbdFile::start(
-        &agent.state_dir.join("nbd"),
+        &dom2.join("nbd"),
         "8M",
         &["error=EIO", "error-pwrite-rate=100%"],
     ) else {
