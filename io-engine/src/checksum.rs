@@ -43,7 +43,7 @@ pub(crate) fn checksum(engine: &Engine, path: &Path, ctl: &Control) -> Result<St
     // Declared before the hashing thread's scope: it must outlive every Lent.
     let mut io = Io::new(engine.backend(), slots, chunk)?;
     if t.in_memory {
-        io.punt_to_workers(t.fd());
+        io.run_inline(t.fd());
     }
     let (to_hasher, from_io) = mpsc::channel::<Piece>();
     let (to_io, from_hasher) = mpsc::channel::<Lent>();

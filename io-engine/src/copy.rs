@@ -78,11 +78,11 @@ pub(crate) fn copy(
     let slots = engine.queue_depth().max(2);
     let mut io = Io::new(engine.backend(), slots, chunk)?;
     if s.in_memory {
-        io.punt_to_workers(s.fd());
+        io.run_inline(s.fd());
     }
     if d.in_memory {
-        io.punt_to_workers(d.fd());
-        io.punt_to_workers(tail_fd);
+        io.run_inline(d.fd());
+        io.run_inline(tail_fd);
     }
     let mut c = Copier {
         src: &s,

@@ -178,19 +178,30 @@ pub(crate) fn fadvise_dontneed(fd: RawFd) {
 /// Page-aligned anonymous memory, returned to the system when dropped.
 ///
 /// Page alignment satisfies every O_DIRECT memory alignment seen in practice (512 or 4096).
+/// Large buffers are also 2 MiB aligned and asked to be backed by transparent huge pages:
+/// each chunk is then physically contiguous, so a 1 MiB request reaches the device as one
+/// DMA segment instead of 256 (virtio-blk allows 254 per request, so 4 KiB pages split
+/// every 1 MiB request in two).
 pub(crate) struct PageBuf {
+    /// The whole mapping (including alignment slack), unmapped on drop.
+    map: NonNull<u8>,
+    map_len: usize,
     ptr: NonNull<u8>,
     len: usize,
 }
 
+const HUGE: usize = 2 << 20;
+
 impl PageBuf {
     pub(crate) fn new(len: usize) -> io::Result<PageBuf> {
         let len = len.max(1);
+        let huge = len >= HUGE;
+        let map_len = if huge { len + HUGE } else { len };
         // SAFETY: an anonymous private mapping with no address hint touches no existing memory.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len,
+                map_len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
@@ -200,8 +211,21 @@ impl PageBuf {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave NULL"))?;
-        Ok(PageBuf { ptr, len })
+        let map = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave NULL"))?;
+        let mut ptr = map;
+        if huge {
+            let skip = (HUGE - map.as_ptr() as usize % HUGE) % HUGE;
+            ptr = NonNull::new(map.as_ptr().wrapping_add(skip)).unwrap_or(map);
+            // SAFETY: the range lies inside our own mapping. Without huge pages (THP off)
+            // the advice fails harmlessly and 4 KiB pages are used.
+            unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE) };
+        }
+        Ok(PageBuf {
+            map,
+            map_len,
+            ptr,
+            len,
+        })
     }
 
     pub(crate) fn as_ptr(&self) -> *mut u8 {
@@ -215,7 +239,7 @@ impl PageBuf {
 
 impl Drop for PageBuf {
     fn drop(&mut self) {
-        // SAFETY: ptr/len describe the mapping made in new(), unmapped only here.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        // SAFETY: map/map_len describe the mapping made in new(), unmapped only here.
+        unsafe { libc::munmap(self.map.as_ptr().cast(), self.map_len) };
     }
 }

@@ -41,8 +41,8 @@ pub(crate) fn wipe(
     // Zero writes all come from the one zero chunk: no data slots needed.
     let mut io = Io::new(engine.backend(), 0, chunk)?;
     if t.in_memory {
-        io.punt_to_workers(t.fd());
-        io.punt_to_workers(tail_fd);
+        io.run_inline(t.fd());
+        io.run_inline(tail_fd);
     }
     let mut zero = Zeroer::new(ZeroerConfig {
         method,

@@ -32,6 +32,7 @@ per_backend!(
     concurrent_copies,
     bandwidth_limit_slows_copy,
     fragmented_chunks_many_writes,
+    copy_checksum_wipe_on_tmpfs,
 );
 
 fn copy_to_fresh_file(e: &Engine) {
@@ -498,6 +499,33 @@ fn fragmented_chunks_many_writes(e: &Engine) {
         allocated(&dst) <= len as u64 / 2 + MIB,
         "zero runs were written"
     );
+}
+
+fn copy_checksum_wipe_on_tmpfs(e: &Engine) {
+    // Memory-backed files take plain syscalls even under io_uring; same results required.
+    let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
+        eprintln!("SKIP: no /dev/shm");
+        return;
+    };
+    for (i, shape) in SHAPES.into_iter().enumerate() {
+        let src = dir.path().join(format!("src{i}"));
+        let dst = dir.path().join(format!("dst{i}"));
+        make_image(&src, shape, i as u64 + 60);
+        make_garbage(&dst, shape.len() + 4096, i as u64);
+        let opts = CopyOptions {
+            verify: true,
+            ..Default::default()
+        };
+
+        e.copy(&src, &dst, &opts, &Control::new()).expect("copy");
+        assert_cmp(&src, &dst, shape.len());
+        assert_qemu_compare(&src, &dst);
+        let sum = e.checksum(&dst, &Control::new()).expect("checksum");
+        assert_eq!(sum, sha256sum(&dst), "{shape:?}");
+        e.wipe(&src, &WipeOptions::default(), &Control::new())
+            .expect("wipe");
+        assert_zeros(&src, shape.len());
+    }
 }
 
 #[test]

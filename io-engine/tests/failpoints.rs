@@ -188,7 +188,7 @@ fn read_error_fails_checksum(e: &Engine) {
 
 fn read_error_fails_verify(e: &Engine) {
     let p = pair(Shape::Random, false);
-    // The copy pass reads the source in 24 chunks; the verify pass's reads come after.
+    // The copy pass reads the source once per chunk; the verify pass's reads come after.
     let n = Shape::Random.len() / e.chunk_size() as u64;
 
     let err = with_failpoints(

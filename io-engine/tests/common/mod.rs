@@ -14,11 +14,12 @@ use sdm_io::{BackendChoice, BackendKind, Engine, EngineConfig};
 pub const MIB: u64 = 1 << 20;
 
 /// Small chunks and a shallow queue, so that MiB-sized images still exercise the pipeline.
+/// The pool (5 x 512 KiB) is still large enough to be huge-page backed, like the defaults.
 pub fn engine(backend: BackendChoice) -> Engine {
     Engine::new(EngineConfig {
         backend,
         queue_depth: 4,
-        chunk_size: 256 << 10,
+        chunk_size: 512 << 10,
     })
 }
 
