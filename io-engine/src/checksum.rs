@@ -11,7 +11,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 
 use sha2::{Digest, Sha256};
 
-use crate::control::Throttle;
+use crate::control::{Admit, Throttle};
 use crate::copy::seg_align;
 use crate::extents::{align_up, Extents};
 use crate::io::{Io, Lent, Op};
@@ -154,18 +154,25 @@ impl Feeder<'_> {
                     .ext
                     .at(off)
                     .map_err(|e| IoError::at("SEEK_DATA on", &self.t.path, off, e))?;
-                let seq = self.next_seq;
-                self.next_seq += 1;
                 if !data {
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
                     self.pos = end;
                     self.ready.insert(seq, Ready::Zeros(end - off));
                     continue;
                 }
                 let end = end.min(off + self.chunk);
-                self.pos = end;
-                if !throttle.take(self.ctl, end - off) {
-                    return Err(IoError::aborted(OP, &self.t.path));
+                // Busy while reads are in flight or the hasher holds buffers: then the limit
+                // must not stop us from passing finished reads on, which is what moves progress.
+                let busy = io.inflight() > 0 || !self.ready.is_empty();
+                match throttle.admit(self.ctl, end - off, busy) {
+                    Admit::Go => {}
+                    Admit::Later => break,
+                    Admit::Aborted => return Err(IoError::aborted(OP, &self.t.path)),
                 }
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.pos = end;
                 let slot = self.free.pop().expect("checked above");
                 self.seg_len[slot] = end - off;
                 let rlen = align_up(end - off, self.t.align).min(self.chunk) as usize;

@@ -164,32 +164,57 @@ impl Throttle {
         }
     }
 
-    /// Waits until `n` bytes may be issued. Returns false if the job was aborted meanwhile.
-    pub(crate) fn take(&mut self, ctl: &Control, n: u64) -> bool {
+    /// Asks to issue `n` bytes. When the bucket is short and `busy` (requests are in flight),
+    /// answers [`Admit::Later`] at once: the caller reaps a completion and asks again, so that
+    /// a throttled job still reports progress as its requests finish. When idle it naps until
+    /// the bytes may go.
+    pub(crate) fn admit(&mut self, ctl: &Control, n: u64, busy: bool) -> Admit {
         loop {
             if ctl.is_aborted() {
-                return false;
+                return Admit::Aborted;
             }
-            let Some(limit) = ctl.bandwidth_limit() else {
-                self.tokens = 0.0;
-                self.last = Instant::now();
-                return true;
+            let Some(wait) = self.try_take(ctl, n) else {
+                return Admit::Go;
             };
-            let now = Instant::now();
-            let limit = limit as f64;
-            // A quarter second of burst keeps the pipeline full without overshooting visibly.
-            let burst = limit / 4.0;
-            self.tokens =
-                (self.tokens + now.duration_since(self.last).as_secs_f64() * limit).min(burst);
-            self.last = now;
-            if self.tokens >= 0.0 {
-                self.tokens -= n as f64;
-                return true;
+            if busy {
+                return Admit::Later;
             }
-            let wait = Duration::from_secs_f64(-self.tokens / limit);
             std::thread::sleep(wait.min(THROTTLE_NAP));
         }
     }
+
+    /// Takes `n` bytes' worth of tokens if the bucket allows it now (None), else says how long
+    /// until it will.
+    fn try_take(&mut self, ctl: &Control, n: u64) -> Option<Duration> {
+        let Some(limit) = ctl.bandwidth_limit() else {
+            self.tokens = 0.0;
+            self.last = Instant::now();
+            return None;
+        };
+        let now = Instant::now();
+        let limit = limit as f64;
+        // A quarter second of burst keeps the pipeline full without overshooting visibly.
+        let burst = limit / 4.0;
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * limit).min(burst);
+        self.last = now;
+        if self.tokens >= 0.0 {
+            self.tokens -= n as f64;
+            return None;
+        }
+        Some(Duration::from_secs_f64(-self.tokens / limit))
+    }
+}
+
+/// [`Throttle::admit`]'s answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// Issue the request now.
+    Go,
+    /// Not yet: reap a completion first, then ask again.
+    Later,
+    /// The job was aborted.
+    Aborted,
 }
 
 #[cfg(test)]
@@ -214,7 +239,7 @@ mod tests {
         let mut t = Throttle::new();
         let start = Instant::now();
         for _ in 0..8 {
-            assert!(t.take(&c, 1 << 20));
+            assert_eq!(t.admit(&c, 1 << 20, false), Admit::Go);
         }
         // The bucket starts empty and the first request runs into debt: 7 MiB must be paid for.
         assert!(
@@ -225,12 +250,33 @@ mod tests {
     }
 
     #[test]
+    fn busy_throttle_defers_instead_of_sleeping() {
+        let c = Control::new();
+        c.set_bandwidth_limit(Some(1 << 20));
+        let mut t = Throttle::new();
+        assert_eq!(
+            t.admit(&c, 1 << 20, true),
+            Admit::Go,
+            "the first request runs into debt"
+        );
+        let start = Instant::now();
+        assert_eq!(t.admit(&c, 1 << 20, true), Admit::Later);
+        assert!(
+            start.elapsed() < Duration::from_millis(20),
+            "{:?}",
+            start.elapsed()
+        );
+        c.abort();
+        assert_eq!(t.admit(&c, 1, true), Admit::Aborted);
+    }
+
+    #[test]
     fn throttle_sees_abort() {
         let c = Control::new();
         c.set_bandwidth_limit(Some(1));
         let mut t = Throttle::new();
-        assert!(t.take(&c, 1 << 20));
+        assert_eq!(t.admit(&c, 1 << 20, false), Admit::Go);
         c.abort();
-        assert!(!t.take(&c, 1 << 20));
+        assert_eq!(t.admit(&c, 1 << 20, false), Admit::Aborted);
     }
 }

@@ -3,7 +3,7 @@
 use std::io;
 use std::path::Path;
 
-use crate::control::Throttle;
+use crate::control::{Admit, Throttle};
 use crate::extents::{align_down, align_up, all_hole, is_zero, zero_runs, Extents};
 use crate::io::{Done, Io, Op};
 use crate::target::{FileKind, Target, DEFAULT_DIO_ALIGN};
@@ -190,10 +190,11 @@ impl Copier<'_> {
 
     /// Issues as much work as slots and queue limits allow.
     fn fill(&mut self, io: &mut Io) -> Result<(), IoError> {
+        self.zero.cap_step(self.ctl.bandwidth_limit());
         loop {
             if self.zero.inflight < self.max_zero_inflight {
                 if let Some(op) = self.zero.next_op() {
-                    io.submit(0, op)?;
+                    self.zero.submit(io, op)?;
                     continue;
                 }
             }
@@ -214,11 +215,14 @@ impl Copier<'_> {
             if off < self.tail_start && end > self.tail_start {
                 end = self.tail_start;
             }
-            self.pos = end;
             let len = end - off;
-            if !self.throttle.take(self.ctl, len) {
-                return Err(IoError::aborted(OP, &self.dst.path));
+            match self.throttle.admit(self.ctl, len, io.inflight() > 0) {
+                Admit::Go => {}
+                // Reap what is in flight first, so progress moves while the limit holds us.
+                Admit::Later => return Ok(()),
+                Admit::Aborted => return Err(IoError::aborted(OP, &self.dst.path)),
             }
+            self.pos = end;
             let slot = self.free.pop().expect("checked above");
             self.seg[slot] = (off, len);
             let rlen = align_up(len, self.src.align).min(self.chunk) as usize;
@@ -364,14 +368,17 @@ fn verify(
                 .map_err(|e| IoError::at("SEEK_DATA on", &d.path, pos, e))?;
             let off = pos;
             let seg_len = se.min(de).min(off + chunk) - off;
-            pos += seg_len;
             if !sd && !dd {
+                pos += seg_len;
                 ctl.add_done(seg_len);
                 continue;
             }
-            if !throttle.take(ctl, seg_len) {
-                return Err(IoError::aborted("verify of", &d.path));
+            match throttle.admit(ctl, seg_len, io.inflight() > 0) {
+                Admit::Go => {}
+                Admit::Later => break,
+                Admit::Aborted => return Err(IoError::aborted("verify of", &d.path)),
             }
+            pos += seg_len;
             let id = segs.iter().position(Option::is_none).unwrap_or_else(|| {
                 segs.push(None);
                 segs.len() - 1

@@ -1,13 +1,15 @@
 //! Wipe: overwrite a whole volume with zeros, durably.
 //!
-//! Block devices get BLKZEROOUT in `step`-sized requests, so that progress moves and an abort
-//! is seen between steps. Files get real zero writes over every allocated extent: unmapping
+//! Block devices get BLKZEROOUT in steps, so that progress moves and an abort is seen between
+//! steps. The step starts at `step` (32 MiB) and grows while steps finish quickly (devices that
+//! zero by unmapping or WRITE SAME do a step in microseconds, and then the per-ioctl cost is all
+//! there is), keeping each step's time, not its size, what bounds the abort delay. Files get real zero writes over every allocated extent: unmapping
 //! (punch hole, ZERO_RANGE) would leave the old data on the medium. Holes hold no data and are
 //! skipped.
 
 use std::path::Path;
 
-use crate::control::Throttle;
+use crate::control::{Admit, Throttle};
 use crate::copy::{seg_align, tail_start, zero_off};
 use crate::extents::Extents;
 use crate::io::{Io, Op};
@@ -100,6 +102,7 @@ fn run(
         if ctl.is_aborted() {
             return Err(IoError::aborted(OP, &t.path));
         }
+        zero.cap_step(ctl.bandwidth_limit());
         while zero.inflight < depth {
             if let Some(op) = zero.next_op() {
                 let n = match op {
@@ -107,12 +110,19 @@ fn run(
                     Op::ZeroOut { len, .. } => len,
                     _ => 0,
                 };
-                if !throttle.take(ctl, n) {
-                    // The request was taken from the queue; account it as never issued.
-                    let _ = zero.complete(&op, Ok(0));
-                    return Err(IoError::aborted(OP, &t.path));
+                match throttle.admit(ctl, n, io.inflight() > 0) {
+                    Admit::Go => {}
+                    Admit::Later => {
+                        // Reap first so that progress moves; the request goes out next round.
+                        zero.put_back(&op);
+                        break;
+                    }
+                    Admit::Aborted => {
+                        zero.put_back(&op);
+                        return Err(IoError::aborted(OP, &t.path));
+                    }
                 }
-                io.submit(0, op)?;
+                zero.submit(io, op)?;
                 continue;
             }
             if pos >= len {

@@ -8,12 +8,22 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
 
 use crate::extents::align_down;
-use crate::io::Op;
+use crate::io::{Io, Op};
+use crate::IoError;
 
 /// Fallocate requests are split so that an abort never waits on one huge request.
 const FALLOCATE_STEP: u64 = 1 << 30;
+
+/// Largest BLKZEROOUT step the adaptive sizing grows to.
+pub(crate) const MAX_ZEROOUT_STEP: u64 = 1 << 30;
+/// A BLKZEROOUT step quicker than this doubles the next one...
+const ZEROOUT_FAST: Duration = Duration::from_millis(25);
+/// ...and one slower than this halves it (never below the configured step), so that an abort
+/// waits at most about this long for the step under way.
+const ZEROOUT_SLOW: Duration = Duration::from_millis(250);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ZeroMethod {
@@ -43,6 +53,15 @@ impl ZeroMethod {
     }
 }
 
+/// The byte range a zeroing request covers.
+fn range_of(op: &Op) -> (u64, u64) {
+    match *op {
+        Op::Fallocate { off, len, .. } | Op::ZeroOut { off, len, .. } => (off, len),
+        Op::WriteZeros { off, len, .. } => (off, len as u64),
+        _ => unreachable!("not a zeroing request"),
+    }
+}
+
 fn unsupported(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
@@ -59,7 +78,9 @@ pub(crate) struct Zeroer {
     tail_fd: RawFd,
     tail_start: u64,
     lbs: u64,
+    /// Current BLKZEROOUT size; adapts between `min_step` and [`MAX_ZEROOUT_STEP`].
     step: u64,
+    min_step: u64,
     chunk: u64,
     /// Requests issued and not yet completed.
     pub(crate) inflight: usize,
@@ -85,6 +106,7 @@ impl Zeroer {
             tail_start: c.tail_start,
             lbs: c.lbs,
             step: c.step.max(c.lbs),
+            min_step: c.step.max(c.lbs),
             chunk: c.chunk,
             inflight: 0,
         }
@@ -147,11 +169,7 @@ impl Zeroer {
                 }
             }
         };
-        let (o, n) = match op {
-            Op::Fallocate { off, len, .. } | Op::ZeroOut { off, len, .. } => (off, len),
-            Op::WriteZeros { off, len, .. } => (off, len as u64),
-            _ => unreachable!(),
-        };
+        let (o, n) = range_of(&op);
         debug_assert_eq!(o, off);
         let front = self.queue.front_mut().expect("checked above");
         if n == front.1 {
@@ -164,15 +182,53 @@ impl Zeroer {
         Some(op)
     }
 
+    /// Returns an issued request to the queue, unissued (the throttle declined it).
+    pub(crate) fn put_back(&mut self, op: &Op) {
+        self.inflight -= 1;
+        let (off, len) = range_of(op);
+        match self.queue.front_mut() {
+            Some(front) if front.0 == off + len => {
+                front.0 = off;
+                front.1 += len;
+            }
+            _ => self.queue.push_front((off, len)),
+        }
+    }
+
+    /// Submits a request from [`Zeroer::next_op`], timing BLKZEROOUT to adapt the step.
+    pub(crate) fn submit(&mut self, io: &mut Io, op: Op) -> Result<(), IoError> {
+        if !matches!(op, Op::ZeroOut { .. }) {
+            return io.submit(0, op);
+        }
+        // BLKZEROOUT has no ring opcode and runs inside submit, so this is the ioctl's time.
+        let started = Instant::now();
+        io.submit(0, op)?;
+        self.zeroout_took(started.elapsed());
+        Ok(())
+    }
+
+    /// Under a bandwidth limit a step never exceeds the throttle's burst (a quarter second's
+    /// worth), so that the limit paces steps rather than one huge step then a long pause.
+    pub(crate) fn cap_step(&mut self, bandwidth_limit: Option<u64>) {
+        if let Some(limit) = bandwidth_limit {
+            self.step = self.step.min((limit / 4).max(self.min_step));
+        }
+    }
+
+    /// Adapts the BLKZEROOUT step to how long the last one took.
+    fn zeroout_took(&mut self, took: Duration) {
+        if took < ZEROOUT_FAST {
+            self.step = (self.step * 2).min(MAX_ZEROOUT_STEP.max(self.min_step));
+        } else if took > ZEROOUT_SLOW {
+            self.step = (self.step / 2).max(self.min_step);
+        }
+    }
+
     /// Accounts a finished request. Ok(bytes) when the range now reads as zeros (0 when it was
     /// requeued for a fallback method), Err when it failed for good.
     pub(crate) fn complete(&mut self, op: &Op, res: io::Result<u64>) -> io::Result<u64> {
         self.inflight -= 1;
-        let (off, len) = match *op {
-            Op::Fallocate { off, len, .. } | Op::ZeroOut { off, len, .. } => (off, len),
-            Op::WriteZeros { off, len, .. } => (off, len as u64),
-            _ => unreachable!("not a zeroing request"),
-        };
+        let (off, len) = range_of(op);
         match res {
             Ok(_) => Ok(len),
             Err(e) if unsupported(&e) && ZeroMethod::of(op) != ZeroMethod::Write => {
@@ -186,5 +242,75 @@ impl Zeroer {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_zeroer(step: u64) -> Zeroer {
+        Zeroer::new(ZeroerConfig {
+            method: ZeroMethod::BlkZeroOut,
+            fd: -1,
+            tail_fd: -1,
+            tail_start: u64::MAX,
+            lbs: 512,
+            step,
+            chunk: 1 << 20,
+        })
+    }
+
+    fn next_len(z: &mut Zeroer) -> u64 {
+        let op = z.next_op().expect("queued");
+        let (_, len) = range_of(&op);
+        z.complete(&op, Ok(len)).unwrap();
+        len
+    }
+
+    #[test]
+    fn zeroout_step_grows_when_fast_and_shrinks_when_slow() {
+        let mut z = block_zeroer(32 << 20);
+        z.push(0, 8 << 30);
+        assert_eq!(next_len(&mut z), 32 << 20);
+        z.zeroout_took(Duration::from_millis(1));
+        assert_eq!(next_len(&mut z), 64 << 20);
+        for _ in 0..10 {
+            z.zeroout_took(Duration::from_millis(1));
+        }
+        assert_eq!(next_len(&mut z), MAX_ZEROOUT_STEP);
+        z.zeroout_took(Duration::from_secs(1));
+        assert_eq!(next_len(&mut z), MAX_ZEROOUT_STEP / 2);
+        for _ in 0..20 {
+            z.zeroout_took(Duration::from_secs(1));
+        }
+        assert_eq!(
+            next_len(&mut z),
+            32 << 20,
+            "never below the configured step"
+        );
+        z.zeroout_took(Duration::from_millis(100));
+        assert_eq!(next_len(&mut z), 32 << 20, "a moderate step keeps its size");
+    }
+
+    #[test]
+    fn bandwidth_limit_caps_the_step() {
+        let mut z = block_zeroer(1 << 20);
+        z.push(0, 1 << 30);
+        for _ in 0..8 {
+            z.zeroout_took(Duration::from_millis(1));
+        }
+        z.cap_step(Some(8 << 20));
+        assert_eq!(next_len(&mut z), 2 << 20);
+    }
+
+    #[test]
+    fn put_back_restores_the_range() {
+        let mut z = block_zeroer(1 << 20);
+        z.push(0, 3 << 20);
+        let op = z.next_op().unwrap();
+        z.put_back(&op);
+        assert_eq!(z.inflight, 0);
+        assert_eq!(z.queue.iter().copied().collect::<Vec<_>>(), [(0, 3 << 20)]);
     }
 }
