@@ -495,8 +495,7 @@ impl<S> tower::Layer<S> for ParamErrorsLayer {
 pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHandle)> {
     let s = &agent.cfg.server;
     let max_connections = s.max_connections;
-    let rpc_mw =
-        RpcServiceBuilder::new().layer(ParamErrorsLayer(s.max_response_body_bytes as usize));
+    let param_errors = ParamErrorsLayer(s.max_response_body_bytes as usize);
     let config = ServerConfig::builder()
         .max_request_body_size(s.max_request_body_bytes)
         .max_response_body_size(s.max_response_body_bytes)
@@ -521,10 +520,7 @@ pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHand
     };
     let listener = tokio::net::TcpListener::bind(agent.cfg.listen).await?;
     let addr = listener.local_addr()?;
-    let builder = Server::builder()
-        .set_config(config)
-        .set_rpc_middleware(rpc_mw)
-        .to_service_builder();
+    let builder = Server::builder().set_config(config).to_service_builder();
     let methods: Methods = Rpc::new(agent).into_rpc().into();
     let (stop, handle) = stop_channel();
     let conns = crate::conn::Connections::new(max_connections as usize);
@@ -552,19 +548,28 @@ pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHand
                 continue;
             };
             let peer = sock.peer_addr().ok();
-            let sock = crate::conn::Guarded::new(sock, &reg);
-            let svc = builder.clone().build(methods.clone(), stop.clone());
+            // The connection's own middleware sees its calls (see conn.rs).
+            let svc = builder
+                .clone()
+                .set_rpc_middleware(
+                    RpcServiceBuilder::new()
+                        .layer(crate::conn::CallGateLayer::new(&reg))
+                        .layer(param_errors),
+                )
+                .build(methods.clone(), stop.clone());
             let stop = stop.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
                 let kill = reg.state.clone();
                 let serve = async move {
+                    // Guarded goes inside TLS: it follows the requests and answers in the clear.
                     match tls {
                         Some(acceptor) => {
                             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(sock))
                                 .await
                             {
                                 Ok(Ok(stream)) => {
+                                    let stream = crate::conn::Guarded::new(stream, reg);
                                     serve_with_graceful_shutdown(stream, svc, stop.shutdown()).await
                                 }
                                 Ok(Err(e)) => {
@@ -577,7 +582,10 @@ pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHand
                                 }
                             }
                         }
-                        None => serve_with_graceful_shutdown(sock, svc, stop.shutdown()).await,
+                        None => {
+                            let sock = crate::conn::Guarded::new(sock, reg);
+                            serve_with_graceful_shutdown(sock, svc, stop.shutdown()).await
+                        }
                     }
                 };
                 let res = tokio::select! {
@@ -587,7 +595,6 @@ pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHand
                         Ok(())
                     }
                 };
-                drop(reg);
                 if let Err(e) = res {
                     tracing::debug!(?peer, error = %e, "connection ended with an error");
                 }

@@ -1666,7 +1666,6 @@ fn summary(seen: &[Option<Duration>]) -> String {
 /// or hold an idle WebSocket: other clients must still be answered promptly, and the agent's
 /// fds and memory must stay bounded by its connection limit.
 #[test]
-#[ignore = "known agent bug V3, partly fixed (docs/reliability.md): connections are now bounded and idle ones evicted, but during a slow-loris burst some clients are still refused for up to a second; issue 8 stays open"]
 fn slow_loris_and_idle_connections_do_not_starve_others() {
     // The quick form lowers the limit; the full form keeps the default (256).
     let (max_conns, n_loris, n_body, n_keep, n_ws, window) = if full() {
@@ -1923,7 +1922,6 @@ fn idle_connections_cannot_exhaust_the_agents_fds() {
 /// A client that sends many requests and reads none of the answers: the agent must stop
 /// reading (backpressure) instead of queueing calls and answers without bound.
 #[test]
-#[ignore = "known agent bug V4 (docs/reliability.md): jsonrpsee spawns a task per WebSocket message, so a client that never reads its answers still grows the agent; issue 8 stays open"]
 fn websocket_client_that_never_reads_is_bounded() {
     let bed = Bed::start(None);
     let addr = bed.addr();
@@ -1967,4 +1965,133 @@ fn websocket_client_that_never_reads_is_bounded() {
         mid.rss >> 20,
         mid.hwm >> 20
     );
+}
+
+/// The per-connection count of unanswered WebSocket requests must neither stall a client that
+/// pipelines a mix of calls, garbage, notifications and batches (some get no answer at all),
+/// nor let a client escape it by sending frames before the 101 or upgrading late.
+#[test]
+fn websocket_pipelining_is_served_and_rule_breakers_are_closed() {
+    let bed = Bed::start(None);
+    let addr = bed.addr();
+
+    // 1. 2000 messages in one burst; the answers are read by another thread meanwhile.
+    let mut ws = Ws::connect(addr).expect("upgrade");
+    let mut reader = Ws {
+        s: ws.s.try_clone().unwrap(),
+    };
+    let n = 2000u64;
+    let mut want = 0u64;
+    let msgs: Vec<Vec<u8>> = (0..n)
+        .map(|i| match i % 5 {
+            0 => format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"StorageDomain.list"}}"#),
+            1 => "not json at all".to_string(),
+            2 => r#"{"jsonrpc":"2.0","method":"Host.getStats"}"#.to_string(),
+            3 => r#"[{"jsonrpc":"2.0","method":"Host.getStats"},{"jsonrpc":"2.0","method":"Host.getCapabilities"}]"#.to_string(),
+            _ => format!(r#"[{{"jsonrpc":"2.0","id":{i},"method":"Host.getStats"}},{{"jsonrpc":"2.0","method":"Host.getStats"}}]"#),
+        })
+        .map(String::into_bytes)
+        .collect();
+    for i in 0..n {
+        // Notifications (2) and batches of notifications only (3) get no answer.
+        if !matches!(i % 5, 2 | 3) {
+            want += 1;
+        }
+    }
+    let started = Instant::now();
+    let counter = std::thread::spawn(move || {
+        let mut got = 0u64;
+        while got < want {
+            match reader.recv(Duration::from_secs(20)) {
+                Ok(f) if f.opcode == 1 => got += 1,
+                Ok(f) if f.opcode == 8 => break,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        got
+    });
+    for m in &msgs {
+        ws.send_text(m).expect("send");
+    }
+    let got = counter.join().unwrap();
+    eprintln!(
+        "\n{n} pipelined messages, {want} answers due: {got} answered in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        got, want,
+        "AGENT BUG: a pipelining WebSocket client was stalled or lost answers"
+    );
+    bed.alive("pipelining");
+
+    // 2. Frames sent with the upgrade request, before the 101: closed.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut early = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes();
+    // One masked text frame: {"jsonrpc":"2.0","id":1,"method":"Host.getStats"}
+    let call = br#"{"jsonrpc":"2.0","id":1,"method":"Host.getStats"}"#;
+    early.extend([0x81, 0x80 | call.len() as u8, 0, 0, 0, 0]);
+    early.extend_from_slice(call);
+    s.write_all(&early).unwrap();
+    let closed = read_until_closed(&mut s, Duration::from_secs(10));
+    eprintln!("frames before the 101: {closed}");
+    assert!(
+        closed.starts_with("closed"),
+        "AGENT BUG: a WebSocket client that sent frames before the 101 was served: {closed}"
+    );
+    bed.alive("frames before the 101");
+
+    // 3. An upgrade after a first HTTP request on the same connection: closed.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = br#"{"jsonrpc":"2.0","id":1,"method":"Host.getStats"}"#;
+    s.write_all(
+        format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut b = [0u8; 4096];
+    assert!(s.read(&mut b).unwrap() > 0, "first request answered");
+    s.write_all(
+        format!(
+            "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let closed = read_until_closed(&mut s, Duration::from_secs(10));
+    eprintln!("upgrade after a request: {closed}");
+    assert!(
+        closed.starts_with("closed"),
+        "AGENT BUG: a late upgrade was served: {closed}"
+    );
+    bed.alive("late upgrade");
+}
+
+/// Reads until the peer closes ("closed after N bytes") or the timeout ("open ...").
+fn read_until_closed(s: &mut TcpStream, timeout: Duration) -> String {
+    let end = Instant::now() + timeout;
+    let mut total = 0;
+    let mut b = [0u8; 4096];
+    while Instant::now() < end {
+        match s.read(&mut b) {
+            Ok(0) => return format!("closed after {total} bytes"),
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return format!("closed (reset) after {total} bytes")
+            }
+            Err(e) => return format!("open after {total} bytes ({e})"),
+        }
+    }
+    format!("open after {total} bytes")
 }
