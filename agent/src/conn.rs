@@ -4,9 +4,11 @@
 //!
 //! jsonrpsee's own `max_connections` counts requests being served, not sockets, so idle
 //! keep-alive connections, slow-loris senders and idle WebSockets would otherwise pile up until
-//! the agent runs out of file descriptors. Here every accepted socket is registered; when the
-//! table is full (the configured maximum, or the file-descriptor limit less a reserve), the
-//! connection quiet for longest is closed to make room, and if none is quiet the newcomer is.
+//! the agent runs out of file descriptors. Here every accepted socket is registered for as long
+//! as its stream lives; when the table is full (the configured maximum, or the file-descriptor
+//! limit less a reserve), the oldest connection that has not started a call is closed to make
+//! room, else the one idle longest; only when every connection has a call running is the
+//! newcomer refused.
 //!
 //! Every socket is wrapped in [`Guarded`]: it records activity, and it stops reading more
 //! requests from a peer that is not keeping up. Two signals pause reading: writes to the peer
@@ -14,11 +16,12 @@
 //! requests without an answer written back. The second matters because jsonrpsee starts a task
 //! for every WebSocket message as soon as it is read, before any answer is due; counting
 //! messages in and answers out on the wire is what bounds those tasks. Only the first request
-//! of a connection may upgrade it to a WebSocket, and the client must wait for the 101 before
-//! sending frames (RFC 6455 4.1); a connection that breaks either rule is closed, since its
-//! frames could not be counted from a known boundary.
+//! of a connection may upgrade it to a WebSocket ([`UpgradeGate`] answers a later one 400), and
+//! the client must wait for the 101 before sending frames (RFC 6455 4.1; a connection that does
+//! not is closed): that way the frames are counted from a known first byte.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,10 +29,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use std::future::Future;
-
 use jsonrpsee::core::middleware::{Batch, Notification, RpcServiceT};
 use jsonrpsee::core::server::MethodResponse;
+use jsonrpsee::core::BoxError;
+use jsonrpsee::server::{HttpBody, HttpRequest, HttpResponse};
 use jsonrpsee::types::Request;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
@@ -52,6 +55,8 @@ pub struct ConnState {
     served: AtomicBool,
     /// Calls running now.
     busy: AtomicU64,
+    /// HTTP requests received (an upgrade is accepted only as the first).
+    requests: AtomicU64,
     write_blocked: AtomicBool,
     /// WebSocket messages that get no answer (JSON-RPC notifications), counted by [`CallGate`].
     unanswerable: AtomicU64,
@@ -180,6 +185,7 @@ impl Connections {
             created: now,
             served: false.into(),
             busy: 0.into(),
+            requests: 0.into(),
             write_blocked: false.into(),
             unanswerable: 0.into(),
             read_waker: Mutex::new(None),
@@ -654,6 +660,77 @@ where
         self.state.served.store(true, Ordering::Relaxed);
         self.unanswerable();
         self.inner.notification(n)
+    }
+}
+
+/// HTTP middleware of one connection: a WebSocket upgrade is accepted only as the first
+/// request of a connection, where [`Guarded`] knows the exact byte at which frames start;
+/// a later one is answered 400 and the connection closed.
+#[derive(Clone)]
+pub struct UpgradeGateLayer(Arc<ConnState>);
+
+impl UpgradeGateLayer {
+    /// The layer for a registered connection.
+    pub fn new(reg: &Registration) -> UpgradeGateLayer {
+        UpgradeGateLayer(reg.state.clone())
+    }
+}
+
+impl<S> tower::Layer<S> for UpgradeGateLayer {
+    type Service = UpgradeGate<S>;
+    fn layer(&self, inner: S) -> UpgradeGate<S> {
+        UpgradeGate {
+            inner,
+            state: self.0.clone(),
+        }
+    }
+}
+
+/// See [`UpgradeGateLayer`].
+pub struct UpgradeGate<S> {
+    inner: S,
+    state: Arc<ConnState>,
+}
+
+fn asks_for_websocket<B>(req: &HttpRequest<B>) -> bool {
+    req.headers()
+        .get_all(http::header::UPGRADE)
+        .iter()
+        .any(|v| {
+            v.as_bytes()
+                .to_ascii_lowercase()
+                .windows(9)
+                .any(|w| w == b"websocket")
+        })
+}
+
+impl<S, B> tower::Service<HttpRequest<B>> for UpgradeGate<S>
+where
+    S: tower::Service<HttpRequest<B>, Response = HttpResponse, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: HttpRequest<B>) -> Self::Future {
+        let first = self.state.requests.fetch_add(1, Ordering::Relaxed) == 0;
+        if !first && asks_for_websocket(&req) {
+            let mut rp = HttpResponse::new(HttpBody::from(
+                "a WebSocket upgrade must be the first request of a connection\n",
+            ));
+            *rp.status_mut() = http::StatusCode::BAD_REQUEST;
+            rp.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            return Box::pin(async move { Ok(rp) });
+        }
+        Box::pin(self.inner.call(req))
     }
 }
 

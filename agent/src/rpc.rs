@@ -551,6 +551,9 @@ pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHand
             // The connection's own middleware sees its calls (see conn.rs).
             let svc = builder
                 .clone()
+                .set_http_middleware(
+                    tower::ServiceBuilder::new().layer(crate::conn::UpgradeGateLayer::new(&reg)),
+                )
                 .set_rpc_middleware(
                     RpcServiceBuilder::new()
                         .layer(crate::conn::CallGateLayer::new(&reg))
