@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sdm_client::{AgentClient, SdmApiClient, Via};
-use sdm_proto::{Capacity, JobInfo, JobStatus, Preallocation, Size, Uuid, VolumeFormat};
+use sdm_proto::{JobInfo, JobStatus, Uuid, VolumeFormat};
 
-use crate::{write_pattern, AgentOptions, AgentProc};
+use crate::{create_volume, volume_info, volume_path, write_pattern, AgentOptions, AgentProc};
 
 /// Agents sharing two domains.
 pub struct Cluster {
@@ -124,10 +124,7 @@ impl Cluster {
 
     /// The data file of a volume.
     pub fn volume_path(&self, sd: &Uuid, img: &Uuid, vol: &Uuid) -> PathBuf {
-        self.dir(sd)
-            .join("images")
-            .join(img.as_str())
-            .join(vol.as_str())
+        volume_path(self.dir(sd), img, vol)
     }
 
     /// Every job of every live agent: (agent index, job). Agents are asked at once, each with a
@@ -274,22 +271,9 @@ pub async fn create_disk(
 ) -> TestDisk {
     let c = cluster.client(0);
     let img = Uuid::new_v4();
-    let cap = Capacity(Size(base_mib << 20));
+    let size = base_mib << 20;
     let base = Uuid::new_v4();
-    c.api()
-        .create_volume(
-            sd.clone(),
-            img.clone(),
-            base.clone(),
-            cap,
-            VolumeFormat::Raw,
-            Preallocation::Sparse,
-            None,
-            None,
-        )
-        .await
-        .via(&c)
-        .expect("create base");
+    create_volume(&c, sd, &img, &base, size, VolumeFormat::Raw, None, None).await;
     let path = cluster.volume_path(sd, &img, &base);
     write_pattern(
         &path,
@@ -301,20 +285,7 @@ pub async fn create_disk(
     for layer in 0..cow_layers {
         let parent = vols.last().cloned();
         let v = Uuid::new_v4();
-        c.api()
-            .create_volume(
-                sd.clone(),
-                img.clone(),
-                v.clone(),
-                cap,
-                VolumeFormat::Cow,
-                Preallocation::Sparse,
-                parent,
-                None,
-            )
-            .await
-            .via(&c)
-            .expect("create layer");
+        create_volume(&c, sd, &img, &v, size, VolumeFormat::Cow, parent, None).await;
         let p = cluster.volume_path(sd, &img, &v);
         let offset = (layer as u64 * 3 + 1) << 18;
         let out = Command::new("qemu-io")
@@ -596,8 +567,60 @@ pub async fn open_journal(path: &Path) -> Arc<sdm_client::Journal> {
 
 /// A `Disks` over the cluster with test settings.
 pub async fn engine(cluster: &Cluster, journal: &Path) -> sdm_client::Disks {
-    sdm_client::Disks::new(test_pool(&cluster.urls()), open_journal(journal).await)
+    engine_over(&cluster.urls(), journal).await
+}
+
+/// A `Disks` over the agents at `urls` only, with test settings.
+pub async fn engine_over(urls: &[String], journal: &Path) -> sdm_client::Disks {
+    sdm_client::Disks::new(test_pool(urls), open_journal(journal).await)
         .with_follow_options(test_follow())
+}
+
+/// Runs `disks.move_disk` of `img` from `src` to `dst` in a task of its own, so that the test
+/// can interfere (kill, freeze, crash the engine) while it runs.
+pub fn spawn_move(
+    disks: &Arc<sdm_client::Disks>,
+    log: &Arc<EventLog>,
+    img: &Uuid,
+    src: &Uuid,
+    dst: &Uuid,
+    policy: sdm_client::MovePolicy,
+) -> tokio::task::JoinHandle<Result<sdm_client::OpReport, sdm_client::Error>> {
+    let (disks, log, img, src, dst) = (
+        disks.clone(),
+        log.clone(),
+        img.clone(),
+        src.clone(),
+        dst.clone(),
+    );
+    tokio::spawn(async move {
+        disks
+            .move_disk(&img, &src, &dst, policy, log.as_ref())
+            .await
+    })
+}
+
+/// Checks, asking `c`, that every volume of `disk` is still LEGAL on `src` ("source
+/// untouched"), and that its file on `bytes_on` holds the bytes the disk was created with.
+pub async fn assert_source_untouched(
+    c: &AgentClient,
+    cluster: &Cluster,
+    disk: &TestDisk,
+    src: &Uuid,
+    bytes_on: &Uuid,
+) {
+    for v in &disk.volumes {
+        let info = volume_info(c, src, &disk.img, &v.vol).await;
+        assert_eq!(
+            info.legality,
+            sdm_proto::Legality::Legal,
+            "source untouched"
+        );
+        assert_eq!(
+            crate::sha256sum(&cluster.volume_path(bytes_on, &disk.img, &v.vol)),
+            v.sha256
+        );
+    }
 }
 
 /// Checks that `disk` now lives on `dst` exactly (same bytes, LEGAL at `generation` for each
@@ -616,12 +639,7 @@ pub async fn assert_moved(cluster: &Cluster, disk: &TestDisk, src: &Uuid, dst: &
     assert_eq!(listed, want, "destination has exactly the source's volumes");
     let mut parent = Uuid::blank();
     for v in &disk.volumes {
-        let info = c
-            .api()
-            .get_volume_info(dst.clone(), disk.img.clone(), v.vol.clone())
-            .await
-            .via(&c)
-            .unwrap();
+        let info = volume_info(&c, dst, &disk.img, &v.vol).await;
         assert_eq!(
             info.legality,
             sdm_proto::Legality::Legal,

@@ -3,11 +3,14 @@
 
 pub mod cluster;
 pub mod hostile;
+pub mod volumes;
+
+pub use volumes::*;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -229,27 +232,43 @@ pub async fn default_domains(c: &AgentClient) -> (Uuid, Uuid, PathBuf, PathBuf) 
 
 /// Waits for a job to finish (polling) and returns its final info.
 pub async fn wait_job(c: &AgentClient, job: &Uuid) -> JobInfo {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let m = c
-            .api()
-            .get_jobs(None, Some(vec![job.clone()]))
-            .await
-            .via(c)
-            .expect("getJobs");
-        if let Some(info) = m.get(job) {
-            if !info.status.is_active() {
-                return info.clone();
-            }
-        }
-        assert!(Instant::now() < deadline, "job {job} did not finish");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_job(
+        c,
+        job,
+        Duration::from_secs(120),
+        Duration::from_millis(50),
+        "finish",
+        |info| !info.status.is_active(),
+    )
+    .await
 }
 
 /// Waits until a job is running.
 pub async fn wait_running(c: &AgentClient, job: &Uuid) -> JobInfo {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    poll_job(
+        c,
+        job,
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        "start",
+        |info| {
+            info.status == JobStatus::Running && info.progress.is_some() || !info.status.is_active()
+        },
+    )
+    .await
+}
+
+/// Polls `Host.getJobs` for `job` every `every` until `ready` holds for its info, failing with
+/// "job .. did not `what`" after `limit`: the loop of [`wait_job`] and [`wait_running`].
+async fn poll_job(
+    c: &AgentClient,
+    job: &Uuid,
+    limit: Duration,
+    every: Duration,
+    what: &str,
+    ready: impl Fn(&JobInfo) -> bool,
+) -> JobInfo {
+    let deadline = Instant::now() + limit;
     loop {
         let m = c
             .api()
@@ -258,14 +277,12 @@ pub async fn wait_running(c: &AgentClient, job: &Uuid) -> JobInfo {
             .via(c)
             .expect("getJobs");
         if let Some(info) = m.get(job) {
-            if info.status == JobStatus::Running && info.progress.is_some()
-                || !info.status.is_active()
-            {
+            if ready(info) {
                 return info.clone();
             }
         }
-        assert!(Instant::now() < deadline, "job {job} did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(Instant::now() < deadline, "job {job} did not {what}");
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -316,6 +333,35 @@ pub fn qemu_img_compare(a: &Path, b: &Path) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
+}
+
+/// True if `qemu-img check -q` finds the image consistent.
+pub fn qemu_img_check(file: &Path) -> bool {
+    Command::new("qemu-img")
+        .args(["check", "-q"])
+        .arg(file)
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// Fails (showing the stderr) unless a finished process exited successfully.
+#[track_caller]
+pub fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An `sdmctl` command aimed at the agents at `urls` (one `--agent` each).
+pub fn sdmctl_cmd(urls: &[String]) -> Command {
+    let mut cmd = Command::new(bin("sdmctl"));
+    for u in urls {
+        cmd.arg("--agent").arg(u);
+    }
+    cmd
 }
 
 /// True if the test runs as root (loop devices, sanlock).

@@ -1,19 +1,18 @@
 //! `sdmctl` across several agents: hosts, disk move/copy/delete with JSON and human reports,
 //! jobs watch, and exit codes.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
-use sdm_client::{SdmApiClient, Via};
 use sdm_proto::Uuid;
 use sdm_tests::cluster::*;
+use sdm_tests::{assert_success, start_checksum};
 
 fn sdmctl(cluster: &Cluster, args: &[&str]) -> Output {
-    let mut cmd = Command::new(sdm_tests::bin("sdmctl"));
-    for u in cluster.urls() {
-        cmd.arg("--agent").arg(u);
-    }
-    cmd.args(args).output().expect("run sdmctl")
+    sdm_tests::sdmctl_cmd(&cluster.urls())
+        .args(args)
+        .output()
+        .expect("run sdmctl")
 }
 
 fn text(o: &[u8]) -> String {
@@ -35,7 +34,7 @@ async fn sdmctl_moves_copies_and_deletes_disks_across_agents() {
 
     // hosts
     let out = sdmctl(&cluster, &["--json", "hosts"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_success(&out);
     let hosts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(hosts.as_array().unwrap().len(), 2);
     for h in hosts.as_array().unwrap() {
@@ -94,7 +93,7 @@ async fn sdmctl_moves_copies_and_deletes_disks_across_agents() {
             j,
         ],
     );
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_success(&out);
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains(&format!("copy of image {img} committed")),
@@ -113,7 +112,7 @@ async fn sdmctl_moves_copies_and_deletes_disks_across_agents() {
         &cluster,
         &["disk", "delete", img, "--sd", sd1, "--wipe", "--journal", j],
     );
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_success(&out);
     assert!(
         text(&out.stdout).contains("source deleted"),
         "{}",
@@ -172,21 +171,10 @@ async fn sdmctl_jobs_watch_finds_jobs_on_any_agent() {
     let cluster = Cluster::start(2).await;
     let disk = create_disk(&cluster, &cluster.sd1, 2, 0).await;
     let c = cluster.client(1);
-    let job = Uuid::new_v4();
-    c.api()
-        .checksum_volume(
-            job.clone(),
-            cluster.sd1.clone(),
-            disk.img.clone(),
-            disk.volumes[0].vol.clone(),
-            None,
-        )
-        .await
-        .via(&c)
-        .unwrap();
+    let job = start_checksum(&c, &cluster.sd1, &disk.img, &disk.volumes[0].vol).await;
 
     let out = sdmctl(&cluster, &["jobs", "watch", job.as_str()]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_success(&out);
     assert!(
         text(&out.stdout).contains(&format!("job {job} checksum done")),
         "{}",

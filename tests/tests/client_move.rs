@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use sdm_client::{DeletePolicy, MovePolicy, Outcome, SdmApiClient, Via};
-use sdm_proto::{ErrorCode, Legality};
+use sdm_proto::ErrorCode;
 use sdm_tests::cluster::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,19 +94,7 @@ async fn copy_keeps_the_source_and_delete_wipes() {
     assert_eq!(report.outcome, Outcome::Committed, "{report:#?}");
     assert!(!report.deleted);
     let c = cluster.client(1);
-    for v in &disk.volumes {
-        let src = c
-            .api()
-            .get_volume_info(cluster.sd1.clone(), disk.img.clone(), v.vol.clone())
-            .await
-            .via(&c)
-            .unwrap();
-        assert_eq!(src.legality, Legality::Legal, "source untouched");
-        assert_eq!(
-            sdm_tests::sha256sum(&cluster.volume_path(&cluster.sd2, &disk.img, &v.vol)),
-            v.sha256
-        );
-    }
+    assert_source_untouched(&c, &cluster, &disk, &cluster.sd1, &cluster.sd2).await;
     // A second copy to the same domain is refused before anything is recorded.
     let err = disks
         .copy_disk(
@@ -198,19 +186,7 @@ async fn a_copy_that_fails_on_every_host_is_rolled_back() {
         Some(ErrorCode::ImageDoesNotExistInSD),
         "destination deleted"
     );
-    for v in &disk.volumes {
-        let info = c
-            .api()
-            .get_volume_info(cluster.sd1.clone(), disk.img.clone(), v.vol.clone())
-            .await
-            .via(&c)
-            .unwrap();
-        assert_eq!(info.legality, Legality::Legal, "source untouched");
-        assert_eq!(
-            sdm_tests::sha256sum(&cluster.volume_path(&cluster.sd1, &disk.img, &v.vol)),
-            v.sha256
-        );
-    }
+    assert_source_untouched(&c, &cluster, &disk, &cluster.sd1, &cluster.sd1).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     cluster.assert_clean().await;
     assert!(log.position("target_ready").is_none());

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sdm_client::{MovePolicy, Outcome, SdmApiClient, Via};
+use sdm_client::{Disks, MovePolicy, OpReport, Outcome};
+use sdm_proto::JobInfo;
 use sdm_tests::cluster::*;
 
 /// 1 MiB/s: a 6 MiB volume copies in about five seconds, long enough to interfere with even on
@@ -20,41 +21,86 @@ fn slow_policy() -> MovePolicy {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn host_killed_mid_copy_is_fenced_and_the_copy_retried_elsewhere() {
-    let mut cluster = Cluster::start(3).await;
+/// A slow move of a 6 MiB disk from `sd1` to `sd2`, caught mid-copy.
+struct SlowMove {
+    cluster: Cluster,
+    disk: TestDisk,
+    log: Arc<EventLog>,
+    engine: Engine,
+    /// The agent running the copy.
+    host: usize,
+    /// Its copy job.
+    job: JobInfo,
+}
+
+/// The engine side of a [`SlowMove`]: the `Disks` (and the directory of its journal), and the
+/// task running the move.
+struct Engine {
+    _dir: tempfile::TempDir,
+    disks: Arc<Disks>,
+    task: tokio::task::JoinHandle<Result<OpReport, sdm_client::Error>>,
+}
+
+impl Engine {
+    /// The move's report, once it has ended (within a minute).
+    async fn finished(&mut self) -> OpReport {
+        tokio::time::timeout(Duration::from_secs(60), &mut self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    }
+}
+
+/// Starts `n` agents and a move of a new disk with [`slow_policy`] in a task; returns while one
+/// agent's copy is under way.
+async fn slow_move_mid_copy(n: usize) -> SlowMove {
+    let cluster = Cluster::start(n).await;
     let disk = create_disk(&cluster, &cluster.sd1, 6, 0).await;
     let dir = tempfile::tempdir().unwrap();
     let disks = Arc::new(engine(&cluster, &dir.path().join("journal")).await);
     let log = Arc::new(EventLog::default());
-
-    let task = {
-        let (disks, log, img, sd1, sd2) = (
-            disks.clone(),
-            log.clone(),
-            disk.img.clone(),
-            cluster.sd1.clone(),
-            cluster.sd2.clone(),
-        );
-        tokio::spawn(async move {
-            disks
-                .move_disk(&img, &sd1, &sd2, slow_policy(), log.as_ref())
-                .await
-        })
-    };
-    let (victim, job) = cluster
+    let task = spawn_move(
+        &disks,
+        &log,
+        &disk.img,
+        &cluster.sd1,
+        &cluster.sd2,
+        slow_policy(),
+    );
+    let (host, job) = cluster
         .wait_running("copy_data", 0, Duration::from_secs(30))
         .await;
     // Mid-copy: the throttled copy runs for about five seconds.
     tokio::time::sleep(Duration::from_millis(700)).await;
+    SlowMove {
+        cluster,
+        disk,
+        log,
+        engine: Engine {
+            _dir: dir,
+            disks,
+            task,
+        },
+        host,
+        job,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_killed_mid_copy_is_fenced_and_the_copy_retried_elsewhere() {
+    let SlowMove {
+        mut cluster,
+        disk,
+        log,
+        mut engine,
+        host: victim,
+        job,
+    } = slow_move_mid_copy(3).await;
     let victim_url = cluster.agents[victim].url.clone();
     cluster.kill9(victim);
 
-    let report = tokio::time::timeout(Duration::from_secs(60), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let report = engine.finished().await;
 
     assert_eq!(report.outcome, Outcome::Committed, "{report:#?}");
     let v = &report.volumes[0];
@@ -87,37 +133,20 @@ async fn host_killed_mid_copy_is_fenced_and_the_copy_retried_elsewhere() {
     );
     assert_moved(&cluster, &disk, &cluster.sd1, &cluster.sd2).await;
     cluster.assert_clean().await;
-    assert!(disks.journal().unfinished().is_empty());
+    assert!(engine.disks.journal().unfinished().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_host_holding_the_lease_is_waited_for_not_fenced() {
-    let cluster = Cluster::start(3).await;
-    let disk = create_disk(&cluster, &cluster.sd1, 6, 0).await;
-    let dir = tempfile::tempdir().unwrap();
-    let disks = Arc::new(engine(&cluster, &dir.path().join("journal")).await);
-    let log = Arc::new(EventLog::default());
+    let SlowMove {
+        cluster,
+        disk,
+        log,
+        mut engine,
+        host: frozen,
+        job: _,
+    } = slow_move_mid_copy(3).await;
     let vol = disk.volumes[0].vol.clone();
-
-    let task = {
-        let (disks, log, img, sd1, sd2) = (
-            disks.clone(),
-            log.clone(),
-            disk.img.clone(),
-            cluster.sd1.clone(),
-            cluster.sd2.clone(),
-        );
-        tokio::spawn(async move {
-            disks
-                .move_disk(&img, &sd1, &sd2, slow_policy(), log.as_ref())
-                .await
-        })
-    };
-    let (frozen, _) = cluster
-        .wait_running("copy_data", 0, Duration::from_secs(30))
-        .await;
-    // Mid-copy: the throttled copy runs for about five seconds.
-    tokio::time::sleep(Duration::from_millis(700)).await;
     cluster.freeze(frozen);
 
     // The client finds the host silent, reads the destination elsewhere: lease held, running.
@@ -138,12 +167,7 @@ async fn frozen_host_holding_the_lease_is_waited_for_not_fenced() {
     }
     let other = (frozen + 1) % 3;
     let c = cluster.client(other);
-    let info = c
-        .api()
-        .get_volume_info(cluster.sd2.clone(), disk.img.clone(), vol.clone())
-        .await
-        .via(&c)
-        .unwrap();
+    let info = sdm_tests::volume_info(&c, &cluster.sd2, &disk.img, &vol).await;
     assert_eq!(
         info.generation, 0,
         "not fenced while the frozen host holds the lease"
@@ -152,11 +176,7 @@ async fn frozen_host_holding_the_lease_is_waited_for_not_fenced() {
     assert!(!log.decisions().iter().any(|d| d == "fencing"));
 
     cluster.thaw(frozen);
-    let report = tokio::time::timeout(Duration::from_secs(60), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let report = engine.finished().await;
 
     assert_eq!(report.outcome, Outcome::Committed, "{report:#?}");
     let v = &report.volumes[0];
@@ -179,31 +199,14 @@ async fn frozen_host_holding_the_lease_is_waited_for_not_fenced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_host_that_dies_is_fenced_once_its_lease_is_gone() {
-    let mut cluster = Cluster::start(2).await;
-    let disk = create_disk(&cluster, &cluster.sd1, 6, 0).await;
-    let dir = tempfile::tempdir().unwrap();
-    let disks = Arc::new(engine(&cluster, &dir.path().join("journal")).await);
-    let log = Arc::new(EventLog::default());
-
-    let task = {
-        let (disks, log, img, sd1, sd2) = (
-            disks.clone(),
-            log.clone(),
-            disk.img.clone(),
-            cluster.sd1.clone(),
-            cluster.sd2.clone(),
-        );
-        tokio::spawn(async move {
-            disks
-                .move_disk(&img, &sd1, &sd2, slow_policy(), log.as_ref())
-                .await
-        })
-    };
-    let (frozen, _) = cluster
-        .wait_running("copy_data", 0, Duration::from_secs(30))
-        .await;
-    // Mid-copy: the throttled copy runs for about five seconds.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let SlowMove {
+        mut cluster,
+        disk,
+        log,
+        mut engine,
+        host: frozen,
+        job: _,
+    } = slow_move_mid_copy(2).await;
     let frozen_url = cluster.agents[frozen].url.clone();
     cluster.freeze(frozen);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -219,11 +222,7 @@ async fn frozen_host_that_dies_is_fenced_once_its_lease_is_gone() {
     // SIGKILL reaches a stopped process; its OFD locks go with it.
     cluster.kill9(frozen);
 
-    let report = tokio::time::timeout(Duration::from_secs(60), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let report = engine.finished().await;
 
     assert_eq!(report.outcome, Outcome::Committed, "{report:#?}");
     let v = &report.volumes[0];

@@ -2,7 +2,8 @@
 //! in-process at every phase), `resume()` finishes the operation, leaves nothing behind, and the
 //! source is deleted only after the destination was verified and committed.
 
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,10 +73,7 @@ async fn sdmctl_killed_mid_move_is_finished_by_resume() {
     let disk = create_disk(&cluster, &cluster.sd1, 4, 1).await;
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("engine.journal");
-    let mut cmd = Command::new(sdm_tests::bin("sdmctl"));
-    for u in cluster.urls() {
-        cmd.arg("--agent").arg(u);
-    }
+    let mut cmd = sdm_tests::sdmctl_cmd(&cluster.urls());
     cmd.args([
         "disk",
         "move",
@@ -133,16 +131,12 @@ async fn sdmctl_killed_mid_move_is_finished_by_resume() {
     // Idempotent: nothing is left, a second resume does nothing, and sdmctl agrees.
     assert!(disks.resume(&log).await.unwrap().is_empty());
     drop(disks);
-    let out = Command::new(sdm_tests::bin("sdmctl"))
-        .args(["--agent", &cluster.agents[0].url, "resume", "--journal"])
+    let out = sdm_tests::sdmctl_cmd(std::slice::from_ref(&cluster.agents[0].url))
+        .args(["resume", "--journal"])
         .arg(&journal)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sdm_tests::assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to resume"));
 }
 
@@ -153,6 +147,33 @@ fn matches_stop(e: &Event, stop: &str) -> bool {
         Some((name, phase)) => v["event"] == name && v["phase"] == phase,
         None => v["event"] == stop,
     }
+}
+
+/// Moves `disk` from `sd1` to `sd2` with an engine on `journal` and "crashes" the engine at the
+/// first event matching `stop`: the operation's future is dropped at its next await after it.
+async fn move_until_crash(
+    cluster: &Cluster,
+    disk: &TestDisk,
+    journal: &Path,
+    policy: MovePolicy,
+    stop: &str,
+) {
+    let disks = Arc::new(engine(cluster, journal).await);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let log = Arc::new(EventLog::with_channel(tx));
+    let task = spawn_move(&disks, &log, &disk.img, &cluster.sd1, &cluster.sd2, policy);
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if matches_stop(&e, stop) {
+            task.abort();
+            break;
+        }
+    }
+    let _ = task.await;
+    drop(disks);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,36 +192,7 @@ async fn an_engine_crash_at_any_phase_is_finished_by_resume() {
         let disk = create_disk(&cluster, &cluster.sd1, 1, 1).await;
         let dir = tempfile::tempdir().unwrap();
         let journal = dir.path().join("j");
-        let disks = Arc::new(engine(&cluster, &journal).await);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let log = Arc::new(EventLog::with_channel(tx));
-        let task = {
-            let (disks, log, img, s1, s2) = (
-                disks.clone(),
-                log.clone(),
-                disk.img.clone(),
-                cluster.sd1.clone(),
-                cluster.sd2.clone(),
-            );
-            tokio::spawn(async move {
-                disks
-                    .move_disk(&img, &s1, &s2, MovePolicy::default(), log.as_ref())
-                    .await
-            })
-        };
-        // The "crash": the operation's future is dropped at its next await after the event.
-        loop {
-            let e = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-                .await
-                .unwrap()
-                .unwrap();
-            if matches_stop(&e, stop) {
-                task.abort();
-                break;
-            }
-        }
-        let _ = task.await;
-        drop(disks);
+        move_until_crash(&cluster, &disk, &journal, MovePolicy::default(), stop).await;
         // Opening the journal again drops finished operations: keep what the crash left.
         let crashed = read_entries(&journal).unwrap();
         let names: Vec<&str> = crashed.iter().map(|e| e.rec.name()).collect();
@@ -253,11 +245,7 @@ async fn an_undeletable_source_stays_illegal_and_pending_until_resume() {
     let disk = create_disk(&cluster, &cluster.sd1, 2, 1).await;
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("j");
-    let broken_only = sdm_client::Disks::new(
-        test_pool(std::slice::from_ref(&cluster.agents[1].url)),
-        open_journal(&journal).await,
-    )
-    .with_follow_options(test_follow());
+    let broken_only = engine_over(std::slice::from_ref(&cluster.agents[1].url), &journal).await;
     let log = EventLog::default();
 
     let report = broken_only
@@ -286,12 +274,7 @@ async fn an_undeletable_source_stays_illegal_and_pending_until_resume() {
     // The destination is complete and usable already.
     let c = cluster.client(0);
     for v in &disk.volumes {
-        let info = c
-            .api()
-            .get_volume_info(cluster.sd2.clone(), disk.img.clone(), v.vol.clone())
-            .await
-            .via(&c)
-            .unwrap();
+        let info = sdm_tests::volume_info(&c, &cluster.sd2, &disk.img, &v.vol).await;
         assert_eq!(info.legality, sdm_proto::Legality::Legal);
         assert_eq!(
             sdm_tests::sha256sum(&cluster.volume_path(&cluster.sd2, &disk.img, &v.vol)),
@@ -323,11 +306,7 @@ async fn an_undeletable_source_stays_illegal_and_pending_until_resume() {
     drop(broken_only);
 
     // A later resume, with a host that can delete, finishes it.
-    let disks = sdm_client::Disks::new(
-        test_pool(std::slice::from_ref(&cluster.agents[0].url)),
-        open_journal(&journal).await,
-    )
-    .with_follow_options(test_follow());
+    let disks = engine_over(std::slice::from_ref(&cluster.agents[0].url), &journal).await;
     let reports = disks.resume(&log).await.unwrap();
     assert_eq!(reports.len(), 1);
     assert_eq!(reports[0].outcome, Outcome::Committed, "{:#?}", reports[0]);
@@ -347,35 +326,11 @@ async fn a_crash_during_rollback_is_rolled_back_by_resume() {
     let disk = create_disk(&cluster, &cluster.sd1, 1, 1).await;
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("j");
-    let disks = Arc::new(engine(&cluster, &journal).await);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let log = Arc::new(EventLog::with_channel(tx));
-    let task = {
-        let (disks, log, img, s1, s2) = (
-            disks.clone(),
-            log.clone(),
-            disk.img.clone(),
-            cluster.sd1.clone(),
-            cluster.sd2.clone(),
-        );
-        let policy = MovePolicy {
-            max_attempts: 1,
-            ..Default::default()
-        };
-        tokio::spawn(async move { disks.move_disk(&img, &s1, &s2, policy, log.as_ref()).await })
+    let policy = MovePolicy {
+        max_attempts: 1,
+        ..Default::default()
     };
-    loop {
-        let e = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        if matches_stop(&e, "phase:rollback") {
-            task.abort();
-            break;
-        }
-    }
-    let _ = task.await;
-    drop(disks);
+    move_until_crash(&cluster, &disk, &journal, policy, "phase:rollback").await;
     let crashed = read_entries(&journal).unwrap();
     assert!(
         crashed
@@ -400,23 +355,7 @@ async fn a_crash_during_rollback_is_rolled_back_by_resume() {
         err.code(),
         Some(sdm_proto::ErrorCode::ImageDoesNotExistInSD)
     );
-    for v in &disk.volumes {
-        let info = c
-            .api()
-            .get_volume_info(cluster.sd1.clone(), disk.img.clone(), v.vol.clone())
-            .await
-            .via(&c)
-            .unwrap();
-        assert_eq!(
-            info.legality,
-            sdm_proto::Legality::Legal,
-            "source untouched"
-        );
-        assert_eq!(
-            sdm_tests::sha256sum(&cluster.volume_path(&cluster.sd1, &disk.img, &v.vol)),
-            v.sha256
-        );
-    }
+    assert_source_untouched(&c, &cluster, &disk, &cluster.sd1, &cluster.sd1).await;
     wait_idle(&cluster).await;
     cluster.assert_clean().await;
     assert!(disks

@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use sdm_client::{AgentClient, MovePolicy, Outcome, SdmApiClient, Via};
-use sdm_proto::{
-    Capacity, Endpoint, ErrorCode, Generation, Preallocation, Size, Uuid, VolumeFormat,
-};
+use sdm_proto::{Endpoint, ErrorCode, Generation, Uuid, VolumeFormat};
 use sdm_tests::cluster::*;
 
 fn runs_of(log: &str, job: &Uuid) -> usize {
@@ -20,23 +18,9 @@ async fn a_lost_answer_is_retried_with_the_same_job_id_and_nothing_runs_twice() 
     let cluster = Cluster::start(1).await;
     let direct = cluster.client(0);
     let (img, vol, dst_img) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    let cap = Capacity(Size(2 << 20));
     for (sd, i) in [(&cluster.sd1, &img), (&cluster.sd2, &dst_img)] {
-        direct
-            .api()
-            .create_volume(
-                sd.clone(),
-                i.clone(),
-                vol.clone(),
-                cap,
-                VolumeFormat::Raw,
-                Preallocation::Sparse,
-                None,
-                None,
-            )
-            .await
-            .via(&direct)
-            .unwrap();
+        sdm_tests::create_volume(&direct, sd, i, &vol, 2 << 20, VolumeFormat::Raw, None, None)
+            .await;
     }
     sdm_tests::write_pattern(
         &cluster.volume_path(&cluster.sd1, &img, &vol),
@@ -85,12 +69,7 @@ async fn a_lost_answer_is_retried_with_the_same_job_id_and_nothing_runs_twice() 
         1,
         "the job ran once"
     );
-    let d = direct
-        .api()
-        .get_volume_info(cluster.sd2.clone(), dst_img.clone(), vol.clone())
-        .await
-        .via(&direct)
-        .unwrap();
+    let d = sdm_tests::volume_info(&direct, &cluster.sd2, &dst_img, &vol).await;
     assert_eq!(d.generation, 1, "exactly one copy committed");
 
     // Sending it yet again, on purpose, is refused and changes nothing.
@@ -103,12 +82,7 @@ async fn a_lost_answer_is_retried_with_the_same_job_id_and_nothing_runs_twice() 
     assert_eq!(again.code(), Some(ErrorCode::JobExists));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(runs_of(&cluster.agents[0].log_text(), &job), 1);
-    let d = direct
-        .api()
-        .get_volume_info(cluster.sd2.clone(), dst_img, vol)
-        .await
-        .via(&direct)
-        .unwrap();
+    let d = sdm_tests::volume_info(&direct, &cluster.sd2, &dst_img, &vol).await;
     assert_eq!(d.generation, 1);
 }
 
@@ -118,11 +92,7 @@ async fn a_disk_copy_over_a_lossy_link_submits_each_volume_once() {
     let disk = create_disk(&cluster, &cluster.sd1, 2, 1).await;
     let proxy = FlakyProxy::start(cluster.agents[0].addr, "SDM.copy_data", 2);
     let dir = tempfile::tempdir().unwrap();
-    let disks = sdm_client::Disks::new(
-        test_pool(std::slice::from_ref(&proxy.url)),
-        open_journal(&dir.path().join("j")).await,
-    )
-    .with_follow_options(test_follow());
+    let disks = engine_over(std::slice::from_ref(&proxy.url), &dir.path().join("j")).await;
     let log = EventLog::default();
 
     let report = disks

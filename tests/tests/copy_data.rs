@@ -2,7 +2,7 @@
 //! from another client, contention, kill -9 and restart — with local leases, and with sanlock
 //! for two hosts.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use sdm_client::{AgentClient, SdmApiClient, Via};
@@ -11,120 +11,23 @@ use sdm_tests::*;
 
 const MIB: u64 = 1 << 20;
 
-struct Vol {
-    sd: Uuid,
-    img: Uuid,
-    vol: Uuid,
-    path: PathBuf,
-}
-
-impl Vol {
-    fn ep(&self, generation: Option<u16>) -> Endpoint {
-        Endpoint::div(
-            self.sd.clone(),
-            self.img.clone(),
-            self.vol.clone(),
-            generation.map(Generation),
-        )
-    }
-}
-
-async fn domain_dir(c: &AgentClient, sd: &Uuid) -> PathBuf {
-    let l = c.api().list_domains().await.via(c).unwrap();
-    l.into_iter()
-        .find(|d| &d.sd_id == sd)
-        .expect("domain attached")
-        .path
-        .into()
-}
-
-async fn create(c: &AgentClient, sd: &Uuid, size: u64, format: VolumeFormat) -> Vol {
-    let (img, vol) = (uuid(), uuid());
-    c.api()
-        .create_volume(
-            sd.clone(),
-            img.clone(),
-            vol.clone(),
-            Capacity(Size(size)),
-            format,
-            Preallocation::Sparse,
-            None,
-            None,
-        )
-        .await
-        .via(c)
-        .unwrap();
-    let path = domain_dir(c, sd)
-        .await
-        .join("images")
-        .join(img.as_str())
-        .join(vol.as_str());
-    Vol {
-        sd: sd.clone(),
-        img,
-        vol,
-        path,
-    }
-}
-
 /// A raw source with data in a few places and holes elsewhere.
 async fn raw_source(c: &AgentClient, sd: &Uuid, size: u64) -> Vol {
-    let v = create(c, sd, size, VolumeFormat::Raw).await;
+    let v = new_volume(c, sd, size, VolumeFormat::Raw).await;
     write_pattern(&v.path, 0, 256 * 1024, 1);
     write_pattern(&v.path, size / 2 + 4096, MIB as usize, 2);
     write_pattern(&v.path, size - 8192, 8192, 3);
     v
 }
 
-async fn info(c: &AgentClient, v: &Vol) -> VolumeInfo {
-    c.api()
-        .get_volume_info(v.sd.clone(), v.img.clone(), v.vol.clone())
-        .await
-        .via(c)
-        .unwrap()
-}
-
-async fn copy(
-    c: &AgentClient,
-    src: &Vol,
-    dst: &Vol,
-    generation: Option<u16>,
-    bw: Option<u64>,
-) -> Uuid {
-    let job = uuid();
-    c.api()
-        .copy_data(
-            job.clone(),
-            src.ep(None),
-            dst.ep(generation),
-            None,
-            None,
-            bw.map(Size),
-        )
-        .await
-        .via(c)
-        .unwrap();
-    job
-}
-
 async fn fill_illegal(c: &AgentClient, v: &Vol, generation: u16) {
-    let job = uuid();
-    let r = VolumeRef {
-        sd_id: v.sd.clone(),
-        img_id: v.img.clone(),
-        vol_id: v.vol.clone(),
-        generation: Some(Generation(generation)),
-    };
-    let a = VolumeAttributes {
-        legality: Some(Legality::Illegal),
-        ..Default::default()
-    };
-    c.api()
-        .update_volume(job.clone(), r, a)
-        .await
-        .via(c)
-        .unwrap();
-    assert_eq!(wait_job(c, &job).await.status, JobStatus::Done);
+    let attrs = legality_attrs(Legality::Illegal);
+    assert_eq!(
+        update_volume(c, v.vref(Some(generation)), attrs)
+            .await
+            .status,
+        JobStatus::Done
+    );
 }
 
 fn same_bytes(a: &Path, b: &Path) -> bool {
@@ -145,12 +48,12 @@ async fn copy_raw_and_cow_succeeds_legal_with_next_generation() {
 
     let src = raw_source(&c, &sd1, 64 * MIB).await;
     let before = sha256sum(&src.path);
-    let dst = create(&c, &sd2, 64 * MIB, VolumeFormat::Raw).await;
-    let job = copy(&c, &src, &dst, Some(0), None).await;
+    let dst = new_volume(&c, &sd2, 64 * MIB, VolumeFormat::Raw).await;
+    let job = copy_volume(&c, &src, &dst, Some(0), None).await;
     let done = wait_job(&c, &job).await;
     assert_eq!(done.status, JobStatus::Done, "{done:?}");
     assert_eq!(done.progress, Some(100.0));
-    let i = info(&c, &dst).await;
+    let i = dst.info(&c).await;
     assert_eq!((i.legality, i.generation), (Legality::Legal, 1));
     assert!(i.lease.owners.is_empty());
     assert!(same_bytes(&src.path, &dst.path), "cmp differs");
@@ -162,13 +65,13 @@ async fn copy_raw_and_cow_succeeds_legal_with_next_generation() {
     );
     assert_eq!(sha256sum(&src.path), before, "source untouched");
     assert_eq!(
-        info(&c, &src).await.generation,
+        src.info(&c).await.generation,
         0,
         "source generation untouched"
     );
 
     // COW: a qcow2 with data, copied container to container.
-    let csrc = create(&c, &sd1, 32 * MIB, VolumeFormat::Cow).await;
+    let csrc = new_volume(&c, &sd1, 32 * MIB, VolumeFormat::Cow).await;
     let raw = agent.state_dir.join("fill.raw");
     std::fs::File::create(&raw)
         .unwrap()
@@ -182,25 +85,23 @@ async fn copy_raw_and_cow_succeeds_legal_with_next_generation() {
         .status()
         .unwrap();
     assert!(st.success());
-    let cdst = create(&c, &sd2, 32 * MIB, VolumeFormat::Cow).await;
-    let job = copy(&c, &csrc, &cdst, Some(0), None).await;
+    let cdst = new_volume(&c, &sd2, 32 * MIB, VolumeFormat::Cow).await;
+    let job = copy_volume(&c, &csrc, &cdst, Some(0), None).await;
     assert_eq!(wait_job(&c, &job).await.status, JobStatus::Done);
     assert!(
         qemu_img_compare(&raw, &cdst.path),
         "qcow2 destination has the data"
     );
-    let check = std::process::Command::new("qemu-img")
-        .args(["check", "-q"])
-        .arg(&cdst.path)
-        .status()
-        .unwrap();
-    assert!(check.success(), "qemu-img check of the destination");
+    assert!(
+        qemu_img_check(&cdst.path),
+        "qemu-img check of the destination"
+    );
 
     // Format conversion is refused (as a job error), the destination left as it was.
-    let job = copy(&c, &src, &cdst, None, None).await;
+    let job = copy_volume(&c, &src, &cdst, None, None).await;
     let f = wait_job(&c, &job).await;
     assert_eq!(f.error.unwrap().code, 2009);
-    assert_eq!(info(&c, &cdst).await.legality, Legality::Legal);
+    assert_eq!(cdst.info(&c).await.legality, Legality::Legal);
 }
 
 #[tokio::test]
@@ -213,8 +114,8 @@ async fn injected_io_error_leaves_destination_illegal_with_old_generation() {
     let (sd1, sd2, _, _) = default_domains(&c).await;
     let src = raw_source(&c, &sd1, 16 * MIB).await;
     let before = sha256sum(&src.path);
-    let dst = create(&c, &sd2, 16 * MIB, VolumeFormat::Raw).await;
-    let job = copy(&c, &src, &dst, Some(0), None).await;
+    let dst = new_volume(&c, &sd2, 16 * MIB, VolumeFormat::Raw).await;
+    let job = copy_volume(&c, &src, &dst, Some(0), None).await;
     let f = wait_job(&c, &job).await;
     assert_eq!(f.status, JobStatus::Failed);
     let e = f.error.unwrap();
@@ -224,7 +125,7 @@ async fn injected_io_error_leaves_destination_illegal_with_old_generation() {
         "errno text reaches the engine: {}",
         e.message
     );
-    let i = info(&c, &dst).await;
+    let i = dst.info(&c).await;
     assert_eq!((i.legality, i.generation), (Legality::Illegal, 0));
     assert!(i.lease.owners.is_empty());
     assert_eq!(sha256sum(&src.path), before);
@@ -236,23 +137,23 @@ async fn abort_and_lease_visible_while_running() {
     let agent = AgentProc::start(AgentOptions::default());
     let c = agent.client();
     let (sd1, sd2, _, _) = default_domains(&c).await;
-    let src = create(&c, &sd1, 16 * MIB, VolumeFormat::Raw).await;
+    let src = new_volume(&c, &sd1, 16 * MIB, VolumeFormat::Raw).await;
     write_pattern(&src.path, 0, 16 * MIB as usize, 5);
-    let dst = create(&c, &sd2, 16 * MIB, VolumeFormat::Raw).await;
-    let job = copy(&c, &src, &dst, Some(0), Some(2 * MIB)).await;
+    let dst = new_volume(&c, &sd2, 16 * MIB, VolumeFormat::Raw).await;
+    let job = copy_volume(&c, &src, &dst, Some(0), Some(2 * MIB)).await;
     let running = wait_running(&c, &job).await;
     assert_eq!(running.status, JobStatus::Running);
 
     // A second client sees the lease held by this host while the copy runs.
     let other = AgentClient::new(&agent.url).unwrap();
-    let i = info(&other, &dst).await;
+    let i = dst.info(&other).await;
     assert_eq!(i.lease.owners, vec![1]);
     assert_eq!(i.legality, Legality::Illegal, "ILLEGAL while written");
     let stats = other.api().get_stats().await.via(&other).unwrap();
     assert_eq!(stats.jobs_running, 1);
 
     // A second copy onto the same destination fails at once with 651.
-    let second = copy(&other, &src, &dst, None, None).await;
+    let second = copy_volume(&other, &src, &dst, None, None).await;
     let s = wait_job(&other, &second).await;
     assert_eq!(s.error.as_ref().map(|e| e.code), Some(651), "{s:?}");
 
@@ -266,14 +167,14 @@ async fn abort_and_lease_visible_while_running() {
     );
     assert_eq!(a.status, JobStatus::Aborted);
     assert_eq!(a.error.unwrap().code, 443);
-    let i = info(&c, &dst).await;
+    let i = dst.info(&c).await;
     assert_eq!((i.legality, i.generation), (Legality::Illegal, 0));
     assert!(i.lease.owners.is_empty(), "lease released after abort");
 
     // An ILLEGAL destination is allowed: the copy can be run again and succeeds.
-    let job = copy(&c, &src, &dst, Some(0), None).await;
+    let job = copy_volume(&c, &src, &dst, Some(0), None).await;
     assert_eq!(wait_job(&c, &job).await.status, JobStatus::Done);
-    let i = info(&c, &dst).await;
+    let i = dst.info(&c).await;
     assert_eq!((i.legality, i.generation), (Legality::Legal, 1));
     assert!(same_bytes(&src.path, &dst.path));
 }
@@ -284,14 +185,14 @@ async fn generation_mismatch_and_illegal_source() {
     let c = agent.client();
     let (sd1, sd2, _, _) = default_domains(&c).await;
     let src = raw_source(&c, &sd1, 8 * MIB).await;
-    let dst = create(&c, &sd2, 8 * MIB, VolumeFormat::Raw).await;
+    let dst = new_volume(&c, &sd2, 8 * MIB, VolumeFormat::Raw).await;
     let dst_before = sha256sum(&dst.path);
     let meta_before = std::fs::read(dst.path.with_extension("meta")).unwrap();
 
-    let job = copy(&c, &src, &dst, Some(1), None).await;
+    let job = copy_volume(&c, &src, &dst, Some(1), None).await;
     let f = wait_job(&c, &job).await;
     assert_eq!(f.error.unwrap().code, 911);
-    let i = info(&c, &dst).await;
+    let i = dst.info(&c).await;
     assert_eq!(
         (i.legality, i.generation),
         (Legality::Legal, 0),
@@ -305,10 +206,10 @@ async fn generation_mismatch_and_illegal_source() {
     );
 
     fill_illegal(&c, &src, 0).await;
-    let job = copy(&c, &src, &dst, Some(0), None).await;
+    let job = copy_volume(&c, &src, &dst, Some(0), None).await;
     let f = wait_job(&c, &job).await;
     assert_eq!(f.error.unwrap().code, 227);
-    assert_eq!(info(&c, &dst).await.legality, Legality::Legal);
+    assert_eq!(dst.info(&c).await.legality, Legality::Legal);
 }
 
 #[tokio::test]
@@ -316,54 +217,38 @@ async fn update_volume_matrix() {
     let agent = AgentProc::start(AgentOptions::default());
     let c = agent.client();
     let (sd1, _, _, _) = default_domains(&c).await;
-    let v = create(&c, &sd1, MIB, VolumeFormat::Raw).await;
-    let r = |g: Option<u16>| VolumeRef {
-        sd_id: v.sd.clone(),
-        img_id: v.img.clone(),
-        vol_id: v.vol.clone(),
-        generation: g.map(Generation),
-    };
-    let run = |vr: VolumeRef, a: VolumeAttributes| {
-        let c = c.clone();
-        async move {
-            let job = uuid();
-            c.api()
-                .update_volume(job.clone(), vr, a)
-                .await
-                .via(&c)
-                .unwrap();
-            wait_job(&c, &job).await
-        }
-    };
-    let legality = |l| VolumeAttributes {
-        legality: Some(l),
-        ..Default::default()
-    };
+    let v = new_volume(&c, &sd1, MIB, VolumeFormat::Raw).await;
+    let r = |g: Option<u16>| v.vref(g);
+    let run = |vr: VolumeRef, a: VolumeAttributes| update_volume(&c, vr, a);
 
     assert_eq!(
-        run(r(Some(0)), legality(Legality::Illegal)).await.status,
+        run(r(Some(0)), legality_attrs(Legality::Illegal))
+            .await
+            .status,
         JobStatus::Done
     );
-    assert_eq!(info(&c, &v).await.generation, 1);
+    assert_eq!(v.info(&c).await.generation, 1);
     assert_eq!(
-        run(r(Some(1)), legality(Legality::Legal)).await.status,
+        run(r(Some(1)), legality_attrs(Legality::Legal))
+            .await
+            .status,
         JobStatus::Done
     );
-    let i = info(&c, &v).await;
+    let i = v.info(&c).await;
     assert_eq!((i.legality, i.generation), (Legality::Legal, 2));
     // Same legality: InvalidVolumeUpdate, generation unchanged.
     assert_eq!(
-        run(r(Some(2)), legality(Legality::Legal))
+        run(r(Some(2)), legality_attrs(Legality::Legal))
             .await
             .error
             .unwrap()
             .code,
         235
     );
-    assert_eq!(info(&c, &v).await.generation, 2);
+    assert_eq!(v.info(&c).await.generation, 2);
     // Wrong or missing generation: 911.
     assert_eq!(
-        run(r(Some(7)), legality(Legality::Illegal))
+        run(r(Some(7)), legality_attrs(Legality::Illegal))
             .await
             .error
             .unwrap()
@@ -371,7 +256,7 @@ async fn update_volume_matrix() {
         911
     );
     assert_eq!(
-        run(r(None), legality(Legality::Illegal))
+        run(r(None), legality_attrs(Legality::Illegal))
             .await
             .error
             .unwrap()
@@ -384,19 +269,19 @@ async fn update_volume_matrix() {
         ..Default::default()
     };
     assert_eq!(run(r(Some(2)), d).await.status, JobStatus::Done);
-    assert_eq!(info(&c, &v).await.description, "renamed");
+    assert_eq!(v.info(&c).await.description, "renamed");
     let g = VolumeAttributes {
         generation: Some(Generation(44)),
         ..Default::default()
     };
     assert_eq!(run(r(Some(3)), g).await.status, JobStatus::Done);
-    assert_eq!(info(&c, &v).await.generation, 44);
+    assert_eq!(v.info(&c).await.generation, 44);
     let fence = VolumeAttributes {
         generation: Some(Generation(47)),
         ..Default::default()
     };
     assert_eq!(run(r(Some(44)), fence).await.status, JobStatus::Done);
-    assert_eq!(info(&c, &v).await.generation, 47);
+    assert_eq!(v.info(&c).await.generation, 47);
     // Generation wraps at 999.
     let g = VolumeAttributes {
         generation: Some(Generation(999)),
@@ -404,10 +289,12 @@ async fn update_volume_matrix() {
     };
     run(r(Some(47)), g).await;
     assert_eq!(
-        run(r(Some(999)), legality(Legality::Illegal)).await.status,
+        run(r(Some(999)), legality_attrs(Legality::Illegal))
+            .await
+            .status,
         JobStatus::Done
     );
-    assert_eq!(info(&c, &v).await.generation, 0);
+    assert_eq!(v.info(&c).await.generation, 0);
     // Type: a parentless LEAF may become SHARED, once.
     let shared = VolumeAttributes {
         role: Some(VolumeRole::Shared),
@@ -417,7 +304,7 @@ async fn update_volume_matrix() {
         run(r(Some(0)), shared.clone()).await.status,
         JobStatus::Done
     );
-    assert_eq!(info(&c, &v).await.voltype, VolumeRole::Shared);
+    assert_eq!(v.info(&c).await.voltype, VolumeRole::Shared);
     assert_eq!(
         run(r(Some(1)), shared.clone()).await.error.unwrap().code,
         235
@@ -426,28 +313,10 @@ async fn update_volume_matrix() {
     let img = uuid();
     let (base, top) = (uuid(), uuid());
     for (vol, parent) in [(&base, None), (&top, Some(base.clone()))] {
-        c.api()
-            .create_volume(
-                sd1.clone(),
-                img.clone(),
-                vol.clone(),
-                Capacity(Size(MIB)),
-                VolumeFormat::Cow,
-                Preallocation::Sparse,
-                parent,
-                None,
-            )
-            .await
-            .via(&c)
-            .unwrap();
+        create_volume(&c, &sd1, &img, vol, MIB, VolumeFormat::Cow, parent, None).await;
     }
     for vol in [&top, &base] {
-        let vr = VolumeRef {
-            sd_id: sd1.clone(),
-            img_id: img.clone(),
-            vol_id: vol.clone(),
-            generation: Some(Generation(0)),
-        };
+        let vr = volume_ref(&sd1, &img, vol, Some(0));
         assert_eq!(run(vr, shared.clone()).await.error.unwrap().code, 235);
     }
     // Empty or invalid attributes are refused before a job exists.
@@ -487,16 +356,16 @@ async fn kill_9_mid_copy_then_restart_local_leases() {
     let mut agent = AgentProc::start(AgentOptions::default());
     let c = agent.client();
     let (sd1, sd2, _, _) = default_domains(&c).await;
-    let src = create(&c, &sd1, 16 * MIB, VolumeFormat::Raw).await;
+    let src = new_volume(&c, &sd1, 16 * MIB, VolumeFormat::Raw).await;
     write_pattern(&src.path, 0, 16 * MIB as usize, 11);
     let before = sha256sum(&src.path);
-    let dst = create(&c, &sd2, 16 * MIB, VolumeFormat::Raw).await;
-    let job = copy(&c, &src, &dst, Some(0), Some(2 * MIB)).await;
+    let dst = new_volume(&c, &sd2, 16 * MIB, VolumeFormat::Raw).await;
+    let job = copy_volume(&c, &src, &dst, Some(0), Some(2 * MIB)).await;
     wait_running(&c, &job).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     agent.restart();
     let c = agent.client();
-    let i = info(&c, &dst).await;
+    let i = dst.info(&c).await;
     assert_eq!((i.legality, i.generation), (Legality::Illegal, 0));
     assert!(i.lease.owners.is_empty(), "the dead agent's lease is free");
     assert_eq!(sha256sum(&src.path), before, "source byte-identical");
@@ -509,7 +378,7 @@ async fn kill_9_mid_copy_then_restart_local_leases() {
             .is_empty(),
         "jobs are gone with the process"
     );
-    let job = copy(&c, &src, &dst, Some(0), None).await;
+    let job = copy_volume(&c, &src, &dst, Some(0), None).await;
     assert_eq!(wait_job(&c, &job).await.status, JobStatus::Done);
     assert!(same_bytes(&src.path, &dst.path));
 }
@@ -519,10 +388,10 @@ async fn sigterm_aborts_running_jobs_cleanly() {
     let mut agent = AgentProc::start(AgentOptions::default());
     let c = agent.client();
     let (sd1, sd2, _, _) = default_domains(&c).await;
-    let src = create(&c, &sd1, 16 * MIB, VolumeFormat::Raw).await;
+    let src = new_volume(&c, &sd1, 16 * MIB, VolumeFormat::Raw).await;
     write_pattern(&src.path, 0, 16 * MIB as usize, 12);
-    let dst = create(&c, &sd2, 16 * MIB, VolumeFormat::Raw).await;
-    let job = copy(&c, &src, &dst, Some(0), Some(MIB)).await;
+    let dst = new_volume(&c, &sd2, 16 * MIB, VolumeFormat::Raw).await;
+    let job = copy_volume(&c, &src, &dst, Some(0), Some(MIB)).await;
     wait_running(&c, &job).await;
     let (status, took) = agent.terminate();
     assert!(
@@ -590,12 +459,12 @@ async fn sanlock_two_hosts_lease_contention_and_crash() {
         "lockspace written"
     );
 
-    let src_a = create(&c1, &sd, 8 * MIB, VolumeFormat::Raw).await;
+    let src_a = new_volume(&c1, &sd, 8 * MIB, VolumeFormat::Raw).await;
     write_pattern(&src_a.path, 0, 8 * MIB as usize, 21);
-    let dst_a = create(&c1, &sd, 8 * MIB, VolumeFormat::Raw).await;
-    let src_b = create(&c2, &sd, 8 * MIB, VolumeFormat::Raw).await;
+    let dst_a = new_volume(&c1, &sd, 8 * MIB, VolumeFormat::Raw).await;
+    let src_b = new_volume(&c2, &sd, 8 * MIB, VolumeFormat::Raw).await;
     write_pattern(&src_b.path, 0, 8 * MIB as usize, 22);
-    let dst_b = create(&c2, &sd, 8 * MIB, VolumeFormat::Raw).await;
+    let dst_b = new_volume(&c2, &sd, 8 * MIB, VolumeFormat::Raw).await;
     assert_eq!(
         std::fs::metadata(dst_a.path.with_extension("lease"))
             .unwrap()
@@ -605,9 +474,9 @@ async fn sanlock_two_hosts_lease_contention_and_crash() {
     );
 
     // Host 1 copies slowly; host 2 sees host 1 as the owner and cannot take the lease.
-    let job_a = copy(&c1, &src_a, &dst_a, Some(0), Some(MIB)).await;
+    let job_a = copy_volume(&c1, &src_a, &dst_a, Some(0), Some(MIB)).await;
     wait_running(&c1, &job_a).await;
-    let seen = info(&c2, &dst_a).await;
+    let seen = dst_a.info(&c2).await;
     assert_eq!(
         seen.lease.owners,
         vec![1],
@@ -615,7 +484,7 @@ async fn sanlock_two_hosts_lease_contention_and_crash() {
     );
     assert!(seen.lease.version.is_some());
     let t = std::time::Instant::now();
-    let steal = copy(&c2, &src_b, &dst_a, None, None).await;
+    let steal = copy_volume(&c2, &src_b, &dst_a, None, None).await;
     let s = wait_job(&c2, &steal).await;
     assert_eq!(s.error.as_ref().map(|e| e.code), Some(651), "{s:?}");
     assert!(
@@ -625,7 +494,7 @@ async fn sanlock_two_hosts_lease_contention_and_crash() {
     );
 
     // Copies on both hosts run at the same time on different volumes.
-    let job_b = copy(&c2, &src_b, &dst_b, Some(0), None).await;
+    let job_b = copy_volume(&c2, &src_b, &dst_b, Some(0), None).await;
     assert_eq!(wait_job(&c2, &job_b).await.status, JobStatus::Done);
     assert_eq!(
         wait_running(&c1, &job_a).await.status,
@@ -638,10 +507,10 @@ async fn sanlock_two_hosts_lease_contention_and_crash() {
     // delta lease: the lease stays with host 1, and host 2 is still refused at once.
     // SAFETY: signals to our own child process.
     unsafe { libc::kill(h1.pid() as i32, libc::SIGSTOP) };
-    let frozen = copy(&c2, &src_b, &dst_a, None, None).await;
+    let frozen = copy_volume(&c2, &src_b, &dst_a, None, None).await;
     let s = wait_job(&c2, &frozen).await;
     assert_eq!(s.error.as_ref().map(|e| e.code), Some(651), "{s:?}");
-    assert_eq!(info(&c2, &dst_a).await.lease.owners, vec![1]);
+    assert_eq!(dst_a.info(&c2).await.lease.owners, vec![1]);
     // SAFETY: as above.
     unsafe { libc::kill(h1.pid() as i32, libc::SIGCONT) };
 
@@ -649,25 +518,25 @@ async fn sanlock_two_hosts_lease_contention_and_crash() {
     h1.kill9();
     let mut freed = false;
     for _ in 0..50 {
-        if info(&c2, &dst_a).await.lease.owners.is_empty() {
+        if dst_a.info(&c2).await.lease.owners.is_empty() {
             freed = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(freed, "the dead agent's lease was not freed");
-    let i = info(&c2, &dst_a).await;
+    let i = dst_a.info(&c2).await;
     assert_eq!((i.legality, i.generation), (Legality::Illegal, 0));
     // Host 2 finishes the work.
-    let job = copy(&c2, &src_a, &dst_a, Some(0), None).await;
+    let job = copy_volume(&c2, &src_a, &dst_a, Some(0), None).await;
     assert_eq!(wait_job(&c2, &job).await.status, JobStatus::Done);
-    let i = info(&c2, &dst_a).await;
+    let i = dst_a.info(&c2).await;
     assert_eq!((i.legality, i.generation), (Legality::Legal, 1));
     assert!(same_bytes(&src_a.path, &dst_a.path));
     // Host 1 comes back, rejoins, and sees the finished volume with its lease free.
     h1.restart();
     let c1 = h1.client();
-    let i = info(&c1, &dst_a).await;
+    let i = dst_a.info(&c1).await;
     assert!(i.lease.owners.is_empty());
     assert_eq!(i.generation, 1);
     drop(d2);

@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use sdm_client::{AgentClient, SdmApiClient, Via};
+use sdm_client::{SdmApiClient, Via};
 use sdm_proto::*;
 use sdm_tests::*;
 
@@ -55,35 +55,6 @@ struct Trial {
     violations: Vec<String>,
 }
 
-fn vol_path(dom: &Path, img: &Uuid, vol: &Uuid) -> PathBuf {
-    dom.join("images").join(img.as_str()).join(vol.as_str())
-}
-
-async fn create(c: &AgentClient, sd: &Uuid, img: &Uuid, vol: &Uuid, size: u64) {
-    c.api()
-        .create_volume(
-            sd.clone(),
-            img.clone(),
-            vol.clone(),
-            Capacity(Size(size)),
-            VolumeFormat::Raw,
-            Preallocation::Sparse,
-            None,
-            None,
-        )
-        .await
-        .via(c)
-        .unwrap();
-}
-
-async fn info(c: &AgentClient, sd: &Uuid, img: &Uuid, vol: &Uuid) -> Option<VolumeInfo> {
-    c.api()
-        .get_volume_info(sd.clone(), img.clone(), vol.clone())
-        .await
-        .via(c)
-        .ok()
-}
-
 async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng, sanlock: Option<&Path>) -> Trial {
     let state = tempfile::Builder::new()
         .prefix("sdm-crash-")
@@ -119,33 +90,36 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng, sanlock: Option<&
 
     // Set-up happens before the failpoint can matter (volume creation and metadata writes
     // would hit the durable failpoints too, so those trials arm them only for the operation).
-    create(&c, &sd1, &img, &src, size).await;
-    write_pattern(&vol_path(&dom1, &img, &src), 0, size as usize, rng.next());
-    let src_sum = sha256sum(&vol_path(&dom1, &img, &src));
+    create_volume(&c, &sd1, &img, &src, size, VolumeFormat::Raw, None, None).await;
+    write_pattern(
+        &volume_path(&dom1, &img, &src),
+        0,
+        size as usize,
+        rng.next(),
+    );
+    let src_sum = sha256sum(&volume_path(&dom1, &img, &src));
     let dimg = uuid();
     let mut dst_sum = String::new();
     if matches!(op, Op::Copy) {
-        create(&c, &sd2, &dimg, &dst, size).await;
-        write_pattern(&vol_path(&dom2, &dimg, &dst), 0, MIB as usize, rng.next());
-        dst_sum = sha256sum(&vol_path(&dom2, &dimg, &dst));
+        create_volume(&c, &sd2, &dimg, &dst, size, VolumeFormat::Raw, None, None).await;
+        write_pattern(
+            &volume_path(&dom2, &dimg, &dst),
+            0,
+            MIB as usize,
+            rng.next(),
+        );
+        dst_sum = sha256sum(&volume_path(&dom2, &dimg, &dst));
     }
-    let keep = File::open(vol_path(&dom1, &img, &src)).unwrap();
+    let keep = File::open(volume_path(&dom1, &img, &src)).unwrap();
 
     let job = uuid();
     match op {
         Op::Copy => {
-            c.api()
-                .copy_data(
-                    job.clone(),
-                    Endpoint::div(sd1.clone(), img.clone(), src.clone(), None),
-                    Endpoint::div(sd2.clone(), dimg.clone(), dst.clone(), Some(Generation(0))),
-                    None,
-                    None,
-                    None,
-                )
-                .await
-                .via(&c)
-                .unwrap();
+            let (from, to) = (
+                endpoint(&sd1, &img, &src, None),
+                endpoint(&sd2, &dimg, &dst, Some(0)),
+            );
+            start_copy(&c, from, to, None).await;
         }
         Op::Move => {
             c.api()
@@ -178,12 +152,7 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng, sanlock: Option<&
                 .unwrap();
         }
         Op::Update => {
-            let r = VolumeRef {
-                sd_id: sd1.clone(),
-                img_id: img.clone(),
-                vol_id: src.clone(),
-                generation: Some(Generation(0)),
-            };
+            let r = volume_ref(&sd1, &img, &src, Some(0));
             let _ = c
                 .api()
                 .update_volume(
@@ -224,7 +193,7 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng, sanlock: Option<&
     let outcome: &'static str;
     match op {
         Op::Copy | Op::Move => {
-            if sha256sum(&vol_path(&dom1, &img, &src)) != src_sum {
+            if sha256sum(&volume_path(&dom1, &img, &src)) != src_sum {
                 v.push("source modified".into());
             }
             let (dimg, dvol) = if matches!(op, Op::Copy) {
@@ -232,7 +201,7 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng, sanlock: Option<&
             } else {
                 (&img, &src)
             };
-            match info(&c, &sd2, dimg, dvol).await {
+            match try_volume_info(&c, &sd2, dimg, dvol).await.ok() {
                 Some(i) => {
                     if !i.lease.owners.is_empty() {
                         v.push(format!("lease still held: {:?}", i.lease.owners));
@@ -242,7 +211,7 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng, sanlock: Option<&
                         Legality::Legal if i.generation == 0 && matches!(op, Op::Copy) => {
                             // Killed before the destination was marked: nothing was written.
                             outcome = "untouched (LEGAL, old)";
-                            if sha256sum(&vol_path(&dom2, dimg, dvol)) != dst_sum {
+                            if sha256sum(&volume_path(&dom2, dimg, dvol)) != dst_sum {
                                 v.push("LEGAL with the old generation but changed bytes".into());
                             }
                         }
@@ -254,7 +223,7 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng, sanlock: Option<&
                                     i.generation
                                 ));
                             }
-                            if sha256sum(&vol_path(&dom2, dimg, dvol)) != src_sum {
+                            if sha256sum(&volume_path(&dom2, dimg, dvol)) != src_sum {
                                 v.push("LEGAL destination differs from the source".into());
                             }
                         }
@@ -278,7 +247,7 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng, sanlock: Option<&
             let zeroed = buf.iter().all(|b| *b == 0);
             if live.exists() {
                 outcome = "not deleted";
-                if let Some(i) = info(&c, &sd1, &img, &src).await {
+                if let Ok(i) = try_volume_info(&c, &sd1, &img, &src).await {
                     if !i.lease.owners.is_empty() {
                         v.push("lease still held".into());
                     }
@@ -297,7 +266,7 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng, sanlock: Option<&
             }
         }
         Op::Update => {
-            let i = info(&c, &sd1, &img, &src).await.expect("volume");
+            let i = try_volume_info(&c, &sd1, &img, &src).await.expect("volume");
             outcome = if i.generation == 3 {
                 "updated"
             } else {
@@ -312,7 +281,7 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng, sanlock: Option<&
             if !i.lease.owners.is_empty() {
                 v.push("lease still held".into());
             }
-            if sha256sum(&vol_path(&dom1, &img, &src)) != src_sum {
+            if sha256sum(&volume_path(&dom1, &img, &src)) != src_sum {
                 v.push("data changed by a metadata update".into());
             }
         }

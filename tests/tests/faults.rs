@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sdm_client::{AgentClient, SdmApiClient, Via};
+use sdm_client::{SdmApiClient, Via};
 use sdm_proto::*;
 use sdm_tests::*;
 
@@ -58,80 +58,6 @@ impl Drop for Mount {
     }
 }
 
-struct Vol {
-    sd: Uuid,
-    img: Uuid,
-    vol: Uuid,
-}
-
-impl Vol {
-    fn ep(&self, g: Option<u16>) -> Endpoint {
-        Endpoint::div(
-            self.sd.clone(),
-            self.img.clone(),
-            self.vol.clone(),
-            g.map(Generation),
-        )
-    }
-}
-
-async fn new_vol(c: &AgentClient, sd: &Uuid, size: u64) -> Vol {
-    let v = Vol {
-        sd: sd.clone(),
-        img: uuid(),
-        vol: uuid(),
-    };
-    c.api()
-        .create_volume(
-            v.sd.clone(),
-            v.img.clone(),
-            v.vol.clone(),
-            Capacity(Size(size)),
-            VolumeFormat::Raw,
-            Preallocation::Sparse,
-            None,
-            None,
-        )
-        .await
-        .via(c)
-        .unwrap();
-    v
-}
-
-async fn path_of(c: &AgentClient, v: &Vol) -> PathBuf {
-    let d = c
-        .api()
-        .list_domains()
-        .await
-        .via(c)
-        .unwrap()
-        .into_iter()
-        .find(|d| d.sd_id == v.sd)
-        .unwrap();
-    PathBuf::from(d.path)
-        .join("images")
-        .join(v.img.as_str())
-        .join(v.vol.as_str())
-}
-
-async fn info(c: &AgentClient, v: &Vol) -> VolumeInfo {
-    c.api()
-        .get_volume_info(v.sd.clone(), v.img.clone(), v.vol.clone())
-        .await
-        .via(c)
-        .unwrap()
-}
-
-async fn copy(c: &AgentClient, s: &Vol, d: &Vol, g: Option<u16>, bw: Option<u64>) -> Uuid {
-    let job = uuid();
-    c.api()
-        .copy_data(job.clone(), s.ep(None), d.ep(g), None, None, bw.map(Size))
-        .await
-        .via(c)
-        .unwrap();
-    job
-}
-
 /// Copies 24 MiB of data into a domain on a file system with less room than that.
 async fn enospc_case(agent: &AgentProc, root: &Path) {
     let c = agent.client();
@@ -142,25 +68,42 @@ async fn enospc_case(agent: &AgentProc, root: &Path) {
         .await
         .via(&c)
         .unwrap();
-    let src = new_vol(&c, &sd1, 24 * MIB).await;
-    write_pattern(&path_of(&c, &src).await, 0, 24 * MIB as usize, 3);
-    let other = new_vol(&c, &sd, MIB).await;
-    let other_meta = std::fs::read(path_of(&c, &other).await.with_extension("meta")).unwrap();
-    let dst = new_vol(&c, &sd, 24 * MIB).await;
-    let job = copy(&c, &src, &dst, Some(0), None).await;
+    let src = new_volume(&c, &sd1, 24 * MIB, VolumeFormat::Raw).await;
+    write_pattern(&src.path, 0, 24 * MIB as usize, 3);
+    let other = new_volume(&c, &sd, MIB, VolumeFormat::Raw).await;
+    let other_meta = std::fs::read(other.path.with_extension("meta")).unwrap();
+    let dst = new_volume(&c, &sd, 24 * MIB, VolumeFormat::Raw).await;
+    let job = copy_volume(&c, &src, &dst, Some(0), None).await;
     let f = wait_job(&c, &job).await;
     assert_eq!(f.status, JobStatus::Failed);
     let e = f.error.unwrap();
     assert_eq!(e.code, 397, "NoSpaceLeftOnDomain: {e:?}");
-    let i = info(&c, &dst).await;
+    let i = dst.info(&c).await;
     assert_eq!((i.legality, i.generation), (Legality::Illegal, 0));
     assert!(i.lease.owners.is_empty());
     assert_eq!(
-        std::fs::read(path_of(&c, &other).await.with_extension("meta")).unwrap(),
+        std::fs::read(other.path.with_extension("meta")).unwrap(),
         other_meta,
         "nothing else touched"
     );
     c.api().get_capabilities().await.via(&c).unwrap();
+}
+
+/// A second agent (host 2) with the domain directories `doms` attached, in that order.
+async fn second_host(doms: &[&Path]) -> AgentProc {
+    let b = AgentProc::start(AgentOptions {
+        host_id: Some(2),
+        ..Default::default()
+    });
+    let cb = b.client();
+    for d in doms {
+        cb.api()
+            .attach_domain(d.to_string_lossy().into())
+            .await
+            .via(&cb)
+            .unwrap();
+    }
+    b
 }
 
 fn roots_config(root: &Path) -> Option<String> {
@@ -211,19 +154,16 @@ async fn short_writes_complete_and_fsync_errors_fail() {
     });
     let c = agent.client();
     let (sd1, sd2, _, _) = default_domains(&c).await;
-    let src = new_vol(&c, &sd1, 16 * MIB).await;
-    write_pattern(&path_of(&c, &src).await, 0, 16 * MIB as usize, 5);
-    let dst = new_vol(&c, &sd2, 16 * MIB).await;
-    let job = copy(&c, &src, &dst, Some(0), None).await;
+    let src = new_volume(&c, &sd1, 16 * MIB, VolumeFormat::Raw).await;
+    write_pattern(&src.path, 0, 16 * MIB as usize, 5);
+    let dst = new_volume(&c, &sd2, 16 * MIB, VolumeFormat::Raw).await;
+    let job = copy_volume(&c, &src, &dst, Some(0), None).await;
     assert_eq!(
         wait_job(&c, &job).await.status,
         JobStatus::Done,
         "short writes are continued"
     );
-    assert_eq!(
-        sha256sum(&path_of(&c, &src).await),
-        sha256sum(&path_of(&c, &dst).await)
-    );
+    assert_eq!(sha256sum(&src.path), sha256sum(&dst.path));
     drop(agent);
 
     let agent = AgentProc::start(AgentOptions {
@@ -232,15 +172,15 @@ async fn short_writes_complete_and_fsync_errors_fail() {
     });
     let c = agent.client();
     let (sd1, sd2, _, _) = default_domains(&c).await;
-    let src = new_vol(&c, &sd1, 4 * MIB).await;
-    write_pattern(&path_of(&c, &src).await, 0, 4 * MIB as usize, 6);
-    let dst = new_vol(&c, &sd2, 4 * MIB).await;
-    let job = copy(&c, &src, &dst, Some(0), None).await;
+    let src = new_volume(&c, &sd1, 4 * MIB, VolumeFormat::Raw).await;
+    write_pattern(&src.path, 0, 4 * MIB as usize, 6);
+    let dst = new_volume(&c, &sd2, 4 * MIB, VolumeFormat::Raw).await;
+    let job = copy_volume(&c, &src, &dst, Some(0), None).await;
     let f = wait_job(&c, &job).await;
     assert_eq!(f.status, JobStatus::Failed);
     assert_eq!(f.error.unwrap().code, 100);
     assert_eq!(
-        info(&c, &dst).await.legality,
+        dst.info(&c).await.legality,
         Legality::Illegal,
         "a failed fsync never becomes LEGAL"
     );
@@ -319,14 +259,14 @@ async fn eio_from_an_external_nbdkit_peer() {
     ) else {
         return;
     };
-    let src = new_vol(&c, &sd1, 8 * MIB).await;
-    write_pattern(&path_of(&c, &src).await, 0, 8 * MIB as usize, 7);
-    let dst = new_vol(&c, &sd2, 8 * MIB).await;
+    let src = new_volume(&c, &sd1, 8 * MIB, VolumeFormat::Raw).await;
+    write_pattern(&src.path, 0, 8 * MIB as usize, 7);
+    let dst = new_volume(&c, &sd2, 8 * MIB, VolumeFormat::Raw).await;
     // The destination's data is the nbdkit-backed file, linked as a block domain links an LV.
-    let p = path_of(&c, &dst).await;
+    let p = dst.path.clone();
     std::fs::remove_file(&p).unwrap();
     std::os::unix::fs::symlink(nbd.mnt.join("nbd"), &p).unwrap();
-    let job = copy(&c, &src, &dst, Some(0), None).await;
+    let job = copy_volume(&c, &src, &dst, Some(0), None).await;
     let f = wait_job(&c, &job).await;
     assert_eq!(f.status, JobStatus::Failed, "{f:?}");
     let e = f.error.unwrap();
@@ -334,7 +274,7 @@ async fn eio_from_an_external_nbdkit_peer() {
         e.code == 100 && e.message.contains("Input/output error"),
         "{e:?}"
     );
-    let i = info(&c, &dst).await;
+    let i = dst.info(&c).await;
     assert_eq!((i.legality, i.generation), (Legality::Illegal, 0));
     c.api().get_capabilities().await.via(&c).unwrap();
 }
@@ -344,31 +284,16 @@ async fn racing_writers_stale_jobs_and_abort_storms() {
     // Two agents over one domain: exactly one of two racing copies writes the destination.
     let a = AgentProc::start(AgentOptions::default());
     let ca = a.client();
-    let (sd1, sd2, _, dom2) = default_domains(&ca).await;
-    let b = AgentProc::start(AgentOptions {
-        host_id: Some(2),
-        ..Default::default()
-    });
+    let (sd1, sd2, dom1, dom2) = default_domains(&ca).await;
+    let b = second_host(&[&dom2, &dom1]).await;
     let cb = b.client();
-    cb.api()
-        .attach_domain(dom2.to_string_lossy().into())
-        .await
-        .via(&cb)
-        .unwrap();
-    let d1 = ca.api().list_domains().await.via(&ca).unwrap();
-    let dom1 = PathBuf::from(&d1.iter().find(|d| d.sd_id == sd1).unwrap().path);
-    cb.api()
-        .attach_domain(dom1.to_string_lossy().into())
-        .await
-        .via(&cb)
-        .unwrap();
-    let s1 = new_vol(&ca, &sd1, 8 * MIB).await;
-    let s2 = new_vol(&ca, &sd1, 8 * MIB).await;
-    write_pattern(&path_of(&ca, &s1).await, 0, 8 * MIB as usize, 1);
-    write_pattern(&path_of(&ca, &s2).await, 0, 8 * MIB as usize, 2);
-    let dst = new_vol(&ca, &sd2, 8 * MIB).await;
-    let ja = copy(&ca, &s1, &dst, Some(0), Some(4 * MIB)).await;
-    let jb = copy(&cb, &s2, &dst, Some(0), Some(4 * MIB)).await;
+    let s1 = new_volume(&ca, &sd1, 8 * MIB, VolumeFormat::Raw).await;
+    let s2 = new_volume(&ca, &sd1, 8 * MIB, VolumeFormat::Raw).await;
+    write_pattern(&s1.path, 0, 8 * MIB as usize, 1);
+    write_pattern(&s2.path, 0, 8 * MIB as usize, 2);
+    let dst = new_volume(&ca, &sd2, 8 * MIB, VolumeFormat::Raw).await;
+    let ja = copy_volume(&ca, &s1, &dst, Some(0), Some(4 * MIB)).await;
+    let jb = copy_volume(&cb, &s2, &dst, Some(0), Some(4 * MIB)).await;
     let (ra, rb) = (wait_job(&ca, &ja).await, wait_job(&cb, &jb).await);
     let done: Vec<_> = [&ra, &rb]
         .iter()
@@ -391,11 +316,8 @@ async fn racing_writers_stale_jobs_and_abort_storms() {
     } else {
         &s2
     };
-    assert_eq!(
-        sha256sum(&path_of(&ca, &dst).await),
-        sha256sum(&path_of(&ca, winner_src).await)
-    );
-    assert_eq!(info(&ca, &dst).await.generation, 1);
+    assert_eq!(sha256sum(&dst.path), sha256sum(&winner_src.path));
+    assert_eq!(dst.info(&ca).await.generation, 1);
 
     // Duplicate job ids across the same agent: refused, nothing started twice.
     let e = ca
@@ -405,7 +327,7 @@ async fn racing_writers_stale_jobs_and_abort_storms() {
         .via(&ca)
         .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::JobExists));
-    assert_eq!(info(&ca, &dst).await.generation, 1);
+    assert_eq!(dst.info(&ca).await.generation, 1);
 }
 
 #[tokio::test]
@@ -416,41 +338,26 @@ async fn a_fenced_job_that_starts_late_cannot_make_the_volume_legal() {
     });
     let c = agent.client();
     let (sd1, sd2, _, _) = default_domains(&c).await;
-    let busy_src = new_vol(&c, &sd1, 8 * MIB).await;
-    write_pattern(&path_of(&c, &busy_src).await, 0, 8 * MIB as usize, 3);
-    let busy_dst = new_vol(&c, &sd2, 8 * MIB).await;
-    let blocker = copy(&c, &busy_src, &busy_dst, None, Some(MIB)).await;
+    let busy_src = new_volume(&c, &sd1, 8 * MIB, VolumeFormat::Raw).await;
+    write_pattern(&busy_src.path, 0, 8 * MIB as usize, 3);
+    let busy_dst = new_volume(&c, &sd2, 8 * MIB, VolumeFormat::Raw).await;
+    let blocker = copy_volume(&c, &busy_src, &busy_dst, None, Some(MIB)).await;
     wait_running(&c, &blocker).await;
     // The engine submits with G = 0; the job waits for a slot.
-    let src = new_vol(&c, &sd1, MIB).await;
-    let dst = new_vol(&c, &sd2, MIB).await;
-    let stale = copy(&c, &src, &dst, Some(0), None).await;
+    let src = new_volume(&c, &sd1, MIB, VolumeFormat::Raw).await;
+    let dst = new_volume(&c, &sd2, MIB, VolumeFormat::Raw).await;
+    let stale = copy_volume(&c, &src, &dst, Some(0), None).await;
     // The engine loses track and fences: G -> G+3.
-    let fence = uuid();
-    let r = VolumeRef {
-        sd_id: dst.sd.clone(),
-        img_id: dst.img.clone(),
-        vol_id: dst.vol.clone(),
-        generation: Some(Generation(0)),
+    let fence = VolumeAttributes {
+        generation: Some(Generation(3)),
+        ..Default::default()
     };
-    c.api()
-        .update_volume(
-            fence.clone(),
-            r,
-            VolumeAttributes {
-                generation: Some(Generation(3)),
-                ..Default::default()
-            },
-        )
-        .await
-        .via(&c)
-        .unwrap();
     // Fencing does not queue behind data jobs: it is done while the copy still waits.
-    let f = wait_job(&c, &fence).await;
+    let f = update_volume(&c, dst.vref(Some(0)), fence).await;
     assert_eq!(f.status, JobStatus::Done, "{f:?}");
     c.api().abort_job(blocker.clone()).await.via(&c).unwrap();
     let s = wait_job(&c, &stale).await;
-    let i = info(&c, &dst).await;
+    let i = dst.info(&c).await;
     assert_eq!(i.generation, 3, "fenced");
     if s.status == JobStatus::Done {
         panic!("the stale job ran after the fence and succeeded: {s:?}");
@@ -468,13 +375,13 @@ async fn abort_storm_leaves_no_lease_and_a_live_agent() {
     let agent = AgentProc::start(AgentOptions::default());
     let c = agent.client();
     let (sd1, sd2, _, _) = default_domains(&c).await;
-    let src = new_vol(&c, &sd1, 4 * MIB).await;
-    write_pattern(&path_of(&c, &src).await, 0, 4 * MIB as usize, 9);
+    let src = new_volume(&c, &sd1, 4 * MIB, VolumeFormat::Raw).await;
+    write_pattern(&src.path, 0, 4 * MIB as usize, 9);
     let mut jobs = Vec::new();
     let mut dsts = Vec::new();
     for _ in 0..12 {
-        let d = new_vol(&c, &sd2, 4 * MIB).await;
-        jobs.push(copy(&c, &src, &d, Some(0), Some(MIB)).await);
+        let d = new_volume(&c, &sd2, 4 * MIB, VolumeFormat::Raw).await;
+        jobs.push(copy_volume(&c, &src, &d, Some(0), Some(MIB)).await);
         dsts.push(d);
     }
     // Several aborts per job, concurrently, while they start.
@@ -503,7 +410,7 @@ async fn abort_storm_leaves_no_lease_and_a_live_agent() {
         let r = wait_job(&c, j).await;
         assert_eq!(r.status, JobStatus::Aborted, "{r:?}");
         assert_eq!(r.error.unwrap().code, 443);
-        let i = info(&c, d).await;
+        let i = d.info(&c).await;
         assert!(i.lease.owners.is_empty());
         assert_eq!(i.generation, 0);
     }
@@ -518,37 +425,27 @@ async fn a_frozen_lease_holder_keeps_its_lease() {
     let a = AgentProc::start(AgentOptions::default());
     let ca = a.client();
     let (sd1, sd2, dom1, dom2) = default_domains(&ca).await;
-    let b = AgentProc::start(AgentOptions {
-        host_id: Some(2),
-        ..Default::default()
-    });
+    let b = second_host(&[&dom1, &dom2]).await;
     let cb = b.client();
-    for d in [&dom1, &dom2] {
-        cb.api()
-            .attach_domain(d.to_string_lossy().into())
-            .await
-            .via(&cb)
-            .unwrap();
-    }
-    let src = new_vol(&ca, &sd1, 8 * MIB).await;
-    write_pattern(&path_of(&ca, &src).await, 0, 8 * MIB as usize, 4);
-    let dst = new_vol(&ca, &sd2, 8 * MIB).await;
-    let job = copy(&ca, &src, &dst, Some(0), Some(2 * MIB)).await;
+    let src = new_volume(&ca, &sd1, 8 * MIB, VolumeFormat::Raw).await;
+    write_pattern(&src.path, 0, 8 * MIB as usize, 4);
+    let dst = new_volume(&ca, &sd2, 8 * MIB, VolumeFormat::Raw).await;
+    let job = copy_volume(&ca, &src, &dst, Some(0), Some(2 * MIB)).await;
     wait_running(&ca, &job).await;
     // SAFETY: signals to our own child process.
     unsafe { libc::kill(a.pid() as i32, libc::SIGSTOP) };
     let t = Instant::now();
-    let other = copy(&cb, &src, &dst, None, None).await;
+    let other = copy_volume(&cb, &src, &dst, None, None).await;
     let r = wait_job(&cb, &other).await;
     assert_eq!(r.error.as_ref().map(|e| e.code), Some(651), "{r:?}");
     assert!(t.elapsed() < Duration::from_secs(5));
     assert!(
-        !info(&cb, &dst).await.lease.owners.is_empty(),
+        !dst.info(&cb).await.lease.owners.is_empty(),
         "the frozen holder still owns the lease"
     );
     // SAFETY: as above.
     unsafe { libc::kill(a.pid() as i32, libc::SIGCONT) };
     let done = wait_job(&ca, &job).await;
     assert_eq!(done.status, JobStatus::Done);
-    assert_eq!(info(&cb, &dst).await.generation, 1);
+    assert_eq!(dst.info(&cb).await.generation, 1);
 }

@@ -75,26 +75,23 @@ async fn every_verb_through_the_client() {
     // Volumes of every kind.
     let img = uuid();
     let (raw, pre, base, top) = (uuid(), uuid(), uuid(), uuid());
-    let mib = |n: u64| Capacity(Size(n << 20));
     let api = c.api();
-    api.create_volume(
-        sd1.clone(),
-        img.clone(),
-        raw.clone(),
-        mib(16),
+    create_volume(
+        &c,
+        &sd1,
+        &img,
+        &raw,
+        16 << 20,
         VolumeFormat::Raw,
-        Preallocation::Sparse,
         None,
         None,
     )
-    .await
-    .via(&c)
-    .unwrap();
+    .await;
     api.create_volume(
         sd1.clone(),
         img.clone(),
         pre.clone(),
-        mib(4),
+        Capacity(Size(4 << 20)),
         VolumeFormat::Raw,
         Preallocation::Preallocated,
         None,
@@ -103,32 +100,28 @@ async fn every_verb_through_the_client() {
     .await
     .via(&c)
     .unwrap();
-    api.create_volume(
-        sd2.clone(),
-        img.clone(),
-        base.clone(),
-        mib(32),
+    create_volume(
+        &c,
+        &sd2,
+        &img,
+        &base,
+        32 << 20,
         VolumeFormat::Cow,
-        Preallocation::Sparse,
         None,
         Some(Description::parse("{\"DiskAlias\":\"base\"}").unwrap()),
     )
-    .await
-    .via(&c)
-    .unwrap();
-    api.create_volume(
-        sd2.clone(),
-        img.clone(),
-        top.clone(),
-        mib(32),
+    .await;
+    create_volume(
+        &c,
+        &sd2,
+        &img,
+        &top,
+        32 << 20,
         VolumeFormat::Cow,
-        Preallocation::Sparse,
         Some(base.clone()),
         None,
     )
-    .await
-    .via(&c)
-    .unwrap();
+    .await;
     let mut vols = api
         .get_volumes(sd1.clone(), img.clone())
         .await
@@ -203,13 +196,9 @@ async fn every_verb_through_the_client() {
     );
 
     // Jobs: checksum, duplicates, filters, abort/delete rules, subscription.
-    let data = dir1.join("images").join(img.as_str()).join(raw.as_str());
+    let data = volume_path(&dir1, &img, &raw);
     write_pattern(&data, 1 << 20, 3 << 20, 7);
-    let job = uuid();
-    api.checksum_volume(job.clone(), sd1.clone(), img.clone(), raw.clone(), None)
-        .await
-        .via(&c)
-        .unwrap();
+    let job = start_checksum(&c, &sd1, &img, &raw).await;
     let dup = api
         .checksum_volume(job.clone(), sd1.clone(), img.clone(), raw.clone(), None)
         .await
@@ -259,11 +248,7 @@ async fn every_verb_through_the_client() {
 
     // The subscription stream ends with the terminal state.
     let ws = c.websocket().await.unwrap();
-    let job2 = uuid();
-    api.checksum_volume(job2.clone(), sd1.clone(), img.clone(), raw.clone(), None)
-        .await
-        .via(&c)
-        .unwrap();
+    let job2 = start_checksum(&c, &sd1, &img, &raw).await;
     let mut sub = ws.subscribe_job(job2.clone()).await.unwrap();
     let mut last = None;
     while let Some(item) = tokio::time::timeout(Duration::from_secs(30), sub.next())
@@ -292,20 +277,7 @@ async fn bad_inputs_get_contract_codes_and_change_nothing() {
     let (sd, _, _, _) = default_domains(&c).await;
     let img = uuid();
     let vol = uuid();
-    c.api()
-        .create_volume(
-            sd.clone(),
-            img.clone(),
-            vol.clone(),
-            Capacity(Size(1 << 20)),
-            VolumeFormat::Raw,
-            Preallocation::Sparse,
-            None,
-            None,
-        )
-        .await
-        .via(&c)
-        .unwrap();
+    create_volume(&c, &sd, &img, &vol, 1 << 20, VolumeFormat::Raw, None, None).await;
     let before = snapshot(&agent.state_dir);
 
     // Transport-level: malformed JSON and unknown methods keep JSON-RPC's own codes.
@@ -521,20 +493,7 @@ async fn restart_reattaches_and_sigterm_exits_cleanly() {
     let c = agent.client();
     let (sd1, sd2, _, _) = default_domains(&c).await;
     let (img, vol) = (uuid(), uuid());
-    c.api()
-        .create_volume(
-            sd1.clone(),
-            img.clone(),
-            vol.clone(),
-            Capacity(Size(1 << 20)),
-            VolumeFormat::Raw,
-            Preallocation::Sparse,
-            None,
-            None,
-        )
-        .await
-        .via(&c)
-        .unwrap();
+    create_volume(&c, &sd1, &img, &vol, 1 << 20, VolumeFormat::Raw, None, None).await;
     agent.restart();
     let c = agent.client();
     let (a, b, _, _) = default_domains(&c).await;

@@ -17,6 +17,7 @@ fn img_dir(dom: &Path, img: &Uuid) -> PathBuf {
     dom.join("images").join(img.as_str())
 }
 
+/// A sparse volume with a disk alias as its description, as the engine creates them.
 async fn create(
     c: &AgentClient,
     sd: &Uuid,
@@ -26,20 +27,8 @@ async fn create(
     f: VolumeFormat,
     parent: Option<Uuid>,
 ) {
-    c.api()
-        .create_volume(
-            sd.clone(),
-            img.clone(),
-            vol.clone(),
-            Capacity(Size(size)),
-            f,
-            Preallocation::Sparse,
-            parent,
-            Some(Description::parse("{\"DiskAlias\":\"d\"}").unwrap()),
-        )
-        .await
-        .via(c)
-        .unwrap();
+    let alias = Description::parse("{\"DiskAlias\":\"d\"}").unwrap();
+    create_volume(c, sd, img, vol, size, f, parent, Some(alias)).await;
 }
 
 fn qemu_io_write(file: &Path, pattern: u8, offset: u64, len: u64) {
@@ -56,13 +45,14 @@ fn qemu_io_write(file: &Path, pattern: u8, offset: u64, len: u64) {
     );
 }
 
-fn qemu_img_check(file: &Path) -> bool {
-    Command::new("qemu-img")
-        .args(["check", "-q"])
-        .arg(file)
-        .status()
+/// Submits `Image.delete` with wipe (postZero) and returns the job's id.
+async fn delete_with_wipe(c: &AgentClient, img: &Uuid, sd: &Uuid) -> Uuid {
+    c.api()
+        .delete_image(img.clone(), sd.clone(), Some(Flag(true)), None, None, None)
+        .await
+        .via(c)
         .unwrap()
-        .success()
+        .uuid
 }
 
 async fn move_image(
@@ -99,7 +89,7 @@ async fn move_cow_chain_and_raw_image_then_force() {
     let img = uuid();
     let (base, mid, top) = (uuid(), uuid(), uuid());
     create(&c, &sd1, &img, &base, 32 * MIB, VolumeFormat::Cow, None).await;
-    qemu_io_write(&img_dir(&dom1, &img).join(base.as_str()), 0x11, 0, 4 * MIB);
+    qemu_io_write(&volume_path(&dom1, &img, &base), 0x11, 0, 4 * MIB);
     create(
         &c,
         &sd1,
@@ -110,12 +100,7 @@ async fn move_cow_chain_and_raw_image_then_force() {
         Some(base.clone()),
     )
     .await;
-    qemu_io_write(
-        &img_dir(&dom1, &img).join(mid.as_str()),
-        0x22,
-        2 * MIB,
-        4 * MIB,
-    );
+    qemu_io_write(&volume_path(&dom1, &img, &mid), 0x22, 2 * MIB, 4 * MIB);
     create(
         &c,
         &sd1,
@@ -126,15 +111,10 @@ async fn move_cow_chain_and_raw_image_then_force() {
         Some(mid.clone()),
     )
     .await;
-    qemu_io_write(
-        &img_dir(&dom1, &img).join(top.as_str()),
-        0x33,
-        20 * MIB,
-        MIB,
-    );
+    qemu_io_write(&volume_path(&dom1, &img, &top), 0x33, 20 * MIB, MIB);
     let src_sums: Vec<String> = [&base, &mid, &top]
         .iter()
-        .map(|v| sha256sum(&img_dir(&dom1, &img).join(v.as_str())))
+        .map(|v| sha256sum(&volume_path(&dom1, &img, v)))
         .collect();
 
     let done = move_image(&c, &img, &sd1, &sd2, false).await.unwrap();
@@ -169,14 +149,14 @@ async fn move_cow_chain_and_raw_image_then_force() {
         );
         assert_eq!(d.legality, Legality::Legal);
         assert!(d.lease.owners.is_empty());
-        let path = img_dir(&dom2, &img).join(v.as_str());
+        let path = volume_path(&dom2, &img, v);
         assert!(qemu_img_check(&path), "qemu-img check {v}");
         assert_eq!(sha256sum(&path), src_sums[i], "volume {v} bytes");
     }
     assert!(
         qemu_img_compare(
-            &img_dir(&dom1, &img).join(top.as_str()),
-            &img_dir(&dom2, &img).join(top.as_str())
+            &volume_path(&dom1, &img, &top),
+            &volume_path(&dom2, &img, &top)
         ),
         "the whole chain reads the same"
     );
@@ -185,12 +165,7 @@ async fn move_cow_chain_and_raw_image_then_force() {
     let rimg = uuid();
     let rvol = uuid();
     create(&c, &sd1, &rimg, &rvol, 16 * MIB, VolumeFormat::Raw, None).await;
-    write_pattern(
-        &img_dir(&dom1, &rimg).join(rvol.as_str()),
-        MIB,
-        3 * MIB as usize,
-        4,
-    );
+    write_pattern(&volume_path(&dom1, &rimg, &rvol), MIB, 3 * MIB as usize, 4);
     assert_eq!(
         move_image(&c, &rimg, &sd1, &sd2, false)
             .await
@@ -199,8 +174,8 @@ async fn move_cow_chain_and_raw_image_then_force() {
         JobStatus::Done
     );
     let (a, b) = (
-        img_dir(&dom1, &rimg).join(rvol.as_str()),
-        img_dir(&dom2, &rimg).join(rvol.as_str()),
+        volume_path(&dom1, &rimg, &rvol),
+        volume_path(&dom2, &rimg, &rvol),
     );
     assert!(qemu_img_compare(&a, &b));
     assert_eq!(sha256sum(&a), sha256sum(&b));
@@ -243,26 +218,8 @@ async fn move_cow_chain_and_raw_image_then_force() {
     );
     assert_eq!(sha256sum(&a), sha256sum(&b));
     // An ILLEGAL destination image is replaced without force.
-    let job = uuid();
-    let r = VolumeRef {
-        sd_id: sd2.clone(),
-        img_id: rimg.clone(),
-        vol_id: rvol.clone(),
-        generation: Some(Generation(0)),
-    };
-    c.api()
-        .update_volume(
-            job.clone(),
-            r,
-            VolumeAttributes {
-                legality: Some(Legality::Illegal),
-                ..Default::default()
-            },
-        )
-        .await
-        .via(&c)
-        .unwrap();
-    wait_job(&c, &job).await;
+    let r = volume_ref(&sd2, &rimg, &rvol, Some(0));
+    update_volume(&c, r, legality_attrs(Legality::Illegal)).await;
     write_pattern(&a, 0, MIB as usize, 6);
     assert_eq!(
         move_image(&c, &rimg, &sd1, &sd2, false)
@@ -304,8 +261,8 @@ async fn delete_with_wipe_overwrites_file_volumes() {
     let (v1, v2) = (uuid(), uuid());
     create(&c, &sd1, &img, &v1, 8 * MIB, VolumeFormat::Raw, None).await;
     create(&c, &sd1, &img, &v2, 8 * MIB, VolumeFormat::Raw, None).await;
-    let p1 = img_dir(&dom1, &img).join(v1.as_str());
-    let p2 = img_dir(&dom1, &img).join(v2.as_str());
+    let p1 = volume_path(&dom1, &img, &v1);
+    let p2 = volume_path(&dom1, &img, &v2);
     write_pattern(&p1, 0, 8 * MIB as usize, 7);
     write_pattern(&p2, 2 * MIB, MIB as usize, 8);
     // Handles kept open: they still read the old inodes after the files are removed.
@@ -314,15 +271,10 @@ async fn delete_with_wipe_overwrites_file_volumes() {
         std::fs::File::open(&p2).unwrap(),
     );
 
-    let r = c
-        .api()
-        .delete_image(img.clone(), sd1.clone(), Some(Flag(true)), None, None, None)
-        .await
-        .via(&c)
-        .unwrap();
+    let job = delete_with_wipe(&c, &img, &sd1).await;
     // Renamed synchronously, before the verb returned.
     assert!(!img_dir(&dom1, &img).exists());
-    let done = wait_job(&c, &r.uuid).await;
+    let done = wait_job(&c, &job).await;
     assert_eq!(done.status, JobStatus::Done, "{done:?}");
     assert!(all_zero(&h1), "every byte of volume 1 was zeroed");
     assert!(all_zero(&h2), "every byte of volume 2 was zeroed");
@@ -385,16 +337,11 @@ async fn delete_with_wipe_zeroes_a_block_device_volume() {
     let v = uuid();
     create(&c, &sd1, &img, &v, 16 * MIB, VolumeFormat::Raw, None).await;
     // The volume is a link to the device, as oVirt block domains link images to LVs.
-    let p = img_dir(&dom1, &img).join(v.as_str());
+    let p = volume_path(&dom1, &img, &v);
     std::fs::remove_file(&p).unwrap();
     std::os::unix::fs::symlink(&lo.dev, &p).unwrap();
-    let r = c
-        .api()
-        .delete_image(img.clone(), sd1.clone(), Some(Flag(true)), None, None, None)
-        .await
-        .via(&c)
-        .unwrap();
-    let done = wait_job(&c, &r.uuid).await;
+    let job = delete_with_wipe(&c, &img, &sd1).await;
+    let done = wait_job(&c, &job).await;
     assert_eq!(done.status, JobStatus::Done, "{done:?}");
     let dev = std::fs::File::open(&lo.dev).unwrap();
     assert!(all_zero(&dev), "the device reads back as zeros");
@@ -411,25 +358,12 @@ async fn delete_refuses_held_leases_and_shared_volumes() {
     create(&c, &sd2, &simg, &svol, 8 * MIB, VolumeFormat::Raw, None).await;
     create(&c, &sd1, &dimg, &dvol, 8 * MIB, VolumeFormat::Raw, None).await;
     let (_, _, _, dom2) = default_domains(&c).await;
-    write_pattern(
-        &img_dir(&dom2, &simg).join(svol.as_str()),
-        0,
-        8 * MIB as usize,
-        13,
+    write_pattern(&volume_path(&dom2, &simg, &svol), 0, 8 * MIB as usize, 13);
+    let (src, dst) = (
+        endpoint(&sd2, &simg, &svol, None),
+        endpoint(&sd1, &dimg, &dvol, None),
     );
-    let job = uuid();
-    c.api()
-        .copy_data(
-            job.clone(),
-            Endpoint::div(sd2.clone(), simg.clone(), svol.clone(), None),
-            Endpoint::div(sd1.clone(), dimg.clone(), dvol.clone(), None),
-            None,
-            None,
-            Some(Size(MIB)),
-        )
-        .await
-        .via(&c)
-        .unwrap();
+    let job = start_copy(&c, src, dst, Some(MIB)).await;
     wait_running(&c, &job).await;
     let e = c
         .api()
@@ -455,26 +389,11 @@ async fn delete_refuses_held_leases_and_shared_volumes() {
     // A template volume cannot be deleted.
     let (timg, tvol) = (uuid(), uuid());
     create(&c, &sd1, &timg, &tvol, MIB, VolumeFormat::Raw, None).await;
-    let j = uuid();
-    let r = VolumeRef {
-        sd_id: sd1.clone(),
-        img_id: timg.clone(),
-        vol_id: tvol.clone(),
-        generation: Some(Generation(0)),
+    let shared = VolumeAttributes {
+        role: Some(VolumeRole::Shared),
+        ..Default::default()
     };
-    c.api()
-        .update_volume(
-            j.clone(),
-            r,
-            VolumeAttributes {
-                role: Some(VolumeRole::Shared),
-                ..Default::default()
-            },
-        )
-        .await
-        .via(&c)
-        .unwrap();
-    wait_job(&c, &j).await;
+    update_volume(&c, volume_ref(&sd1, &timg, &tvol, Some(0)), shared).await;
     let e = c
         .api()
         .delete_image(timg.clone(), sd1.clone(), None, None, None, None)
@@ -509,19 +428,14 @@ async fn abort_and_crash_mid_wipe_leave_a_leftover_that_is_wiped_before_removal(
     let img = uuid();
     let v = uuid();
     create(&c, &sd1, &img, &v, 16 * MIB, VolumeFormat::Raw, None).await;
-    let p = img_dir(&dom1, &img).join(v.as_str());
+    let p = volume_path(&dom1, &img, &v);
     write_pattern(&p, 0, 16 * MIB as usize, 10);
     let h = std::fs::File::open(&p).unwrap();
-    let r = c
-        .api()
-        .delete_image(img.clone(), sd1.clone(), Some(Flag(true)), None, None, None)
-        .await
-        .via(&c)
-        .unwrap();
-    wait_running(&c, &r.uuid).await;
+    let job = delete_with_wipe(&c, &img, &sd1).await;
+    wait_running(&c, &job).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    c.api().abort_job(r.uuid.clone()).await.via(&c).unwrap();
-    let a = wait_job(&c, &r.uuid).await;
+    c.api().abort_job(job.clone()).await.via(&c).unwrap();
+    let a = wait_job(&c, &job).await;
     assert_eq!(a.status, JobStatus::Aborted);
     assert_eq!(a.error.as_ref().unwrap().code, 374, "{a:?}");
     let leftover = dom1.join("images").join(format!("_remove_me_ZERO_{img}"));
@@ -599,26 +513,8 @@ async fn check_and_fix_orphans_illegal_volumes_and_sizes() {
     // and a raw file shorter than its capacity.
     let orphan = uuid();
     std::fs::write(dir.join(orphan.as_str()), b"x").unwrap();
-    let j = uuid();
-    let r = VolumeRef {
-        sd_id: sd1.clone(),
-        img_id: img.clone(),
-        vol_id: bad.clone(),
-        generation: Some(Generation(0)),
-    };
-    c.api()
-        .update_volume(
-            j.clone(),
-            r,
-            VolumeAttributes {
-                legality: Some(Legality::Illegal),
-                ..Default::default()
-            },
-        )
-        .await
-        .via(&c)
-        .unwrap();
-    wait_job(&c, &j).await;
+    let r = volume_ref(&sd1, &img, &bad, Some(0));
+    update_volume(&c, r, legality_attrs(Legality::Illegal)).await;
     std::fs::OpenOptions::new()
         .write(true)
         .open(dir.join(short.as_str()))
@@ -730,19 +626,9 @@ async fn another_agent_attaching_leaves_a_live_deletion_alone() {
     let img = uuid();
     let v = uuid();
     create(&ca, &sd1, &img, &v, 16 * MIB, VolumeFormat::Raw, None).await;
-    write_pattern(
-        &img_dir(&dom1, &img).join(v.as_str()),
-        0,
-        16 * MIB as usize,
-        14,
-    );
-    let r = ca
-        .api()
-        .delete_image(img.clone(), sd1.clone(), Some(Flag(true)), None, None, None)
-        .await
-        .via(&ca)
-        .unwrap();
-    wait_running(&ca, &r.uuid).await;
+    write_pattern(&volume_path(&dom1, &img, &v), 0, 16 * MIB as usize, 14);
+    let job = delete_with_wipe(&ca, &img, &sd1).await;
+    wait_running(&ca, &job).await;
     // A second agent attaches the same domain while the wipe runs.
     let b = AgentProc::start(AgentOptions {
         config: Some(format!(
@@ -771,6 +657,6 @@ async fn another_agent_attaching_leaves_a_live_deletion_alone() {
         "{}",
         b.log_text()
     );
-    let done = wait_job(&ca, &r.uuid).await;
+    let done = wait_job(&ca, &job).await;
     assert_eq!(done.status, JobStatus::Done, "{done:?}");
 }

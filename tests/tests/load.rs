@@ -82,59 +82,18 @@ fn start_poller(
     })
 }
 
-async fn domain_dir(c: &AgentClient, sd: &Uuid) -> std::path::PathBuf {
-    c.api()
-        .list_domains()
-        .await
-        .via(c)
-        .unwrap()
-        .into_iter()
-        .find(|d| &d.sd_id == sd)
-        .unwrap()
-        .path
-        .into()
-}
-
 /// A RAW volume of `mib` MiB, full of data when `fill`; returns (img, vol).
 async fn volume(c: &AgentClient, sd: &Uuid, mib: u64, fill: bool) -> (Uuid, Uuid) {
-    let (img, vol) = (uuid(), uuid());
-    c.api()
-        .create_volume(
-            sd.clone(),
-            img.clone(),
-            vol.clone(),
-            Capacity(Size(mib * MIB)),
-            VolumeFormat::Raw,
-            Preallocation::Sparse,
-            None,
-            None,
-        )
-        .await
-        .via(c)
-        .unwrap();
+    let v = new_volume(c, sd, mib * MIB, VolumeFormat::Raw).await;
     if fill {
-        let path = domain_dir(c, sd)
-            .await
-            .join("images")
-            .join(img.as_str())
-            .join(vol.as_str());
         write_pattern(
-            &path,
+            &v.path,
             0,
             (mib * MIB) as usize,
-            mib + vol.as_str().len() as u64,
+            mib + v.vol.as_str().len() as u64,
         );
     }
-    (img, vol)
-}
-
-fn ep(sd: &Uuid, img: &Uuid, vol: &Uuid, generation: Option<u16>) -> Endpoint {
-    Endpoint::div(
-        sd.clone(),
-        img.clone(),
-        vol.clone(),
-        generation.map(Generation),
-    )
+    (v.img, v.vol)
 }
 
 /// Everything known about the jobs of a run.
@@ -173,20 +132,12 @@ async fn mixed_jobs_on_one_agent() {
     for _ in 0..3 {
         let (si, sv) = volume(&c, &sd1, mib, true).await;
         let (di, dv) = volume(&c, &sd2, mib, false).await;
-        let job = uuid();
+        let (src, dst) = (
+            endpoint(&sd1, &si, &sv, None),
+            endpoint(&sd2, &di, &dv, Some(0)),
+        );
         let t = Instant::now();
-        c.api()
-            .copy_data(
-                job.clone(),
-                ep(&sd1, &si, &sv, None),
-                ep(&sd2, &di, &dv, Some(0)),
-                None,
-                None,
-                None,
-            )
-            .await
-            .via(&c)
-            .unwrap();
+        let job = start_copy(&c, src, dst, None).await;
         loop {
             let j = c.job(&job).await.unwrap().unwrap();
             if !j.status.is_active() {
@@ -232,26 +183,19 @@ async fn mixed_jobs_on_one_agent() {
     let t0 = Instant::now();
     let mut submits = Vec::new();
     for ((si, sv), (di, dv)) in &copy_pairs {
-        let (c, job) = (c.clone(), uuid());
-        let (src, dst) = (ep(&sd1, si, sv, None), ep(&sd2, di, dv, Some(0)));
-        submits.push(tokio::spawn(async move {
-            c.api()
-                .copy_data(job.clone(), src, dst, None, None, None)
-                .await
-                .via(&c)
-                .unwrap();
-            job
-        }));
+        let c = c.clone();
+        let (src, dst) = (
+            endpoint(&sd1, si, sv, None),
+            endpoint(&sd2, di, dv, Some(0)),
+        );
+        submits.push(tokio::spawn(
+            async move { start_copy(&c, src, dst, None).await },
+        ));
     }
     for (img, vol) in &sum_vols {
-        let (c, job, sd, img, vol) = (c.clone(), uuid(), sd1.clone(), img.clone(), vol.clone());
+        let (c, sd, img, vol) = (c.clone(), sd1.clone(), img.clone(), vol.clone());
         submits.push(tokio::spawn(async move {
-            c.api()
-                .checksum_volume(job.clone(), sd, img, vol, None)
-                .await
-                .via(&c)
-                .unwrap();
-            job
+            start_checksum(&c, &sd, &img, &vol).await
         }));
     }
     for img in &wipe_imgs {
@@ -444,7 +388,10 @@ async fn jobs_over_three_agents_with_host_pool() {
             let _p = gate.acquire().await.unwrap();
             match copy {
                 Some((di, dv)) => {
-                    let (src, dst) = (ep(&sd1, &si, &sv, None), ep(&sd2, &di, &dv, Some(0)));
+                    let (src, dst) = (
+                        endpoint(&sd1, &si, &sv, None),
+                        endpoint(&sd2, &di, &dv, Some(0)),
+                    );
                     cl.submit(&job, |h| {
                         let (job, src, dst) = (job.clone(), src.clone(), dst.clone());
                         async move { h.copy_data(job, src, dst, None, None, None).await }

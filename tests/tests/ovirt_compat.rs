@@ -32,31 +32,37 @@ fn make_ovirt_domain(root: &Path) -> std::path::PathBuf {
             .set_len(size)
             .unwrap();
     }
-    let i5 = dom.join("images").join(IMG5);
-    std::fs::create_dir_all(&i5).unwrap();
-    std::fs::File::create(i5.join(VOL5))
-        .unwrap()
-        .set_len(8 << 20)
-        .unwrap();
-    write_pattern(&i5.join(VOL5), 1 << 20, 1 << 20, 42);
-    std::fs::write(
-        i5.join(format!("{VOL5}.meta")),
-        format!("CAP=8388608\nCTIME=1700000000\nDESCRIPTION={{\"DiskAlias\":\"d1\",\"DiskDescription\":\"\"}}\nDISKTYPE=DATA\nDOMAIN={SD}\nFORMAT=RAW\nGEN=4\nIMAGE={IMG5}\nLEGALITY=LEGAL\nPUUID=00000000-0000-0000-0000-000000000000\nSEQ=7\nTYPE=SPARSE\nVOLTYPE=LEAF\nEOF\n"),
-    )
-    .unwrap();
-    let i4 = dom.join("images").join(IMG4);
-    std::fs::create_dir_all(&i4).unwrap();
-    std::fs::File::create(i4.join(VOL4))
-        .unwrap()
-        .set_len(4 << 20)
-        .unwrap();
-    write_pattern(&i4.join(VOL4), 0, 4096, 43);
-    std::fs::write(
-        i4.join(format!("{VOL4}.meta")),
-        format!("CTIME=1500000000\nDESCRIPTION=old disk\nDISKTYPE=2\nDOMAIN={SD}\nFORMAT=RAW\nIMAGE={IMG4}\nLEGALITY=LEGAL\nMTIME=0\nPOOL_UUID=\nPUUID=00000000-0000-0000-0000-000000000000\nSIZE=8192\nTYPE=SPARSE\nVOLTYPE=LEAF\nEOF\n"),
-    )
-    .unwrap();
+    write_volume(
+        &dom,
+        IMG5,
+        VOL5,
+        8 << 20,
+        (1 << 20, 1 << 20, 42),
+        &format!("CAP=8388608\nCTIME=1700000000\nDESCRIPTION={{\"DiskAlias\":\"d1\",\"DiskDescription\":\"\"}}\nDISKTYPE=DATA\nDOMAIN={SD}\nFORMAT=RAW\nGEN=4\nIMAGE={IMG5}\nLEGALITY=LEGAL\nPUUID=00000000-0000-0000-0000-000000000000\nSEQ=7\nTYPE=SPARSE\nVOLTYPE=LEAF\nEOF\n"),
+    );
+    write_volume(
+        &dom,
+        IMG4,
+        VOL4,
+        4 << 20,
+        (0, 4096, 43),
+        &format!("CTIME=1500000000\nDESCRIPTION=old disk\nDISKTYPE=2\nDOMAIN={SD}\nFORMAT=RAW\nIMAGE={IMG4}\nLEGALITY=LEGAL\nMTIME=0\nPOOL_UUID=\nPUUID=00000000-0000-0000-0000-000000000000\nSIZE=8192\nTYPE=SPARSE\nVOLTYPE=LEAF\nEOF\n"),
+    );
     dom
+}
+
+/// A volume as vdsm leaves it in `dom`: a data file of `size` bytes with pseudo-random data at
+/// `data` = (offset, length, seed), and its `.meta` file.
+fn write_volume(dom: &Path, img: &str, vol: &str, size: u64, data: (u64, usize, u64), meta: &str) {
+    let dir = dom.join("images").join(img);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::File::create(dir.join(vol))
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    let (offset, len, seed) = data;
+    write_pattern(&dir.join(vol), offset, len, seed);
+    std::fs::write(dir.join(format!("{vol}.meta")), meta).unwrap();
 }
 
 #[tokio::test]
@@ -115,35 +121,27 @@ async fn an_ovirt_written_domain_attaches_and_works() {
     );
 
     // Checksum, copy into a new volume of the same domain, and a metadata update.
-    let job = uuid();
-    c.api()
-        .checksum_volume(job.clone(), sd.clone(), img5.clone(), vol5.clone(), None)
-        .await
-        .via(&c)
-        .unwrap();
+    let job = start_checksum(&c, &sd, &img5, &vol5).await;
     let sum = wait_job(&c, &job).await.result.unwrap().checksum;
     assert_eq!(sum, sha256sum(&dom.join("images").join(IMG5).join(VOL5)));
     let (nimg, nvol) = (uuid(), uuid());
-    c.api()
-        .create_volume(
-            sd.clone(),
-            nimg.clone(),
-            nvol.clone(),
-            Capacity(Size(8 << 20)),
-            VolumeFormat::Raw,
-            Preallocation::Sparse,
-            None,
-            None,
-        )
-        .await
-        .via(&c)
-        .unwrap();
+    create_volume(
+        &c,
+        &sd,
+        &nimg,
+        &nvol,
+        8 << 20,
+        VolumeFormat::Raw,
+        None,
+        None,
+    )
+    .await;
     let job = uuid();
     c.api()
         .copy_data(
             job.clone(),
-            Endpoint::div(sd.clone(), img5.clone(), vol5.clone(), None),
-            Endpoint::div(sd.clone(), nimg.clone(), nvol.clone(), Some(Generation(0))),
+            endpoint(&sd, &img5, &vol5, None),
+            endpoint(&sd, &nimg, &nvol, Some(0)),
             None,
             Some(Flag(true)),
             None,
@@ -152,30 +150,14 @@ async fn an_ovirt_written_domain_attaches_and_works() {
         .via(&c)
         .unwrap();
     assert_eq!(wait_job(&c, &job).await.status, JobStatus::Done);
+    assert_eq!(sha256sum(&volume_path(&dom, &nimg, &nvol)), sum);
+    let r = volume_ref(&sd, &img4, &vol4, Some(0));
     assert_eq!(
-        sha256sum(&dom.join("images").join(nimg.as_str()).join(nvol.as_str())),
-        sum
+        update_volume(&c, r, legality_attrs(Legality::Illegal))
+            .await
+            .status,
+        JobStatus::Done
     );
-    let job = uuid();
-    let r = VolumeRef {
-        sd_id: sd.clone(),
-        img_id: img4.clone(),
-        vol_id: vol4.clone(),
-        generation: Some(Generation(0)),
-    };
-    c.api()
-        .update_volume(
-            job.clone(),
-            r,
-            VolumeAttributes {
-                legality: Some(Legality::Illegal),
-                ..Default::default()
-            },
-        )
-        .await
-        .via(&c)
-        .unwrap();
-    assert_eq!(wait_job(&c, &job).await.status, JobStatus::Done);
     let meta = std::fs::read_to_string(dom.join("images").join(IMG4).join(format!("{VOL4}.meta")))
         .unwrap();
     assert!(

@@ -177,11 +177,7 @@ async fn sdmctl_certs_dev_then_client_and_cli_over_mutual_tls() {
         .arg(&certs)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let config = format!(
         "create_default_domains = true\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
         certs.join("ca.pem"),
@@ -209,26 +205,9 @@ async fn sdmctl_certs_dev_then_client_and_cli_over_mutual_tls() {
     let caps = c.api().get_capabilities().await.via(&c).unwrap();
     let sd = caps.domains[0].clone();
     let (img, vol) = (uuid(), uuid());
-    c.api()
-        .create_volume(
-            sd.clone(),
-            img.clone(),
-            vol.clone(),
-            sdm_proto::Capacity(sdm_proto::Size(1 << 20)),
-            sdm_proto::VolumeFormat::Raw,
-            sdm_proto::Preallocation::Sparse,
-            None,
-            None,
-        )
-        .await
-        .via(&c)
-        .unwrap();
-    let job = uuid();
-    c.api()
-        .checksum_volume(job.clone(), sd, img, vol, None)
-        .await
-        .via(&c)
-        .unwrap();
+    let format = sdm_proto::VolumeFormat::Raw;
+    create_volume(&c, &sd, &img, &vol, 1 << 20, format, None, None).await;
+    let job = start_checksum(&c, &sd, &img, &vol).await;
     let done = c.wait_job(&job, |_| {}).await.unwrap();
     assert_eq!(done.status, sdm_proto::JobStatus::Done);
 
@@ -247,11 +226,7 @@ async fn sdmctl_certs_dev_then_client_and_cli_over_mutual_tls() {
         cmd.args(["host", "caps"]).output().unwrap()
     };
     let ok = run(true);
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    assert_success(&ok);
     assert!(String::from_utf8_lossy(&ok.stdout).contains("host id"));
     let refused = run(false);
     assert_eq!(
