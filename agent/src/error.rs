@@ -34,10 +34,13 @@ pub fn to_api_error<E: WireError>(err: &E) -> ApiError {
     ApiError::new(err.code(), chain_message(err))
 }
 
-/// Wire code of a lease failure: held elsewhere is AcquireLockFailure, anything else unexpected.
+/// Wire code of a lease failure: held elsewhere, or lost to another holder, is
+/// AcquireLockFailure; anything else unexpected.
 pub fn lease_code(err: &sdm_lease::LeaseError) -> ErrorCode {
     match err.kind() {
-        sdm_lease::LeaseErrorKind::Busy => ErrorCode::AcquireLockFailure,
+        sdm_lease::LeaseErrorKind::Busy | sdm_lease::LeaseErrorKind::Lost => {
+            ErrorCode::AcquireLockFailure
+        }
         _ => ErrorCode::GeneralException,
     }
 }

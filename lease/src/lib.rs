@@ -64,6 +64,9 @@ pub enum LeaseErrorKind {
     Io,
     /// Bad arguments or on-disk records that do not match them.
     Invalid,
+    /// A lease this process acquired is no longer held by it (released behind its back, or
+    /// taken over by another host after this host's lockspace lease expired).
+    Lost,
 }
 
 impl fmt::Display for LeaseErrorKind {
@@ -74,6 +77,7 @@ impl fmt::Display for LeaseErrorKind {
             LeaseErrorKind::Daemon => "sanlock daemon",
             LeaseErrorKind::Io => "i/o",
             LeaseErrorKind::Invalid => "invalid",
+            LeaseErrorKind::Lost => "lost",
         })
     }
 }
@@ -237,6 +241,22 @@ impl Lease {
             Some(Held::Local(_)) => "local",
             Some(Held::Sanlock(_)) => "sanlock",
             None => "released",
+        }
+    }
+
+    /// Checks that the lease is still this process's, right before work that only its holder
+    /// may do (the final metadata write that makes a volume LEGAL). Local: an OFD lock lasts as
+    /// long as its descriptor, which the lease owns, so it always holds. sanlock: the daemon
+    /// still has this process registered, and the lease on storage still names this host at
+    /// the version it had when acquired. [`LeaseErrorKind::Lost`] otherwise.
+    pub fn verify(&self) -> Result<(), LeaseError> {
+        match &self.held {
+            None => Err(LeaseError::new(
+                LeaseErrorKind::Lost,
+                "the lease was released",
+            )),
+            Some(Held::Local(_)) => Ok(()),
+            Some(Held::Sanlock(h)) => h.verify(),
         }
     }
 

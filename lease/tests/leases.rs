@@ -399,7 +399,32 @@ mod sanlock {
         eprintln!("lease free after kill -9 of holder: {:?}", t.elapsed());
         let lease = h1.acquire(&sd, vol, &vpath, 0).unwrap();
         assert!(h1.status(&sd, vol, &vpath, 0).unwrap().version.unwrap() > st.version.unwrap());
+        lease.verify().unwrap();
         lease.release().unwrap();
+
+        // A lease released behind the holder's back (here by `sanlock client release -p`, as
+        // an operator or a daemon-side revocation would): verify reports it Lost, so the
+        // holder's final "data is good" write is never made without it.
+        let lease = h1.acquire(&sd, vol, &vpath, 0).unwrap();
+        lease.verify().unwrap();
+        let out = std::process::Command::new(sdm_lease::test_support::sanlock_binary().unwrap())
+            .args(["client", "release", "-r"])
+            .arg(format!("{sd}:{vol}:{vstr}:0"))
+            .args(["-p", &std::process::id().to_string()])
+            .env("SANLOCK_RUN_DIR", a.run_dir())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "sanlock client release: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let e = lease.verify().unwrap_err();
+        assert_eq!(e.kind(), LeaseErrorKind::Lost, "{e}");
+        eprintln!("verify after an outside release: {e}");
+        let _ = lease.release();
+        assert!(h1.status(&sd, vol, &vpath, 0).unwrap().owners.is_empty());
 
         // The domain's SDM lease was formatted where the layout says.
         h1.acquire(&sd, SDM_RESOURCE, &dleases, SDM_LEASE_OFFSET)

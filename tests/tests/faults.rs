@@ -449,3 +449,61 @@ async fn a_frozen_lease_holder_keeps_its_lease() {
     assert_eq!(done.status, JobStatus::Done);
     assert_eq!(dst.info(&cb).await.generation, 1);
 }
+
+/// sanlock: a destination lease lost while the copy runs (released behind the agent's back, as
+/// sanlock does when it revokes a lease) must stop the copy from declaring the volume good: the
+/// job fails with AcquireLockFailure and the destination stays ILLEGAL at its old generation.
+#[tokio::test]
+async fn a_lease_lost_during_a_copy_keeps_the_destination_illegal() {
+    use sdm_lease::test_support::{sanlock_available, sanlock_binary, SanlockDaemon};
+    if let Err(why) = sanlock_available() {
+        eprintln!("SKIPPED a_lease_lost_during_a_copy_keeps_the_destination_illegal: {why}");
+        return;
+    }
+    let daemon = SanlockDaemon::start("sdm-lost-lease");
+    let agent = AgentProc::start(AgentOptions {
+        config: Some(format!(
+            "create_default_domains = true\n[leases]\ndefault_backend = \"sanlock\"\n\
+             sanlock_io_timeout_s = 1\nsanlock_run_dir = {:?}\n",
+            daemon.run_dir()
+        )),
+        ..Default::default()
+    });
+    let c = agent.client();
+    let (sd1, sd2, _, _) = default_domains(&c).await;
+    let src = new_volume(&c, &sd1, 8 * MIB, VolumeFormat::Raw).await;
+    write_pattern(&src.path, 0, 8 * MIB as usize, 9);
+    let dst = new_volume(&c, &sd2, 8 * MIB, VolumeFormat::Raw).await;
+    // 8 MiB at 2 MiB/s: about 4 s, time enough to take the lease away.
+    let job = copy_volume(&c, &src, &dst, Some(0), Some(2 * MIB)).await;
+    wait_running(&c, &job).await;
+    let lease = dst.info(&c).await.lease;
+    assert_eq!(lease.owners, vec![1], "the copy holds the lease");
+    let out = std::process::Command::new(sanlock_binary().unwrap())
+        .args(["client", "release", "-r"])
+        .arg(format!(
+            "{}:{}:{}:{}",
+            dst.sd, dst.vol, lease.path, lease.offset
+        ))
+        .args(["-p", &agent.pid().to_string()])
+        .env("SANLOCK_RUN_DIR", daemon.run_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sanlock client release: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f = wait_job(&c, &job).await;
+    assert_eq!(f.status, JobStatus::Failed, "{f:?}");
+    let e = f.error.unwrap();
+    assert_eq!(e.code, 651, "AcquireLockFailure: {e:?}");
+    eprintln!("copy after its lease was taken away: {e:?}");
+    let i = dst.info(&c).await;
+    assert_eq!((i.legality, i.generation), (Legality::Illegal, 0));
+    // Nothing stuck: the volume can be copied again, and this time it becomes LEGAL.
+    let again = copy_volume(&c, &src, &dst, Some(0), None).await;
+    assert_eq!(wait_job(&c, &again).await.status, JobStatus::Done);
+    assert_eq!(dst.info(&c).await.generation, 1);
+}

@@ -216,6 +216,8 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
             ),
         ));
     }
+    // And that the lease is still ours: only its holder may declare the data good.
+    held.verify().map_err(lease)?;
     now.legality = Legality::Legal;
     now.generation = Generation(start_gen).next().get();
     update_metadata(&dst_paths, &mut now).map_err(storage)?;

@@ -508,6 +508,7 @@ fn copy_one(
         .copy(&src_dom.volume_paths(img, v).data, &dst.data, &opts, &ctl)
         .map_err(io)?;
     let mut md = read_metadata_at(&dst.meta).map_err(storage)?;
+    held.verify().map_err(lease)?;
     md.legality = Legality::Legal;
     md.role = src_md.role;
     md.generation = src_md.generation;

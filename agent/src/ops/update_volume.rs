@@ -127,6 +127,7 @@ fn run(
         None => Generation(md.generation).next().get(),
     };
     fail::fail_point!("sdm::update_volume::before_write");
+    held.verify().map_err(lease)?;
     update_metadata(&paths, &mut md).map_err(storage)?;
     fail::fail_point!("sdm::update_volume::after_write");
     if let Err(e) = held.release() {

@@ -521,12 +521,33 @@ impl LeaseBackend for SanlockLeases {
             }
             return Err(map_rc(c, &what, rc));
         }
+        let generation = reg.generation;
+        drop(reg);
+        // The version the acquire wrote, for `verify`: a later owner would move it on.
+        let mut probe = res;
+        let lver = match ffi::read_resource_owners(&mut probe) {
+            Ok(owners) if owners.iter().any(|o| o.host_id == self.host_id) => probe.res.lver,
+            Ok(owners) => {
+                tracing::warn!(
+                    sd_id,
+                    vol_id,
+                    ?owners,
+                    "an acquired lease does not name this host"
+                );
+                0
+            }
+            Err(rc) => {
+                tracing::warn!(sd_id, vol_id, error = %ffi::strerror(rc), "reading an acquired lease failed");
+                0
+            }
+        };
         let held = Held {
             client: c,
             res: Box::new(res),
-            generation: reg.generation,
+            generation,
+            host_id: self.host_id,
+            lver,
         };
-        drop(reg);
         tracing::debug!(sd_id, vol_id, path = %lease_path.display(), offset, "acquired sanlock lease");
         Ok(Lease::new(
             sd_id,
@@ -614,9 +635,40 @@ pub(crate) struct Held {
     // Boxed: the struct is 1.2 KiB and every Lease carries one.
     res: Box<ffi::SanlkResource1>,
     generation: u64,
+    host_id: u64,
+    /// Lease version right after the acquire (0: unknown, then only the owner is checked).
+    lver: u64,
 }
 
 impl Held {
+    pub(crate) fn verify(&self) -> Result<(), LeaseError> {
+        let c = self.client;
+        {
+            let reg = c.lock();
+            if reg.fd.is_none() || reg.generation != self.generation {
+                return Err(LeaseError::new(
+                    LeaseErrorKind::Lost,
+                    "sanlock registration was lost; the daemon released this lease",
+                ));
+            }
+        }
+        let mut res = *self.res;
+        let owners =
+            ffi::read_resource_owners(&mut res).map_err(|rc| map_rc(c, "read lease", rc))?;
+        let ours = owners.iter().any(|o| o.host_id == self.host_id);
+        if !ours || (self.lver != 0 && res.res.lver != self.lver) {
+            let hosts: Vec<u64> = owners.iter().map(|o| o.host_id).collect();
+            return Err(LeaseError::new(
+                LeaseErrorKind::Lost,
+                format!(
+                    "the lease is no longer held by host {}: owners {hosts:?}, version {} (was {})",
+                    self.host_id, res.res.lver, self.lver
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn release(mut self) -> Result<(), LeaseError> {
         let c = self.client;
         let mut reg = c.lock();
