@@ -144,6 +144,8 @@ impl AgentProc {
                 panic!("sdm-agent did not become ready; log:\n{}", self.log_text());
             }
         };
+        // Owned from here on, so that Drop kills it if a check below panics.
+        self.child = Some(child);
         if self.opts.env.iter().any(|(k, _)| k == "FAILPOINTS") {
             assert!(
                 self.log_text().contains("failpoints enabled"),
@@ -154,7 +156,6 @@ impl AgentProc {
         }
         self.addr = addr.parse().expect("ready address");
         self.url = format!("http://{addr}");
-        self.child = Some(child);
     }
 
     /// Client of this agent.
