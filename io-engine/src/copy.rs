@@ -7,7 +7,7 @@ use crate::control::{Admit, Throttle};
 use crate::extents::{align_down, align_up, all_hole, is_zero, zero_runs, Extents};
 use crate::io::{Done, Io, Op};
 use crate::target::{FileKind, Target, DEFAULT_DIO_ALIGN};
-use crate::zero::{ZeroMethod, Zeroer, ZeroerConfig};
+use crate::zero::{range_of, ZeroMethod, Zeroer, ZeroerConfig};
 use crate::{Control, CopyOptions, CopyReport, Engine, IoError, WipeOptions};
 
 const OP: &str = "copy to";
@@ -309,22 +309,12 @@ impl Copier<'_> {
                 let n = self
                     .zero
                     .complete(op, d.res)
-                    .map_err(|e| IoError::at("zeroing", &self.dst.path, zero_off(op), e))?;
+                    .map_err(|e| IoError::at("zeroing", &self.dst.path, range_of(op).0, e))?;
                 self.report.bytes_zeroed_or_skipped += n;
                 self.ctl.add_done(n);
             }
         }
         Ok(())
-    }
-}
-
-pub(crate) fn zero_off(op: &Op) -> u64 {
-    match *op {
-        Op::Read { off, .. }
-        | Op::Write { off, .. }
-        | Op::WriteZeros { off, .. }
-        | Op::Fallocate { off, .. }
-        | Op::ZeroOut { off, .. } => off,
     }
 }
 

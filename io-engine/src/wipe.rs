@@ -2,20 +2,20 @@
 //!
 //! Block devices get BLKZEROOUT in steps, so that progress moves and an abort is seen between
 //! steps. The step starts at `step` (32 MiB) and grows while steps finish quickly (devices that
-//! zero by unmapping or WRITE SAME do a step in microseconds, and then the per-ioctl cost is all
-//! there is), keeping each step's time, not its size, what bounds the abort delay. Files get real zero writes over every allocated extent: unmapping
-//! (punch hole, ZERO_RANGE) would leave the old data on the medium. Holes hold no data and are
-//! skipped.
+//! zero by unmapping or WRITE SAME do a step in microseconds, and then the per-ioctl cost is
+//! all there is), so each step's time, not its size, bounds the abort delay. Files get real
+//! zero writes over every allocated extent: unmapping (punch hole, ZERO_RANGE) would leave the
+//! old data on the medium. Holes hold no data and are skipped.
 
 use std::path::Path;
 
 use crate::control::{Admit, Throttle};
-use crate::copy::{seg_align, tail_start, zero_off};
+use crate::copy::{seg_align, tail_start};
 use crate::extents::Extents;
-use crate::io::{Io, Op};
+use crate::io::Io;
 use crate::sys;
 use crate::target::{FileKind, Target};
-use crate::zero::{ZeroMethod, Zeroer, ZeroerConfig};
+use crate::zero::{range_of, ZeroMethod, Zeroer, ZeroerConfig};
 use crate::{Control, Engine, IoError, WipeOptions, WipeReport};
 
 const OP: &str = "wipe of";
@@ -105,11 +105,7 @@ fn run(
         zero.cap_step(ctl.bandwidth_limit());
         while zero.inflight < depth {
             if let Some(op) = zero.next_op() {
-                let n = match op {
-                    Op::WriteZeros { len, .. } => len as u64,
-                    Op::ZeroOut { len, .. } => len,
-                    _ => 0,
-                };
+                let (_, n) = range_of(&op);
                 match throttle.admit(ctl, n, io.inflight() > 0) {
                     Admit::Go => {}
                     Admit::Later => {
@@ -147,7 +143,7 @@ fn run(
         }
         io.wait(&mut done)?;
         for d in done.drain(..) {
-            let off = zero_off(&d.op);
+            let (off, _) = range_of(&d.op);
             let n = zero
                 .complete(&d.op, d.res)
                 .map_err(|e| IoError::at("zeroing", &t.path, off, e))?;

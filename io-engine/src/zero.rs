@@ -53,8 +53,8 @@ impl ZeroMethod {
     }
 }
 
-/// The byte range a zeroing request covers.
-fn range_of(op: &Op) -> (u64, u64) {
+/// The byte range (offset, length) a zeroing request covers.
+pub(crate) fn range_of(op: &Op) -> (u64, u64) {
     match *op {
         Op::Fallocate { off, len, .. } | Op::ZeroOut { off, len, .. } => (off, len),
         Op::WriteZeros { off, len, .. } => (off, len as u64),
