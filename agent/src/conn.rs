@@ -214,7 +214,6 @@ impl Connections {
 /// A socket with activity tracking and read-side backpressure.
 pub struct Guarded<S> {
     inner: S,
-    state: Arc<ConnState>,
     /// Keeps the connection in the table for as long as the stream lives: after a WebSocket
     /// upgrade that is jsonrpsee's tasks, not the task that accepted it.
     reg: Registration,
@@ -250,7 +249,6 @@ impl<S> Guarded<S> {
     pub fn new(inner: S, reg: Registration) -> Guarded<S> {
         Guarded {
             inner,
-            state: reg.state.clone(),
             reg,
             wire: Wire::Http {
                 read: HeadEnd::default(),
@@ -260,22 +258,26 @@ impl<S> Guarded<S> {
         }
     }
 
+    fn state(&self) -> &ConnState {
+        &self.reg.state
+    }
+
     fn touch(&self) {
-        self.state
+        self.state()
             .last_active
             .store(self.reg.conns.now_ms(), Ordering::Relaxed);
     }
 
     /// Whether reading must pause now.
     fn paused(&self) -> bool {
-        if self.state.write_blocked.load(Ordering::Acquire) {
+        if self.state().write_blocked.load(Ordering::Acquire) {
             return true;
         }
         match &self.wire {
             Wire::Ws {
                 received, answered, ..
             } => {
-                let settled = answered + self.state.unanswerable.load(Ordering::Acquire);
+                let settled = answered + self.state().unanswerable.load(Ordering::Acquire);
                 received.saturating_sub(settled) >= MAX_UNANSWERED
             }
             _ => false,
@@ -338,18 +340,18 @@ impl<S> Guarded<S> {
                 }
             });
             if *answered != before {
-                self.state.wake_reader();
+                self.state().wake_reader();
             }
         }
     }
 
     fn close(&mut self) {
         self.wire = Wire::Closing;
-        self.state.kill();
+        self.state().kill();
     }
 
     fn killed(&self) -> bool {
-        self.state.killed.load(Ordering::Acquire)
+        self.state().killed.load(Ordering::Acquire)
     }
 }
 
@@ -362,7 +364,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
         // The waker is kept even when not paused, so that a kill reaches a reader waiting on
         // the socket.
         *self
-            .state
+            .state()
             .read_waker
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
@@ -386,13 +388,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
 impl<S: AsyncWrite + Unpin> Guarded<S> {
     fn wrote(&self, r: &Poll<io::Result<usize>>) {
         match r {
-            Poll::Pending => self.state.write_blocked.store(true, Ordering::Release),
+            Poll::Pending => self.state().write_blocked.store(true, Ordering::Release),
             Poll::Ready(_) => {
-                if self.state.write_blocked.swap(false, Ordering::AcqRel) {
-                    self.state.wake_reader();
+                if self.state().write_blocked.swap(false, Ordering::AcqRel) {
+                    self.state().wake_reader();
                 }
                 if matches!(r, Poll::Ready(Ok(n)) if *n > 0) {
-                    self.state.served.store(true, Ordering::Relaxed);
+                    self.state().served.store(true, Ordering::Relaxed);
                     self.touch();
                 }
             }
