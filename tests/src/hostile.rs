@@ -1430,16 +1430,7 @@ pub fn raw_http(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> (u16, Stri
         Ok(_) => true,
         Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
     };
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let (status, body) = crate::status_and_body(&resp);
     (status, body, closed)
 }
 

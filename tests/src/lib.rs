@@ -385,7 +385,13 @@ pub fn raw_post(addr: SocketAddr, body: &[u8]) -> (u16, String) {
     let _ = s.write_all(body);
     let mut resp = Vec::new();
     let _ = s.read_to_end(&mut resp);
-    let text = String::from_utf8_lossy(&resp).into_owned();
+    let (status, body) = status_and_body(&resp);
+    (status, dechunk(&body))
+}
+
+/// Status code (0 if there is none) and raw body of an HTTP/1 response read to its end.
+pub fn status_and_body(resp: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(resp);
     let status = text
         .split_whitespace()
         .nth(1)
@@ -395,7 +401,7 @@ pub fn raw_post(addr: SocketAddr, body: &[u8]) -> (u16, String) {
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    (status, dechunk(&body))
+    (status, body)
 }
 
 fn dechunk(body: &str) -> String {
