@@ -266,6 +266,32 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(v)
 }
 
+/// Parses a size for people: plain bytes, or a number with a binary unit (`K`, `M`, `G`, `T`,
+/// optionally followed by `iB` or `B`, any case): `4G`, `512MiB`, `1t`. The one parser for
+/// command lines and tools; the wire takes only bytes ([`parse_size`]). Overflow is an error.
+pub fn parse_human_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = (t[..split].trim(), t[split..].to_ascii_uppercase());
+    let shift = match unit.trim_end_matches("IB").trim_end_matches('B') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => {
+            return Err(format!(
+                "invalid size {:?}: unknown unit (use K, M, G or T)",
+                truncate_for_message(s)
+            ))
+        }
+    };
+    let n = parse_size(num)?;
+    n.checked_mul(1u64 << shift)
+        .filter(|v| *v <= MAX_SIZE)
+        .ok_or_else(|| format!("size {} is beyond 2^63-1", truncate_for_message(s)))
+}
+
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
         struct V;
@@ -920,6 +946,23 @@ pub type JobMap = BTreeMap<Uuid, JobInfo>;
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(parse_human_size("4096"), Ok(4096));
+        assert_eq!(parse_human_size("4K"), Ok(4096));
+        assert_eq!(parse_human_size(" 512MiB "), Ok(512 << 20));
+        assert_eq!(parse_human_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_human_size("2TB"), Ok(2 << 40));
+        assert_eq!(parse_human_size("3 M"), Ok(3 << 20));
+        assert!(parse_human_size("1X").is_err());
+        assert!(parse_human_size("G").is_err());
+        assert!(parse_human_size("-1G").is_err());
+        assert!(parse_human_size("1.5G").is_err());
+        assert!(parse_human_size("9000000T").unwrap_err().contains("beyond"));
+        assert!(parse_human_size("8388608T").is_err()); // 2^63 exactly
+        assert_eq!(parse_human_size("8388607T"), Ok(8388607u64 << 40));
+    }
 
     #[test]
     fn uuid_is_strict() {
