@@ -90,7 +90,8 @@ impl Layout {
         let cs = 1u64 << cluster_bits;
         let guest_clusters = size.div_ceil(cs);
         let l1_entries = guest_clusters.div_ceil(cs / 8);
-        let l1_clusters = (l1_entries * 8).div_ceil(cs).max(1);
+        // An empty image has no L1 table (qemu-img check would call a reserved one leaked).
+        let l1_clusters = (l1_entries * 8).div_ceil(cs);
         let rb_entries = cs * 8 / (1 << REFCOUNT_ORDER);
         // The refcount structures count themselves: grow them until they cover everything.
         let fixed = 1 + l1_clusters + l2_count + data_clusters;
@@ -204,7 +205,7 @@ pub(crate) fn write_metadata(
     let cs = l.cluster_size();
     let span = l.l2_span();
     let has_backing = backing.is_some();
-    let mut l1 = vec![0u8; ((l.l1_entries * 8).div_ceil(cs) * cs).max(cs) as usize];
+    let mut l1 = vec![0u8; ((l.l1_entries * 8).div_ceil(cs) * cs) as usize];
     // Refcount 1 for every metadata cluster and every data cluster actually written.
     let rb_entries = cs * 8 / (1 << REFCOUNT_ORDER);
     let meta_clusters = l.data_offset / cs;
@@ -228,7 +229,8 @@ pub(crate) fn write_metadata(
                 rank += 1;
             }
             let e = l2_entry(s, host, has_backing);
-            used |= e != 0;
+            // Exactly the tables the layout counted: those with any cluster not unallocated.
+            used |= s != ClusterState::Unallocated;
             let at = ((i - first) * 8) as usize;
             table[at..at + 8].copy_from_slice(&e.to_be_bytes());
         }

@@ -211,7 +211,7 @@ impl Engine {
         ctl: &Control,
     ) -> Result<ConvertReport, IoError> {
         let c = check(src, &dst.format, opts)?;
-        let dst_size = dst.size.unwrap_or(c.src_size);
+        let dst_size = dest_size(dst.size, c.src_size, &dst.format);
         if dst_size < c.src_size {
             return Err(IoError::invalid(
                 OP,
@@ -436,6 +436,17 @@ impl Engine {
     }
 }
 
+/// The destination's virtual size. qemu reads a qcow2 size in whole 512-byte sectors (and
+/// drops a partial last one), so a qcow2 destination is rounded up to a sector, as
+/// `qemu-img create` does.
+fn dest_size(asked: Option<u64>, src_size: u64, format: &DestFormat) -> u64 {
+    let size = asked.unwrap_or(src_size);
+    match format {
+        DestFormat::Raw => size,
+        DestFormat::Qcow2(_) => size.next_multiple_of(512),
+    }
+}
+
 fn is_block(p: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
     std::fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device())
@@ -518,7 +529,7 @@ impl Engine {
         size: Option<u64>,
     ) -> Result<Measure, IoError> {
         let c = check(src, format, &ConvertOptions::default())?;
-        let dst_size = size.unwrap_or(c.src_size).max(c.src_size);
+        let dst_size = dest_size(size, c.src_size, format).max(c.src_size);
         let q = match format {
             DestFormat::Raw => {
                 return Ok(Measure {
