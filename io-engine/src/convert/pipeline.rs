@@ -252,7 +252,9 @@ impl<'a> Exec<'a> {
             };
             let f = self.fds[layer];
             let a = f.align;
-            let aligned = host % a == 0 && p.len as u64 % a == 0 && p.pos as u64 % a == 0;
+            let aligned = host.is_multiple_of(a)
+                && (p.len as u64).is_multiple_of(a)
+                && (p.pos as u64).is_multiple_of(a);
             io.submit(
                 slot as u64,
                 Op::Read {

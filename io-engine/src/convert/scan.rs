@@ -162,7 +162,7 @@ impl Engine {
 /// Reads `b.len()` bytes at `off` of the layer's file (zeros past its end).
 fn read_exact(l: &OpenLayer, b: &mut [u8], off: u64) -> Result<(), IoError> {
     let a = if l.target.direct { l.target.align } else { 1 };
-    let aligned = off % a == 0 && b.len() as u64 % a == 0;
+    let aligned = off.is_multiple_of(a) && (b.len() as u64).is_multiple_of(a);
     let fd = if aligned {
         l.target.fd()
     } else {
@@ -177,7 +177,7 @@ fn read_exact(l: &OpenLayer, b: &mut [u8], off: u64) -> Result<(), IoError> {
             break;
         }
         done += n;
-        if aligned && done % a as usize != 0 {
+        if aligned && !(done as u64).is_multiple_of(a) {
             // A short direct read ended unaligned: only EOF does that.
             b[done..].fill(0);
             break;
