@@ -7,6 +7,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod conv;
 pub mod qemu;
 
 use rand::rngs::StdRng;
