@@ -181,6 +181,7 @@ impl Feeder<'_> {
                     Op::Read {
                         fd: self.t.fd(),
                         slot,
+                        pos: 0,
                         off,
                         len: rlen,
                     },

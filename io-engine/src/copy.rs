@@ -231,6 +231,7 @@ impl Copier<'_> {
                 Op::Read {
                     fd: self.src.fd(),
                     slot,
+                    pos: 0,
                     off,
                     len: rlen,
                 },
@@ -391,6 +392,7 @@ fn verify(
                     Op::Read {
                         fd: t.fd(),
                         slot,
+                        pos: 0,
                         off,
                         len: rlen,
                     },

@@ -18,6 +18,10 @@ pub enum IoErrorKind {
     VerifyMismatch,
     /// The request cannot be carried out as asked (wrong file type, sizes, options).
     InvalidInput,
+    /// An image's format metadata is malformed or inconsistent with what the caller said.
+    BadImage,
+    /// The external converter (qemu-img) failed.
+    External,
     /// Any other IO failure.
     Io,
 }
@@ -84,6 +88,24 @@ pub enum IoError {
         /// Why it was rejected.
         reason: String,
     },
+    /// An image's format metadata cannot be used (bad magic, out-of-range tables, ...).
+    #[error("image {}: {reason}", path.display())]
+    Image {
+        /// The image.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `qemu-img` (the fallback converter) exited with an error.
+    #[error("qemu-img for {} failed ({status}): {stderr}", path.display())]
+    External {
+        /// The destination being written.
+        path: PathBuf,
+        /// Exit status as text.
+        status: String,
+        /// The tool's error output, trimmed.
+        stderr: String,
+    },
 }
 
 impl IoError {
@@ -96,6 +118,12 @@ impl IoError {
             IoError::Aborted { .. } => IoErrorKind::Aborted,
             IoError::VerifyMismatch { .. } => IoErrorKind::VerifyMismatch,
             IoError::InvalidInput { .. } => IoErrorKind::InvalidInput,
+            IoError::Image { .. } => IoErrorKind::BadImage,
+            // qemu-img reports a full destination only as text.
+            IoError::External { stderr, .. } if stderr.contains("No space left") => {
+                IoErrorKind::NoSpace
+            }
+            IoError::External { .. } => IoErrorKind::External,
         }
     }
 
@@ -134,6 +162,13 @@ impl IoError {
         IoError::Aborted {
             op,
             path: path.to_owned(),
+        }
+    }
+
+    pub(crate) fn image(path: &Path, reason: impl Into<String>) -> IoError {
+        IoError::Image {
+            path: path.to_owned(),
+            reason: reason.into(),
         }
     }
 

@@ -36,9 +36,12 @@ use crate::{BackendKind, IoError};
 /// A request. Offsets and lengths are in bytes; `slot` indexes the pool.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Op {
+    /// Reads `len` bytes into the slot, from `pos` bytes into it. Several reads may fill
+    /// disjoint parts of one slot at once (a converter gathers a segment from many pieces).
     Read {
         fd: RawFd,
         slot: usize,
+        pos: usize,
         off: u64,
         len: usize,
     },
@@ -90,7 +93,7 @@ impl Op {
     /// Where in its buffer the request starts.
     fn buf_pos(&self) -> usize {
         match *self {
-            Op::Write { pos, .. } => pos,
+            Op::Read { pos, .. } | Op::Write { pos, .. } => pos,
             _ => 0,
         }
     }
@@ -132,6 +135,8 @@ pub(crate) struct Io {
     chunk: usize,
     slots: usize,
     uses: Vec<u32>,
+    /// Of `uses`, the reads in flight: a slot takes more reads only while it has no writes.
+    reads: Vec<u32>,
     pending: Vec<Option<Pending>>,
     free_ids: Vec<usize>,
     live: usize,
@@ -178,6 +183,7 @@ impl Io {
             chunk,
             slots,
             uses: vec![0; slots + 1],
+            reads: vec![0; slots + 1],
             pending: Vec::new(),
             free_ids: Vec::new(),
             live: 0,
@@ -254,6 +260,17 @@ impl Io {
         unsafe { std::slice::from_raw_parts(self.slot_ptr(slot), self.chunk) }
     }
 
+    /// The content of an idle slot, to fill before reads complete the rest of it.
+    pub(crate) fn buf_mut(&mut self, slot: usize) -> &mut [u8] {
+        assert!(
+            slot < self.slots && self.uses[slot] == 0,
+            "slot {slot} is busy"
+        );
+        // SAFETY: the slot lies in the pool and no request or borrower uses it (checked above);
+        // the exclusive borrow of self keeps it so.
+        unsafe { std::slice::from_raw_parts_mut(self.slot_ptr(slot), self.chunk) }
+    }
+
     /// Hands an idle slot's first `len` bytes to another thread until [`Io::reclaim`].
     pub(crate) fn lend(&mut self, slot: usize, len: usize) -> Lent {
         assert!(slot < self.slots && self.uses[slot] == 0 && len <= self.chunk);
@@ -277,12 +294,18 @@ impl Io {
         let slot = op.slot().unwrap_or(self.zero_slot());
         if let Op::Read { slot, .. } = op {
             assert!(slot < self.slots, "reads into the zero chunk");
-            assert_eq!(self.uses[slot], 0, "read into busy slot {slot}");
+            assert_eq!(
+                self.uses[slot], self.reads[slot],
+                "read into slot {slot} while it is written from"
+            );
+            self.reads[slot] += 1;
         }
         assert!(self.uses[slot] != LENT, "slot {slot} is lent");
         match op {
-            Op::Read { len, .. } | Op::WriteZeros { len, .. } => assert!(len <= self.chunk),
-            Op::Write { pos, len, .. } => assert!(pos + len <= self.chunk),
+            Op::WriteZeros { len, .. } => assert!(len <= self.chunk),
+            Op::Read { pos, len, .. } | Op::Write { pos, len, .. } => {
+                assert!(pos + len <= self.chunk)
+            }
             _ => {}
         }
         self.uses[slot] += 1;
@@ -369,8 +392,10 @@ impl Io {
     fn sqe(&self, op: Op, done: u64, len: u64) -> squeue::Entry {
         let len32 = len as u32;
         match op {
-            Op::Read { fd, slot, off, .. } => {
-                let ptr = self.slot_ptr(slot).wrapping_add(done as usize);
+            Op::Read {
+                fd, slot, pos, off, ..
+            } => {
+                let ptr = self.slot_ptr(slot).wrapping_add(pos + done as usize);
                 if self.fixed {
                     opcode::ReadFixed::new(Fd(fd), ptr, len32, slot as u16)
                         .offset(off + done)
@@ -407,12 +432,17 @@ impl Io {
     fn exec_sync(&mut self, op: Op, done: u64, len: u64) -> i64 {
         let len = len as usize;
         let r = match op {
-            Op::Read { fd, slot, off, .. } => {
-                // SAFETY: the range lies in the pool. A read is only submitted on an idle slot
-                // (checked in submit), so no kernel request uses the slot, and &mut self
-                // excludes any other borrow of it.
+            Op::Read {
+                fd, slot, pos, off, ..
+            } => {
+                // SAFETY: the range lies in the pool (checked in submit). Reads are submitted
+                // only into a slot no write uses, each into its own part of the slot, so no
+                // other request touches this range, and &mut self excludes any other borrow.
                 let b = unsafe {
-                    std::slice::from_raw_parts_mut(self.slot_ptr(slot).add(done as usize), len)
+                    std::slice::from_raw_parts_mut(
+                        self.slot_ptr(slot).add(pos + done as usize),
+                        len,
+                    )
                 };
                 sys::pread(fd, b, off + done).map(|n| n as u64)
             }
@@ -464,6 +494,9 @@ impl Io {
         self.live -= 1;
         let slot = p.op.slot().unwrap_or(self.zero_slot());
         self.uses[slot] -= 1;
+        if matches!(p.op, Op::Read { .. }) {
+            self.reads[slot] -= 1;
+        }
         self.ready.push_back(Done {
             tag: p.tag,
             op: p.op,

@@ -79,6 +79,7 @@ use std::sync::Arc;
 
 mod checksum;
 mod control;
+pub mod convert;
 mod copy;
 mod error;
 mod extents;
@@ -90,6 +91,10 @@ mod wipe;
 mod zero;
 
 pub use control::{Control, Progress};
+pub use convert::{
+    Allocation, BackingFile, ConvertDest, ConvertOptions, ConvertReport, Converter, DestFormat,
+    ImageFormat, Layer, MapExtent, Measure, Qcow2Compat, Qcow2Options,
+};
 pub use error::{IoError, IoErrorKind};
 
 /// Which backend to use, as configured.

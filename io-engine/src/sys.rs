@@ -243,3 +243,24 @@ impl Drop for PageBuf {
         unsafe { libc::munmap(self.map.as_ptr().cast(), self.map_len) };
     }
 }
+
+/// Makes a child started by `cmd` get SIGKILL when the thread that spawns it dies, so a
+/// helper process never outlives the operation (or the agent) that started it.
+pub(crate) fn kill_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec and calls only prctl,
+    // getppid and _exit, which are async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        })
+    };
+}

@@ -7,6 +7,9 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod conv;
+pub mod qemu;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sdm_io::{BackendChoice, BackendKind, Engine, EngineConfig};
