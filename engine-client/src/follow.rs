@@ -25,13 +25,14 @@ use std::time::{Duration, Instant};
 use jsonrpsee::core::client::Subscription;
 use jsonrpsee::ws_client::WsClient;
 use sdm_proto::{
-    ApiError, ErrorCode, Generation, JobInfo, Uuid, VolumeAttributes, VolumeRef,
+    ApiError, ErrorCode, Generation, JobInfo, SdmApiClient, Uuid, VolumeAttributes, VolumeRef,
     FENCING_GENERATION_DIFF, MAX_GENERATION,
 };
 use serde::{Deserialize, Serialize};
 
+use crate::client::{job_outcome, AgentClient, Via};
+use crate::error::Error;
 use crate::pool::HostPool;
-use crate::{job_outcome, AgentClient, Error, SdmApiClient, Via};
 
 /// A volume by its domain, image and volume ids.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -18,10 +18,11 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sdm_proto::{Capabilities, HostStats, Uuid};
+use sdm_proto::{Capabilities, HostStats, SdmApiClient, Uuid};
 use serde::Serialize;
 
-use crate::{AgentClient, ClientOptions, Error, SdmApiClient, Via};
+use crate::client::{AgentClient, ClientOptions, Via};
+use crate::error::Error;
 
 /// Timeouts and freshness of a pool.
 #[derive(Clone, Debug)]
