@@ -28,8 +28,8 @@ pub fn bin_dir() -> PathBuf {
     }
 }
 
-/// Path of a workspace binary, built by `cargo test --workspace` (the agent and client crates
-/// have integration tests, which makes cargo build their binaries).
+/// Path of a workspace binary, built by `cargo test --workspace` (the `sdm-agent` and `sdmctl`
+/// packages have integration tests, which makes cargo build their binaries).
 pub fn bin(name: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(format!(
         "SDM_{}_BIN",
