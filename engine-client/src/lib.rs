@@ -33,6 +33,7 @@ mod error;
 pub mod follow;
 pub mod journal;
 pub mod op;
+pub mod placement;
 pub mod pool;
 pub mod tls;
 

@@ -13,7 +13,8 @@ use crate::follow::{self, VolumeId};
 use crate::journal::OpState;
 use sdm_proto::SdmApiClient;
 
-use super::{volume_on, Disks, Phase, Run, Step, Stop};
+use super::event::Phase;
+use super::run::{volume_on, Disks, Run, Step, Stop};
 
 impl Disks {
     pub(super) async fn clone_structure(&self, run: &Run<'_>, st: &OpState) -> Step {

@@ -13,8 +13,9 @@ use crate::journal::{OpState, Record};
 use crate::op::VolumeSpec;
 use sdm_proto::SdmApiClient;
 
+use super::event::{Event, Phase};
 use super::retry::{in_parallel, Rounds};
-use super::{dst_of, retryable, volume_on, Disks, Event, Phase, Run, Step, Stop};
+use super::run::{dst_of, retryable, volume_on, Disks, Run, Step, Stop};
 
 impl Disks {
     pub(super) async fn copy_all(&self, run: &Run<'_>) -> Step {

@@ -12,8 +12,9 @@ use crate::journal::{OpState, Record};
 use crate::op::Outcome;
 use sdm_proto::SdmApiClient;
 
+use super::event::{Event, Phase};
 use super::retry::Rounds;
-use super::{dst_of, volume_on, Disks, Event, Phase, Run, Step, Stop};
+use super::run::{dst_of, volume_on, Disks, Run, Step, Stop};
 
 /// Hosts an image deletion, and a leftover cleanup, are tried on before the operation waits
 /// for `resume`.

@@ -46,130 +46,27 @@ mod delete;
 mod event;
 mod report;
 mod retry;
+mod run;
 mod verify;
 
 use std::collections::HashSet;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use sdm_proto::{ApiError, ErrorCode, Legality, Uuid};
+use sdm_proto::{ApiError, ErrorCode, Legality, SdmApiClient, Uuid};
 
-use crate::client::AgentClient;
 use crate::error::Error;
-use crate::follow::{FollowOptions, VolumeId};
-use crate::journal::{Journal, JournalError, OpState, Record};
+use crate::follow::FollowOptions;
+use crate::journal::{Journal, OpState, Record};
 use crate::op::parents_first;
 use crate::pool::HostPool;
-use sdm_proto::SdmApiClient;
 
 pub use crate::op::{DeletePolicy, MovePolicy, OpKind, Outcome, VolumeSpec};
 pub use event::{Event, EventSink, NoEvents, Phase};
 pub use report::{AttemptReport, OpReport, VolumeReport};
+pub use run::{retryable, Disks};
 
-/// Why a phase stopped.
-enum Stop {
-    /// Nothing can make it succeed: roll back.
-    Abandon(String),
-    /// Cannot go on now (no host, lease held): leave it in the journal for `resume`.
-    Later(String),
-    /// Storage refused before anything changed.
-    Refused(ApiError),
-    /// The journal failed: stop everything, the caller gets the error.
-    Fatal(Error),
-}
-
-impl From<JournalError> for Stop {
-    fn from(e: JournalError) -> Stop {
-        Stop::Fatal(Error::Journal(e))
-    }
-}
-
-type Step<T = ()> = Result<T, Stop>;
-
-fn fatal(s: Stop) -> Error {
-    match s {
-        Stop::Fatal(e) => e,
-        Stop::Abandon(m) | Stop::Later(m) => Error::Operation(m),
-        Stop::Refused(e) => Error::Api(e),
-    }
-}
-
-/// Agent errors worth another attempt on another host: the host, its lease or a lost job may be
-/// at fault. Everything else (an ILLEGAL source, no space, a bad request, an abort) would fail
-/// again anywhere.
-pub fn retryable(code: ErrorCode) -> bool {
-    matches!(
-        code,
-        ErrorCode::GeneralException
-            | ErrorCode::AcquireLockFailure
-            | ErrorCode::GenerationMismatch
-            | ErrorCode::NoSuchJob
-            | ErrorCode::JobExists
-            | ErrorCode::ImageVerificationError
-            | ErrorCode::StorageDomainDoesNotExist
-            | ErrorCode::VolumeMetadataWriteError
-    )
-}
-
-/// Per-call state of one operation.
-struct Run<'a> {
-    op: Uuid,
-    events: &'a dyn EventSink,
-    cancel: AtomicBool,
-}
-
-impl Run<'_> {
-    fn emit(&self, e: Event) {
-        self.events.event(&e);
-    }
-
-    fn phase(&self, phase: Phase) {
-        self.emit(Event::Phase {
-            op: self.op.clone(),
-            phase,
-        });
-    }
-}
-
-/// Removes an operation from the active set when its driver ends (also when its future is
-/// dropped).
-struct Active {
-    set: Arc<Mutex<HashSet<Uuid>>>,
-    op: Uuid,
-}
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        self.set
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.op);
-    }
-}
-
-/// The destination domain of a copy or move (blank for a delete, which has none).
-fn dst_of(st: &OpState) -> Uuid {
-    st.dst_sd.clone().unwrap_or_else(Uuid::blank)
-}
-
-/// Volume `vol` of the operation's image on `sd`.
-fn volume_on(sd: &Uuid, st: &OpState, vol: &Uuid) -> VolumeId {
-    VolumeId {
-        sd_id: sd.clone(),
-        img_id: st.image.clone(),
-        vol_id: vol.clone(),
-    }
-}
-
-/// Disk operations over a [`HostPool`], recorded in a [`Journal`].
-#[derive(Debug)]
-pub struct Disks {
-    pool: Arc<HostPool>,
-    journal: Arc<Journal>,
-    follow: FollowOptions,
-    active: Arc<Mutex<HashSet<Uuid>>>,
-}
+use run::{fatal, Active, Run, Step, Stop};
 
 impl Disks {
     /// Operations over `pool`, recorded in `journal`.
@@ -196,41 +93,6 @@ impl Disks {
     /// The journal.
     pub fn journal(&self) -> &Arc<Journal> {
         &self.journal
-    }
-
-    async fn record(&self, rec: Record) -> Step {
-        Ok(self.journal.append(rec).await?)
-    }
-
-    /// Records `rec`, then announces it ([`Event::announcing`]; `copy_host`: the host of a
-    /// copy's verdict): callers never hear of a step the journal does not hold.
-    async fn record_and_announce(&self, run: &Run<'_>, rec: Record, copy_host: &str) -> Step {
-        let event = Event::announcing(&rec, copy_host);
-        self.record(rec).await?;
-        if let Some(e) = event {
-            run.emit(e);
-        }
-        Ok(())
-    }
-
-    fn state(&self, op: &Uuid) -> Step<OpState> {
-        self.journal
-            .op(op)
-            .ok_or_else(|| Stop::Fatal(Error::Journal(JournalError::UnknownOp(op.clone()))))
-    }
-
-    fn lost_after(&self) -> Duration {
-        self.pool.options().probe_timeout * 3
-    }
-
-    /// A client of a healthy host that sees `sd`, least loaded first.
-    async fn reader(&self, sd: &Uuid) -> Result<AgentClient, Error> {
-        self.pool.refresh_if_stale().await;
-        self.pool
-            .up_seeing(sd)
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::NoHost(format!("domain {sd}")))
     }
 
     // --- entry points -------------------------------------------------------------------
@@ -275,24 +137,22 @@ impl Disks {
         policy: DeletePolicy,
         events: &dyn EventSink,
     ) -> Result<OpReport, Error> {
-        self.refuse_busy(image)?;
-        self.pool.refresh().await;
-        let c = self.reader(sd).await?;
-        let vols = call!(c, get_volumes(sd.clone(), image.clone())).await?;
-        let mut specs = Vec::new();
-        for v in &vols {
-            let info = call!(c, get_volume_info(sd.clone(), image.clone(), v.clone())).await?;
-            specs.push(VolumeSpec::from(&info));
-        }
-        let op = Uuid::new_v4();
-        let mp = MovePolicy {
+        let volumes = self.read_source(image, sd, false).await?;
+        let policy = MovePolicy {
             wipe: policy.wipe,
             discard: policy.discard,
             ..Default::default()
         };
-        self.begin(op.clone(), OpKind::Delete, image, sd, None, mp, specs)
-            .await?;
-        self.drive(&op, events, false).await
+        let begin = Record::Begin {
+            op: Uuid::new_v4(),
+            kind: OpKind::Delete,
+            image: image.clone(),
+            src_sd: sd.clone(),
+            dst_sd: None,
+            policy,
+            volumes,
+        };
+        self.start(begin, events).await
     }
 
     /// Takes up every unfinished operation of the journal (except those this `Disks` is running
@@ -351,21 +211,7 @@ impl Disks {
                 "source and destination domains are the same".into(),
             ));
         }
-        self.refuse_busy(image)?;
-        self.pool.refresh().await;
-        let c = self.reader(src_sd).await?;
-        let vols = call!(c, get_volumes(src_sd.clone(), image.clone())).await?;
-        let mut specs = Vec::new();
-        for v in &vols {
-            let info = call!(c, get_volume_info(src_sd.clone(), image.clone(), v.clone())).await?;
-            if info.legality != Legality::Legal {
-                return Err(Error::Api(ApiError::new(
-                    ErrorCode::prepareIllegalVolumeError,
-                    format!("source volume {v} is {}", info.legality),
-                )));
-            }
-            specs.push(VolumeSpec::from(&info));
-        }
+        let specs = self.read_source(image, src_sd, true).await?;
         if specs.is_empty() {
             return Err(Error::Api(ApiError::new(
                 ErrorCode::ImageDoesNotExistInSD,
@@ -384,38 +230,54 @@ impl Disks {
             }
             Err(e) => return Err(e),
         }
-        let op = Uuid::new_v4();
-        let specs = parents_first(specs);
-        self.begin(op.clone(), kind, image, src_sd, Some(dst_sd), policy, specs)
-            .await?;
-        self.drive(&op, events, false).await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn begin(
-        &self,
-        op: Uuid,
-        kind: OpKind,
-        image: &Uuid,
-        src_sd: &Uuid,
-        dst_sd: Option<&Uuid>,
-        policy: MovePolicy,
-        volumes: Vec<VolumeSpec>,
-    ) -> Result<(), Error> {
-        let rec = Record::Begin {
-            op,
+        let begin = Record::Begin {
+            op: Uuid::new_v4(),
             kind,
             image: image.clone(),
             src_sd: src_sd.clone(),
-            dst_sd: dst_sd.cloned(),
+            dst_sd: Some(dst_sd.clone()),
             policy,
-            volumes,
+            volumes: parents_first(specs),
         };
-        match self.record(rec).await {
-            Ok(()) => Ok(()),
-            Err(Stop::Fatal(e)) => Err(e),
-            Err(_) => Err(Error::Operation("cannot record the operation".into())),
+        self.start(begin, events).await
+    }
+
+    /// Refuses an image that is busy, refreshes the pool and reads the volumes of `image` on
+    /// `sd` as the operation will record them. `legal_only`: a volume that is not LEGAL refuses
+    /// the operation (a copy must not take a half-written volume for its source).
+    async fn read_source(
+        &self,
+        image: &Uuid,
+        sd: &Uuid,
+        legal_only: bool,
+    ) -> Result<Vec<VolumeSpec>, Error> {
+        self.refuse_busy(image)?;
+        self.pool.refresh().await;
+        let c = self.reader(sd).await?;
+        let vols = call!(c, get_volumes(sd.clone(), image.clone())).await?;
+        let mut specs = Vec::new();
+        for v in &vols {
+            let info = call!(c, get_volume_info(sd.clone(), image.clone(), v.clone())).await?;
+            if legal_only && info.legality != Legality::Legal {
+                return Err(Error::Api(ApiError::new(
+                    ErrorCode::prepareIllegalVolumeError,
+                    format!("source volume {v} is {}", info.legality),
+                )));
+            }
+            specs.push(VolumeSpec::from(&info));
         }
+        Ok(specs)
+    }
+
+    /// Records a new operation's `begin`, then drives the operation.
+    async fn start(&self, begin: Record, events: &dyn EventSink) -> Result<OpReport, Error> {
+        let op = begin.op().clone();
+        match self.record(begin).await {
+            Ok(()) => {}
+            Err(Stop::Fatal(e)) => return Err(e),
+            Err(_) => return Err(Error::Operation("cannot record the operation".into())),
+        }
+        self.drive(&op, events, false).await
     }
 
     // --- the driver ---------------------------------------------------------------------
@@ -505,15 +367,6 @@ impl Disks {
         }
         self.delete_source(run).await?;
         self.end(run, Outcome::Committed, None).await
-    }
-
-    async fn end(&self, run: &Run<'_>, outcome: Outcome, message: Option<String>) -> Step {
-        self.record(Record::End {
-            op: run.op.clone(),
-            outcome,
-            message,
-        })
-        .await
     }
 
     async fn run_delete(&self, run: &Run<'_>) -> Step {

@@ -10,7 +10,7 @@ use sdm_proto::Uuid;
 
 use crate::pool::{HostPool, Placement, PlacementRequest};
 
-use super::{Run, Step, Stop};
+use super::run::{Run, Step, Stop};
 
 /// The stop that decides for several tasks that stopped in parallel: a fatal one, else the
 /// first abandon, else the latest.

@@ -10,8 +10,9 @@ use crate::follow;
 use crate::journal::{OpState, Record};
 use sdm_proto::SdmApiClient;
 
+use super::event::Phase;
 use super::retry::{in_parallel, Rounds};
-use super::{dst_of, retryable, volume_on, Disks, Phase, Run, Step, Stop};
+use super::run::{dst_of, retryable, volume_on, Disks, Run, Step, Stop};
 
 /// Hosts a checksum is tried on before the operation waits for `resume`.
 const CHECKSUM_ROUNDS: u32 = 3;

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
+use super::error::JournalError;
 use super::record::{Entry, JOURNAL_VERSION};
-use super::JournalError;
 
 /// What reading a journal found besides its records.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -45,9 +45,10 @@ use futures::future::BoxFuture;
 use sdm_proto::Uuid;
 
 use super::codec::{encode_line, parse, Line};
+use super::error::JournalError;
 use super::record::{Entry, Record};
 use super::state::replay;
-use super::{JournalError, JournalStore, Stored};
+use super::store::{JournalStore, Stored};
 
 /// A journal longer than this is compacted when an operation ends.
 #[cfg(not(test))]

@@ -11,106 +11,24 @@
 //!   state of every operation current in memory.
 
 mod codec;
+mod error;
 mod file;
 mod record;
 mod state;
+mod store;
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use futures::future::BoxFuture;
 use sdm_proto::Uuid;
 
 pub use codec::crc32;
+pub use error::JournalError;
 pub use file::{read_entries, FileStore, COMPACT_AT_BYTES};
 pub use record::{now_ms, Entry, Record, JOURNAL_VERSION};
 pub use state::{replay, AttemptState, CopyState, DeleteState, OpState};
+pub use store::{JournalStore, Stored};
 
 use state::Ops;
-
-/// Journal failures. Any of them stops the operation that tried to record: acting without a
-/// durable record would break resumption.
-#[derive(Debug, thiserror::Error)]
-pub enum JournalError {
-    /// The journal or its directory could not be opened or created.
-    #[error("cannot open journal {path}")]
-    Open {
-        /// The journal.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Another process holds the journal.
-    #[error("journal {path} is in use by another process")]
-    Locked {
-        /// The journal.
-        path: PathBuf,
-    },
-    /// Reading the journal failed.
-    #[error("cannot read journal {path}")]
-    Read {
-        /// The journal.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Writing or syncing a record failed.
-    #[error("cannot write journal {path}")]
-    Write {
-        /// The journal.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A record could not be encoded.
-    #[error("cannot encode a journal record")]
-    Encode(#[source] serde_json::Error),
-    /// A record names an operation the journal has no beginning for.
-    #[error("journal has no operation {0}")]
-    UnknownOp(Uuid),
-    /// The task that writes or reads the journal failed (it panicked or its runtime is
-    /// shutting down); the record may or may not be stored.
-    #[error("journal writer failed: {0}")]
-    Writer(String),
-    /// The journal was written by a newer client.
-    #[error("journal {path} has records of version {version}; this client reads version {JOURNAL_VERSION}")]
-    Version {
-        /// The journal.
-        path: PathBuf,
-        /// The version found.
-        version: u32,
-    },
-}
-
-/// What a store did with an appended entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stored {
-    /// The entry is stored.
-    Appended,
-    /// The entry is stored, and the store dropped the entries of ended operations: the
-    /// journal then forgets all but the most recently ended ones in memory too.
-    Compacted,
-}
-
-/// Where a journal's entries are kept: the seam between the journal's logic (records, replay,
-/// the state in memory) and its storage. A store only keeps entries and gives them back; it
-/// never interprets them beyond what it needs to drop ended operations.
-pub trait JournalStore: Send + Sync + std::fmt::Debug {
-    /// Where the entries live, for messages (a path, a URL without credentials).
-    fn location(&self) -> String;
-
-    /// Stores `entry` durably: once this resolves Ok the entry survives a crash of the process
-    /// and of the machine. Appends come one at a time, in order. On Err nothing may be assumed
-    /// stored, and the caller does not act on the record.
-    fn append<'a>(&'a self, entry: &'a Entry) -> BoxFuture<'a, Result<Stored, JournalError>>;
-
-    /// The stored entries of every operation that has not ended, in the order they were
-    /// stored (what a journal replays when it starts).
-    fn load(&self) -> BoxFuture<'_, Result<Vec<Entry>, JournalError>>;
-}
 
 /// Ended operations kept readable in memory after a store drops them (a caller that just ended
 /// one still builds its report from it).
