@@ -51,6 +51,28 @@ impl std::fmt::Display for VolumeId {
     }
 }
 
+/// Submits `SDM.update_volume` of `vol`, which must still be at generation `g`, as job `job`
+/// (retried with the same job id on transport failures, see [`AgentClient::submit`]).
+pub async fn submit_update(
+    c: &AgentClient,
+    job: &Uuid,
+    vol: &VolumeId,
+    g: u16,
+    attrs: VolumeAttributes,
+) -> Result<(), Error> {
+    let vref = VolumeRef {
+        sd_id: vol.sd_id.clone(),
+        img_id: vol.img_id.clone(),
+        vol_id: vol.vol_id.clone(),
+        generation: Some(Generation(g)),
+    };
+    c.submit(job, |h| {
+        let (j, v, a) = (job.clone(), vref.clone(), attrs.clone());
+        async move { h.update_volume(j, v, a).await }
+    })
+    .await
+}
+
 /// A submitted copy: everything needed to follow it, also after an engine restart.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyTicket {
@@ -331,22 +353,11 @@ async fn fence(
     let to = gen_plus(g, FENCING_GENERATION_DIFF);
     for c in pool.up_seeing_probe(&dst.sd_id) {
         let job = Uuid::new_v4();
-        let vol = VolumeRef {
-            sd_id: dst.sd_id.clone(),
-            img_id: dst.img_id.clone(),
-            vol_id: dst.vol_id.clone(),
-            generation: Some(Generation(g)),
-        };
         let attrs = VolumeAttributes {
             generation: Some(Generation(to)),
             ..Default::default()
         };
-        let r = c
-            .submit(&job, |h| {
-                let (j, v, a) = (job.clone(), vol.clone(), attrs.clone());
-                async move { h.update_volume(j, v, a).await }
-            })
-            .await;
+        let r = submit_update(&c, &job, dst, g, attrs).await;
         match r {
             Ok(()) => {
                 tracing::warn!(volume = %dst, from = g, to, via = %c.url(), fence_job = %job, "fencing the destination of a lost copy");

@@ -28,30 +28,8 @@ pub async fn run(ctx: &Ctx, cmd: DiskCmd) -> anyhow::Result<Outcome> {
             t,
             wipe,
             discard,
-        } => {
-            let p = policy(&t, wipe, discard)?;
-            let (src, dst) = (uuid(&t.from, "source sd")?, uuid(&t.to, "destination sd")?);
-            (
-                OpKind::Move,
-                uuid(&img_id, "image id")?,
-                src,
-                Some(dst),
-                p,
-                t.j,
-            )
-        }
-        DiskCmd::Copy { img_id, t } => {
-            let p = policy(&t, false, false)?;
-            let (src, dst) = (uuid(&t.from, "source sd")?, uuid(&t.to, "destination sd")?);
-            (
-                OpKind::Copy,
-                uuid(&img_id, "image id")?,
-                src,
-                Some(dst),
-                p,
-                t.j,
-            )
-        }
+        } => transfer(OpKind::Move, &img_id, t, wipe, discard)?,
+        DiskCmd::Copy { img_id, t } => transfer(OpKind::Copy, &img_id, t, false, false)?,
         DiskCmd::Delete {
             img_id,
             sd,
@@ -92,6 +70,21 @@ pub async fn run(ctx: &Ctx, cmd: DiskCmd) -> anyhow::Result<Outcome> {
     let report = report?;
     summary(json, std::slice::from_ref(&report))?;
     Ok(report.outcome)
+}
+
+/// What a move or copy needs: its kind, image, source, destination, policy and journal.
+type Transfer = (OpKind, Uuid, Uuid, Option<Uuid>, MovePolicy, JournalArgs);
+
+fn transfer(
+    kind: OpKind,
+    img_id: &str,
+    t: TransferArgs,
+    wipe: bool,
+    discard: bool,
+) -> anyhow::Result<Transfer> {
+    let p = policy(&t, wipe, discard)?;
+    let (src, dst) = (uuid(&t.from, "source sd")?, uuid(&t.to, "destination sd")?);
+    Ok((kind, uuid(img_id, "image id")?, src, Some(dst), p, t.j))
 }
 
 fn policy(t: &TransferArgs, wipe: bool, discard: bool) -> anyhow::Result<MovePolicy> {

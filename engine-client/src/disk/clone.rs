@@ -4,7 +4,7 @@
 
 use sdm_proto::{
     Capacity, Description, ErrorCode, Generation, Legality, Size, Uuid, VolumeAttributes,
-    VolumeInfo, VolumeRef,
+    VolumeInfo,
 };
 
 use crate::client::{job_outcome, AgentClient};
@@ -95,23 +95,12 @@ impl Disks {
         generation: u16,
     ) -> Step {
         let job = Uuid::new_v4();
-        let vref = VolumeRef {
-            sd_id: vol.sd_id.clone(),
-            img_id: vol.img_id.clone(),
-            vol_id: vol.vol_id.clone(),
-            generation: Some(Generation(generation)),
-        };
         let attrs = VolumeAttributes {
             legality: Some(Legality::Illegal),
             generation: Some(Generation(generation)),
             ..Default::default()
         };
-        let submitted = c
-            .submit(&job, |h| {
-                let (j, v, a) = (job.clone(), vref.clone(), attrs.clone());
-                async move { h.update_volume(j, v, a).await }
-            })
-            .await;
+        let submitted = follow::submit_update(c, &job, vol, generation, attrs).await;
         let outcome = match submitted {
             Ok(()) => match follow::follow_plain(c, &job, &self.follow, self.lost_after(), &|_| {})
                 .await

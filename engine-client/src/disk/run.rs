@@ -38,6 +38,7 @@ impl From<JournalError> for Stop {
 
 pub(super) type Step<T = ()> = Result<T, Stop>;
 
+/// The error the caller of an entry point gets for a stop.
 pub(super) fn fatal(s: Stop) -> Error {
     match s {
         Stop::Fatal(e) => e,

@@ -2,13 +2,13 @@
 //! before the phase acts, so that after an engine crash [`crate::Disks::resume`] knows where
 //! each unfinished operation stood.
 //!
-//! * [`record`]: what is written ([`Record`], one per phase, stored as an [`Entry`]);
-//! * [`state`]: what the records add up to ([`OpState`]), replayed by pure logic;
-//! * [`JournalStore`]: where entries are kept. [`FileStore`] ([`file`], with its line format in
-//!   [`codec`]) is the embedded default; another store (a database shared by several engines)
-//!   implements the same two calls and plugs in with [`Journal::with_store`];
-//! * [`Journal`]: what the disk operations use: appends through its store, keeps the replayed
-//!   state of every operation current in memory.
+//! * `record.rs`: what is written ([`Record`], one per phase, stored as an [`Entry`]);
+//! * `state.rs`: what the records add up to ([`OpState`]), replayed by pure logic;
+//! * `store.rs`: where entries are kept ([`JournalStore`]). [`FileStore`] (`file.rs`, with its
+//!   line format in `codec.rs`) is the embedded default; another store (a database shared by
+//!   several engines) implements the same two calls and plugs in with [`Journal::with_store`];
+//! * this file: [`Journal`], what the disk operations use: appends through its store, keeps the
+//!   replayed state of every operation current in memory; `error.rs`: [`JournalError`].
 
 mod codec;
 mod error;
