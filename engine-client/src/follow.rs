@@ -25,13 +25,14 @@ use std::time::{Duration, Instant};
 use jsonrpsee::core::client::Subscription;
 use jsonrpsee::ws_client::WsClient;
 use sdm_proto::{
-    ApiError, ErrorCode, Generation, JobInfo, Uuid, VolumeAttributes, VolumeRef,
+    ApiError, ErrorCode, Generation, JobInfo, SdmApiClient, Uuid, VolumeAttributes, VolumeRef,
     FENCING_GENERATION_DIFF, MAX_GENERATION,
 };
 use serde::{Deserialize, Serialize};
 
+use crate::client::{job_outcome, AgentClient, Via};
+use crate::error::Error;
 use crate::pool::HostPool;
-use crate::{job_outcome, AgentClient, Error, SdmApiClient, Via};
 
 /// A volume by its domain, image and volume ids.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -48,6 +49,28 @@ impl std::fmt::Display for VolumeId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}/{}", self.sd_id, self.img_id, self.vol_id)
     }
+}
+
+/// Submits `SDM.update_volume` of `vol`, which must still be at generation `g`, as job `job`
+/// (retried with the same job id on transport failures, see [`AgentClient::submit`]).
+pub async fn submit_update(
+    c: &AgentClient,
+    job: &Uuid,
+    vol: &VolumeId,
+    g: u16,
+    attrs: VolumeAttributes,
+) -> Result<(), Error> {
+    let vref = VolumeRef {
+        sd_id: vol.sd_id.clone(),
+        img_id: vol.img_id.clone(),
+        vol_id: vol.vol_id.clone(),
+        generation: Some(Generation(g)),
+    };
+    c.submit(job, |h| {
+        let (j, v, a) = (job.clone(), vref.clone(), attrs.clone());
+        async move { h.update_volume(j, v, a).await }
+    })
+    .await
 }
 
 /// A submitted copy: everything needed to follow it, also after an engine restart.
@@ -330,22 +353,11 @@ async fn fence(
     let to = gen_plus(g, FENCING_GENERATION_DIFF);
     for c in pool.up_seeing_probe(&dst.sd_id) {
         let job = Uuid::new_v4();
-        let vol = VolumeRef {
-            sd_id: dst.sd_id.clone(),
-            img_id: dst.img_id.clone(),
-            vol_id: dst.vol_id.clone(),
-            generation: Some(Generation(g)),
-        };
         let attrs = VolumeAttributes {
             generation: Some(Generation(to)),
             ..Default::default()
         };
-        let r = c
-            .submit(&job, |h| {
-                let (j, v, a) = (job.clone(), vol.clone(), attrs.clone());
-                async move { h.update_volume(j, v, a).await }
-            })
-            .await;
+        let r = submit_update(&c, &job, dst, g, attrs).await;
         match r {
             Ok(()) => {
                 tracing::warn!(volume = %dst, from = g, to, via = %c.url(), fence_job = %job, "fencing the destination of a lost copy");

@@ -21,6 +21,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rand::rngs::StdRng;
+use rand::{Rng as _, RngCore, SeedableRng};
 use serde_json::{json, Map, Value};
 
 /// The machine-readable API (methods, parameter types, error table).
@@ -474,21 +476,24 @@ pub fn value_invariants(v: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// A small deterministic generator (xorshift64*).
-pub struct Rng(pub u64);
+/// A deterministic generator: the same seed gives the same mutations, so a failing run can be
+/// repeated with `SDM_FUZZ_SEED`.
+pub struct Rng(StdRng);
 
 impl Rng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(StdRng::seed_from_u64(seed))
+    }
+
     /// The next number.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+        self.0.next_u64()
     }
 
     /// A number below `n` (n > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
+        self.0.random_range(0..n)
     }
 }
 

@@ -14,6 +14,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 use sdm_client::{AgentClient, SdmApiClient, Via};
 use sdm_proto::{JobInfo, JobStatus, Uuid};
 
@@ -28,8 +30,8 @@ pub fn bin_dir() -> PathBuf {
     }
 }
 
-/// Path of a workspace binary, built by `cargo test --workspace` (the agent and client crates
-/// have integration tests, which makes cargo build their binaries).
+/// Path of a workspace binary, built by `cargo test --workspace` (the `sdm-agent` and `sdmctl`
+/// packages have integration tests, which makes cargo build their binaries).
 pub fn bin(name: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(format!(
         "SDM_{}_BIN",
@@ -295,18 +297,8 @@ pub fn write_pattern(path: &Path, offset: u64, len: usize, seed: u64) {
         .open(path)
         .expect("open for pattern");
     f.seek(SeekFrom::Start(offset)).unwrap();
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407)
-        | 1;
     let mut buf = vec![0u8; len];
-    for chunk in buf.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let b = x.to_le_bytes();
-        chunk.copy_from_slice(&b[..chunk.len()]);
-    }
+    StdRng::seed_from_u64(seed).fill_bytes(&mut buf);
     f.write_all(&buf).unwrap();
     f.sync_all().unwrap();
 }

@@ -472,7 +472,7 @@ fn decoders_survive_random_mutations() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5d3_2026u64);
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let (mut parsed, mut decoded) = (0usize, 0usize);
     let t0 = Instant::now();
     for _ in 0..rounds {

@@ -345,7 +345,7 @@ fn deb_assets_exist_in_the_repo() {
             let candidates = [
                 repo().join("agent/src/main.rs"),
                 repo().join(format!("agent/src/bin/{bin}.rs")),
-                repo().join(format!("engine-client/src/bin/{bin}.rs")),
+                repo().join(format!("engine-client/{bin}/src/main.rs")),
             ];
             let ok = (bin == "sdm-agent" && candidates[0].exists())
                 || candidates[1..].iter().any(|p| p.exists());

@@ -1,5 +1,6 @@
 //! `sdmctl certs dev`: a development CA with agent and client certificates, for trying mutual
 //! TLS and for tests. Not for production: keys are written unencrypted and live for a year.
+//! Only the command line makes certificates; the library only loads them (`sdm_client::tls`).
 
 use std::path::{Path, PathBuf};
 
@@ -7,6 +8,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+
+use crate::cli::CertsCmd;
+use crate::output::print;
 
 /// What `dev_certs` wrote.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -85,5 +89,34 @@ pub fn dev_certs(dir: &Path, hosts: &[String], client: &str) -> Result<DevCerts,
         agent_key: write(dir, "agent-key.pem", &agent_key.serialize_pem(), true)?,
         client_cert: write(dir, "client.pem", &client_cert.pem(), false)?,
         client_key: write(dir, "client-key.pem", &client_key.serialize_pem(), true)?,
+    })
+}
+
+/// `sdmctl certs ...`.
+pub fn run(json: bool, cmd: CertsCmd) -> anyhow::Result<()> {
+    let CertsCmd::Dev { dir, hosts, client } = cmd;
+    let made = dev_certs(&dir, &hosts, &client)?;
+    print(json, &made, |m| {
+        println!("CA:     {}", m.ca.display());
+        println!(
+            "agent:  {} {}",
+            m.agent_cert.display(),
+            m.agent_key.display()
+        );
+        println!(
+            "client: {} {}",
+            m.client_cert.display(),
+            m.client_key.display()
+        );
+        println!(
+            "agent.toml:\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}",
+            m.ca, m.agent_cert, m.agent_key
+        );
+        println!(
+            "sdmctl --ca {} --cert {} --key {} --agent https://HOST:54321 ...",
+            m.ca.display(),
+            m.client_cert.display(),
+            m.client_key.display()
+        );
     })
 }

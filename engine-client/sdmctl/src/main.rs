@@ -1,0 +1,66 @@
+//! `sdmctl`: the operator's command line for sdm agents.
+//!
+//! Human output by default, `--json` for scripts. A failing command exits non-zero and prints
+//! the agent's error name, code and message (`exit.rs` has the codes). Commands that start a
+//! job follow it with a progress bar unless `--no-wait` is given. `hosts`, `disk`, `resume` and
+//! `jobs watch` use every `--agent` given.
+//!
+//! One file per command group: `host.rs`, `domain.rs`, `volume.rs` (with `copy` and
+//! `update-volume`), `image.rs`, `jobs.rs`, `disk.rs` (with `resume`), `certs.rs`; the clap
+//! types in `cli.rs`, the global options resolved in `ctx.rs`, printing in `output.rs`, the
+//! multi-agent progress display in `fleet.rs`.
+
+mod certs;
+mod cli;
+mod ctx;
+mod disk;
+mod domain;
+mod exit;
+mod fleet;
+mod host;
+mod image;
+mod jobs;
+mod output;
+mod volume;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Cmd};
+use crate::ctx::Ctx;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => exit::report(&e),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let ctx = Ctx::new(&cli)?;
+    match cli.cmd {
+        Cmd::Certs(c) => certs::run(ctx.json, c),
+        Cmd::Host(h) => host::run(&ctx, h).await,
+        Cmd::Hosts => host::hosts(&ctx).await,
+        Cmd::Domain(d) => domain::run(&ctx, d).await,
+        Cmd::Image(i) => image::run(&ctx, i).await,
+        Cmd::Volume(v) => volume::run(&ctx, v).await,
+        Cmd::Copy(a) => volume::copy(&ctx, a).await,
+        Cmd::UpdateVolume(a) => volume::update(&ctx, a).await,
+        Cmd::Jobs(j) => jobs::run(&ctx, j).await,
+        Cmd::Disk(d) => exit::outcome(disk::run(&ctx, d).await?),
+        Cmd::Resume(r) => exit::outcome(disk::resume(&ctx, r).await?),
+    }
+}

@@ -1,0 +1,124 @@
+//! Phase 2, clone: the destination's volumes are created with the source's ids, parents first,
+//! and marked ILLEGAL, so that an empty destination never looks usable. Also the volume reads
+//! and the ILLEGAL marking that later phases reuse.
+
+use sdm_proto::{
+    Capacity, Description, ErrorCode, Generation, Legality, Size, Uuid, VolumeAttributes,
+    VolumeInfo,
+};
+
+use crate::client::{job_outcome, AgentClient};
+use crate::error::Error;
+use crate::follow::{self, VolumeId};
+use crate::journal::OpState;
+use sdm_proto::SdmApiClient;
+
+use super::event::Phase;
+use super::run::{volume_on, Disks, Run, Step, Stop};
+
+impl Disks {
+    pub(super) async fn clone_structure(&self, run: &Run<'_>, st: &OpState) -> Step {
+        run.phase(Phase::Clone);
+        let dst = st
+            .dst_sd
+            .clone()
+            .ok_or_else(|| Stop::Abandon("no destination domain".into()))?;
+        let c = self
+            .reader(&dst)
+            .await
+            .map_err(|e| Stop::Later(e.to_string()))?;
+        let (dst_ref, img) = (&dst, &st.image);
+        for spec in &st.volumes {
+            let parent = &(!spec.parent.is_blank()).then(|| spec.parent.clone());
+            let description = &Description::parse(&spec.description).ok();
+            let r = call!(
+                c,
+                create_volume(
+                    dst_ref.clone(),
+                    img.clone(),
+                    spec.vol_id.clone(),
+                    Capacity(Size(spec.capacity)),
+                    spec.format,
+                    spec.allocation,
+                    parent.clone(),
+                    description.clone(),
+                )
+            )
+            .await;
+            match r {
+                Ok(_) => {}
+                // Created by an earlier attempt whose answer was lost, or before a crash.
+                Err(Error::Api(e)) if e.code == ErrorCode::VolumeAlreadyExists => {}
+                Err(Error::Api(e)) => {
+                    return Err(Stop::Abandon(format!(
+                        "creating volume {} on the destination: {e}",
+                        spec.vol_id
+                    )))
+                }
+                Err(e) => return Err(Stop::Later(e.to_string())),
+            }
+        }
+        for spec in &st.volumes {
+            let vol = volume_on(&dst, st, &spec.vol_id);
+            let info = self.volume_info(&c, &vol).await?;
+            if info.format != spec.format || info.capacity.get() != spec.capacity {
+                return Err(Stop::Abandon(format!(
+                    "destination volume {} exists as {} of {} bytes, the source is {} of {}",
+                    spec.vol_id, info.format, info.capacity, spec.format, spec.capacity
+                )));
+            }
+            if info.legality == Legality::Legal {
+                self.set_illegal(&c, &vol, info.generation).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A volume's info; an agent's refusal abandons the operation, a lost host postpones it.
+    pub(super) async fn volume_info(&self, c: &AgentClient, vol: &VolumeId) -> Step<VolumeInfo> {
+        call!(
+            c,
+            get_volume_info(vol.sd_id.clone(), vol.img_id.clone(), vol.vol_id.clone())
+        )
+        .await
+        .map_err(|e| match e {
+            Error::Api(a) => Stop::Abandon(format!("volume {vol}: {a}")),
+            e => Stop::Later(e.to_string()),
+        })
+    }
+
+    /// Marks a volume ILLEGAL, keeping its generation.
+    pub(super) async fn set_illegal(
+        &self,
+        c: &AgentClient,
+        vol: &VolumeId,
+        generation: u16,
+    ) -> Step {
+        let job = Uuid::new_v4();
+        let attrs = VolumeAttributes {
+            legality: Some(Legality::Illegal),
+            generation: Some(Generation(generation)),
+            ..Default::default()
+        };
+        let submitted = follow::submit_update(c, &job, vol, generation, attrs).await;
+        let outcome = match submitted {
+            Ok(()) => match follow::follow_plain(c, &job, &self.follow, self.lost_after(), &|_| {})
+                .await
+            {
+                Ok(info) => job_outcome(&info).map_err(Error::Api),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => Ok(()),
+            // Already ILLEGAL.
+            Err(Error::Api(e)) if e.code == ErrorCode::InvalidVolumeUpdate => Ok(()),
+            Err(Error::Api(e)) if e.code == ErrorCode::AcquireLockFailure => {
+                Err(Stop::Later(format!("volume {vol} is in use: {e}")))
+            }
+            Err(Error::Api(e)) => Err(Stop::Abandon(format!("marking volume {vol} ILLEGAL: {e}"))),
+            Err(e) => Err(Stop::Later(e.to_string())),
+        }
+    }
+}
