@@ -36,6 +36,7 @@ mod error;
 mod exec;
 mod lvm;
 mod names;
+mod options;
 mod report;
 mod tags;
 
@@ -45,7 +46,8 @@ pub mod test_support;
 pub use activation::{ActivationError, ActivationMode, Activator, ActiveLv, CleanupReport};
 pub use config::{LvmConfig, ReportFormat};
 pub use error::{Failure, LvmError};
-pub use lvm::{LvCreate, LvSize, Lvm, PvCreateOptions, VgCreateOptions};
-pub use names::{check_name, Devices};
+pub use lvm::Lvm;
+pub use names::{check_name, BlockSizes, Devices};
+pub use options::{LvCreate, LvSize, PvCreateOptions, VgCreateOptions};
 pub use report::{LvInfo, LvSegment, PeRange, PvInfo, VgInfo};
 pub use tags::{check_tag, decode_tag, encode_tag, MAX_TAG_LEN};

@@ -1,7 +1,7 @@
 //! Checked inputs: VG and LV names, and the device set every command is limited to.
 
 use std::fmt;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::LvmError;
@@ -100,10 +100,65 @@ impl Devices {
         Ok(())
     }
 
+    /// Logical and physical block size of each device, from sysfs (the backend enforces
+    /// VDSM's rule: logical 512, physical ≥ logical, all alike).
+    pub fn block_sizes(&self) -> Result<Vec<BlockSizes>, LvmError> {
+        self.0
+            .iter()
+            .map(|path| {
+                Ok(BlockSizes {
+                    path: path.clone(),
+                    logical: queue_attr(path, "logical_block_size")?,
+                    physical: queue_attr(path, "physical_block_size")?,
+                })
+            })
+            .collect()
+    }
+
     /// The value of `--devices`.
     pub(crate) fn arg(&self) -> String {
         self.to_string()
     }
+}
+
+/// Block sizes of one device, see [`Devices::block_sizes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockSizes {
+    pub path: PathBuf,
+    pub logical: u32,
+    pub physical: u32,
+}
+
+/// `queue/<attr>` of a block device in sysfs; a partition has none of its own and uses its
+/// disk's.
+fn queue_attr(path: &Path, attr: &str) -> Result<u32, LvmError> {
+    let device_err = |source| LvmError::Device {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(device_err)?;
+    if !meta.file_type().is_block_device() {
+        return Err(LvmError::NotBlockDevice {
+            path: path.to_path_buf(),
+        });
+    }
+    let rdev = meta.rdev();
+    let dir = PathBuf::from(format!(
+        "/sys/dev/block/{}:{}",
+        libc::major(rdev),
+        libc::minor(rdev)
+    ));
+    for queue in [dir.join("queue"), dir.join("../queue")] {
+        if let Ok(text) = std::fs::read_to_string(queue.join(attr)) {
+            if let Ok(n) = text.trim().parse() {
+                return Ok(n);
+            }
+        }
+    }
+    Err(device_err(std::io::Error::other(format!(
+        "no queue/{attr} under {}",
+        dir.display()
+    ))))
 }
 
 impl fmt::Display for Devices {

@@ -380,3 +380,37 @@ fn device_mapper_activation_round_trip() {
         Some(false)
     );
 }
+
+#[test]
+fn test_disks_remove_leftovers_when_a_test_panics() {
+    require_lvm2!();
+    // (disk loop device, its backing file): the file path is unique to this test, so the
+    // check below cannot be fooled by a parallel test reusing the loop number.
+    let seen: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
+    let outcome = std::panic::catch_unwind(|| {
+        let s = Setup::new(ActivationMode::LoopMapped);
+        s.create("vol", 1);
+        let lv = s.activator().activate(&s.devs, &s.vg, "vol").unwrap();
+        for disk in s.disks.paths() {
+            seen.lock()
+                .unwrap()
+                .push((disk.clone(), backing_file(disk).unwrap()));
+        }
+        // Leaked mapping, then a failing assertion: only TestDisks' drop is left to clean.
+        std::mem::forget(lv);
+        panic!("deliberate");
+    });
+    assert!(outcome.is_err());
+    let seen = seen.into_inner().unwrap();
+    assert_eq!(seen.len(), 1);
+    // The LV's loop device held the disk's open: had it survived, the disk's loop device
+    // would still be bound to its file (a busy detach only sets autoclear).
+    for (device, file) in &seen {
+        assert_ne!(
+            backing_file(device).as_ref(),
+            Some(file),
+            "{} still bound",
+            device.display()
+        );
+    }
+}

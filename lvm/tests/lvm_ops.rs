@@ -75,6 +75,9 @@ fn vg_has_vdsm_pv_and_vg_parameters() {
         used,
         [(disks.paths()[0].clone(), 2), (disks.paths()[1].clone(), 0)]
     );
+    for sizes in devs.block_sizes().unwrap() {
+        assert_eq!((sizes.logical, sizes.physical), (512, 512), "{sizes:?}");
+    }
     assert!(lvm.supports_setautoactivation().unwrap());
     assert!(lvm.version().unwrap().starts_with("LVM version:"));
 }

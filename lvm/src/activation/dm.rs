@@ -54,18 +54,32 @@ impl Backend for DmBackend {
         while !device.exists() && Instant::now() < until {
             thread::sleep(Duration::from_millis(20));
         }
-        let info = self.lvm.lv(devs, vg, lv)?;
-        let actual = device_size(&device).unwrap_or(0);
-        if actual != info.size {
-            return Err(ActivationError::SizeMismatch {
-                vg: vg.to_string(),
-                lv: lv.to_string(),
-                device,
-                expected: info.size,
-                actual,
+        let checked = self
+            .lvm
+            .lv(devs, vg, lv)
+            .map_err(ActivationError::from)
+            .and_then(|info| {
+                let actual = device_size(&device).unwrap_or(0);
+                if actual == info.size {
+                    Ok(actual)
+                } else {
+                    Err(ActivationError::SizeMismatch {
+                        vg: vg.to_string(),
+                        lv: lv.to_string(),
+                        device: device.clone(),
+                        expected: info.size,
+                        actual,
+                    })
+                }
             });
+        match checked {
+            Ok(size) => Ok((device, size)),
+            Err(e) => {
+                // No record will describe this activation: undo it now.
+                let _ = self.lvm.lvchange_activate(devs, vg, &[lv], false);
+                Err(e)
+            }
         }
-        Ok((device, actual))
     }
 
     fn detach(&self, record: &Record) -> Result<(), ActivationError> {

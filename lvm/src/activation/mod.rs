@@ -330,17 +330,17 @@ impl Activator {
     /// earlier [`Activator`] of this process that was leaked). Records of live activations,
     /// this activator's or another live process's, are left alone.
     pub fn cleanup_stale(&self) -> Result<CleanupReport, ActivationError> {
-        let live: Vec<Key> = {
-            let slots = lock(&self.inner.slots);
-            slots
-                .iter()
-                .filter(|(_, s)| lock(s).users > 0)
-                .map(|(k, _)| k.clone())
-                .collect()
-        };
-        self.inner
+        // Every LV with a slot is ours and live, also one still being activated (its
+        // record may be on disk already). The table stays locked so no activation starts
+        // meanwhile.
+        let slots = lock(&self.inner.slots);
+        let live: Vec<Key> = slots.keys().cloned().collect();
+        let report = self
+            .inner
             .state
-            .cleanup(&live, |record| self.inner.backend.cleanup(record))
+            .cleanup(&live, |record| self.inner.backend.cleanup(record));
+        drop(slots);
+        report
     }
 }
 

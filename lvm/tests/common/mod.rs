@@ -85,6 +85,15 @@ pub fn loop_bound(device: &Path) -> bool {
         .exists()
 }
 
+/// The backing file of `/dev/loopN`, if bound.
+pub fn backing_file(device: &Path) -> Option<String> {
+    let name = device.file_name()?;
+    let path = Path::new("/sys/block").join(name).join("loop/backing_file");
+    let text = std::fs::read_to_string(path).ok()?;
+    // The kernel marks a backing file removed since (a test's disk image) " (deleted)".
+    Some(text.trim().trim_end_matches(" (deleted)").to_string())
+}
+
 /// Loop devices whose backing file is `pv` (to check nothing leaked over a test disk).
 pub fn loops_over(pv: &Path) -> Vec<String> {
     let out = sdm_lvm::test_support::losetup(&[
