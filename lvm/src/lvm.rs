@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use crate::config::{LvmConfig, ReportFormat};
-use crate::error::LvmError;
+use crate::error::{Failure, LvmError};
 use crate::exec::{self, Output};
 use crate::names::{check_name, Devices};
 use crate::options::{LvCreate, LvSize, PvCreateOptions, VgCreateOptions};
@@ -74,24 +74,25 @@ impl Lvm {
     /// All PVs among `devs`.
     pub fn pvs(&self, devs: &Devices) -> Result<Vec<PvInfo>, LvmError> {
         let (argv, rows) = self.report("pvs", "pv", PV_FIELDS, devs, &[])?;
-        report::pvs_from_rows(&argv, &rows)
+        report::pvs_from_rows(&argv.join(" "), &rows)
     }
 
     /// All VGs on `devs`.
     pub fn vgs(&self, devs: &Devices) -> Result<Vec<VgInfo>, LvmError> {
         let (argv, rows) = self.report("vgs", "vg", VG_FIELDS, devs, &[])?;
-        report::vgs_from_rows(&argv, &rows)
+        report::vgs_from_rows(&argv.join(" "), &rows)
     }
 
     /// One VG; [`LvmError::NotFound`] when it is not on `devs`.
     pub fn vg(&self, devs: &Devices, vg: &str) -> Result<VgInfo, LvmError> {
         check_name("VG", vg)?;
         let (argv, rows) = self.report("vgs", "vg", VG_FIELDS, devs, &[vg.to_string()])?;
-        let mut vgs = report::vgs_from_rows(&argv, &rows)?;
+        let mut vgs = report::vgs_from_rows(&argv.join(" "), &rows)?;
         match vgs.len() {
             1 => Ok(vgs.remove(0)),
+            0 => Err(not_in_report(argv, &format!("VG {vg}"))),
             n => Err(LvmError::Parse {
-                argv,
+                argv: argv.join(" "),
                 detail: format!("expected one VG named {vg}, got {n}"),
             }),
         }
@@ -111,18 +112,19 @@ impl Lvm {
     pub fn lvs(&self, devs: &Devices, vg: &str) -> Result<Vec<LvInfo>, LvmError> {
         check_name("VG", vg)?;
         let (argv, rows) = self.report("lvs", "lv", LV_FIELDS, devs, &[vg.to_string()])?;
-        report::lvs_from_rows(&argv, &rows)
+        report::lvs_from_rows(&argv.join(" "), &rows)
     }
 
     /// One LV; [`LvmError::NotFound`] when it does not exist.
     pub fn lv(&self, devs: &Devices, vg: &str, lv: &str) -> Result<LvInfo, LvmError> {
         let target = lv_path(vg, lv)?;
         let (argv, rows) = self.report("lvs", "lv", LV_FIELDS, devs, &[target])?;
-        let mut lvs = report::lvs_from_rows(&argv, &rows)?;
+        let mut lvs = report::lvs_from_rows(&argv.join(" "), &rows)?;
         match lvs.len() {
             1 => Ok(lvs.remove(0)),
+            0 => Err(not_in_report(argv, &format!("LV {vg}/{lv}"))),
             n => Err(LvmError::Parse {
-                argv,
+                argv: argv.join(" "),
                 detail: format!("expected one LV {vg}/{lv}, got {n}"),
             }),
         }
@@ -406,7 +408,7 @@ impl Lvm {
         fields: &[&str],
         devs: &Devices,
         targets: &[String],
-    ) -> Result<(String, Vec<report::Row>), LvmError> {
+    ) -> Result<(Vec<String>, Vec<report::Row>), LvmError> {
         let mut args = vec![
             "--units".to_string(),
             "b".to_string(),
@@ -425,16 +427,33 @@ impl Lvm {
         }
         args.extend(targets.iter().cloned());
         let out = self.run(cmd, devs, args)?;
-        let argv = out.argv.join(" ");
+        let text = out.argv.join(" ");
         if !out.success() {
-            return Err(LvmError::classify(&targets.join(" "), out.failure()));
+            let what = if targets.is_empty() {
+                format!("{cmd} report")
+            } else {
+                targets.join(" ")
+            };
+            return Err(LvmError::classify(&what, out.failure()));
         }
         self.warn_on_stderr(&out);
         let rows = match format {
-            ReportFormat::Json => report::parse_json(&argv, kind, &out.stdout)?,
-            ReportFormat::Separated => report::parse_separated(&argv, fields, &out.stdout)?,
+            ReportFormat::Json => report::parse_json(&text, kind, &out.stdout)?,
+            ReportFormat::Separated => report::parse_separated(&text, fields, &out.stdout)?,
         };
-        Ok((argv, rows))
+        Ok((out.argv, rows))
+    }
+}
+
+/// LVM exited 0 but did not list the object it was asked about.
+fn not_in_report(argv: Vec<String>, what: &str) -> LvmError {
+    LvmError::NotFound {
+        what: what.to_string(),
+        failure: Failure {
+            argv,
+            status: Some(0),
+            stderr: format!("{what} is not in the report"),
+        },
     }
 }
 
