@@ -216,6 +216,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                     return Ok(Some(f));
                 }
             }
+            // Intervals are capped (MAX_INTERVAL), so this arithmetic cannot overflow.
             let send_at = self.heart_beat.send_interval().map(|d| self.last_sent + d);
             let silence = self.heart_beat.expect_interval().map(|d| d * 2);
             let silent_at = silence.map(|d| self.last_heard + d);

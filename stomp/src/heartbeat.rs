@@ -10,6 +10,11 @@ use std::time::Duration;
 /// VDSM raises every nonzero interval below this (ms) to it.
 pub const MIN_INTERVAL_MS: u64 = 1000;
 
+/// Longest interval [`HeartBeat::send_interval`] and [`HeartBeat::expect_interval`] report
+/// (30 days). VDSM echoes any number a client sends; capping the durations (not the header)
+/// keeps deadline arithmetic on hostile values from overflowing.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// The negotiated intervals of one side of a connection, in milliseconds; 0 = none.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HeartBeat {
@@ -49,15 +54,21 @@ impl HeartBeat {
         format!("{},{}", self.send_ms, self.expect_ms)
     }
 
-    /// How long this side may stay silent before it must write a heart-beat.
+    /// How long this side may stay silent before it must write a heart-beat (at most
+    /// [`MAX_INTERVAL`]).
     pub fn send_interval(&self) -> Option<Duration> {
-        (self.send_ms != 0).then(|| Duration::from_millis(self.send_ms))
+        interval(self.send_ms)
     }
 
-    /// How long the peer may stay silent before this side gives up on it.
+    /// How long the peer may stay silent before this side gives up on it (at most
+    /// [`MAX_INTERVAL`]).
     pub fn expect_interval(&self) -> Option<Duration> {
-        (self.expect_ms != 0).then(|| Duration::from_millis(self.expect_ms))
+        interval(self.expect_ms)
     }
+}
+
+fn interval(ms: u64) -> Option<Duration> {
+    (ms != 0).then(|| Duration::from_millis(ms).min(MAX_INTERVAL))
 }
 
 fn raise(v: u64) -> u64 {
@@ -151,6 +162,13 @@ mod tests {
         let hb = HeartBeat::server(Some("0,8000"));
         assert_eq!(hb.send_interval(), Some(Duration::from_secs(8)));
         assert_eq!(hb.expect_interval(), None);
+        // Absurd values are echoed as sent but never overflow a deadline.
+        let hb = HeartBeat::server(Some("99999999999999999999,99999999999999999999"));
+        assert_eq!(hb.header_value(), format!("{},{}", u64::MAX, u64::MAX));
+        assert_eq!(hb.send_interval(), Some(MAX_INTERVAL));
+        assert_eq!(hb.expect_interval(), Some(MAX_INTERVAL));
+        let far = std::time::Instant::now() + hb.expect_interval().unwrap() * 2;
+        assert!(far > std::time::Instant::now());
     }
 
     #[test]

@@ -33,4 +33,4 @@ pub use frame::{
     escape_into, unescape, Command, Frame, EVENTS_QUEUE, HEART_BEAT, IRS_REQUEST_QUEUE,
     REQUEST_QUEUE, RESPONSE_QUEUE, VERSION,
 };
-pub use heartbeat::{parse_pair as parse_heart_beat, HeartBeat, MIN_INTERVAL_MS};
+pub use heartbeat::{parse_pair as parse_heart_beat, HeartBeat, MAX_INTERVAL, MIN_INTERVAL_MS};

@@ -171,3 +171,20 @@ async fn connect_times_out_without_connected() {
     let err = Client::connect(a, opts).await.err().unwrap();
     assert!(matches!(err, ClientError::ConnectTimeout(_)), "{err}");
 }
+
+#[tokio::test]
+async fn absurd_heart_beat_from_the_server_is_harmless() {
+    let (a, b) = duplex(4096);
+    let connected = Frame::new(Command::Connected)
+        .with_header("version", "1.2")
+        .with_header(
+            "heart-beat",
+            "99999999999999999999999,99999999999999999999999",
+        )
+        .to_bytes();
+    tokio::spawn(scripted(b, connected, false));
+    let mut client = Client::connect(a, options((1000, 1000))).await.unwrap();
+    assert_eq!(client.heart_beat().send_ms, u64::MAX);
+    let idle = tokio::time::timeout(Duration::from_millis(300), client.recv()).await;
+    assert!(idle.is_err(), "recv returned {idle:?}");
+}
