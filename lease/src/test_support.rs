@@ -46,8 +46,8 @@ pub fn sanlock_binary() -> Option<PathBuf> {
 
 /// `Ok` when real-daemon tests can run here; otherwise a reason to print when skipping.
 pub fn sanlock_available() -> Result<(), String> {
-    if !crate::libsanlock_linked() {
-        return Err("sdm-lease was built without libsanlock (install libsanlock-dev)".into());
+    if !crate::libsanlock_available() {
+        return Err("libsanlock.so.1 is not installed (apt-get install sanlock)".into());
     }
     if sanlock_binary().is_none() {
         return Err("the sanlock binary is not installed (apt-get install sanlock)".into());
