@@ -91,6 +91,7 @@ mod zero;
 
 pub use control::{Control, Progress};
 pub use error::{IoError, IoErrorKind};
+pub use sys::PageBuf;
 
 /// Which backend to use, as configured.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
