@@ -16,11 +16,6 @@
 //! lease on storage, [`Lease::verify_fast`] (no I/O, for copy loops) only checks that the
 //! sanlock registration behind it is still alive. [`SanlockLeases::on_registration_lost`]
 //! tells at once when that registration is lost.
-//!
-//! # Failpoints
-//! With the `failpoints` feature: `sdm_lease::sanlock::acquired_read` fails the read of the
-//! owner record right after a sanlock acquire (`return` = -EIO, `return(RC)` = RC), which
-//! must fail the acquire and leave nothing held.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -360,6 +355,8 @@ mod tests {
         assert_send_sync::<LeaseError>();
         assert_send_sync::<LocalLeases>();
         assert_send_sync::<SanlockLeases>();
+        assert_send_sync::<LostSubscription>();
+        assert_send_sync::<RegistrationLost>();
         let _: Box<dyn LeaseBackend> = Box::new(LocalLeases::new(1));
     }
 

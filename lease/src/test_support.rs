@@ -59,6 +59,15 @@ pub fn sanlock_available() -> Result<(), String> {
     Ok(())
 }
 
+/// Makes the owner read that follows the next sanlock acquire in this process fail with `rc`
+/// (a negative errno or `SANLK_*` code, e.g. `-libc::EIO`): that acquire must then fail and
+/// hold nothing. One-shot and process-wide, so use it from a test that owns its process (its
+/// own test binary) or acquires nothing else meanwhile.
+pub fn fail_next_acquired_read(rc: i32) {
+    assert!(rc < 0, "a failure code is negative");
+    crate::sanlock::set_fail_next_acquired_read(rc);
+}
+
 /// A private sanlock daemon, killed by pid (and its run dir removed) on drop.
 ///
 /// The daemon is started by a tiny `sh` reaper that holds the read end of a pipe from this

@@ -124,9 +124,8 @@ fn acquire_whose_owner_read_fails_holds_nothing(
     vol: &str,
     vpath: &Path,
 ) {
-    fail::cfg("sdm_lease::sanlock::acquired_read", "return").unwrap();
+    sdm_lease::test_support::fail_next_acquired_read(-libc::EIO);
     let r = h.acquire(sd, vol, vpath, 0);
-    fail::remove("sdm_lease::sanlock::acquired_read");
     let e = r.expect_err("an acquire whose owner record could not be read must fail");
     assert_eq!(
         (e.kind(), e.code()),

@@ -15,12 +15,15 @@ pub(crate) struct Stamp {
     pub(crate) generation: u64,
 }
 
+/// Test hook (feature `test-support`): the code the next owner read after an acquire fails
+/// with, 0 for none.
+#[cfg(feature = "test-support")]
+pub(crate) static FAIL_NEXT_ACQUIRED_READ: std::sync::atomic::AtomicI32 =
+    std::sync::atomic::AtomicI32::new(0);
+
 /// Reads the owner record of a lease this host has just acquired. Failing to read it, or
 /// finding another owner, fails the acquire: without the stamp `verify` could not tell this
 /// acquire from a later one.
-///
-/// Failpoint `sdm_lease::sanlock::acquired_read`: `return` fails the read with -EIO,
-/// `return(RC)` with the negative code RC.
 pub(crate) fn read_stamp(
     client: &Client,
     res: &ffi::SanlkResource1,
@@ -29,9 +32,11 @@ pub(crate) fn read_stamp(
 ) -> Result<Stamp, LeaseError> {
     let mut probe = *res;
     let read = |probe: &mut ffi::SanlkResource1| -> Result<Vec<ffi::SanlkHost>, i32> {
-        fail::fail_point!("sdm_lease::sanlock::acquired_read", |arg| Err(arg
-            .and_then(|a| a.parse::<i32>().ok())
-            .unwrap_or(-libc::EIO)));
+        #[cfg(feature = "test-support")]
+        match FAIL_NEXT_ACQUIRED_READ.swap(0, Ordering::AcqRel) {
+            0 => {}
+            rc => return Err(rc),
+        }
         client.api.read_resource_owners(probe)
     };
     let owners = read(&mut probe)

@@ -49,6 +49,11 @@ pub use watch::{LostSubscription, RegistrationLost};
 const RES_FLAGS: u32 = ffi::SANLK_RES_ALIGN1M | ffi::SANLK_RES_SECTOR512;
 const LS_FLAGS: u32 = ffi::SANLK_LSF_ALIGN1M | ffi::SANLK_LSF_SECTOR512;
 
+#[cfg(feature = "test-support")]
+pub(crate) fn set_fail_next_acquired_read(rc: i32) {
+    held::FAIL_NEXT_ACQUIRED_READ.store(rc, std::sync::atomic::Ordering::Release);
+}
+
 /// Whether libsanlock can be loaded (see [`crate::libsanlock_available`]).
 pub(crate) fn available() -> bool {
     api::get().is_ok()
