@@ -192,6 +192,9 @@ pub trait LeaseBackend: Send + Sync + fmt::Debug {
 
     /// Exclusive acquire that never waits for another owner: a lease held by another host or
     /// by another job on this host fails at once with [`LeaseErrorKind::Busy`].
+    /// sanlock reads the lease back and records its version and owner generation for
+    /// [`Lease::verify`]; when that read fails the lease is released again and the acquire
+    /// fails.
     fn acquire(
         &self,
         sd_id: &str,
