@@ -96,6 +96,7 @@ pub use convert::{
     ImageFormat, Layer, MapExtent, Measure, Qcow2Compat, Qcow2Options,
 };
 pub use error::{IoError, IoErrorKind};
+pub use sys::PageBuf;
 
 /// Which backend to use, as configured.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -175,14 +175,19 @@ pub(crate) fn fadvise_dontneed(fd: RawFd) {
     unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
 }
 
-/// Page-aligned anonymous memory, returned to the system when dropped.
+/// Page-aligned anonymous memory, zero-filled when made and returned to the system when
+/// dropped: the engine's IO buffers, public for tools that must do IO the same way (the
+/// bench).
 ///
 /// Page alignment satisfies every O_DIRECT memory alignment seen in practice (512 or 4096).
 /// Large buffers are also 2 MiB aligned and asked to be backed by transparent huge pages:
 /// each chunk is then physically contiguous, so a 1 MiB request reaches the device as one
 /// DMA segment instead of 256 (virtio-blk allows 254 per request, so 4 KiB pages split
 /// every 1 MiB request in two).
-pub(crate) struct PageBuf {
+///
+/// Whoever hands [`as_ptr`](Self::as_ptr) to the kernel for asynchronous IO must keep the
+/// buffer alive until that IO is reaped.
+pub struct PageBuf {
     /// The whole mapping (including alignment slack), unmapped on drop.
     map: NonNull<u8>,
     map_len: usize,
@@ -193,10 +198,17 @@ pub(crate) struct PageBuf {
 const HUGE: usize = 2 << 20;
 
 impl PageBuf {
-    pub(crate) fn new(len: usize) -> io::Result<PageBuf> {
+    /// `len` bytes (at least one). The size arithmetic is checked, so the mapping always
+    /// covers `len` bytes.
+    pub fn new(len: usize) -> io::Result<PageBuf> {
         let len = len.max(1);
         let huge = len >= HUGE;
-        let map_len = if huge { len + HUGE } else { len };
+        let map_len = if huge {
+            len.checked_add(HUGE)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?
+        } else {
+            len
+        };
         // SAFETY: an anonymous private mapping with no address hint touches no existing memory.
         let p = unsafe {
             libc::mmap(
@@ -228,12 +240,28 @@ impl PageBuf {
         })
     }
 
-    pub(crate) fn as_ptr(&self) -> *mut u8 {
+    /// Start of the buffer, for IO requests.
+    pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
 
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Always false (a buffer has at least one byte); here because `len` is.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `len` initialised (zero-filled by mmap) bytes, mapped until drop.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in as_slice, and `&mut self` makes the borrow exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
@@ -263,4 +291,22 @@ pub(crate) fn kill_with_parent(cmd: &mut std::process::Command) {
             Ok(())
         })
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_buf_is_aligned_zeroed_and_bounded() {
+        let mut b = PageBuf::new(3 << 20).unwrap();
+        assert_eq!(b.len(), 3 << 20);
+        assert_eq!(b.as_ptr() as usize % HUGE, 0);
+        assert!(b.as_slice().iter().all(|&x| x == 0));
+        b.as_mut_slice()[(3 << 20) - 1] = 7;
+        assert_eq!(b.as_slice()[(3 << 20) - 1], 7);
+        let small = PageBuf::new(0).unwrap();
+        assert_eq!((small.len(), small.as_ptr() as usize % 4096), (1, 0));
+        assert!(PageBuf::new(usize::MAX - 1).is_err());
+    }
 }

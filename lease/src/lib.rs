@@ -11,6 +11,11 @@
 //! Acquiring never waits for another owner: a lease held elsewhere fails at once with
 //! [`LeaseErrorKind::Busy`] (the agent's AcquireLockFailure, 651). A held [`Lease`] is
 //! released when dropped. See `docs/leases.md` for what each backend guarantees.
+//!
+//! A holder checks its lease before work only the holder may do: [`Lease::verify`] reads the
+//! lease on storage, [`Lease::verify_fast`] (no I/O, for copy loops) only checks that the
+//! sanlock registration behind it is still alive. [`SanlockLeases::on_registration_lost`]
+//! tells at once when that registration is lost.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -21,7 +26,9 @@ mod sanlock;
 pub mod test_support;
 
 pub use local::LocalLeases;
-pub use sanlock::{SanlockLeases, SanlockOptions, DEFAULT_RUN_DIR};
+pub use sanlock::{
+    LostSubscription, RegistrationLost, SanlockLeases, SanlockOptions, DEFAULT_RUN_DIR,
+};
 
 /// Size of one lease slot on storage: sanlock's align size for 512-byte sectors.
 pub const ALIGNMENT: u64 = 1 << 20;
@@ -34,10 +41,18 @@ pub const SDM_LEASE_OFFSET: u64 = ALIGNMENT;
 /// Highest host id a 1 MiB / 512-byte lockspace supports.
 pub const MAX_HOST_ID: u64 = 2000;
 
-/// Whether this build links libsanlock. Without it [`SanlockLeases::new`] always fails
-/// (`Daemon`); the agent can check this when validating a config that asks for sanlock.
+/// Whether libsanlock (`libsanlock.so.1`) can be loaded on this host. The library is
+/// loaded at run time, so the same binary runs with and without it; without it
+/// [`SanlockLeases::new`] fails with [`LeaseErrorKind::Unavailable`], naming the package to
+/// install. The agent can check this when validating a config that asks for sanlock.
+pub fn libsanlock_available() -> bool {
+    sanlock::available()
+}
+
+/// Old name of [`libsanlock_available`]: the library is no longer linked at build time.
+#[deprecated(note = "libsanlock is loaded at run time; use libsanlock_available()")]
 pub fn libsanlock_linked() -> bool {
-    sanlock::linked()
+    libsanlock_available()
 }
 
 /// Who holds a lease right now, as reported by `Volume.getInfo`.
@@ -67,6 +82,8 @@ pub enum LeaseErrorKind {
     /// A lease this process acquired is no longer held by it (released behind its back, or
     /// taken over by another host after this host's lockspace lease expired).
     Lost,
+    /// The backend cannot work on this host at all: libsanlock is not installed.
+    Unavailable,
 }
 
 impl fmt::Display for LeaseErrorKind {
@@ -78,6 +95,7 @@ impl fmt::Display for LeaseErrorKind {
             LeaseErrorKind::Io => "i/o",
             LeaseErrorKind::Invalid => "invalid",
             LeaseErrorKind::Lost => "lost",
+            LeaseErrorKind::Unavailable => "unavailable",
         })
     }
 }
@@ -174,6 +192,9 @@ pub trait LeaseBackend: Send + Sync + fmt::Debug {
 
     /// Exclusive acquire that never waits for another owner: a lease held by another host or
     /// by another job on this host fails at once with [`LeaseErrorKind::Busy`].
+    /// sanlock reads the lease back and records its version and owner generation for
+    /// [`Lease::verify`]; when that read fails the lease is released again and the acquire
+    /// fails.
     fn acquire(
         &self,
         sd_id: &str,
@@ -246,9 +267,13 @@ impl Lease {
 
     /// Checks that the lease is still this process's, right before work that only its holder
     /// may do (the final metadata write that makes a volume LEGAL). Local: an OFD lock lasts as
-    /// long as its descriptor, which the lease owns, so it always holds. sanlock: the daemon
-    /// still has this process registered, and the lease on storage still names this host at
-    /// the version it had when acquired. [`LeaseErrorKind::Lost`] otherwise.
+    /// long as its descriptor, which the lease owns, so it always holds. sanlock: everything
+    /// [`verify_fast`](Self::verify_fast) checks, and the lease on storage still names this
+    /// host with the lockspace generation and the version (`lver`) recorded at acquire (so a
+    /// re-join of the lockspace or any acquire since, also our own, is caught). Reads the
+    /// lease from storage, so it takes as long as one sector read.
+    /// [`LeaseErrorKind::Lost`] when the lease is gone; other kinds when the check itself
+    /// could not be made (e.g. `Io`), which a caller must treat as "not verified".
     pub fn verify(&self) -> Result<(), LeaseError> {
         match &self.held {
             None => Err(LeaseError::new(
@@ -257,6 +282,23 @@ impl Lease {
             )),
             Some(Held::Local(_)) => Ok(()),
             Some(Held::Sanlock(h)) => h.verify(),
+        }
+    }
+
+    /// The cheap check, for a copy loop every few seconds: no I/O, no lock, no daemon call.
+    /// Local: always holds. sanlock: the registration the lease was acquired through has not
+    /// been lost (daemon exit or restart, a dropped connection) and no other holder in this
+    /// process has acquired the lease since. It cannot see a release by an outside tool or a
+    /// takeover by another host; [`verify`](Self::verify) does. [`LeaseErrorKind::Lost`]
+    /// otherwise.
+    pub fn verify_fast(&self) -> Result<(), LeaseError> {
+        match &self.held {
+            None => Err(LeaseError::new(
+                LeaseErrorKind::Lost,
+                "the lease was released",
+            )),
+            Some(Held::Local(_)) => Ok(()),
+            Some(Held::Sanlock(h)) => h.verify_fast(),
         }
     }
 
@@ -316,6 +358,8 @@ mod tests {
         assert_send_sync::<LeaseError>();
         assert_send_sync::<LocalLeases>();
         assert_send_sync::<SanlockLeases>();
+        assert_send_sync::<LostSubscription>();
+        assert_send_sync::<RegistrationLost>();
         let _: Box<dyn LeaseBackend> = Box::new(LocalLeases::new(1));
     }
 

@@ -46,8 +46,8 @@ pub fn sanlock_binary() -> Option<PathBuf> {
 
 /// `Ok` when real-daemon tests can run here; otherwise a reason to print when skipping.
 pub fn sanlock_available() -> Result<(), String> {
-    if !crate::libsanlock_linked() {
-        return Err("sdm-lease was built without libsanlock (install libsanlock-dev)".into());
+    if !crate::libsanlock_available() {
+        return Err("libsanlock.so.1 is not installed (apt-get install sanlock)".into());
     }
     if sanlock_binary().is_none() {
         return Err("the sanlock binary is not installed (apt-get install sanlock)".into());
@@ -57,6 +57,15 @@ pub fn sanlock_available() -> Result<(), String> {
         return Err("not running as root (the test daemons run with -U root -G root)".into());
     }
     Ok(())
+}
+
+/// Makes the owner read that follows the next sanlock acquire in this process fail with `rc`
+/// (a negative errno or `SANLK_*` code, e.g. `-libc::EIO`): that acquire must then fail and
+/// hold nothing. One-shot and process-wide, so use it from a test that owns its process (its
+/// own test binary) or acquires nothing else meanwhile.
+pub fn fail_next_acquired_read(rc: i32) {
+    assert!(rc < 0, "a failure code is negative");
+    crate::sanlock::set_fail_next_acquired_read(rc);
 }
 
 /// A private sanlock daemon, killed by pid (and its run dir removed) on drop.

@@ -1,15 +1,13 @@
-//! Hand-written bindings to the parts of libsanlock (3.8) that sdm uses.
+//! Hand-written declarations of the libsanlock (3.8) structs and constants that sdm uses.
 //!
 //! The structs mirror `sanlock.h` field for field; `tests::layout_*` pin their sizes and
 //! offsets, and `tests::layout_matches_c_headers` compares them with a C compiler when one is
-//! installed. Every foreign call is wrapped here in a small safe function, so the rest of the
-//! crate never touches raw pointers.
+//! installed. The functions are loaded at run time (`api.rs`).
 //!
 //! Return-code convention (libsanlock's): `0` or a positive count is success, a negative value
 //! is either `-errno` or one of the `SANLK_*` codes from `sanlock_rv.h` (-201 and below).
 
-use std::ffi::{c_char, c_int, CStr, CString};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ffi::c_char;
 
 pub const SANLK_NAME_LEN: usize = 48;
 pub const SANLK_PATH_LEN: usize = 1024;
@@ -151,7 +149,7 @@ impl SanlkResource1 {
         }
     }
 
-    fn as_mut_ptr(&mut self) -> *mut SanlkResource {
+    pub(crate) fn as_mut_ptr(&mut self) -> *mut SanlkResource {
         (self as *mut SanlkResource1).cast()
     }
 }
@@ -167,282 +165,6 @@ impl SanlkLockspace {
         fill(&mut ls.name, name.as_bytes());
         ls
     }
-}
-
-#[cfg(not(sdm_no_libsanlock))]
-use sys::*;
-
-#[cfg(not(sdm_no_libsanlock))]
-mod sys {
-    use super::{SanlkHost, SanlkLockspace, SanlkResource};
-    use std::ffi::{c_char, c_int};
-
-    // Declarations copied by hand from sanlock_resource.h, sanlock_admin.h and sanlock.h.
-    unsafe extern "C" {
-        pub fn sanlock_register() -> c_int;
-        pub fn sanlock_acquire(
-            sock: c_int,
-            pid: c_int,
-            flags: u32,
-            res_count: c_int,
-            res_args: *mut *mut SanlkResource,
-            opt_in: *mut std::ffi::c_void,
-        ) -> c_int;
-        pub fn sanlock_release(
-            sock: c_int,
-            pid: c_int,
-            flags: u32,
-            res_count: c_int,
-            res_args: *mut *mut SanlkResource,
-        ) -> c_int;
-        pub fn sanlock_add_lockspace_timeout(
-            ls: *mut SanlkLockspace,
-            flags: u32,
-            io_timeout: u32,
-        ) -> c_int;
-        pub fn sanlock_inq_lockspace(ls: *mut SanlkLockspace, flags: u32) -> c_int;
-        pub fn sanlock_rem_lockspace(ls: *mut SanlkLockspace, flags: u32) -> c_int;
-        pub fn sanlock_get_hosts(
-            ls_name: *const c_char,
-            host_id: u64,
-            hss: *mut *mut SanlkHost,
-            hss_count: *mut c_int,
-            flags: u32,
-        ) -> c_int;
-        pub fn sanlock_write_lockspace(
-            ls: *mut SanlkLockspace,
-            max_hosts: c_int,
-            flags: u32,
-            io_timeout: u32,
-        ) -> c_int;
-        pub fn sanlock_write_resource(
-            res: *mut SanlkResource,
-            max_hosts: c_int,
-            num_hosts: c_int,
-            flags: u32,
-        ) -> c_int;
-        pub fn sanlock_read_resource_owners(
-            res: *mut SanlkResource,
-            flags: u32,
-            hss: *mut *mut SanlkHost,
-            hss_count: *mut c_int,
-        ) -> c_int;
-        pub fn sanlock_strerror(rv: c_int) -> *const c_char;
-    }
-}
-
-/// Stand-ins used when the crate is built without libsanlock: every call fails with ENOSYS.
-#[cfg(sdm_no_libsanlock)]
-#[allow(clippy::missing_safety_doc)]
-mod stubs {
-    use super::{SanlkHost, SanlkLockspace, SanlkResource};
-    use std::ffi::{c_char, c_int};
-    const NOSYS: c_int = -libc::ENOSYS;
-    pub unsafe fn sanlock_register() -> c_int {
-        NOSYS
-    }
-    pub unsafe fn sanlock_acquire(
-        _: c_int,
-        _: c_int,
-        _: u32,
-        _: c_int,
-        _: *mut *mut SanlkResource,
-        _: *mut std::ffi::c_void,
-    ) -> c_int {
-        NOSYS
-    }
-    pub unsafe fn sanlock_release(
-        _: c_int,
-        _: c_int,
-        _: u32,
-        _: c_int,
-        _: *mut *mut SanlkResource,
-    ) -> c_int {
-        NOSYS
-    }
-    pub unsafe fn sanlock_add_lockspace_timeout(_: *mut SanlkLockspace, _: u32, _: u32) -> c_int {
-        NOSYS
-    }
-    pub unsafe fn sanlock_inq_lockspace(_: *mut SanlkLockspace, _: u32) -> c_int {
-        NOSYS
-    }
-    pub unsafe fn sanlock_rem_lockspace(_: *mut SanlkLockspace, _: u32) -> c_int {
-        NOSYS
-    }
-    pub unsafe fn sanlock_get_hosts(
-        _: *const c_char,
-        _: u64,
-        _: *mut *mut SanlkHost,
-        _: *mut c_int,
-        _: u32,
-    ) -> c_int {
-        NOSYS
-    }
-    pub unsafe fn sanlock_write_lockspace(
-        _: *mut SanlkLockspace,
-        _: c_int,
-        _: u32,
-        _: u32,
-    ) -> c_int {
-        NOSYS
-    }
-    pub unsafe fn sanlock_write_resource(
-        _: *mut SanlkResource,
-        _: c_int,
-        _: c_int,
-        _: u32,
-    ) -> c_int {
-        NOSYS
-    }
-    pub unsafe fn sanlock_read_resource_owners(
-        _: *mut SanlkResource,
-        _: u32,
-        _: *mut *mut SanlkHost,
-        _: *mut c_int,
-    ) -> c_int {
-        NOSYS
-    }
-    pub unsafe fn sanlock_strerror(_: c_int) -> *const c_char {
-        std::ptr::null()
-    }
-}
-
-#[cfg(sdm_no_libsanlock)]
-use stubs::*;
-
-/// True when the crate was linked against libsanlock.
-pub const LINKED: bool = cfg!(not(sdm_no_libsanlock));
-
-/// `sanlock_register()`: opens this process's registration connection to the daemon.
-/// The daemon releases every lease acquired through it when the connection closes.
-pub fn register() -> Result<OwnedFd, i32> {
-    // SAFETY: no arguments; libsanlock returns a fresh socket fd or a negative error.
-    let rc = unsafe { sanlock_register() };
-    if rc < 0 {
-        return Err(rc);
-    }
-    // SAFETY: rc is a newly created socket that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(rc) })
-}
-
-/// `sanlock_acquire(sock, -1, flags, 1, [res], NULL)` on the registration connection.
-pub fn acquire(sock: BorrowedFd<'_>, res: &mut SanlkResource1, flags: u32) -> i32 {
-    let mut args = [res.as_mut_ptr()];
-    // SAFETY: `args` holds one pointer to a live, properly laid out resource with exactly
-    // `num_disks == 1` disk following it; the daemon-side pid is ignored when a registered
-    // socket is given (-1). libsanlock does not keep the pointers after returning.
-    unsafe {
-        sanlock_acquire(
-            sock.as_raw_fd(),
-            -1,
-            flags,
-            1,
-            args.as_mut_ptr(),
-            std::ptr::null_mut(),
-        )
-    }
-}
-
-/// `sanlock_release(sock, -1, 0, 1, [res])` on the registration connection.
-pub fn release(sock: BorrowedFd<'_>, res: &mut SanlkResource1) -> i32 {
-    let mut args = [res.as_mut_ptr()];
-    // SAFETY: as in `acquire`: one valid one-disk resource, not retained by the library.
-    unsafe { sanlock_release(sock.as_raw_fd(), -1, 0, 1, args.as_mut_ptr()) }
-}
-
-/// `sanlock_add_lockspace_timeout`: blocks until the host id lease is held (or fails).
-pub fn add_lockspace(ls: &mut SanlkLockspace, io_timeout: u32) -> i32 {
-    // SAFETY: `ls` is a valid, exclusively borrowed lockspace struct for the whole call.
-    unsafe { sanlock_add_lockspace_timeout(ls, 0, io_timeout) }
-}
-
-/// `sanlock_inq_lockspace`
-pub fn inq_lockspace(ls: &mut SanlkLockspace, flags: u32) -> i32 {
-    // SAFETY: `ls` is a valid, exclusively borrowed lockspace struct for the whole call.
-    unsafe { sanlock_inq_lockspace(ls, flags) }
-}
-
-/// `sanlock_rem_lockspace`
-pub fn rem_lockspace(ls: &mut SanlkLockspace, flags: u32) -> i32 {
-    // SAFETY: `ls` is a valid, exclusively borrowed lockspace struct for the whole call.
-    unsafe { sanlock_rem_lockspace(ls, flags) }
-}
-
-/// `sanlock_write_lockspace(ls, 0, 0, io_timeout)`: formats the delta-lease area.
-pub fn write_lockspace(ls: &mut SanlkLockspace, io_timeout: u32) -> i32 {
-    // SAFETY: `ls` is a valid, exclusively borrowed lockspace struct for the whole call.
-    unsafe { sanlock_write_lockspace(ls, 0, 0, io_timeout) }
-}
-
-/// `sanlock_write_resource(res, 0, 0, 0)`: formats a paxos lease area.
-pub fn write_resource(res: &mut SanlkResource1) -> i32 {
-    // SAFETY: a valid one-disk resource, exclusively borrowed for the whole call.
-    unsafe { sanlock_write_resource(res.as_mut_ptr(), 0, 0, 0) }
-}
-
-/// Takes ownership of a `malloc`ed `sanlk_host` array returned by libsanlock.
-fn take_hosts(hss: *mut SanlkHost, count: c_int) -> Vec<SanlkHost> {
-    if hss.is_null() {
-        return Vec::new();
-    }
-    let out = if count > 0 {
-        // SAFETY: libsanlock allocated `count` contiguous, initialised sanlk_host records.
-        unsafe { std::slice::from_raw_parts(hss, count as usize) }.to_vec()
-    } else {
-        Vec::new()
-    };
-    // SAFETY: the array came from libsanlock's malloc and is freed exactly once, here.
-    unsafe { libc::free(hss.cast()) };
-    out
-}
-
-/// `sanlock_read_resource_owners`: fills `res.res.lver` and returns the owner records.
-pub fn read_resource_owners(res: &mut SanlkResource1) -> Result<Vec<SanlkHost>, i32> {
-    let mut hss: *mut SanlkHost = std::ptr::null_mut();
-    let mut count: c_int = 0;
-    // SAFETY: valid resource and out-pointers, all live for the call; on success the
-    // library stores a malloc'ed array (or NULL) in `hss`, which `take_hosts` frees.
-    let rc = unsafe { sanlock_read_resource_owners(res.as_mut_ptr(), 0, &mut hss, &mut count) };
-    let hosts = take_hosts(hss, count);
-    if rc < 0 {
-        return Err(rc);
-    }
-    Ok(hosts)
-}
-
-/// `sanlock_get_hosts(ls_name, 0, ...)`: every host this daemon has seen in the lockspace.
-pub fn get_hosts(ls_name: &CStr) -> Result<Vec<SanlkHost>, i32> {
-    let mut hss: *mut SanlkHost = std::ptr::null_mut();
-    let mut count: c_int = 0;
-    // SAFETY: NUL-terminated name and valid out-pointers; the returned array is freed by
-    // `take_hosts`.
-    let rc = unsafe { sanlock_get_hosts(ls_name.as_ptr(), 0, &mut hss, &mut count, 0) };
-    let hosts = take_hosts(hss, count);
-    if rc < 0 {
-        return Err(rc);
-    }
-    Ok(hosts)
-}
-
-/// Text for a libsanlock return code: sanlock's own table for `SANLK_*` codes, the OS text
-/// for `-errno`.
-pub fn strerror(rc: i32) -> String {
-    if rc > -200 {
-        return std::io::Error::from_raw_os_error(-rc).to_string();
-    }
-    // SAFETY: sanlock_strerror returns a pointer to a static string (or NULL in the stub).
-    let p = unsafe { sanlock_strerror(rc) };
-    if p.is_null() {
-        return format!("sanlock error {rc}");
-    }
-    // SAFETY: non-NULL pointers from sanlock_strerror are static NUL-terminated strings.
-    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-}
-
-/// A NUL-terminated copy of a lockspace name for the calls that take `const char *`.
-pub fn c_name(name: &str) -> CString {
-    // Names are validated (no NUL) before they get here.
-    CString::new(name).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -573,12 +295,5 @@ int main(void) {
         let long = "x".repeat(SANLK_NAME_LEN);
         let r = SanlkResource1::new(&long, &long, b"/p", 0, 0);
         assert!(r.res.name.iter().all(|&c| c == b'x' as c_char));
-    }
-
-    #[test]
-    fn strerror_texts() {
-        assert!(strerror(-libc::EEXIST).contains("exists"));
-        let s = strerror(SANLK_ACQUIRE_IDLIVE);
-        assert!(!s.is_empty());
     }
 }

@@ -5,8 +5,12 @@
 //!   joins it with its host id (a delta lease, renewed by the daemon).
 //! * A volume lease is a paxos *resource* named after the volume UUID, in the lockspace of
 //!   its domain, stored at offset 0 of `<vol>.lease`.
-//! * The process registers once with the daemon; every lease it acquires is tied to that
-//!   registration, and the daemon releases them all if the process exits or is killed.
+//! * Every lease is tied to a registration of this process with the daemon, which releases
+//!   them all if the process exits or is killed. There is one registration per lockspace in
+//!   which the process holds leases (`registry.rs` says why), watched by a thread that notices
+//!   at once when the daemon drops it ([`SanlockLeases::on_registration_lost`]).
+//! * libsanlock is loaded at run time (`api.rs`): without it, [`SanlockLeases::new`] fails
+//!   with [`LeaseErrorKind::Unavailable`] and the local backend still works.
 //!
 //! # Which daemon: `SANLOCK_RUN_DIR`
 //! libsanlock finds the daemon's socket as `$SANLOCK_RUN_DIR/sanlock.sock` (default
@@ -18,13 +22,15 @@
 //! the wrong daemon. Create the first `SanlockLeases` early (before spawning threads that
 //! read the environment), and do not call libsanlock from elsewhere in the process.
 
+mod api;
+mod errors;
 mod ffi;
+mod held;
+mod registry;
+mod watch;
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::local::{ensure_file, LEASE_FILE_MODE};
@@ -32,13 +38,26 @@ use crate::{
     Held as LeaseHeld, Lease, LeaseBackend, LeaseError, LeaseErrorKind, LeaseStatus, MAX_HOST_ID,
     SDM_LEASE_OFFSET, SDM_RESOURCE,
 };
+use errors::{check_name, check_path};
+use registry::Client;
 
-/// Where the system sanlock daemon listens when `SANLOCK_RUN_DIR` is not set.
-pub const DEFAULT_RUN_DIR: &str = "/run/sanlock";
+pub(crate) use held::Held;
+pub use registry::DEFAULT_RUN_DIR;
+pub use watch::{LostSubscription, RegistrationLost};
 
 /// Lockspaces and leases formatted by sdm: 1 MiB areas of 512-byte sectors (max 2000 hosts).
 const RES_FLAGS: u32 = ffi::SANLK_RES_ALIGN1M | ffi::SANLK_RES_SECTOR512;
 const LS_FLAGS: u32 = ffi::SANLK_LSF_ALIGN1M | ffi::SANLK_LSF_SECTOR512;
+
+#[cfg(feature = "test-support")]
+pub(crate) fn set_fail_next_acquired_read(rc: i32) {
+    held::FAIL_NEXT_ACQUIRED_READ.store(rc, std::sync::atomic::Ordering::Release);
+}
+
+/// Whether libsanlock can be loaded (see [`crate::libsanlock_available`]).
+pub(crate) fn available() -> bool {
+    api::get().is_ok()
+}
 
 /// How [`SanlockLeases`] reaches the daemon and joins lockspaces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,222 +80,6 @@ impl Default for SanlockOptions {
     }
 }
 
-/// The process-wide link to one sanlock daemon.
-struct Client {
-    run_dir: PathBuf,
-    /// The registered connection. Every call that uses it (acquire, release) holds this lock:
-    /// libsanlock sends a request and reads the reply on the socket with no framing that
-    /// would survive two threads interleaving.
-    reg: Mutex<Registration>,
-}
-
-#[derive(Default)]
-struct Registration {
-    fd: Option<OwnedFd>,
-    /// Bumped on every (re-)registration, so a lease taken under a lost registration is
-    /// recognised as already dropped by the daemon.
-    generation: u64,
-}
-
-static CLIENT: OnceLock<Client> = OnceLock::new();
-
-/// Whether the crate was linked against libsanlock.
-pub(crate) fn linked() -> bool {
-    ffi::LINKED
-}
-
-fn effective_run_dir(requested: Option<&Path>) -> PathBuf {
-    match requested {
-        Some(p) => p.to_path_buf(),
-        None => std::env::var_os("SANLOCK_RUN_DIR")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR)),
-    }
-}
-
-/// Binds this process to the daemon in `requested` (see the module docs for why it is
-/// once per process).
-fn client_for(requested: Option<&Path>) -> Result<&'static Client, LeaseError> {
-    let want = effective_run_dir(requested);
-    let client = CLIENT.get_or_init(|| {
-        if std::env::var_os("SANLOCK_RUN_DIR").as_deref() != Some(want.as_os_str()) {
-            // SAFETY: setenv races with concurrent getenv in other threads. This runs once
-            // per process, before libsanlock's first connection (its only reader of the
-            // variable); callers are told to create the first SanlockLeases early.
-            unsafe { std::env::set_var("SANLOCK_RUN_DIR", &want) };
-        }
-        Client {
-            run_dir: want.clone(),
-            reg: Mutex::new(Registration::default()),
-        }
-    });
-    if client.run_dir != want {
-        return Err(LeaseError::new(
-            LeaseErrorKind::Invalid,
-            format!(
-                "this process already uses the sanlock daemon in {} and cannot switch to {}",
-                client.run_dir.display(),
-                want.display()
-            ),
-        ));
-    }
-    Ok(client)
-}
-
-impl Client {
-    fn lock(&self) -> MutexGuard<'_, Registration> {
-        // A panic while holding the lock cannot leave the registration half-updated.
-        self.reg.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn socket_path(&self) -> PathBuf {
-        self.run_dir.join("sanlock.sock")
-    }
-}
-
-impl Registration {
-    fn ensure(&mut self, client: &Client) -> Result<BorrowedFd<'_>, LeaseError> {
-        if self.fd.is_none() {
-            let fd = ffi::register().map_err(|rc| {
-                let mut e = map_rc(client, "register with sanlock", rc);
-                // Any registration failure means we cannot hold leases at all.
-                e.kind = LeaseErrorKind::Daemon;
-                e
-            })?;
-            // Children (qemu-img, helpers) must not inherit the registration: a leaked copy
-            // would keep the daemon from noticing that the agent died.
-            set_cloexec(fd.as_fd()).map_err(|e| {
-                LeaseError::new(LeaseErrorKind::Daemon, format!("set FD_CLOEXEC: {e}"))
-            })?;
-            self.generation += 1;
-            tracing::info!(
-                run_dir = %client.run_dir.display(),
-                generation = self.generation,
-                "registered with sanlock"
-            );
-            self.fd = Some(fd);
-        }
-        Ok(self
-            .fd
-            .as_ref()
-            .map(|f| f.as_fd())
-            .expect("registered above"))
-    }
-
-    /// The daemon closed our connection (it restarted or dropped us): every lease it was
-    /// tracking for us is gone. The next acquire registers again.
-    fn lost(&mut self, why: i32) {
-        if self.fd.take().is_some() {
-            tracing::error!(
-                rc = why,
-                "sanlock registration lost; the daemon has released this process's leases"
-            );
-        }
-    }
-}
-
-fn set_cloexec(fd: BorrowedFd<'_>) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: F_GETFD/F_SETFD only touch the descriptor flags of an fd we own.
-    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
-    if flags < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Return codes that mean the daemon connection itself is gone.
-fn is_connection_error(rc: i32) -> bool {
-    [
-        libc::EPIPE,
-        libc::ECONNRESET,
-        libc::ENOTCONN,
-        libc::ECONNREFUSED,
-        libc::EBADF,
-    ]
-    .iter()
-    .any(|e| rc == -e)
-}
-
-fn kind_of(client: &Client, rc: i32) -> LeaseErrorKind {
-    use LeaseErrorKind::*;
-    match rc {
-        _ if is_connection_error(rc) => Daemon,
-        _ if rc == -libc::ENOSYS => Daemon,
-        // libsanlock reports a missing socket as -ENOENT too.
-        _ if rc == -libc::ENOENT && !client.socket_path().exists() => Daemon,
-        _ if rc == -libc::ENOENT => NotFound,
-        _ if rc == -libc::EEXIST || rc == -libc::EBUSY || rc == -libc::EAGAIN => Busy,
-        ffi::SANLK_ACQUIRE_IDLIVE
-        | ffi::SANLK_ACQUIRE_OWNED
-        | ffi::SANLK_ACQUIRE_OTHER
-        | ffi::SANLK_ACQUIRE_SHRETRY
-        | ffi::SANLK_ACQUIRE_OWNED_RETRY
-        | ffi::SANLK_ACQUIRE_LVER
-        | ffi::SANLK_HOSTID_BUSY => Busy,
-        ffi::SANLK_LEADER_MAGIC | ffi::SANLK_ACQUIRE_LOCKSPACE => NotFound,
-        ffi::SANLK_AIO_TIMEOUT => Io,
-        // acquire in a lockspace this host has not joined
-        _ if rc == -libc::ENOSPC => NotFound,
-        ffi::SANLK_LEADER_LOCKSPACE
-        | ffi::SANLK_LEADER_RESOURCE
-        | ffi::SANLK_ADDLS_INVALID_HOSTID => Invalid,
-        _ if rc == -libc::EINVAL || rc == -libc::ENAMETOOLONG => Invalid,
-        // -EIO, -ETIMEDOUT, SANLK_AIO_TIMEOUT, DBLOCK/LEADER read/write/checksum errors, and
-        // anything new: the storage did not answer as expected.
-        _ => Io,
-    }
-}
-
-fn map_rc(client: &Client, what: &str, rc: i32) -> LeaseError {
-    let kind = kind_of(client, rc);
-    let mut msg = format!("{what}: {} ({rc})", ffi::strerror(rc));
-    if kind == LeaseErrorKind::Daemon {
-        msg.push_str(&format!(
-            " [daemon socket {}]",
-            client.socket_path().display()
-        ));
-    }
-    LeaseError::with_code(kind, msg, rc)
-}
-
-fn check_name(what: &str, name: &str) -> Result<(), LeaseError> {
-    if name.is_empty() || name.len() > ffi::SANLK_NAME_LEN || name.contains('\0') {
-        return Err(LeaseError::new(
-            LeaseErrorKind::Invalid,
-            format!(
-                "{what} {name:?} must be 1..={} bytes without NUL",
-                ffi::SANLK_NAME_LEN
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// The path bytes sanlock gets: absolute (the daemon has its own cwd), no NUL, and short
-/// enough that sanlock's escaped form (':' '\\' ' ' doubled) still fits its 1024-byte field.
-fn check_path(path: &Path) -> Result<Vec<u8>, LeaseError> {
-    let abs = std::path::absolute(path).map_err(|e| LeaseError::io("resolve", path, e))?;
-    let bytes = abs.as_os_str().as_bytes().to_vec();
-    let escaped = bytes.len()
-        + bytes
-            .iter()
-            .filter(|b| matches!(b, b':' | b'\\' | b' '))
-            .count();
-    if bytes.contains(&0) || escaped >= ffi::SANLK_PATH_LEN {
-        return Err(LeaseError::new(
-            LeaseErrorKind::Invalid,
-            format!("path {} is too long for sanlock", path.display()),
-        ));
-    }
-    Ok(bytes)
-}
-
 /// sanlock leases for shared-storage domains.
 #[derive(Debug, Clone)]
 pub struct SanlockLeases {
@@ -285,37 +88,20 @@ pub struct SanlockLeases {
     client: &'static Client,
 }
 
-impl std::fmt::Debug for Client {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut d = f.debug_struct("SanlockClient");
-        d.field("run_dir", &self.run_dir);
-        // try_lock: Debug may be called while this thread holds the registration.
-        if let Ok(reg) = self.reg.try_lock() {
-            d.field("registered", &reg.fd.is_some())
-                .field("generation", &reg.generation);
-        }
-        d.finish()
-    }
-}
-
 impl SanlockLeases {
-    /// Binds the process to the daemon in `opts.run_dir` (see the module docs) and registers
-    /// with it, once per process. Fails with `Daemon` when the daemon is unreachable.
+    /// Loads libsanlock, binds the process to the daemon in `opts.run_dir` (see the module
+    /// docs) and checks that the daemon answers. Fails with `Unavailable` when libsanlock is
+    /// not installed, `Daemon` when the daemon is unreachable. Registrations are made by the
+    /// first acquire in each lockspace.
     pub fn new(host_id: u64, opts: SanlockOptions) -> Result<Self, LeaseError> {
-        if !ffi::LINKED {
-            return Err(LeaseError::new(
-                LeaseErrorKind::Daemon,
-                "sdm-lease was built without libsanlock (install libsanlock-dev and rebuild)",
-            ));
-        }
         if host_id == 0 || host_id > MAX_HOST_ID {
             return Err(LeaseError::new(
                 LeaseErrorKind::Invalid,
                 format!("host id {host_id} is outside 1..={MAX_HOST_ID}"),
             ));
         }
-        let client = client_for(opts.run_dir.as_deref())?;
-        client.lock().ensure(client)?;
+        let client = registry::client_for(opts.run_dir.as_deref())?;
+        client.check_daemon()?;
         Ok(SanlockLeases {
             host_id,
             io_timeout_s: opts.io_timeout_s,
@@ -330,6 +116,24 @@ impl SanlockLeases {
     /// The daemon run dir this process is bound to.
     pub fn run_dir(&self) -> &Path {
         &self.client.run_dir
+    }
+
+    /// Calls `f` (on the watcher thread) each time this process loses a registration: the
+    /// daemon exited, restarted or dropped the connection, and with it every lease of this
+    /// process in [`RegistrationLost::lockspace`]. Jobs holding such leases must stop writing;
+    /// their [`Lease::verify_fast`] fails from then on. Keep `f` short and non-blocking (send
+    /// to a channel, set a flag). Dropping the returned handle unsubscribes.
+    pub fn on_registration_lost(
+        &self,
+        f: impl Fn(&RegistrationLost) + Send + Sync + 'static,
+    ) -> LostSubscription {
+        self.client.watch.subscribe(f)
+    }
+
+    /// How many registrations this process has lost so far; a cheap generation number to
+    /// compare before and after a piece of work.
+    pub fn registrations_lost(&self) -> u64 {
+        self.client.watch.losses()
     }
 
     fn c(&self) -> &'static Client {
@@ -358,7 +162,7 @@ impl SanlockLeases {
     /// Waits for an add/remove of this lockspace that someone else started; returns the
     /// final inq result (0 = joined, -ENOENT = not joined).
     fn wait_lockspace(&self, ls: &mut ffi::SanlkLockspace) -> i32 {
-        ffi::inq_lockspace(ls, ffi::SANLK_INQ_WAIT)
+        self.client.api.inq_lockspace(ls, ffi::SANLK_INQ_WAIT)
     }
 }
 
@@ -387,18 +191,16 @@ impl LeaseBackend for SanlockLeases {
         )?;
         ensure_file(ids_path)?;
         ensure_file(leases_path)?;
-        let rc = ffi::write_lockspace(&mut ls, io_timeout_s);
+        let rc = c.api.write_lockspace(&mut ls, io_timeout_s);
         if rc < 0 {
-            return Err(map_rc(
-                c,
+            return Err(c.err(
                 &format!("write lockspace {sd_id} to {}", ids_path.display()),
                 rc,
             ));
         }
-        let rc = ffi::write_resource(&mut sdm);
+        let rc = c.api.write_resource(&mut sdm);
         if rc < 0 {
-            return Err(map_rc(
-                c,
+            return Err(c.err(
                 &format!("write {SDM_RESOURCE} lease to {}", leases_path.display()),
                 rc,
             ));
@@ -413,7 +215,7 @@ impl LeaseBackend for SanlockLeases {
         let start = Instant::now();
         // A concurrent leave makes add return -EAGAIN until the removal is done.
         for _ in 0..60 {
-            let rc = ffi::add_lockspace(&mut ls, self.io_timeout_s);
+            let rc = c.api.add_lockspace(&mut ls, self.io_timeout_s);
             let rc = match rc {
                 0 => {
                     tracing::info!(sd_id, host_id = self.host_id, elapsed = ?start.elapsed(), "joined lockspace");
@@ -432,7 +234,7 @@ impl LeaseBackend for SanlockLeases {
                 }
                 rc => rc,
             };
-            return Err(map_rc(c, &what, rc));
+            return Err(c.err(&what, rc));
         }
         Err(LeaseError::new(
             LeaseErrorKind::Busy,
@@ -445,7 +247,7 @@ impl LeaseBackend for SanlockLeases {
         let mut ls = self.lockspace(sd_id, ids_path)?;
         // UNUSED: refuse while leases are held. Without it the daemon would kill this process
         // (every registered holder of the lockspace) to free them.
-        let rc = ffi::rem_lockspace(&mut ls, ffi::SANLK_REM_UNUSED);
+        let rc = c.api.rem_lockspace(&mut ls, ffi::SANLK_REM_UNUSED);
         let rc = match rc {
             0 => 0,
             _ if rc == -libc::ENOENT => 0,
@@ -457,7 +259,7 @@ impl LeaseBackend for SanlockLeases {
             rc => rc,
         };
         if rc < 0 {
-            let mut e = map_rc(c, &format!("leave lockspace {sd_id}"), rc);
+            let mut e = c.err(&format!("leave lockspace {sd_id}"), rc);
             if rc == -libc::EBUSY {
                 e.message = format!("leave lockspace {sd_id}: leases are still held in it");
             }
@@ -485,10 +287,9 @@ impl LeaseBackend for SanlockLeases {
         f.set_permissions(std::fs::Permissions::from_mode(LEASE_FILE_MODE))
             .map_err(|e| LeaseError::io("chmod", lease_path, e))?;
         drop(f);
-        let rc = ffi::write_resource(&mut res);
+        let rc = c.api.write_resource(&mut res);
         if rc < 0 {
-            return Err(map_rc(
-                c,
+            return Err(c.err(
                 &format!("write lease {vol_id} to {}", lease_path.display()),
                 rc,
             ));
@@ -510,45 +311,18 @@ impl LeaseBackend for SanlockLeases {
             "acquire {sd_id}:{vol_id} at {}:{offset}",
             lease_path.display()
         );
-        let mut reg = c.lock();
-        let fd = reg.ensure(c)?;
-        // OWNER_NOWAIT: fail at once (-243/-247) when a live host owns it instead of waiting
-        // for that host to die; a second acquire by this process fails with -EEXIST.
-        let rc = ffi::acquire(fd, &mut res, ffi::SANLK_ACQUIRE_OWNER_NOWAIT);
-        if rc < 0 {
-            if is_connection_error(rc) {
-                reg.lost(rc);
-            }
-            return Err(map_rc(c, &what, rc));
-        }
-        let generation = reg.generation;
-        drop(reg);
-        // The version the acquire wrote, for `verify`: a later owner would move it on.
-        let mut probe = res;
-        let lver = match ffi::read_resource_owners(&mut probe) {
-            Ok(owners) if owners.iter().any(|o| o.host_id == self.host_id) => probe.res.lver,
-            Ok(owners) => {
-                tracing::warn!(
-                    sd_id,
-                    vol_id,
-                    ?owners,
-                    "an acquired lease does not name this host"
-                );
-                0
-            }
-            Err(rc) => {
-                tracing::warn!(sd_id, vol_id, error = %ffi::strerror(rc), "reading an acquired lease failed");
-                0
-            }
-        };
+        let (acquired, stamp) = c.acquire(sd_id, vol_id, &mut res, &what, |res| {
+            held::read_stamp(c, res, self.host_id, &what)
+        })?;
+        tracing::debug!(sd_id, vol_id, path = %lease_path.display(), offset, lver = stamp.lver, generation = stamp.generation, "acquired sanlock lease");
         let held = Held {
             client: c,
+            acquired,
+            name: vol_id.to_string(),
             res: Box::new(res),
-            generation,
             host_id: self.host_id,
-            lver,
+            stamp,
         };
-        tracing::debug!(sd_id, vol_id, path = %lease_path.display(), offset, "acquired sanlock lease");
         Ok(Lease::new(
             sd_id,
             vol_id,
@@ -571,12 +345,15 @@ impl LeaseBackend for SanlockLeases {
             "read lease {sd_id}:{vol_id} at {}:{offset}",
             lease_path.display()
         );
-        let owners = ffi::read_resource_owners(&mut res).map_err(|rc| map_rc(c, &what, rc))?;
+        let owners = c
+            .api
+            .read_resource_owners(&mut res)
+            .map_err(|rc| c.err(&what, rc))?;
         let lver = res.res.lver;
         let live = if owners.is_empty() {
             Vec::new()
         } else {
-            match ffi::get_hosts(&ffi::c_name(sd_id)) {
+            match c.api.get_hosts(&api::c_name(sd_id)) {
                 Ok(hosts) => live_owners(&owners, &hosts),
                 // Right after a join the daemon has not checked the other hosts yet (until
                 // its first renewal, 2×io_timeout). Like an UNKNOWN host, the recorded owner
@@ -588,7 +365,7 @@ impl LeaseBackend for SanlockLeases {
                     ids
                 }
                 Err(rc) => {
-                    let mut e = map_rc(c, &format!("hosts of lockspace {sd_id}"), rc);
+                    let mut e = c.err(&format!("hosts of lockspace {sd_id}"), rc);
                     if e.kind == LeaseErrorKind::NotFound {
                         e.message = format!(
                             "lockspace {sd_id} is not joined on this host; owner liveness unknown"
@@ -629,69 +406,6 @@ fn live_owners(owners: &[ffi::SanlkHost], hosts: &[ffi::SanlkHost]) -> Vec<u64> 
     out
 }
 
-/// A lease held through this process's registration.
-pub(crate) struct Held {
-    client: &'static Client,
-    // Boxed: the struct is 1.2 KiB and every Lease carries one.
-    res: Box<ffi::SanlkResource1>,
-    generation: u64,
-    host_id: u64,
-    /// Lease version right after the acquire (0: unknown, then only the owner is checked).
-    lver: u64,
-}
-
-impl Held {
-    pub(crate) fn verify(&self) -> Result<(), LeaseError> {
-        let c = self.client;
-        {
-            let reg = c.lock();
-            if reg.fd.is_none() || reg.generation != self.generation {
-                return Err(LeaseError::new(
-                    LeaseErrorKind::Lost,
-                    "sanlock registration was lost; the daemon released this lease",
-                ));
-            }
-        }
-        let mut res = *self.res;
-        let owners =
-            ffi::read_resource_owners(&mut res).map_err(|rc| map_rc(c, "read lease", rc))?;
-        let ours = owners.iter().any(|o| o.host_id == self.host_id);
-        if !ours || (self.lver != 0 && res.res.lver != self.lver) {
-            let hosts: Vec<u64> = owners.iter().map(|o| o.host_id).collect();
-            return Err(LeaseError::new(
-                LeaseErrorKind::Lost,
-                format!(
-                    "the lease is no longer held by host {}: owners {hosts:?}, version {} (was {})",
-                    self.host_id, res.res.lver, self.lver
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    pub(crate) fn release(mut self) -> Result<(), LeaseError> {
-        let c = self.client;
-        let mut reg = c.lock();
-        let fd = match (&reg.fd, reg.generation == self.generation) {
-            (Some(fd), true) => fd.as_fd(),
-            _ => {
-                return Err(LeaseError::new(
-                    LeaseErrorKind::Daemon,
-                    "sanlock registration was lost; the daemon already released this lease",
-                ))
-            }
-        };
-        let rc = ffi::release(fd, &mut self.res);
-        if rc < 0 {
-            if is_connection_error(rc) {
-                reg.lost(rc);
-            }
-            return Err(map_rc(c, "release sanlock lease", rc));
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -726,67 +440,22 @@ mod tests {
     }
 
     #[test]
-    fn names_and_paths_are_checked() {
-        assert!(check_name("lockspace", &"a".repeat(48)).is_ok());
-        assert_eq!(
-            check_name("x", &"a".repeat(49)).unwrap_err().kind(),
-            LeaseErrorKind::Invalid
-        );
-        assert_eq!(
-            check_name("x", "").unwrap_err().kind(),
-            LeaseErrorKind::Invalid
-        );
-        assert_eq!(
-            check_name("x", "a\0b").unwrap_err().kind(),
-            LeaseErrorKind::Invalid
-        );
-        let rel = check_path(Path::new("rel/x.lease")).unwrap();
-        assert_eq!(rel[0], b'/');
-        let long = format!("/{}", ":".repeat(600));
-        assert_eq!(
-            check_path(Path::new(&long)).unwrap_err().kind(),
-            LeaseErrorKind::Invalid
-        );
-    }
-
-    #[test]
-    fn return_codes_map_to_kinds() {
-        let c = Client {
-            run_dir: PathBuf::from("/nonexistent-run-dir"),
-            reg: Mutex::default(),
-        };
-        let k = |rc| kind_of(&c, rc);
-        assert_eq!(k(-libc::EEXIST), LeaseErrorKind::Busy);
-        assert_eq!(k(ffi::SANLK_ACQUIRE_IDLIVE), LeaseErrorKind::Busy);
-        assert_eq!(k(ffi::SANLK_ACQUIRE_OWNED_RETRY), LeaseErrorKind::Busy);
-        assert_eq!(k(ffi::SANLK_LEADER_MAGIC), LeaseErrorKind::NotFound);
-        assert_eq!(k(ffi::SANLK_AIO_TIMEOUT), LeaseErrorKind::Io);
-        assert_eq!(k(-libc::EPIPE), LeaseErrorKind::Daemon);
-        assert_eq!(k(-libc::ECONNREFUSED), LeaseErrorKind::Daemon);
-        // -ENOENT with no socket means "no daemon", not "no lease".
-        assert_eq!(k(-libc::ENOENT), LeaseErrorKind::Daemon);
-        assert_eq!(k(ffi::SANLK_LEADER_LOCKSPACE), LeaseErrorKind::Invalid);
-    }
-
-    #[test]
     fn bad_host_id_is_invalid() {
-        let e = SanlockLeases::new(0, SanlockOptions::default()).unwrap_err();
-        assert_eq!(
-            e.kind(),
-            if ffi::LINKED {
-                LeaseErrorKind::Invalid
-            } else {
-                LeaseErrorKind::Daemon
-            }
-        );
-        let e = SanlockLeases::new(MAX_HOST_ID + 1, SanlockOptions::default()).unwrap_err();
-        assert_eq!(
-            e.kind(),
-            if ffi::LINKED {
-                LeaseErrorKind::Invalid
-            } else {
-                LeaseErrorKind::Daemon
-            }
+        for id in [0, MAX_HOST_ID + 1] {
+            let e = SanlockLeases::new(id, SanlockOptions::default()).unwrap_err();
+            assert_eq!(e.kind(), LeaseErrorKind::Invalid, "{e}");
+        }
+    }
+
+    #[test]
+    fn without_libsanlock_the_error_names_library_and_package() {
+        let e = registry::unavailable("cannot load libsanlock.so.1: not found");
+        assert_eq!(e.kind(), LeaseErrorKind::Unavailable);
+        let msg = e.to_string();
+        assert!(msg.contains("libsanlock.so.1"), "{msg}");
+        assert!(
+            msg.contains("libsanlock1") && msg.contains("sanlock package"),
+            "{msg}"
         );
     }
 }
