@@ -1,0 +1,198 @@
+//! Results: jobs, host, domain and volume information.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// The result a finished job may carry (`Volume.checksum`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct JobResult {
+    /// Lowercase hex digest.
+    pub checksum: String,
+    /// "sha256".
+    pub algorithm: ChecksumAlgorithm,
+}
+
+/// A host job as `Host.getJobs` and `Job.subscribe` report it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JobInfo {
+    /// The job id the caller chose.
+    pub id: Uuid,
+    /// State.
+    pub status: JobStatus,
+    /// What the job does (its verb, e.g. "copy_data").
+    pub description: String,
+    /// Always "storage".
+    pub job_type: String,
+    /// Percent done, 0–100, a float; omitted until the job has started its work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f64>,
+    /// Why the job failed or was aborted; omitted otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::JobError>,
+    /// Logical bytes processed so far.
+    #[serde(default)]
+    pub bytes_done: u64,
+    /// Logical bytes the job will process.
+    #[serde(default)]
+    pub bytes_total: u64,
+    /// Current rate, bytes per second.
+    #[serde(default)]
+    pub rate_bps: u64,
+    /// Estimated seconds left; omitted when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_s: Option<f64>,
+    /// True once `Job.abort` was accepted and the job is winding down.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub aborting: bool,
+    /// Result of a finished job that has one (`Volume.checksum`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<JobResult>,
+}
+
+/// `Host.getCapabilities` result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Capabilities {
+    /// Agent version.
+    pub version: String,
+    /// This host's id in lockspaces (1–2000).
+    pub host_id: u64,
+    /// True when the data path runs on io_uring (false: the synchronous fallback).
+    pub io_uring: bool,
+    /// Why io_uring is not used, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_fallback_reason: Option<String>,
+    /// Lease backends this agent can use ("local", "sanlock").
+    pub lease_backends: Vec<String>,
+    /// Attached storage domains.
+    pub domains: Vec<Uuid>,
+}
+
+/// `Host.getStats` result: what a scheduler needs to pick a host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HostStats {
+    /// Jobs running now.
+    pub jobs_running: u64,
+    /// Jobs registered and waiting to run.
+    pub jobs_pending: u64,
+    /// Data-path read rate over the last seconds, bytes per second.
+    pub read_bps: u64,
+    /// Data-path write rate over the last seconds, bytes per second.
+    pub write_bps: u64,
+    /// Jobs the agent runs at once before queueing.
+    pub max_running_jobs: u64,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// Resident memory of the agent, bytes.
+    pub rss_bytes: u64,
+    /// Open file descriptors of the agent.
+    pub open_fds: u64,
+}
+
+/// `StorageDomain.list` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DomainInfo {
+    /// Domain id.
+    pub sd_id: Uuid,
+    /// The domain directory, `.../<sd_id>`.
+    pub path: String,
+    /// "file".
+    pub kind: String,
+    /// Domain description.
+    pub description: String,
+    /// Size of the file system holding the domain.
+    pub capacity: Size,
+    /// Free space on it.
+    pub free: Size,
+    /// Lease backend used for its volumes ("local" or "sanlock").
+    pub lease_backend: String,
+    /// Domain format version (5).
+    pub version: u32,
+}
+
+/// `StorageDomain.attach` result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AttachResult {
+    /// The attached domain.
+    pub sd_id: Uuid,
+}
+
+/// `Image.move` / `Image.delete` / `StorageDomain.fix` result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskRef {
+    /// The job that carries the work.
+    pub uuid: Uuid,
+}
+
+/// Lease state of a volume.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LeaseInfo {
+    /// The lease file.
+    pub path: String,
+    /// Offset of the lease in it.
+    pub offset: u64,
+    /// Host ids holding it; empty when free.
+    pub owners: Vec<u64>,
+    /// Lease version (sanlock lver); null when not known.
+    pub version: Option<u64>,
+}
+
+/// `Volume.getInfo` result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VolumeInfo {
+    /// Volume id.
+    pub uuid: Uuid,
+    /// Image id.
+    pub image: Uuid,
+    /// Domain id.
+    pub domain: Uuid,
+    /// RAW or COW.
+    pub format: VolumeFormat,
+    /// SPARSE or PREALLOCATED.
+    #[serde(rename = "type")]
+    pub allocation: Preallocation,
+    /// LEAF, INTERNAL or SHARED.
+    pub voltype: VolumeRole,
+    /// Virtual size in bytes.
+    pub capacity: Size,
+    /// File size in bytes.
+    pub apparentsize: Size,
+    /// Allocated bytes.
+    pub truesize: Size,
+    /// Parent volume, or the BLANK UUID.
+    pub parent: Uuid,
+    /// Description.
+    pub description: String,
+    /// Disk type (DATA, ...).
+    pub disktype: String,
+    /// Creation time, seconds since the epoch.
+    pub ctime: u64,
+    /// LEGAL, ILLEGAL or FAKE.
+    pub legality: Legality,
+    /// Generation 0–999.
+    pub generation: u16,
+    /// Metadata write sequence number.
+    pub sequence: u64,
+    /// OK, or ILLEGAL when the legality is ILLEGAL, or INVALID.
+    pub status: String,
+    /// Volume lease.
+    pub lease: LeaseInfo,
+}
+
+/// A `StorageDomain.check` finding; send it back unchanged to `StorageDomain.fix`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Fix {
+    /// clean, mend or optimize.
+    #[serde(rename = "type")]
+    pub fix_type: FixType,
+    /// What was found, for a person.
+    pub description: String,
+    /// Opaque data the agent needs to act; do not change it.
+    pub data: serde_json::Value,
+}
+
+/// Result map of `Host.getJobs`.
+pub type JobMap = BTreeMap<Uuid, JobInfo>;
