@@ -14,7 +14,7 @@ use anyhow::Context;
 use clap::Parser;
 use sd_notify::NotifyState;
 use sdm_agent::config::{Config, ConfigError, Overrides};
-use sdm_agent::{rpc, Agent};
+use sdm_agent::{ops, rpc, Agent};
 
 /// Exit status for a configuration that was refused (sysexits' EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
@@ -88,6 +88,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
 
     notify(&[NotifyState::Status("attaching storage domains")]);
     let agent = Agent::start(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+    ops::gc::collect_all(&agent);
     let (addr, handle) = rpc::serve(agent.clone())
         .await
         .with_context(|| format!("cannot listen on {}", agent.cfg.listen))?;

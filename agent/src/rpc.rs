@@ -104,11 +104,12 @@ impl SdmApiServer for Rpc {
     ) -> RpcResult<bool> {
         let a = self.agent.clone();
         blocking(move || {
-            a.create_domain(
+            let attached = a.create_domain(
                 &sd_id,
                 &path,
                 description.as_ref().map(Description::as_str).unwrap_or(""),
             )?;
+            ops::gc::after_attach(&a, &attached);
             Ok(true)
         })
         .await
@@ -116,7 +117,14 @@ impl SdmApiServer for Rpc {
 
     async fn attach_domain(&self, path: String) -> RpcResult<AttachResult> {
         let a = self.agent.clone();
-        blocking(move || a.attach_domain(&path)).await
+        blocking(move || {
+            let attached = a.attach_domain(&path)?;
+            ops::gc::after_attach(&a, &attached);
+            Ok(AttachResult {
+                sd_id: attached.sd_id,
+            })
+        })
+        .await
     }
 
     async fn detach_domain(&self, sd_id: Uuid) -> RpcResult<bool> {

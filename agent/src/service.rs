@@ -1,5 +1,5 @@
 //! The agent's state and its synchronous verbs (domains, images, volumes, hosts). Data
-//! operations that run as jobs live in [`crate::ops`].
+//! operations that run as jobs live in `ops`, which builds on this module (never the reverse).
 //!
 //! Every method here may block on file IO; the RPC layer calls them on blocking threads.
 
@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sdm_proto::{
-    ApiError, AttachResult, Capabilities, DomainInfo, HostStats, Legality, Size, Uuid, VolumeInfo,
-};
+use sdm_proto::{ApiError, Capabilities, DomainInfo, HostStats, Legality, Size, Uuid, VolumeInfo};
 
 use crate::config::{Config, LeaseBackendKind};
 use crate::error::{to_api_error, WireError};
@@ -39,7 +37,16 @@ pub struct Agent {
     /// Data path.
     pub engine: sdm_io::Engine,
     started: Instant,
-    me: std::sync::Weak<Agent>,
+}
+
+/// The outcome of attaching a domain: `fresh` holds the domain when this call attached it (not
+/// when it was attached already), so that the caller, which holds the `Arc<Agent>`, collects its
+/// deletion leftovers (`ops::gc`).
+pub struct Attached {
+    /// The domain's id.
+    pub sd_id: Uuid,
+    /// The domain, when newly attached.
+    pub fresh: Option<Arc<Domain>>,
 }
 
 impl WireError for LockError {
@@ -58,7 +65,8 @@ fn api<E: WireError>(e: E) -> ApiError {
 
 impl Agent {
     /// Builds the agent: probes the data path, attaches the domains it had, those configured,
-    /// and (embedded default, first start) creates two local domains.
+    /// and (embedded default, first start) creates two local domains. The caller collects the
+    /// garbage of the attached domains (`ops::gc::collect_all`) before serving.
     pub fn start(cfg: Config) -> Result<Arc<Agent>, ApiError> {
         std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
             api(StorageError::io(
@@ -69,14 +77,13 @@ impl Agent {
         })?;
         let engine = sdm_io::Engine::new(engine_config(&cfg));
         let leases = LeaseBackends::new(cfg.host_id, cfg.leases.clone());
-        let agent = Arc::new_cyclic(|me| Agent {
+        let agent = Arc::new(Agent {
             registry: Registry::new(&cfg.state_dir),
             jobs: Jobs::new(cfg.io.max_running_jobs, cfg.autodelete()),
             locks: Arc::new(LockManager::default()),
             leases,
             engine,
             started: Instant::now(),
-            me: me.clone(),
             cfg,
         });
         agent.attach_at_start()?;
@@ -136,8 +143,8 @@ impl Agent {
                 continue;
             }
             match self.attach_path(&path, kind) {
-                Ok(sd) => {
-                    tracing::info!(sd_id = %sd, path = %path.display(), lease_backend = kind.as_str(), "attached domain")
+                Ok(a) => {
+                    tracing::info!(sd_id = %a.sd_id, path = %path.display(), lease_backend = kind.as_str(), "attached domain")
                 }
                 Err(e) => {
                     tracing::error!(path = %path.display(), error = %e.message, "cannot attach domain at start")
@@ -145,11 +152,6 @@ impl Agent {
             }
         }
         Ok(())
-    }
-
-    /// The agent itself, for work that outlives the current call (jobs started from attach).
-    pub fn self_arc(&self) -> Option<Arc<Agent>> {
-        self.me.upgrade()
     }
 
     fn default_domain_root(&self) -> PathBuf {
@@ -211,7 +213,7 @@ impl Agent {
 
     // --- domains --------------------------------------------------------------------------
 
-    fn attach_path(&self, path: &Path, kind: LeaseBackendKind) -> Result<Uuid, ApiError> {
+    fn attach_path(&self, path: &Path, kind: LeaseBackendKind) -> Result<Attached, ApiError> {
         let leases = self
             .leases
             .get(kind)
@@ -219,21 +221,30 @@ impl Agent {
         let dom = Domain::open(path, leases.clone()).map_err(api)?;
         if let Ok(existing) = self.registry.get(&dom.sd_id) {
             if existing.dir == dom.dir {
-                return Ok(dom.sd_id);
+                return Ok(Attached {
+                    sd_id: dom.sd_id,
+                    fresh: None,
+                });
             }
         }
         leases
             .join(dom.sd_id.as_str(), &dom.ids_path())
             .map_err(|e| api(StorageError::Lease(e)))?;
-        let sd = dom.sd_id.clone();
         let dom = Arc::new(dom);
-        self.registry.insert(dom.clone(), kind).map_err(api)?;
-        crate::ops::gc::collect_garbage(self, &dom);
-        Ok(sd)
+        let fresh = self.registry.insert(dom.clone(), kind).map_err(api)?;
+        Ok(Attached {
+            sd_id: dom.sd_id.clone(),
+            fresh: fresh.then_some(dom),
+        })
     }
 
     /// `StorageDomain.create`.
-    pub fn create_domain(&self, sd: &Uuid, path: &str, description: &str) -> Result<(), ApiError> {
+    pub fn create_domain(
+        &self,
+        sd: &Uuid,
+        path: &str,
+        description: &str,
+    ) -> Result<Attached, ApiError> {
         let root = absolute(path)?;
         let canon = root
             .canonicalize()
@@ -266,16 +277,15 @@ impl Agent {
         )
         .map_err(api)?;
         tracing::info!(sd_id = %sd, path = %dir.display(), "created domain");
-        self.attach_path(&dir, kind)?;
-        Ok(())
+        self.attach_path(&dir, kind)
     }
 
     /// `StorageDomain.attach`.
-    pub fn attach_domain(&self, path: &str) -> Result<AttachResult, ApiError> {
+    pub fn attach_domain(&self, path: &str) -> Result<Attached, ApiError> {
         let dir = absolute(path)?;
-        let sd = self.attach_path(&dir, self.leases.default_kind())?;
-        tracing::info!(sd_id = %sd, path = %dir.display(), "attached domain");
-        Ok(AttachResult { sd_id: sd })
+        let a = self.attach_path(&dir, self.leases.default_kind())?;
+        tracing::info!(sd_id = %a.sd_id, path = %dir.display(), "attached domain");
+        Ok(a)
     }
 
     /// `StorageDomain.detach`: refused while a job holds the domain.

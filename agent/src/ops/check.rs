@@ -20,7 +20,7 @@ use sdm_proto::{
 };
 use serde_json::json;
 
-use super::{image, lease, lock_for_job, spawn_job, storage};
+use super::{lease, lock_for_job, purge, spawn_job, storage};
 use crate::locks::{domain_key, image_key, Mode};
 use crate::service::Agent;
 use crate::storage::domain::{
@@ -187,7 +187,7 @@ pub fn fix(
                 agent,
                 &job_id,
                 "fix_leftover",
-                Box::new(move |job| image::purge(&a, job, &dom, &dir, wipe, false, Vec::new())),
+                Box::new(move |job| purge::purge(&a, job, &dom, &dir, wipe, false, Vec::new())),
             )?;
         }
         "orphan" => {

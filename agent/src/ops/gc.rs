@@ -4,8 +4,17 @@
 //! they are removed. `_remove_me_ZERO_<img>` directories hold images that must be wiped before
 //! removal: they are handed to the image-deletion job, which wipes, then removes. Every action is
 //! logged and counted.
+//!
+//! It runs from the callers that hold the `Arc<Agent>` (the wipe jobs it schedules need one):
+//! start-up (`main`, after `Agent::start`) and the `StorageDomain.attach` / `create` verbs.
 
-use crate::service::Agent;
+use std::sync::Arc;
+
+use sdm_proto::{ApiError, Uuid};
+
+use super::purge::{lease_leftover, purge};
+use super::spawn_job;
+use crate::service::{Agent, Attached};
 use crate::storage::domain::Domain;
 
 /// What one collection did.
@@ -21,8 +30,23 @@ pub struct GcReport {
     pub busy: usize,
 }
 
+/// Collects the leftovers of every attached domain (at start-up, before serving).
+pub fn collect_all(agent: &Arc<Agent>) {
+    for (dom, _) in agent.registry.all() {
+        collect_garbage(agent, &dom);
+    }
+}
+
+/// Collects the leftovers of a domain a verb has just attached (nothing when it was attached
+/// already).
+pub fn after_attach(agent: &Arc<Agent>, attached: &Attached) {
+    if let Some(dom) = &attached.fresh {
+        collect_garbage(agent, dom);
+    }
+}
+
 /// Collects the leftovers of `dom`.
-pub fn collect_garbage(agent: &Agent, dom: &Domain) -> GcReport {
+pub fn collect_garbage(agent: &Arc<Agent>, dom: &Domain) -> GcReport {
     let mut report = GcReport::default();
     let leftovers = match dom.list_leftovers() {
         Ok(l) => l,
@@ -46,7 +70,7 @@ pub fn collect_garbage(agent: &Agent, dom: &Domain) -> GcReport {
         let _held = if zero {
             Vec::new()
         } else {
-            match crate::ops::image::lease_leftover(dom, &dir) {
+            match lease_leftover(dom, &dir) {
                 Ok(held) => held,
                 Err(e) => {
                     report.busy += 1;
@@ -57,7 +81,7 @@ pub fn collect_garbage(agent: &Agent, dom: &Domain) -> GcReport {
         };
         if zero {
             // Never removed unwiped: the data may be sensitive.
-            match crate::ops::image::schedule_leftover_wipe(agent, dom, &name) {
+            match schedule_leftover_wipe(agent, dom, &name) {
                 Ok(()) => report.wipes_scheduled += 1,
                 Err(e) if e.code == sdm_proto::ErrorCode::AcquireLockFailure => {
                     report.busy += 1;
@@ -85,4 +109,22 @@ pub fn collect_garbage(agent: &Agent, dom: &Domain) -> GcReport {
         tracing::info!(sd_id = %dom.sd_id, removed = report.removed, wipes_scheduled = report.wipes_scheduled, busy = report.busy, failed = report.failed, "garbage collection done");
     }
     report
+}
+
+/// Schedules wipe-then-remove of a `_remove_me_ZERO_` leftover found at attach. Fails with
+/// AcquireLockFailure when another job or host is working on it.
+fn schedule_leftover_wipe(agent: &Arc<Agent>, dom: &Domain, name: &str) -> Result<(), ApiError> {
+    let dir = dom.images_dir().join(name);
+    let job_id = Uuid::new_v4();
+    let held = lease_leftover(dom, &dir)?;
+    let dom = agent.domain(&dom.sd_id)?;
+    let agent2 = agent.clone();
+    spawn_job(
+        agent,
+        &job_id,
+        "gc_wipe",
+        Box::new(move |job| purge(&agent2, job, &dom, &dir, true, false, held)),
+    )?;
+    tracing::info!(job = %job_id, leftover = %name, "scheduled wipe of a deleted image left over by an interrupted deletion");
+    Ok(())
 }

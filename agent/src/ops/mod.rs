@@ -11,6 +11,7 @@ pub mod checksum;
 pub mod copy_data;
 pub mod gc;
 pub mod image;
+pub mod purge;
 pub mod update_volume;
 
 use std::sync::Arc;
@@ -103,4 +104,31 @@ impl WireError for sdm_io::IoError {
     fn code(&self) -> ErrorCode {
         io_code(self)
     }
+}
+
+/// Runs `f` over `items` with at most `n` at once (scoped threads; each IO call makes its own
+/// ring on its own thread).
+pub fn run_parallel<T: Send, R: Send>(
+    n: usize,
+    items: Vec<T>,
+    f: impl Fn(T) -> R + Sync,
+) -> Vec<R> {
+    let queue = std::sync::Mutex::new(items.into_iter().enumerate().collect::<Vec<_>>());
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..n.max(1) {
+            s.spawn(|| loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                let Some((i, item)) = next else { break };
+                let r = f(item);
+                results
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((i, r));
+            });
+        }
+    });
+    let mut r = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    r.sort_by_key(|(i, _)| *i);
+    r.into_iter().map(|(_, r)| r).collect()
 }
