@@ -15,6 +15,7 @@ use clap::Parser;
 use sd_notify::NotifyState;
 use sdm_agent::config::{Config, ConfigError, Overrides};
 use sdm_agent::{ops, rpc, Agent};
+use sdm_proto::ApiError;
 
 /// Exit status for a configuration that was refused (sysexits' EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
@@ -87,7 +88,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let watchdog = spawn_watchdog();
 
     notify(&[NotifyState::Status("attaching storage domains")]);
-    let agent = Agent::start(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let agent = Agent::start(cfg).map_err(|e| anyhow::anyhow!("{}", ApiError::from(e)))?;
     ops::gc::collect_all(&agent);
     let (addr, handle) = rpc::serve(agent.clone())
         .await

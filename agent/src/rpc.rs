@@ -23,7 +23,7 @@ use jsonrpsee::types::error::INVALID_PARAMS_CODE;
 use jsonrpsee::types::{ErrorObjectOwned, Request};
 use sdm_proto::*;
 
-use crate::error::to_api_error;
+use crate::error::AgentError;
 use crate::jobs::JobFilter;
 use crate::ops;
 use crate::service::Agent;
@@ -44,7 +44,7 @@ impl Rpc {
 async fn blocking<T, F>(f: F) -> RpcResult<T>
 where
     T: Send + 'static,
-    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+    F: FnOnce() -> Result<T, AgentError> + Send + 'static,
 {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map_err(ErrorObjectOwned::from),
@@ -81,18 +81,12 @@ impl SdmApiServer for Rpc {
     }
 
     async fn abort_job(&self, job_id: Uuid) -> RpcResult<bool> {
-        self.agent
-            .jobs
-            .abort(&job_id)
-            .map_err(|e| to_api_error(&e))?;
+        self.agent.jobs.abort(&job_id).map_err(AgentError::from)?;
         Ok(true)
     }
 
     async fn delete_job(&self, job_id: Uuid) -> RpcResult<bool> {
-        self.agent
-            .jobs
-            .delete(&job_id)
-            .map_err(|e| to_api_error(&e))?;
+        self.agent.jobs.delete(&job_id).map_err(AgentError::from)?;
         Ok(true)
     }
 
@@ -282,7 +276,7 @@ impl SdmApiServer for Rpc {
             Ok(j) => j,
             Err(e) => {
                 pending
-                    .reject(ErrorObjectOwned::from(to_api_error(&e)))
+                    .reject(ErrorObjectOwned::from(AgentError::from(e)))
                     .await;
                 return Ok(());
             }

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use sdm_proto::{ApiError, Capabilities, DomainInfo, HostStats, Legality, Size, Uuid, VolumeInfo};
 
 use crate::config::{Config, LeaseBackendKind};
-use crate::error::{to_api_error, WireError};
+use crate::error::AgentError;
 use crate::jobs::Jobs;
 use crate::leases::LeaseBackends;
-use crate::locks::{domain_key, image_key, LockError, LockManager, LockSet, Mode};
+use crate::locks::{domain_key, image_key, LockManager, LockSet, Mode};
 use crate::storage::domain::Domain;
 use crate::storage::registry::Registry;
 use crate::storage::volume::{self, NewVolume};
@@ -49,32 +49,13 @@ pub struct Attached {
     pub fresh: Option<Arc<Domain>>,
 }
 
-impl WireError for LockError {
-    fn code(&self) -> sdm_proto::ErrorCode {
-        match self {
-            LockError::Stopped(_) => sdm_proto::ErrorCode::ActionStopped,
-            LockError::Timeout(_) => sdm_proto::ErrorCode::AcquireLockFailure,
-            LockError::Conflict(_) => sdm_proto::ErrorCode::GeneralException,
-        }
-    }
-}
-
-fn api<E: WireError>(e: E) -> ApiError {
-    to_api_error(&e)
-}
-
 impl Agent {
     /// Builds the agent: probes the data path, attaches the domains it had, those configured,
     /// and (embedded default, first start) creates two local domains. The caller collects the
     /// garbage of the attached domains (`ops::gc::collect_all`) before serving.
-    pub fn start(cfg: Config) -> Result<Arc<Agent>, ApiError> {
-        std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
-            api(StorageError::io(
-                "create state directory",
-                &cfg.state_dir,
-                e,
-            ))
-        })?;
+    pub fn start(cfg: Config) -> Result<Arc<Agent>, AgentError> {
+        std::fs::create_dir_all(&cfg.state_dir)
+            .map_err(|e| StorageError::io("create state directory", &cfg.state_dir, e))?;
         let engine = sdm_io::Engine::new(engine_config(&cfg));
         let leases = LeaseBackends::new(cfg.host_id, cfg.leases.clone());
         let agent = Arc::new(Agent {
@@ -90,9 +71,9 @@ impl Agent {
         Ok(agent)
     }
 
-    fn attach_at_start(&self) -> Result<(), ApiError> {
+    fn attach_at_start(&self) -> Result<(), AgentError> {
         let mut wanted: Vec<(PathBuf, LeaseBackendKind)> = Vec::new();
-        for a in self.registry.persisted().map_err(api)? {
+        for a in self.registry.persisted()? {
             let kind = match a.lease_backend.as_str() {
                 "sanlock" => LeaseBackendKind::Sanlock,
                 _ => LeaseBackendKind::Local,
@@ -109,15 +90,11 @@ impl Agent {
             let root = self.default_domain_root();
             let existing = existing_domains(&root);
             if existing.is_empty() {
-                std::fs::create_dir_all(&root)
-                    .map_err(|e| api(StorageError::io("mkdir", &root, e)))?;
+                std::fs::create_dir_all(&root).map_err(|e| StorageError::io("mkdir", &root, e))?;
                 // The default backend is local unless the config says otherwise (the fault
                 // suites run the same default domains over sanlock).
                 let kind = self.leases.default_kind();
-                let backend = self
-                    .leases
-                    .get(kind)
-                    .map_err(|e| api(StorageError::Lease(e)))?;
+                let backend = self.leases.get(kind)?;
                 for n in 1..=2 {
                     let sd = Uuid::new_v4();
                     let dir = Domain::create(
@@ -126,8 +103,7 @@ impl Agent {
                         &format!("sdm local domain {n}"),
                         backend.as_ref(),
                         self.leases.io_timeout_s(),
-                    )
-                    .map_err(api)?;
+                    )?;
                     tracing::info!(sd_id = %sd, path = %dir.display(), lease_backend = kind.as_str(), "created embedded domain");
                     wanted.push((dir, kind));
                 }
@@ -147,6 +123,7 @@ impl Agent {
                     tracing::info!(sd_id = %a.sd_id, path = %path.display(), lease_backend = kind.as_str(), "attached domain")
                 }
                 Err(e) => {
+                    let e = ApiError::from(e);
                     tracing::error!(path = %path.display(), error = %e.message, "cannot attach domain at start")
                 }
             }
@@ -166,10 +143,10 @@ impl Agent {
     }
 
     /// Takes locks for a synchronous verb (short wait).
-    pub fn lock_sync(&self, wanted: &[(String, Mode)]) -> Result<LockSet, ApiError> {
+    pub fn lock_sync(&self, wanted: &[(String, Mode)]) -> Result<LockSet, AgentError> {
         self.locks
             .lock(wanted, SYNC_LOCK_TIMEOUT, &|| false)
-            .map_err(api)
+            .map_err(AgentError::from)
     }
 
     // --- host -----------------------------------------------------------------------------
@@ -213,12 +190,9 @@ impl Agent {
 
     // --- domains --------------------------------------------------------------------------
 
-    fn attach_path(&self, path: &Path, kind: LeaseBackendKind) -> Result<Attached, ApiError> {
-        let leases = self
-            .leases
-            .get(kind)
-            .map_err(|e| api(StorageError::Lease(e)))?;
-        let dom = Domain::open(path, leases.clone()).map_err(api)?;
+    fn attach_path(&self, path: &Path, kind: LeaseBackendKind) -> Result<Attached, AgentError> {
+        let leases = self.leases.get(kind)?;
+        let dom = Domain::open(path, leases.clone())?;
         if let Ok(existing) = self.registry.get(&dom.sd_id) {
             if existing.dir == dom.dir {
                 return Ok(Attached {
@@ -227,11 +201,9 @@ impl Agent {
                 });
             }
         }
-        leases
-            .join(dom.sd_id.as_str(), &dom.ids_path())
-            .map_err(|e| api(StorageError::Lease(e)))?;
+        leases.join(dom.sd_id.as_str(), &dom.ids_path())?;
         let dom = Arc::new(dom);
-        let fresh = self.registry.insert(dom.clone(), kind).map_err(api)?;
+        let fresh = self.registry.insert(dom.clone(), kind)?;
         Ok(Attached {
             sd_id: dom.sd_id.clone(),
             fresh: fresh.then_some(dom),
@@ -244,11 +216,11 @@ impl Agent {
         sd: &Uuid,
         path: &str,
         description: &str,
-    ) -> Result<Attached, ApiError> {
+    ) -> Result<Attached, AgentError> {
         let root = absolute(path)?;
         let canon = root
             .canonicalize()
-            .map_err(|e| api(StorageError::Invalid(format!("cannot use {path}: {e}"))))?;
+            .map_err(|e| StorageError::Invalid(format!("cannot use {path}: {e}")))?;
         let allowed = self
             .domain_roots()
             .iter()
@@ -258,30 +230,26 @@ impl Agent {
             return Err(ApiError::invalid(format!(
                 "{path} is not under a configured domain root ({}); add it to `domain_roots` in the agent config",
                 self.domain_roots().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-            )));
+            )).into());
         }
         if self.registry.get(sd).is_ok() {
-            return Err(api(StorageError::DomainExists(sd.to_string())));
+            return Err(StorageError::DomainExists(sd.to_string()).into());
         }
         let kind = self.leases.default_kind();
-        let leases = self
-            .leases
-            .get(kind)
-            .map_err(|e| api(StorageError::Lease(e)))?;
+        let leases = self.leases.get(kind)?;
         let dir = Domain::create(
             &canon,
             sd,
             description,
             leases.as_ref(),
             self.leases.io_timeout_s(),
-        )
-        .map_err(api)?;
+        )?;
         tracing::info!(sd_id = %sd, path = %dir.display(), "created domain");
         self.attach_path(&dir, kind)
     }
 
     /// `StorageDomain.attach`.
-    pub fn attach_domain(&self, path: &str) -> Result<Attached, ApiError> {
+    pub fn attach_domain(&self, path: &str) -> Result<Attached, AgentError> {
         let dir = absolute(path)?;
         let a = self.attach_path(&dir, self.leases.default_kind())?;
         tracing::info!(sd_id = %a.sd_id, path = %dir.display(), "attached domain");
@@ -289,8 +257,8 @@ impl Agent {
     }
 
     /// `StorageDomain.detach`: refused while a job holds the domain.
-    pub fn detach_domain(&self, sd: &Uuid) -> Result<(), ApiError> {
-        let dom = self.registry.get(sd).map_err(api)?;
+    pub fn detach_domain(&self, sd: &Uuid) -> Result<(), AgentError> {
+        let dom = self.registry.get(sd)?;
         let _guard = self
             .locks
             .lock(
@@ -299,11 +267,9 @@ impl Agent {
                 &|| false,
             )
             .map_err(|_| {
-                api(StorageError::Busy(format!(
-                    "storage domain {sd} is in use by running jobs"
-                )))
+                StorageError::Busy(format!("storage domain {sd} is in use by running jobs"))
             })?;
-        self.registry.remove(sd).map_err(api)?;
+        self.registry.remove(sd)?;
         if let Err(e) = dom.leases.leave(sd.as_str(), &dom.ids_path()) {
             tracing::warn!(sd_id = %sd, error = %e, "leaving the lockspace failed");
         }
@@ -333,18 +299,18 @@ impl Agent {
     }
 
     /// An attached domain.
-    pub fn domain(&self, sd: &Uuid) -> Result<Arc<Domain>, ApiError> {
-        self.registry.get(sd).map_err(api)
+    pub fn domain(&self, sd: &Uuid) -> Result<Arc<Domain>, AgentError> {
+        Ok(self.registry.get(sd)?)
     }
 
     /// `StorageDomain.getImages`.
-    pub fn get_images(&self, sd: &Uuid) -> Result<Vec<Uuid>, ApiError> {
-        self.domain(sd)?.list_images().map_err(api)
+    pub fn get_images(&self, sd: &Uuid) -> Result<Vec<Uuid>, AgentError> {
+        Ok(self.domain(sd)?.list_images()?)
     }
 
     /// `Image.getVolumes`.
-    pub fn get_volumes(&self, sd: &Uuid, img: &Uuid) -> Result<Vec<Uuid>, ApiError> {
-        self.domain(sd)?.list_volumes(img).map_err(api)
+    pub fn get_volumes(&self, sd: &Uuid, img: &Uuid) -> Result<Vec<Uuid>, AgentError> {
+        Ok(self.domain(sd)?.list_volumes(img)?)
     }
 
     // --- volumes --------------------------------------------------------------------------
@@ -361,7 +327,7 @@ impl Agent {
         allocation: sdm_proto::Preallocation,
         parent: Option<Uuid>,
         description: &str,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AgentError> {
         let dom = self.domain(sd)?;
         let _locks = self.lock_sync(&[
             (domain_key(sd.as_str()), Mode::Shared),
@@ -378,15 +344,15 @@ impl Agent {
             legality: Legality::Legal,
             disktype: "DATA".into(),
         };
-        volume::create(&dom, &req).map_err(api)?;
+        volume::create(&dom, &req)?;
         tracing::info!(sd_id = %sd, img_id = %img, vol_id = %vol, capacity, %format, "created volume");
         Ok(())
     }
 
     /// `Volume.getInfo`.
-    pub fn volume_info(&self, sd: &Uuid, img: &Uuid, vol: &Uuid) -> Result<VolumeInfo, ApiError> {
+    pub fn volume_info(&self, sd: &Uuid, img: &Uuid, vol: &Uuid) -> Result<VolumeInfo, AgentError> {
         let dom = self.domain(sd)?;
-        volume::info(&dom, img, vol).map_err(api)
+        Ok(volume::info(&dom, img, vol)?)
     }
 }
 
@@ -408,13 +374,13 @@ fn engine_config(cfg: &Config) -> sdm_io::EngineConfig {
     e
 }
 
-fn absolute(path: &str) -> Result<PathBuf, ApiError> {
+fn absolute(path: &str) -> Result<PathBuf, AgentError> {
     if path.is_empty() || path.len() > 4096 || path.contains('\0') {
-        return Err(ApiError::invalid("path must be a non-empty absolute path"));
+        return Err(ApiError::invalid("path must be a non-empty absolute path").into());
     }
     let p = PathBuf::from(path);
     if !p.is_absolute() {
-        return Err(ApiError::invalid(format!("path {path:?} is not absolute")));
+        return Err(ApiError::invalid(format!("path {path:?} is not absolute")).into());
     }
     Ok(p)
 }

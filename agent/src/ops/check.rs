@@ -20,7 +20,8 @@ use sdm_proto::{
 };
 use serde_json::json;
 
-use super::{lease, lock_for_job, purge, spawn_job, storage};
+use super::{lock_for_job, purge, spawn_job};
+use crate::error::AgentError;
 use crate::locks::{domain_key, image_key, Mode};
 use crate::service::Agent;
 use crate::storage::domain::{
@@ -31,7 +32,7 @@ use crate::storage::volume::read_metadata_at;
 use crate::storage::StorageError;
 
 /// `StorageDomain.check`.
-pub fn check(agent: &Agent, sd: &Uuid) -> Result<Vec<Fix>, ApiError> {
+pub fn check(agent: &Agent, sd: &Uuid) -> Result<Vec<Fix>, AgentError> {
     let dom = agent.domain(sd)?;
     let mut fixes = Vec::new();
     match crate::durable::read_direct(&dom.dom_md().join("metadata"))
@@ -45,7 +46,7 @@ pub fn check(agent: &Agent, sd: &Uuid) -> Result<Vec<Fix>, ApiError> {
             data: json!({"kind": "bad_metadata", "file": "dom_md/metadata"}),
         }),
     }
-    for name in dom.list_leftovers().map_err(storage)? {
+    for name in dom.list_leftovers()? {
         let wipe = name.starts_with(REMOVE_ME_ZERO_PREFIX);
         fixes.push(Fix {
             fix_type: FixType::Clean,
@@ -56,12 +57,10 @@ pub fn check(agent: &Agent, sd: &Uuid) -> Result<Vec<Fix>, ApiError> {
             data: json!({"kind": "leftover", "name": name}),
         });
     }
-    for img in dom.list_images().map_err(storage)? {
+    for img in dom.list_images()? {
         let dir = dom.image_dir(&img);
-        let vols = list_volumes_in(&dir).map_err(storage)?;
-        for entry in
-            std::fs::read_dir(&dir).map_err(|e| storage(StorageError::io("list", &dir, e)))?
-        {
+        let vols = list_volumes_in(&dir)?;
+        for entry in std::fs::read_dir(&dir).map_err(|e| StorageError::io("list", &dir, e))? {
             let Ok(entry) = entry else { continue };
             let name = entry.file_name().to_string_lossy().into_owned();
             let stem = name.split('.').next().unwrap_or("");
@@ -145,15 +144,15 @@ fn actual_size(path: &std::path::Path, format: sdm_proto::VolumeFormat) -> Optio
     }
 }
 
-fn field<'a>(fix: &'a Fix, key: &str) -> Result<&'a str, ApiError> {
+fn field<'a>(fix: &'a Fix, key: &str) -> Result<&'a str, AgentError> {
     fix.data
         .get(key)
         .and_then(|v| v.as_str())
-        .ok_or_else(|| ApiError::invalid(format!("fix data has no string field {key:?}")))
+        .ok_or_else(|| ApiError::invalid(format!("fix data has no string field {key:?}")).into())
 }
 
-fn uuid_field(fix: &Fix, key: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse(field(fix, key)?).map_err(ApiError::invalid)
+fn uuid_field(fix: &Fix, key: &str) -> Result<Uuid, AgentError> {
+    Ok(Uuid::parse(field(fix, key)?).map_err(ApiError::invalid)?)
 }
 
 /// `StorageDomain.fix`: validates the finding and starts its repair as a job.
@@ -162,7 +161,7 @@ pub fn fix(
     sd: &Uuid,
     fix: Fix,
     job_id: Option<Uuid>,
-) -> Result<TaskRef, ApiError> {
+) -> Result<TaskRef, AgentError> {
     let dom = agent.domain(sd)?;
     let job_id = job_id.unwrap_or_else(Uuid::new_v4);
     let a = agent.clone();
@@ -174,55 +173,47 @@ pub fn fix(
                 .or_else(|| name.strip_prefix(REMOVE_ME_PREFIX))
                 .ok_or_else(|| ApiError::invalid("not a leftover name"))?;
             if !is_canonical_uuid(img) {
-                return Err(ApiError::invalid("not a leftover name"));
+                return Err(ApiError::invalid("not a leftover name").into());
             }
             let wipe = name.starts_with(REMOVE_ME_ZERO_PREFIX);
             let dir = dom.images_dir().join(&name);
             if !dir.is_dir() {
                 return Err(ApiError::invalid(format!(
                     "images/{name} does not exist (already fixed?)"
-                )));
+                ))
+                .into());
             }
-            spawn_job(
-                agent,
-                &job_id,
-                "fix_leftover",
-                Box::new(move |job| purge::purge(&a, job, &dom, &dir, wipe, false, Vec::new())),
-            )?;
+            spawn_job(agent, &job_id, "fix_leftover", move |job| {
+                purge::purge(&a, job, &dom, &dir, wipe, false, Vec::new())
+            })?;
         }
         "orphan" => {
             let img = uuid_field(&fix, "img")?;
             let file = field(&fix, "file")?.to_string();
             if !is_volume_file_name(&file) {
-                return Err(ApiError::invalid("not a volume file name"));
+                return Err(ApiError::invalid("not a volume file name").into());
             }
-            spawn_job(
-                agent,
-                &job_id,
-                "fix_orphan",
-                Box::new(move |job| {
-                    let dir = dom.image_dir(&img);
-                    let _l = lock_for_job(
-                        &a,
-                        job,
-                        &[
-                            (domain_key(dom.sd_id.as_str()), Mode::Shared),
-                            (image_key(dom.sd_id.as_str(), img.as_str()), Mode::Exclusive),
-                        ],
-                    )?;
-                    let stem = Uuid::parse(&file[..36]).map_err(ApiError::invalid)?;
-                    let is_temp = file.ends_with(".new");
-                    if !is_temp && list_volumes_in(&dir).map_err(storage)?.contains(&stem) {
-                        return Err(ApiError::invalid(format!("{file} belongs to a volume now")));
-                    }
-                    let p = dir.join(&file);
-                    std::fs::remove_file(&p)
-                        .map_err(|e| storage(StorageError::io("remove", &p, e)))?;
-                    crate::durable::sync_dir(&dir).map_err(|e| storage(e.into()))?;
-                    tracing::info!(sd_id = %dom.sd_id, file = %p.display(), "removed orphaned file");
-                    Ok(None)
-                }),
-            )?;
+            spawn_job(agent, &job_id, "fix_orphan", move |job| {
+                let dir = dom.image_dir(&img);
+                let _l = lock_for_job(
+                    &a,
+                    job,
+                    &[
+                        (domain_key(dom.sd_id.as_str()), Mode::Shared),
+                        (image_key(dom.sd_id.as_str(), img.as_str()), Mode::Exclusive),
+                    ],
+                )?;
+                let stem = Uuid::parse(&file[..36]).map_err(ApiError::invalid)?;
+                let is_temp = file.ends_with(".new");
+                if !is_temp && list_volumes_in(&dir)?.contains(&stem) {
+                    return Err(ApiError::invalid(format!("{file} belongs to a volume now")).into());
+                }
+                let p = dir.join(&file);
+                std::fs::remove_file(&p).map_err(|e| StorageError::io("remove", &p, e))?;
+                crate::durable::sync_dir(&dir)?;
+                tracing::info!(sd_id = %dom.sd_id, file = %p.display(), "removed orphaned file");
+                Ok(None)
+            })?;
         }
         "illegal_volume" => {
             let img = uuid_field(&fix, "img")?;
@@ -230,59 +221,51 @@ pub fn fix(
             if fix.data.get("confirm_delete").and_then(|v| v.as_bool()) != Some(true) {
                 return Err(ApiError::invalid(
                     "deleting an ILLEGAL volume needs confirmation: send the fix with data.confirm_delete set to true",
-                ));
+                ).into());
             }
-            spawn_job(
-                agent,
-                &job_id,
-                "fix_illegal_volume",
-                Box::new(move |job| delete_illegal(&a, job, &dom, &img, &vol)),
-            )?;
+            spawn_job(agent, &job_id, "fix_illegal_volume", move |job| {
+                delete_illegal(&a, job, &dom, &img, &vol)
+            })?;
         }
         "size_mismatch" => {
             let img = uuid_field(&fix, "img")?;
             let vol = uuid_field(&fix, "vol")?;
-            spawn_job(
-                agent,
-                &job_id,
-                "fix_size",
-                Box::new(move |job| {
-                    let _l = lock_for_job(
-                        &a,
-                        job,
-                        &[
-                            (domain_key(dom.sd_id.as_str()), Mode::Shared),
-                            (image_key(dom.sd_id.as_str(), img.as_str()), Mode::Exclusive),
-                        ],
-                    )?;
-                    let p = dom.volume_paths(&img, &vol);
-                    let md = read_metadata_at(&p.meta).map_err(storage)?;
-                    let actual = actual_size(&p.data, md.format).unwrap_or(0);
-                    if md.format != sdm_proto::VolumeFormat::Raw || actual > md.capacity {
-                        return Err(ApiError::new(ErrorCode::UnsupportedOperation, "only a RAW volume shorter than its capacity can be mended (by extending it); anything else would lose data"));
-                    }
-                    let _held = dom
-                        .leases
-                        .acquire(dom.sd_id.as_str(), vol.as_str(), &p.lease, 0)
-                        .map_err(lease)?;
-                    let f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&p.data)
-                        .map_err(|e| storage(StorageError::io("open", &p.data, e)))?;
-                    f.set_len(md.capacity)
-                        .and_then(|_| f.sync_all())
-                        .map_err(|e| storage(StorageError::io("extend", &p.data, e)))?;
-                    Ok(None)
-                }),
-            )?;
+            spawn_job(agent, &job_id, "fix_size", move |job| {
+                let _l = lock_for_job(
+                    &a,
+                    job,
+                    &[
+                        (domain_key(dom.sd_id.as_str()), Mode::Shared),
+                        (image_key(dom.sd_id.as_str(), img.as_str()), Mode::Exclusive),
+                    ],
+                )?;
+                let p = dom.volume_paths(&img, &vol);
+                let md = read_metadata_at(&p.meta)?;
+                let actual = actual_size(&p.data, md.format).unwrap_or(0);
+                if md.format != sdm_proto::VolumeFormat::Raw || actual > md.capacity {
+                    return Err(ApiError::new(ErrorCode::UnsupportedOperation, "only a RAW volume shorter than its capacity can be mended (by extending it); anything else would lose data").into());
+                }
+                let _held = dom
+                    .leases
+                    .acquire(dom.sd_id.as_str(), vol.as_str(), &p.lease, 0)?;
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p.data)
+                    .map_err(|e| StorageError::io("open", &p.data, e))?;
+                f.set_len(md.capacity)
+                    .and_then(|_| f.sync_all())
+                    .map_err(|e| StorageError::io("extend", &p.data, e))?;
+                Ok(None)
+            })?;
         }
         "bad_metadata" => {
             return Err(ApiError::new(
                 ErrorCode::UnsupportedOperation,
                 "unreadable metadata cannot be repaired automatically; see docs/operations.md",
-            ))
+            )
+            .into())
         }
-        other => return Err(ApiError::invalid(format!("unknown fix kind {other:?}"))),
+        other => return Err(ApiError::invalid(format!("unknown fix kind {other:?}")).into()),
     }
     Ok(TaskRef { uuid: job_id })
 }
@@ -293,7 +276,7 @@ fn delete_illegal(
     dom: &Domain,
     img: &Uuid,
     vol: &Uuid,
-) -> Result<Option<JobResult>, ApiError> {
+) -> Result<Option<JobResult>, AgentError> {
     let _l = lock_for_job(
         agent,
         job,
@@ -304,37 +287,36 @@ fn delete_illegal(
     )?;
     let dir = dom.image_dir(img);
     let p = dom.volume_paths(img, vol);
-    let md = read_metadata_at(&p.meta).map_err(storage)?;
+    let md = read_metadata_at(&p.meta)?;
     if md.legality != Legality::Illegal {
-        return Err(ApiError::invalid(format!(
-            "volume {vol} is {} now; not deleted",
-            md.legality
-        )));
+        return Err(
+            ApiError::invalid(format!("volume {vol} is {} now; not deleted", md.legality)).into(),
+        );
     }
-    for other in list_volumes_in(&dir).map_err(storage)? {
+    for other in list_volumes_in(&dir)? {
         if let Ok(omd) = read_metadata_at(&volume_paths_in(&dir, &other).meta) {
             if omd.parent == vol.as_str() {
                 return Err(ApiError::invalid(format!(
                     "volume {vol} is the parent of {other}; not deleted"
-                )));
+                ))
+                .into());
             }
         }
     }
     let held = dom
         .leases
-        .acquire(dom.sd_id.as_str(), vol.as_str(), &p.lease, 0)
-        .map_err(lease)?;
+        .acquire(dom.sd_id.as_str(), vol.as_str(), &p.lease, 0)?;
     // Metadata first: once it is gone the volume no longer exists; the rest are orphans at worst.
     for f in [&p.meta, &p.data] {
         match std::fs::remove_file(f) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(storage(StorageError::io("remove", f, e))),
+            Err(e) => return Err(StorageError::io("remove", f, e).into()),
         }
     }
     drop(held);
     let _ = std::fs::remove_file(&p.lease);
-    crate::durable::sync_dir(&dir).map_err(|e| storage(e.into()))?;
+    crate::durable::sync_dir(&dir)?;
     if list_volumes_in(&dir).map(|v| v.is_empty()).unwrap_or(false)
         && std::fs::read_dir(&dir)
             .map(|mut d| d.next().is_none())

@@ -19,7 +19,8 @@ use std::sync::Arc;
 
 use sdm_proto::{ApiError, Endpoint, ErrorCode, Generation, JobResult, Legality, VolumeFormat};
 
-use super::{check_abort, io, lease, lock_for_job, spawn_job, storage};
+use super::{check_abort, lock_for_job, spawn_job};
+use crate::error::AgentError;
 use crate::jobs::Job;
 use crate::locks::{domain_key, image_key, Mode};
 use crate::service::Agent;
@@ -44,29 +45,25 @@ pub fn schedule(
     job_id: &sdm_proto::Uuid,
     req: CopyRequest,
     copy_bitmaps: bool,
-) -> Result<(), ApiError> {
+) -> Result<(), AgentError> {
     let (s, d) = (&req.source, &req.destination);
     if s.sd_id == d.sd_id && s.img_id == d.img_id && s.vol_id == d.vol_id {
-        return Err(ApiError::invalid(
-            "source and destination are the same volume",
-        ));
+        return Err(ApiError::invalid("source and destination are the same volume").into());
     }
     if copy_bitmaps {
         return Err(ApiError::new(
             ErrorCode::UnsupportedOperation,
             "copy_bitmaps is not supported: sdm copies the volume container as is",
-        ));
+        )
+        .into());
     }
     let agent2 = agent.clone();
-    spawn_job(
-        agent,
-        job_id,
-        "copy_data",
-        Box::new(move |job| run(&agent2, job, &req)),
-    )
+    spawn_job(agent, job_id, "copy_data", move |job| {
+        run(&agent2, job, &req)
+    })
 }
 
-fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobResult>, ApiError> {
+fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobResult>, AgentError> {
     let (src, dst) = (&req.source, &req.destination);
     let src_dom = agent.domain(&src.sd_id)?;
     let dst_dom = agent.domain(&dst.sd_id)?;
@@ -75,12 +72,12 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
     // fails at once with AcquireLockFailure, here or on any other host. The in-process locks
     // after it may wait (another job on the same image), but never for this volume.
     let dst_paths = dst_dom.volume_paths(&dst.img_id, &dst.vol_id);
-    let mut dst_md = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id).map_err(storage)?;
+    let mut dst_md = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id)?;
     fail::fail_point!("sdm::copy_data::before_lease");
-    let held = dst_dom
-        .leases
-        .acquire(dst.sd_id.as_str(), dst.vol_id.as_str(), &dst_paths.lease, 0)
-        .map_err(lease)?;
+    let held =
+        dst_dom
+            .leases
+            .acquire(dst.sd_id.as_str(), dst.vol_id.as_str(), &dst_paths.lease, 0)?;
     fail::fail_point!("sdm::copy_data::after_lease");
 
     let mut wanted = vec![
@@ -101,9 +98,7 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
     check_abort(job)?;
 
     // Re-read under the lease: another host may have written it while we waited.
-    dst_md = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id)
-        .map_err(storage)
-        .unwrap_or(dst_md);
+    dst_md = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id).unwrap_or(dst_md);
     let start_gen = dst_md.generation;
     if let Some(want) = dst.generation {
         if want.get() != start_gen {
@@ -113,34 +108,38 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
                     "destination generation is {start_gen}, requested {}",
                     want.get()
                 ),
-            ));
+            )
+            .into());
         }
     }
-    let src_md = read_metadata(&src_dom, &src.img_id, &src.vol_id).map_err(storage)?;
+    let src_md = read_metadata(&src_dom, &src.img_id, &src.vol_id)?;
     if src_md.legality != Legality::Legal {
         return Err(ApiError::new(
             ErrorCode::prepareIllegalVolumeError,
             format!("source volume {} is {}", src.vol_id, src_md.legality),
-        ));
+        )
+        .into());
     }
     if src_md.format != dst_md.format {
         return Err(ApiError::new(
             ErrorCode::UnsupportedOperation,
             format!("conversion {} to {} is not supported: create the destination in the source's format", src_md.format, dst_md.format),
-        ));
+        ).into());
     }
     match src_md.format {
         VolumeFormat::Raw if dst_md.capacity < src_md.capacity => {
             return Err(ApiError::invalid(format!(
                 "destination capacity {} is smaller than the source's {}",
                 dst_md.capacity, src_md.capacity
-            )))
+            ))
+            .into())
         }
         VolumeFormat::Cow if dst_md.capacity != src_md.capacity => {
             return Err(ApiError::new(
                 ErrorCode::UnsupportedOperation,
                 "COW copies need equal capacities (the qcow2 container is copied as is)",
-            ))
+            )
+            .into())
         }
         VolumeFormat::Cow
             if dst_md.parent != src_md.parent
@@ -150,7 +149,8 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
             return Err(ApiError::new(
                 ErrorCode::UnsupportedOperation,
                 "collapsing a COW chain into a volume without a parent is not supported",
-            ))
+            )
+            .into())
         }
         _ => {}
     }
@@ -158,14 +158,12 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
 
     // Links planted in a domain must not lead the copy outside it (checked before anything
     // is written).
-    src_dom
-        .check_contained(&src_dom.volume_paths(&src.img_id, &src.vol_id).data)
-        .map_err(storage)?;
-    dst_dom.check_contained(&dst_paths.data).map_err(storage)?;
+    src_dom.check_contained(&src_dom.volume_paths(&src.img_id, &src.vol_id).data)?;
+    dst_dom.check_contained(&dst_paths.data)?;
 
     // From here on the destination's content is not to be trusted until the final write.
     dst_md.legality = Legality::Illegal;
-    update_metadata(&dst_paths, &mut dst_md).map_err(storage)?;
+    update_metadata(&dst_paths, &mut dst_md)?;
     fail::fail_point!("sdm::copy_data::after_illegal");
 
     let src_path = src_dom.volume_paths(&src.img_id, &src.vol_id).data;
@@ -179,24 +177,15 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
         verify: req.verify,
         ..Default::default()
     };
-    agent
-        .engine
-        .copy(&src_path, &dst_paths.data, &opts, ctl)
-        .map_err(io)?;
+    agent.engine.copy(&src_path, &dst_paths.data, &opts, ctl)?;
     if src_md.format == VolumeFormat::Raw && dst_md.capacity > src_md.capacity {
         let f = std::fs::OpenOptions::new()
             .write(true)
             .open(&dst_paths.data)
-            .map_err(|e| storage(crate::storage::StorageError::io("open", &dst_paths.data, e)))?;
+            .map_err(|e| crate::storage::StorageError::io("open", &dst_paths.data, e))?;
         f.set_len(dst_md.capacity)
             .and_then(|_| f.sync_all())
-            .map_err(|e| {
-                storage(crate::storage::StorageError::io(
-                    "extend",
-                    &dst_paths.data,
-                    e,
-                ))
-            })?;
+            .map_err(|e| crate::storage::StorageError::io("extend", &dst_paths.data, e))?;
     }
     if src_md.format == VolumeFormat::Cow && dst_md.parent != src_md.parent {
         rebase_header(&dst_paths.data, &dst_md.parent, &dst_dom, &dst.img_id)?;
@@ -206,7 +195,7 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
 
     // The data is durable; make the outcome durable in one write. Re-check first that nobody
     // fenced the volume meanwhile (a fence needs this lease, so this is belt and braces).
-    let mut now = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id).map_err(storage)?;
+    let mut now = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id)?;
     if now.generation != start_gen {
         return Err(ApiError::new(
             ErrorCode::GenerationMismatch,
@@ -214,13 +203,14 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
                 "destination generation changed to {} during the copy",
                 now.generation
             ),
-        ));
+        )
+        .into());
     }
     // And that the lease is still ours: only its holder may declare the data good.
-    held.verify().map_err(lease)?;
+    held.verify()?;
     now.legality = Legality::Legal;
     now.generation = Generation(start_gen).next().get();
-    update_metadata(&dst_paths, &mut now).map_err(storage)?;
+    update_metadata(&dst_paths, &mut now)?;
     fail::fail_point!("sdm::copy_data::after_legal");
     if let Err(e) = held.release() {
         tracing::warn!(error = %e, "releasing the destination lease failed");
@@ -238,14 +228,14 @@ fn rebase_header(
     parent: &str,
     dom: &crate::storage::domain::Domain,
     img: &sdm_proto::Uuid,
-) -> Result<(), ApiError> {
+) -> Result<(), AgentError> {
     let mut cmd = std::process::Command::new("qemu-img");
     cmd.arg("rebase").arg("-u").arg("-f").arg("qcow2");
     if parent == sdm_proto::BLANK_UUID {
         cmd.arg("-b").arg("");
     } else {
         let pid = sdm_proto::Uuid::parse(parent).map_err(ApiError::invalid)?;
-        let pmd = read_metadata(dom, img, &pid).map_err(storage)?;
+        let pmd = read_metadata(dom, img, &pid)?;
         let fmt = if pmd.format == VolumeFormat::Raw {
             "raw"
         } else {
@@ -254,6 +244,6 @@ fn rebase_header(
         cmd.arg("-b").arg(parent).arg("-F").arg(fmt);
     }
     cmd.arg(path).current_dir(dom.image_dir(img));
-    crate::storage::volume::run_qemu_img(&mut cmd).map_err(storage)?;
+    crate::storage::volume::run_qemu_img(&mut cmd)?;
     Ok(())
 }

@@ -14,6 +14,7 @@ use sdm_proto::{ApiError, Uuid};
 
 use super::purge::{lease_leftover, purge};
 use super::spawn_job;
+use crate::error::AgentError;
 use crate::service::{Agent, Attached};
 use crate::storage::domain::Domain;
 
@@ -70,7 +71,7 @@ pub fn collect_garbage(agent: &Arc<Agent>, dom: &Domain) -> GcReport {
         let _held = if zero {
             Vec::new()
         } else {
-            match lease_leftover(dom, &dir) {
+            match lease_leftover(dom, &dir).map_err(ApiError::from) {
                 Ok(held) => held,
                 Err(e) => {
                     report.busy += 1;
@@ -81,7 +82,7 @@ pub fn collect_garbage(agent: &Arc<Agent>, dom: &Domain) -> GcReport {
         };
         if zero {
             // Never removed unwiped: the data may be sensitive.
-            match schedule_leftover_wipe(agent, dom, &name) {
+            match schedule_leftover_wipe(agent, dom, &name).map_err(ApiError::from) {
                 Ok(()) => report.wipes_scheduled += 1,
                 Err(e) if e.code == sdm_proto::ErrorCode::AcquireLockFailure => {
                     report.busy += 1;
@@ -113,18 +114,15 @@ pub fn collect_garbage(agent: &Arc<Agent>, dom: &Domain) -> GcReport {
 
 /// Schedules wipe-then-remove of a `_remove_me_ZERO_` leftover found at attach. Fails with
 /// AcquireLockFailure when another job or host is working on it.
-fn schedule_leftover_wipe(agent: &Arc<Agent>, dom: &Domain, name: &str) -> Result<(), ApiError> {
+fn schedule_leftover_wipe(agent: &Arc<Agent>, dom: &Domain, name: &str) -> Result<(), AgentError> {
     let dir = dom.images_dir().join(name);
     let job_id = Uuid::new_v4();
     let held = lease_leftover(dom, &dir)?;
     let dom = agent.domain(&dom.sd_id)?;
     let agent2 = agent.clone();
-    spawn_job(
-        agent,
-        &job_id,
-        "gc_wipe",
-        Box::new(move |job| purge(&agent2, job, &dom, &dir, true, false, held)),
-    )?;
+    spawn_job(agent, &job_id, "gc_wipe", move |job| {
+        purge(&agent2, job, &dom, &dir, true, false, held)
+    })?;
     tracing::info!(job = %job_id, leftover = %name, "scheduled wipe of a deleted image left over by an interrupted deletion");
     Ok(())
 }

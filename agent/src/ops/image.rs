@@ -15,7 +15,8 @@ use sdm_proto::{
 };
 
 use super::purge::purge;
-use super::{check_abort, io, lease, lock_for_job, run_parallel, spawn_job, storage};
+use super::{check_abort, lock_for_job, run_parallel, spawn_job};
+use crate::error::AgentError;
 use crate::jobs::Job;
 use crate::locks::{domain_key, image_key, Mode};
 use crate::service::Agent;
@@ -37,7 +38,7 @@ pub fn delete(
     wipe: bool,
     discard: bool,
     job_id: Option<Uuid>,
-) -> Result<TaskRef, ApiError> {
+) -> Result<TaskRef, AgentError> {
     let dom = agent.domain(sd)?;
     let job_id = job_id.unwrap_or_else(Uuid::new_v4);
     let _locks = agent.lock_sync(&[
@@ -46,23 +47,24 @@ pub fn delete(
     ])?;
     let dir = dom.image_dir(img);
     let not_found = || {
-        storage(StorageError::ImageNotFound {
+        StorageError::ImageNotFound {
             sd: sd.to_string(),
             img: img.to_string(),
-        })
+        }
+        .into()
     };
     if !dir.is_dir() {
         return Err(not_found());
     }
-    let vols = list_volumes_in(&dir).map_err(storage)?;
+    let vols = list_volumes_in(&dir)?;
     if vols.is_empty() {
         return Err(not_found());
     }
     let mut mds = Vec::new();
     for v in &vols {
-        let md = read_metadata(&dom, img, v).map_err(storage)?;
+        let md = read_metadata(&dom, img, v)?;
         if md.role == VolumeRole::Shared {
-            return Err(storage(StorageError::SharedVolume(v.to_string())));
+            return Err(StorageError::SharedVolume(v.to_string()).into());
         }
         mds.push((v.clone(), md));
     }
@@ -70,21 +72,14 @@ pub fn delete(
     let mut held = Vec::new();
     for v in &vols {
         let p = dom.volume_paths(img, v);
-        held.push(
-            dom.leases
-                .acquire(sd.as_str(), v.as_str(), &p.lease, 0)
-                .map_err(lease)?,
-        );
+        held.push(dom.leases.acquire(sd.as_str(), v.as_str(), &p.lease, 0)?);
     }
-    let job = agent
-        .jobs
-        .register(&job_id, "delete_image")
-        .map_err(|e| crate::error::to_api_error(&e))?;
-    let marked = (|| -> Result<PathBuf, ApiError> {
+    let job = agent.jobs.register(&job_id, "delete_image")?;
+    let marked = (|| -> Result<PathBuf, AgentError> {
         for (v, md) in &mut mds {
             if md.legality != Legality::Illegal {
                 md.legality = Legality::Illegal;
-                update_metadata(&dom.volume_paths(img, v), md).map_err(storage)?;
+                update_metadata(&dom.volume_paths(img, v), md)?;
             }
         }
         let prefix = if wipe {
@@ -94,8 +89,8 @@ pub fn delete(
         };
         let target = dom.images_dir().join(format!("{prefix}{img}"));
         fail::fail_point!("sdm::image_delete::before_rename");
-        std::fs::rename(&dir, &target).map_err(|e| storage(StorageError::io("rename", &dir, e)))?;
-        crate::durable::sync_dir(&dom.images_dir()).map_err(|e| storage(e.into()))?;
+        std::fs::rename(&dir, &target).map_err(|e| StorageError::io("rename", &dir, e))?;
+        crate::durable::sync_dir(&dom.images_dir())?;
         Ok(target)
     })();
     let target = match marked {
@@ -112,7 +107,7 @@ pub fn delete(
     // leftover for an abandoned one while this job wipes it.
     agent.jobs.start(
         job,
-        Box::new(move |job| purge(&agent2, job, &dom2, &target, wipe, discard, held)),
+        super::work(move |job| purge(&agent2, job, &dom2, &target, wipe, discard, held)),
     );
     Ok(TaskRef { uuid: job_id })
 }
@@ -141,41 +136,38 @@ pub fn move_image(
     op: ImageOperation,
     req: MoveRequest,
     job_id: Option<Uuid>,
-) -> Result<TaskRef, ApiError> {
+) -> Result<TaskRef, AgentError> {
     if op == ImageOperation::Move {
         return Err(ApiError::new(
             ErrorCode::UnsupportedOperation,
             "Image.move with operation MOVE (2) is not supported: copy the image (operation 1), then delete the source with Image.delete",
-        ));
+        ).into());
     }
     if req.src == req.dst {
-        return Err(ApiError::invalid(
-            "source and destination domains are the same",
-        ));
+        return Err(ApiError::invalid("source and destination domains are the same").into());
     }
     let src_dom = agent.domain(&req.src)?;
     let dst_dom = agent.domain(&req.dst)?;
-    let vols = src_dom.list_volumes(&req.img).map_err(storage)?;
+    let vols = src_dom.list_volumes(&req.img)?;
     if vols.is_empty() {
-        return Err(storage(StorageError::ImageNotFound {
+        return Err(StorageError::ImageNotFound {
             sd: req.src.to_string(),
             img: req.img.to_string(),
-        }));
+        }
+        .into());
     }
     if !req.force && dst_image_is_legal(&dst_dom, &req.img) {
-        return Err(storage(StorageError::VolumeExists(format!(
+        return Err(StorageError::VolumeExists(format!(
             "image {} exists on domain {} (use force to replace it)",
             req.img, req.dst
-        ))));
+        ))
+        .into());
     }
     let job_id = job_id.unwrap_or_else(Uuid::new_v4);
     let agent2 = agent.clone();
-    spawn_job(
-        agent,
-        &job_id,
-        "move_image",
-        Box::new(move |job| run_move(&agent2, job, &req)),
-    )?;
+    spawn_job(agent, &job_id, "move_image", move |job| {
+        run_move(&agent2, job, &req)
+    })?;
     Ok(TaskRef { uuid: job_id })
 }
 
@@ -209,7 +201,7 @@ fn run_move(
     agent: &Agent,
     job: &Arc<Job>,
     req: &MoveRequest,
-) -> Result<Option<JobResult>, ApiError> {
+) -> Result<Option<JobResult>, AgentError> {
     let src_dom = agent.domain(&req.src)?;
     let dst_dom = agent.domain(&req.dst)?;
     let _locks = lock_for_job(
@@ -226,13 +218,14 @@ fn run_move(
         ],
     )?;
     let mut vols = Vec::new();
-    for v in src_dom.list_volumes(&req.img).map_err(storage)? {
-        let md = read_metadata(&src_dom, &req.img, &v).map_err(storage)?;
+    for v in src_dom.list_volumes(&req.img)? {
+        let md = read_metadata(&src_dom, &req.img, &v)?;
         if md.legality != Legality::Legal {
             return Err(ApiError::new(
                 ErrorCode::prepareIllegalVolumeError,
                 format!("source volume {v} is {}", md.legality),
-            ));
+            )
+            .into());
         }
         vols.push((v, md));
     }
@@ -244,10 +237,11 @@ fn run_move(
     let dst_dir = dst_dom.image_dir(&req.img);
     if dst_dir.exists() {
         if !req.force && dst_image_is_legal(&dst_dom, &req.img) {
-            return Err(storage(StorageError::VolumeExists(format!(
+            return Err(StorageError::VolumeExists(format!(
                 "image {} exists on domain {}",
                 req.img, req.dst
-            ))));
+            ))
+            .into());
         }
         replace_destination(agent, job, &dst_dom, &req.img, req.post_zero)?;
     }
@@ -265,7 +259,7 @@ fn run_move(
             legality: Legality::Illegal,
             disktype: md.disktype.clone(),
         };
-        volume::create(&dst_dom, &nv).map_err(storage)?;
+        volume::create(&dst_dom, &nv)?;
     }
     fail::fail_point!("sdm::image_move::after_create");
     let total: u64 = vols
@@ -295,17 +289,14 @@ fn copy_one(
     img: &Uuid,
     v: &Uuid,
     src_md: &VolumeMetadata,
-) -> Result<(), ApiError> {
+) -> Result<(), AgentError> {
     check_abort(job)?;
     let dst = dst_dom.volume_paths(img, v);
-    src_dom
-        .check_contained(&src_dom.volume_paths(img, v).data)
-        .map_err(storage)?;
-    dst_dom.check_contained(&dst.data).map_err(storage)?;
+    src_dom.check_contained(&src_dom.volume_paths(img, v).data)?;
+    dst_dom.check_contained(&dst.data)?;
     let held = dst_dom
         .leases
-        .acquire(dst_dom.sd_id.as_str(), v.as_str(), &dst.lease, 0)
-        .map_err(lease)?;
+        .acquire(dst_dom.sd_id.as_str(), v.as_str(), &dst.lease, 0)?;
     let ctl = job.child_control();
     ctl.set_bandwidth_limit(
         (agent.cfg.io.bandwidth_limit > 0).then_some(agent.cfg.io.bandwidth_limit),
@@ -319,14 +310,13 @@ fn copy_one(
     };
     agent
         .engine
-        .copy(&src_dom.volume_paths(img, v).data, &dst.data, &opts, &ctl)
-        .map_err(io)?;
-    let mut md = read_metadata_at(&dst.meta).map_err(storage)?;
-    held.verify().map_err(lease)?;
+        .copy(&src_dom.volume_paths(img, v).data, &dst.data, &opts, &ctl)?;
+    let mut md = read_metadata_at(&dst.meta)?;
+    held.verify()?;
     md.legality = Legality::Legal;
     md.role = src_md.role;
     md.generation = src_md.generation;
-    update_metadata(&dst, &mut md).map_err(storage)?;
+    update_metadata(&dst, &mut md)?;
     if let Err(e) = held.release() {
         tracing::warn!(error = %e, "releasing a destination lease failed");
     }
@@ -339,21 +329,20 @@ fn replace_destination(
     dom: &Domain,
     img: &Uuid,
     wipe: bool,
-) -> Result<(), ApiError> {
+) -> Result<(), AgentError> {
     let dir = dom.image_dir(img);
-    let vols = list_volumes_in(&dir).map_err(storage)?;
+    let vols = list_volumes_in(&dir)?;
     let mut held = Vec::new();
     for v in &vols {
         let p = volume_paths_in(&dir, v);
         held.push(
             dom.leases
-                .acquire(dom.sd_id.as_str(), v.as_str(), &p.lease, 0)
-                .map_err(lease)?,
+                .acquire(dom.sd_id.as_str(), v.as_str(), &p.lease, 0)?,
         );
         if let Ok(mut md) = read_metadata_at(&p.meta) {
             if md.legality != Legality::Illegal {
                 md.legality = Legality::Illegal;
-                update_metadata(&p, &mut md).map_err(storage)?;
+                update_metadata(&p, &mut md)?;
             }
         }
     }
@@ -370,10 +359,11 @@ fn replace_destination(
                 "{} exists from an earlier deletion; finish it with StorageDomain.fix first",
                 target.display()
             ),
-        ));
+        )
+        .into());
     }
-    std::fs::rename(&dir, &target).map_err(|e| storage(StorageError::io("rename", &dir, e)))?;
-    crate::durable::sync_dir(&dom.images_dir()).map_err(|e| storage(e.into()))?;
+    std::fs::rename(&dir, &target).map_err(|e| StorageError::io("rename", &dir, e))?;
+    crate::durable::sync_dir(&dom.images_dir())?;
     tracing::info!(sd_id = %dom.sd_id, img_id = %img, "replacing the existing destination image");
     purge(agent, job, dom, &target, wipe, false, held).map(|_| ())
 }

@@ -17,29 +17,32 @@ pub mod update_volume;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sdm_proto::{ApiError, ErrorCode, Uuid};
+use sdm_proto::{ApiError, ErrorCode, JobResult, Uuid};
 
-use crate::error::{io_code, to_api_error, WireError};
+use crate::error::AgentError;
 use crate::jobs::{Job, Work};
 use crate::locks::{LockError, LockSet, Mode};
 use crate::service::Agent;
-use crate::storage::StorageError;
 
 /// How long a job waits for its in-process locks before failing.
 pub const JOB_LOCK_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The work of a job as the ops write it (their errors convert into wire errors when it ends).
+pub fn work(
+    f: impl FnOnce(&Arc<Job>) -> Result<Option<JobResult>, AgentError> + Send + 'static,
+) -> Work {
+    Box::new(move |job| f(job).map_err(ApiError::from))
+}
 
 /// Registers `job_id` and starts `work` as its job.
 pub fn spawn_job(
     agent: &Arc<Agent>,
     job_id: &Uuid,
     description: &str,
-    work: Work,
-) -> Result<(), ApiError> {
-    let job = agent
-        .jobs
-        .register(job_id, description)
-        .map_err(|e| to_api_error(&e))?;
-    agent.jobs.start(job, work);
+    f: impl FnOnce(&Arc<Job>) -> Result<Option<JobResult>, AgentError> + Send + 'static,
+) -> Result<(), AgentError> {
+    let job = agent.jobs.register(job_id, description)?;
+    agent.jobs.start(job, work(f));
     Ok(())
 }
 
@@ -48,13 +51,10 @@ pub fn spawn_metadata_job(
     agent: &Arc<Agent>,
     job_id: &Uuid,
     description: &str,
-    work: Work,
-) -> Result<(), ApiError> {
-    let job = agent
-        .jobs
-        .register(job_id, description)
-        .map_err(|e| to_api_error(&e))?;
-    agent.jobs.start_unqueued(job, work);
+    f: impl FnOnce(&Arc<Job>) -> Result<Option<JobResult>, AgentError> + Send + 'static,
+) -> Result<(), AgentError> {
+    let job = agent.jobs.register(job_id, description)?;
+    agent.jobs.start_unqueued(job, work(f));
     Ok(())
 }
 
@@ -63,7 +63,7 @@ pub fn lock_for_job(
     agent: &Agent,
     job: &Job,
     wanted: &[(String, Mode)],
-) -> Result<LockSet, ApiError> {
+) -> Result<LockSet, AgentError> {
     agent
         .locks
         .lock(wanted, JOB_LOCK_TIMEOUT, &|| job.is_aborting())
@@ -71,24 +71,10 @@ pub fn lock_for_job(
             LockError::Stopped(_) => ApiError::new(
                 ErrorCode::ActionStopped,
                 "job aborted while waiting for locks",
-            ),
-            e => to_api_error(&e),
+            )
+            .into(),
+            e => e.into(),
         })
-}
-
-/// Storage errors as wire errors.
-pub fn storage(e: StorageError) -> ApiError {
-    to_api_error(&e)
-}
-
-/// Data-path errors as wire errors (the only mapping of [`sdm_io::IoError`]).
-pub fn io(e: sdm_io::IoError) -> ApiError {
-    ApiError::new(io_code(&e), crate::error::chain_message(&e))
-}
-
-/// Lease errors as wire errors.
-pub fn lease(e: sdm_lease::LeaseError) -> ApiError {
-    to_api_error(&StorageError::Lease(e))
 }
 
 /// Fails with ActionStopped if the job was aborted.
@@ -97,12 +83,6 @@ pub fn check_abort(job: &Job) -> Result<(), ApiError> {
         Err(ApiError::new(ErrorCode::ActionStopped, "job aborted"))
     } else {
         Ok(())
-    }
-}
-
-impl WireError for sdm_io::IoError {
-    fn code(&self) -> ErrorCode {
-        io_code(self)
     }
 }
 

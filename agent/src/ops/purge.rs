@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use sdm_proto::{ApiError, ErrorCode, JobResult};
 
-use super::{check_abort, lease, lock_for_job, run_parallel, storage};
+use super::{check_abort, lock_for_job, run_parallel};
+use crate::error::AgentError;
 use crate::jobs::Job;
 use crate::locks::{domain_key, image_key, Mode};
 use crate::service::Agent;
@@ -19,14 +20,13 @@ use crate::storage::StorageError;
 
 /// Takes the leases of every volume of a marked image directory, never waiting. A held lease
 /// means another job or host is deleting it right now: the leftover is not abandoned.
-pub fn lease_leftover(dom: &Domain, dir: &Path) -> Result<Vec<sdm_lease::Lease>, ApiError> {
+pub fn lease_leftover(dom: &Domain, dir: &Path) -> Result<Vec<sdm_lease::Lease>, AgentError> {
     let mut held = Vec::new();
-    for v in list_volumes_in(dir).map_err(storage)? {
+    for v in list_volumes_in(dir)? {
         let p = volume_paths_in(dir, &v);
         held.push(
             dom.leases
-                .acquire(dom.sd_id.as_str(), v.as_str(), &p.lease, 0)
-                .map_err(lease)?,
+                .acquire(dom.sd_id.as_str(), v.as_str(), &p.lease, 0)?,
         );
     }
     Ok(held)
@@ -41,7 +41,7 @@ pub fn purge(
     wipe: bool,
     discard: bool,
     held: Vec<sdm_lease::Lease>,
-) -> Result<Option<JobResult>, ApiError> {
+) -> Result<Option<JobResult>, AgentError> {
     let name = dir
         .file_name()
         .and_then(|n| n.to_str())
@@ -64,9 +64,9 @@ pub fn purge(
     } else {
         held
     };
-    dom.check_real_dir(dir).map_err(storage)?;
+    dom.check_real_dir(dir)?;
     if wipe {
-        let files = data_files(dom, dir).map_err(storage)?;
+        let files = data_files(dom, dir)?;
         job.set_planned_total(files.iter().map(|(_, len)| *len).sum());
         job.mark_started();
         let results = run_parallel(agent.cfg.io.image_parallelism, files, |(path, _)| {
@@ -97,7 +97,8 @@ pub fn purge(
                     path.display(),
                     crate::error::chain_message(&e)
                 ),
-            ));
+            )
+            .into());
         }
         tracing::info!(sd_id = %dom.sd_id, leftover = %name, "image wiped");
     } else if discard {
@@ -111,8 +112,8 @@ pub fn purge(
             e
         }
     })?;
-    remove_dir(dir).map_err(storage)?;
-    crate::durable::sync_dir(&dom.images_dir()).map_err(|e| storage(e.into()))?;
+    remove_dir(dir)?;
+    crate::durable::sync_dir(&dom.images_dir())?;
     tracing::info!(sd_id = %dom.sd_id, leftover = %name, "deleted image removed");
     Ok(None)
 }
