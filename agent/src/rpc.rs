@@ -21,6 +21,10 @@ use jsonrpsee::server::{
 };
 use jsonrpsee::types::error::INVALID_PARAMS_CODE;
 use jsonrpsee::types::{ErrorObjectOwned, Request};
+use sdm_proto::api::{
+    AttachDomainParams, ChecksumVolumeParams, CopyDataParams, CreateDomainParams,
+    CreateVolumeParams, DeleteImageParams, FixDomainParams, MoveImageParams, UpdateVolumeParams,
+};
 use sdm_proto::*;
 
 use crate::error::AgentError;
@@ -52,10 +56,6 @@ where
             Err(ApiError::new(ErrorCode::GeneralException, format!("internal error: {e}")).into())
         }
     }
-}
-
-fn flag(f: Option<Flag>) -> bool {
-    f.map(Flag::get).unwrap_or(false)
 }
 
 // The wire verbs take their parameters by name, as many as the contract gives them.
@@ -97,12 +97,13 @@ impl SdmApiServer for Rpc {
         description: Option<Description>,
     ) -> RpcResult<bool> {
         let a = self.agent.clone();
+        let p = CreateDomainParams {
+            sd_id,
+            path,
+            description,
+        };
         blocking(move || {
-            let attached = a.create_domain(
-                &sd_id,
-                &path,
-                description.as_ref().map(Description::as_str).unwrap_or(""),
-            )?;
+            let attached = a.create_domain(&p)?;
             ops::gc::after_attach(&a, &attached);
             Ok(true)
         })
@@ -111,8 +112,9 @@ impl SdmApiServer for Rpc {
 
     async fn attach_domain(&self, path: String) -> RpcResult<AttachResult> {
         let a = self.agent.clone();
+        let p = AttachDomainParams { path };
         blocking(move || {
-            let attached = a.attach_domain(&path)?;
+            let attached = a.attach_domain(&p)?;
             ops::gc::after_attach(&a, &attached);
             Ok(AttachResult {
                 sd_id: attached.sd_id,
@@ -143,7 +145,8 @@ impl SdmApiServer for Rpc {
 
     async fn fix_domain(&self, sd_id: Uuid, fix: Fix, job_id: Option<Uuid>) -> RpcResult<TaskRef> {
         let a = self.agent.clone();
-        blocking(move || ops::check::fix(&a, &sd_id, fix, job_id)).await
+        let p = FixDomainParams { sd_id, fix, job_id };
+        blocking(move || ops::check::fix(&a, p)).await
     }
 
     async fn get_volumes(&self, sd_id: Uuid, img_id: Uuid) -> RpcResult<Vec<Uuid>> {
@@ -163,17 +166,18 @@ impl SdmApiServer for Rpc {
         description: Option<Description>,
     ) -> RpcResult<bool> {
         let a = self.agent.clone();
+        let p = CreateVolumeParams {
+            sd_id,
+            img_id,
+            vol_id,
+            capacity,
+            format,
+            preallocate,
+            parent_vol_id,
+            description,
+        };
         blocking(move || {
-            a.create_volume(
-                &sd_id,
-                &img_id,
-                &vol_id,
-                capacity.get(),
-                format,
-                preallocate,
-                parent_vol_id,
-                description.as_ref().map(Description::as_str).unwrap_or(""),
-            )?;
+            a.create_volume(&p)?;
             Ok(true)
         })
         .await
@@ -195,10 +199,16 @@ impl SdmApiServer for Rpc {
         sd_id: Uuid,
         img_id: Uuid,
         vol_id: Uuid,
-        _algorithm: Option<ChecksumAlgorithm>,
+        algorithm: Option<ChecksumAlgorithm>,
     ) -> RpcResult<bool> {
-        self.agent.domain(&sd_id)?;
-        ops::checksum::schedule(&self.agent, &job_id, sd_id, img_id, vol_id)?;
+        let p = ChecksumVolumeParams {
+            job_id,
+            sd_id,
+            img_id,
+            vol_id,
+            algorithm,
+        };
+        ops::checksum::schedule(&self.agent, p)?;
         Ok(true)
     }
 
@@ -211,13 +221,15 @@ impl SdmApiServer for Rpc {
         verify: Option<Flag>,
         bandwidth_limit: Option<Size>,
     ) -> RpcResult<bool> {
-        let req = ops::copy_data::CopyRequest {
+        let p = CopyDataParams {
+            job_id,
             source,
             destination,
-            verify: flag(verify),
-            bandwidth_limit: bandwidth_limit.map(Size::get).filter(|v| *v > 0),
+            copy_bitmaps,
+            verify,
+            bandwidth_limit,
         };
-        ops::copy_data::schedule(&self.agent, &job_id, req, flag(copy_bitmaps))?;
+        ops::copy_data::schedule(&self.agent, p)?;
         Ok(true)
     }
 
@@ -227,7 +239,12 @@ impl SdmApiServer for Rpc {
         vol_info: VolumeRef,
         vol_attr: VolumeAttributes,
     ) -> RpcResult<bool> {
-        ops::update_volume::schedule(&self.agent, &job_id, vol_info, vol_attr)?;
+        let p = UpdateVolumeParams {
+            job_id,
+            vol_info,
+            vol_attr,
+        };
+        ops::update_volume::schedule(&self.agent, p)?;
         Ok(true)
     }
 
@@ -239,18 +256,21 @@ impl SdmApiServer for Rpc {
         operation: ImageOperation,
         post_zero: Option<Flag>,
         force: Option<Flag>,
-        _discard: Option<Flag>,
+        discard: Option<Flag>,
         job_id: Option<Uuid>,
     ) -> RpcResult<TaskRef> {
         let a = self.agent.clone();
-        let req = ops::image::MoveRequest {
-            img: image_id,
-            src: src_sd_id,
-            dst: dst_sd_id,
-            post_zero: flag(post_zero),
-            force: flag(force),
+        let p = MoveImageParams {
+            image_id,
+            src_sd_id,
+            dst_sd_id,
+            operation,
+            post_zero,
+            force,
+            discard,
+            job_id,
         };
-        blocking(move || ops::image::move_image(&a, operation, req, job_id)).await
+        blocking(move || ops::image::move_image(&a, p)).await
     }
 
     async fn delete_image(
@@ -258,13 +278,20 @@ impl SdmApiServer for Rpc {
         image_id: Uuid,
         sd_id: Uuid,
         post_zero: Option<Flag>,
-        _force: Option<Flag>,
+        force: Option<Flag>,
         discard: Option<Flag>,
         job_id: Option<Uuid>,
     ) -> RpcResult<TaskRef> {
         let a = self.agent.clone();
-        let (wipe, discard) = (flag(post_zero), flag(discard));
-        blocking(move || ops::image::delete(&a, &sd_id, &image_id, wipe, discard, job_id)).await
+        let p = DeleteImageParams {
+            image_id,
+            sd_id,
+            post_zero,
+            force,
+            discard,
+            job_id,
+        };
+        blocking(move || ops::image::delete(&a, p)).await
     }
 
     async fn subscribe_job(

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sdm_proto::{ApiError, Capabilities, DomainInfo, HostStats, Legality, Size, Uuid, VolumeInfo};
+use sdm_proto::api::{AttachDomainParams, CreateDomainParams, CreateVolumeParams};
+use sdm_proto::{
+    ApiError, Capabilities, Description, DomainInfo, HostStats, Legality, Size, Uuid, VolumeInfo,
+};
 
 use crate::config::{Config, LeaseBackendKind};
 use crate::error::AgentError;
@@ -211,12 +214,13 @@ impl Agent {
     }
 
     /// `StorageDomain.create`.
-    pub fn create_domain(
-        &self,
-        sd: &Uuid,
-        path: &str,
-        description: &str,
-    ) -> Result<Attached, AgentError> {
+    pub fn create_domain(&self, p: &CreateDomainParams) -> Result<Attached, AgentError> {
+        let (sd, path) = (&p.sd_id, p.path.as_str());
+        let description = p
+            .description
+            .as_ref()
+            .map(Description::as_str)
+            .unwrap_or("");
         let root = absolute(path)?;
         let canon = root
             .canonicalize()
@@ -249,8 +253,8 @@ impl Agent {
     }
 
     /// `StorageDomain.attach`.
-    pub fn attach_domain(&self, path: &str) -> Result<Attached, AgentError> {
-        let dir = absolute(path)?;
+    pub fn attach_domain(&self, p: &AttachDomainParams) -> Result<Attached, AgentError> {
+        let dir = absolute(&p.path)?;
         let a = self.attach_path(&dir, self.leases.default_kind())?;
         tracing::info!(sd_id = %a.sd_id, path = %dir.display(), "attached domain");
         Ok(a)
@@ -316,18 +320,8 @@ impl Agent {
     // --- volumes --------------------------------------------------------------------------
 
     /// `Volume.create`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn create_volume(
-        &self,
-        sd: &Uuid,
-        img: &Uuid,
-        vol: &Uuid,
-        capacity: u64,
-        format: sdm_proto::VolumeFormat,
-        allocation: sdm_proto::Preallocation,
-        parent: Option<Uuid>,
-        description: &str,
-    ) -> Result<(), AgentError> {
+    pub fn create_volume(&self, p: &CreateVolumeParams) -> Result<(), AgentError> {
+        let (sd, img) = (&p.sd_id, &p.img_id);
         let dom = self.domain(sd)?;
         let _locks = self.lock_sync(&[
             (domain_key(sd.as_str()), Mode::Shared),
@@ -335,17 +329,22 @@ impl Agent {
         ])?;
         let req = NewVolume {
             img: img.clone(),
-            vol: vol.clone(),
-            capacity,
-            format,
-            allocation,
-            parent,
-            description: description.to_string(),
+            vol: p.vol_id.clone(),
+            capacity: p.capacity.get(),
+            format: p.format,
+            allocation: p.preallocate,
+            parent: p.parent_vol_id.clone(),
+            description: p
+                .description
+                .as_ref()
+                .map(Description::as_str)
+                .unwrap_or("")
+                .to_string(),
             legality: Legality::Legal,
             disktype: "DATA".into(),
         };
         volume::create(&dom, &req)?;
-        tracing::info!(sd_id = %sd, img_id = %img, vol_id = %vol, capacity, %format, "created volume");
+        tracing::info!(sd_id = %sd, img_id = %img, vol_id = %p.vol_id, capacity = req.capacity, format = %p.format, "created volume");
         Ok(())
     }
 

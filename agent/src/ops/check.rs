@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 
+use sdm_proto::api::FixDomainParams;
 use sdm_proto::{
     is_canonical_uuid, ApiError, ErrorCode, Fix, FixType, JobResult, Legality, TaskRef, Uuid,
 };
@@ -156,13 +157,9 @@ fn uuid_field(fix: &Fix, key: &str) -> Result<Uuid, AgentError> {
 }
 
 /// `StorageDomain.fix`: validates the finding and starts its repair as a job.
-pub fn fix(
-    agent: &Arc<Agent>,
-    sd: &Uuid,
-    fix: Fix,
-    job_id: Option<Uuid>,
-) -> Result<TaskRef, AgentError> {
-    let dom = agent.domain(sd)?;
+pub fn fix(agent: &Arc<Agent>, p: FixDomainParams) -> Result<TaskRef, AgentError> {
+    let FixDomainParams { sd_id, fix, job_id } = p;
+    let dom = agent.domain(&sd_id)?;
     let job_id = job_id.unwrap_or_else(Uuid::new_v4);
     let a = agent.clone();
     match field(&fix, "kind")? {

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use sdm_proto::{ChecksumAlgorithm, JobResult, Uuid};
+use sdm_proto::api::ChecksumVolumeParams;
+use sdm_proto::{ChecksumAlgorithm, JobResult};
 
 use super::{lock_for_job, spawn_job};
 use crate::error::AgentError;
@@ -11,16 +12,18 @@ use crate::locks::{domain_key, image_key, Mode};
 use crate::service::Agent;
 use crate::storage::volume::read_metadata;
 
-/// Validates and schedules a checksum.
-pub fn schedule(
-    agent: &Arc<Agent>,
-    job_id: &Uuid,
-    sd: Uuid,
-    img: Uuid,
-    vol: Uuid,
-) -> Result<(), AgentError> {
+/// Validates and schedules a checksum (SHA-256, the only algorithm).
+pub fn schedule(agent: &Arc<Agent>, p: ChecksumVolumeParams) -> Result<(), AgentError> {
+    agent.domain(&p.sd_id)?;
+    let ChecksumVolumeParams {
+        job_id,
+        sd_id: sd,
+        img_id: img,
+        vol_id: vol,
+        ..
+    } = p;
     let agent2 = agent.clone();
-    spawn_job(agent, job_id, "checksum", move |job| {
+    spawn_job(agent, &job_id, "checksum", move |job| {
         let dom = agent2.domain(&sd)?;
         let _locks = lock_for_job(
             &agent2,

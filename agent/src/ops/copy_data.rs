@@ -17,9 +17,12 @@
 
 use std::sync::Arc;
 
-use sdm_proto::{ApiError, Endpoint, ErrorCode, Generation, JobResult, Legality, VolumeFormat};
+use sdm_proto::api::CopyDataParams;
+use sdm_proto::{
+    ApiError, Endpoint, ErrorCode, Generation, JobResult, Legality, Size, VolumeFormat,
+};
 
-use super::{check_abort, lock_for_job, spawn_job};
+use super::{check_abort, flag, lock_for_job, spawn_job};
 use crate::error::AgentError;
 use crate::jobs::Job;
 use crate::locks::{domain_key, image_key, Mode};
@@ -40,17 +43,18 @@ pub struct CopyRequest {
 }
 
 /// Validates and schedules a copy.
-pub fn schedule(
-    agent: &Arc<Agent>,
-    job_id: &sdm_proto::Uuid,
-    req: CopyRequest,
-    copy_bitmaps: bool,
-) -> Result<(), AgentError> {
+pub fn schedule(agent: &Arc<Agent>, p: CopyDataParams) -> Result<(), AgentError> {
+    let req = CopyRequest {
+        source: p.source,
+        destination: p.destination,
+        verify: flag(p.verify),
+        bandwidth_limit: p.bandwidth_limit.map(Size::get).filter(|v| *v > 0),
+    };
     let (s, d) = (&req.source, &req.destination);
     if s.sd_id == d.sd_id && s.img_id == d.img_id && s.vol_id == d.vol_id {
         return Err(ApiError::invalid("source and destination are the same volume").into());
     }
-    if copy_bitmaps {
+    if flag(p.copy_bitmaps) {
         return Err(ApiError::new(
             ErrorCode::UnsupportedOperation,
             "copy_bitmaps is not supported: sdm copies the volume container as is",
@@ -58,7 +62,7 @@ pub fn schedule(
         .into());
     }
     let agent2 = agent.clone();
-    spawn_job(agent, job_id, "copy_data", move |job| {
+    spawn_job(agent, &p.job_id, "copy_data", move |job| {
         run(&agent2, job, &req)
     })
 }

@@ -10,12 +10,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use sdm_proto::api::{DeleteImageParams, MoveImageParams};
 use sdm_proto::{
     ApiError, ErrorCode, ImageOperation, JobResult, Legality, TaskRef, Uuid, VolumeRole,
 };
 
 use super::purge::purge;
-use super::{check_abort, lock_for_job, run_parallel, spawn_job};
+use super::{check_abort, flag, lock_for_job, run_parallel, spawn_job};
 use crate::error::AgentError;
 use crate::jobs::Job;
 use crate::locks::{domain_key, image_key, Mode};
@@ -31,16 +32,11 @@ use crate::storage::StorageError;
 // Image.delete
 
 /// `Image.delete`: validates, marks, renames, and starts the purge job.
-pub fn delete(
-    agent: &Arc<Agent>,
-    sd: &Uuid,
-    img: &Uuid,
-    wipe: bool,
-    discard: bool,
-    job_id: Option<Uuid>,
-) -> Result<TaskRef, AgentError> {
+pub fn delete(agent: &Arc<Agent>, p: DeleteImageParams) -> Result<TaskRef, AgentError> {
+    let (sd, img) = (&p.sd_id, &p.image_id);
+    let (wipe, discard) = (flag(p.post_zero), flag(p.discard));
     let dom = agent.domain(sd)?;
-    let job_id = job_id.unwrap_or_else(Uuid::new_v4);
+    let job_id = p.job_id.clone().unwrap_or_else(Uuid::new_v4);
     let _locks = agent.lock_sync(&[
         (domain_key(sd.as_str()), Mode::Shared),
         (image_key(sd.as_str(), img.as_str()), Mode::Exclusive),
@@ -115,7 +111,7 @@ pub fn delete(
 // ---------------------------------------------------------------------------------------------
 // Image.move
 
-/// Validated `Image.move` request.
+/// `Image.move`'s parameters, as the job uses them.
 #[derive(Clone, Debug)]
 pub struct MoveRequest {
     /// Image.
@@ -131,13 +127,15 @@ pub struct MoveRequest {
 }
 
 /// `Image.move`: validates and starts the copy job.
-pub fn move_image(
-    agent: &Arc<Agent>,
-    op: ImageOperation,
-    req: MoveRequest,
-    job_id: Option<Uuid>,
-) -> Result<TaskRef, AgentError> {
-    if op == ImageOperation::Move {
+pub fn move_image(agent: &Arc<Agent>, p: MoveImageParams) -> Result<TaskRef, AgentError> {
+    let req = MoveRequest {
+        img: p.image_id,
+        src: p.src_sd_id,
+        dst: p.dst_sd_id,
+        post_zero: flag(p.post_zero),
+        force: flag(p.force),
+    };
+    if p.operation == ImageOperation::Move {
         return Err(ApiError::new(
             ErrorCode::UnsupportedOperation,
             "Image.move with operation MOVE (2) is not supported: copy the image (operation 1), then delete the source with Image.delete",
@@ -163,7 +161,7 @@ pub fn move_image(
         ))
         .into());
     }
-    let job_id = job_id.unwrap_or_else(Uuid::new_v4);
+    let job_id = p.job_id.unwrap_or_else(Uuid::new_v4);
     let agent2 = agent.clone();
     spawn_job(agent, &job_id, "move_image", move |job| {
         run_move(&agent2, job, &req)

@@ -17,7 +17,7 @@ pub mod update_volume;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sdm_proto::{ApiError, ErrorCode, JobResult, Uuid};
+use sdm_proto::{ApiError, ErrorCode, Flag, JobResult, Uuid};
 
 use crate::error::AgentError;
 use crate::jobs::{Job, Work};
@@ -75,6 +75,11 @@ pub fn lock_for_job(
             .into(),
             e => e.into(),
         })
+}
+
+/// The value of an optional wire flag (absent: false).
+pub fn flag(f: Option<Flag>) -> bool {
+    f.is_some_and(Flag::get)
 }
 
 /// Fails with ActionStopped if the job was aborted.

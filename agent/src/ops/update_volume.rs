@@ -5,8 +5,9 @@
 
 use std::sync::Arc;
 
+use sdm_proto::api::UpdateVolumeParams;
 use sdm_proto::{
-    ApiError, ErrorCode, Generation, JobResult, Uuid, VolumeAttributes, VolumeRef, VolumeRole,
+    ApiError, ErrorCode, Generation, JobResult, VolumeAttributes, VolumeRef, VolumeRole,
     MAX_DESCRIPTION_CHARS,
 };
 
@@ -18,12 +19,12 @@ use crate::service::Agent;
 use crate::storage::volume::{read_metadata, update_metadata};
 
 /// Validates and schedules an update.
-pub fn schedule(
-    agent: &Arc<Agent>,
-    job_id: &Uuid,
-    vol: VolumeRef,
-    attrs: VolumeAttributes,
-) -> Result<(), AgentError> {
+pub fn schedule(agent: &Arc<Agent>, p: UpdateVolumeParams) -> Result<(), AgentError> {
+    let UpdateVolumeParams {
+        job_id,
+        vol_info: vol,
+        vol_attr: attrs,
+    } = p;
     if attrs.is_empty() {
         return Err(ApiError::invalid(
             "vol_attr is empty: give legality, description, generation or type",
@@ -37,7 +38,7 @@ pub fn schedule(
         return Err(ApiError::invalid("vol_attr.legality must be LEGAL or ILLEGAL").into());
     }
     let agent2 = agent.clone();
-    spawn_metadata_job(agent, job_id, "update_volume", move |job| {
+    spawn_metadata_job(agent, &job_id, "update_volume", move |job| {
         run(&agent2, job, &vol, &attrs)
     })
 }
