@@ -27,7 +27,10 @@ use crate::error::AgentError;
 use crate::jobs::Job;
 use crate::locks::{domain_key, image_key, Mode};
 use crate::service::Agent;
+use crate::storage::domain::Domain;
+use crate::storage::md::VolumeMetadata;
 use crate::storage::volume::{read_metadata, update_metadata};
+use crate::storage::StorageError;
 
 /// Validated `SDM.copy_data` request.
 #[derive(Clone, Debug)]
@@ -72,18 +75,53 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
     let src_dom = agent.domain(&src.sd_id)?;
     let dst_dom = agent.domain(&dst.sd_id)?;
 
-    // The destination's lease comes first and never waits: a second writer of the same volume
-    // fails at once with AcquireLockFailure, here or on any other host. The in-process locks
-    // after it may wait (another job on the same image), but never for this volume.
+    // Step 2 before step 1: the destination's lease comes first and never waits, so a second
+    // writer of the same volume fails at once with AcquireLockFailure, here or on any other
+    // host. The in-process locks after it may wait (another job on the same image), but never
+    // for this volume.
     let dst_paths = dst_dom.volume_paths(&dst.img_id, &dst.vol_id);
-    let mut dst_md = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id)?;
+    let dst_md = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id)?;
     fail::fail_point!("sdm::copy_data::before_lease");
     let held =
         dst_dom
             .leases
             .acquire(dst.sd_id.as_str(), dst.vol_id.as_str(), &dst_paths.lease, 0)?;
     fail::fail_point!("sdm::copy_data::after_lease");
+    let _locks = lock_for_job(agent, job, &wanted_locks(src, dst))?;
+    check_abort(job)?;
 
+    // Re-read under the lease: another host may have written it while we waited.
+    let mut dst_md = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id).unwrap_or(dst_md);
+    let start_gen = check_generation(dst, &dst_md)?;
+    let src_md = read_metadata(&src_dom, &src.img_id, &src.vol_id)?;
+    check_source(src, &src_md, &dst_md)?;
+    check_abort(job)?;
+
+    // Links planted in a domain must not lead the copy outside it (checked before anything
+    // is written).
+    src_dom.check_contained(&src_dom.volume_paths(&src.img_id, &src.vol_id).data)?;
+    dst_dom.check_contained(&dst_paths.data)?;
+
+    // From here on the destination's content is not to be trusted until the final write.
+    dst_md.legality = Legality::Illegal;
+    update_metadata(&dst_paths, &mut dst_md)?;
+    fail::fail_point!("sdm::copy_data::after_illegal");
+
+    copy_bytes(agent, job, req, &src_dom, &src_md, &dst_dom, &dst_md)?;
+    fail::fail_point!("sdm::copy_data::before_legal");
+    check_abort(job)?;
+
+    mark_legal(&dst_dom, dst, start_gen, &held)?;
+    fail::fail_point!("sdm::copy_data::after_legal");
+    if let Err(e) = held.release() {
+        tracing::warn!(error = %e, "releasing the destination lease failed");
+    }
+    Ok(None)
+}
+
+/// Step 1: both domains shared, the destination image exclusive, the source image shared
+/// when it is another one.
+fn wanted_locks(src: &Endpoint, dst: &Endpoint) -> Vec<(String, Mode)> {
     let mut wanted = vec![
         (domain_key(src.sd_id.as_str()), Mode::Shared),
         (domain_key(dst.sd_id.as_str()), Mode::Shared),
@@ -98,25 +136,33 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
             Mode::Shared,
         ));
     }
-    let _locks = lock_for_job(agent, job, &wanted)?;
-    check_abort(job)?;
+    wanted
+}
 
-    // Re-read under the lease: another host may have written it while we waited.
-    dst_md = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id).unwrap_or(dst_md);
+/// Step 3: the destination's generation is the one the engine expects (911 otherwise, with
+/// nothing changed yet). Returns it.
+fn check_generation(dst: &Endpoint, dst_md: &VolumeMetadata) -> Result<u16, AgentError> {
     let start_gen = dst_md.generation;
-    if let Some(want) = dst.generation {
-        if want.get() != start_gen {
-            return Err(ApiError::new(
-                ErrorCode::GenerationMismatch,
-                format!(
-                    "destination generation is {start_gen}, requested {}",
-                    want.get()
-                ),
-            )
-            .into());
-        }
+    match dst.generation {
+        Some(want) if want.get() != start_gen => Err(ApiError::new(
+            ErrorCode::GenerationMismatch,
+            format!(
+                "destination generation is {start_gen}, requested {}",
+                want.get()
+            ),
+        )
+        .into()),
+        _ => Ok(start_gen),
     }
-    let src_md = read_metadata(&src_dom, &src.img_id, &src.vol_id)?;
+}
+
+/// Step 4: the source is LEGAL (227 otherwise), and the formats and sizes allow a copy of the
+/// container as it is.
+fn check_source(
+    src: &Endpoint,
+    src_md: &VolumeMetadata,
+    dst_md: &VolumeMetadata,
+) -> Result<(), AgentError> {
     if src_md.legality != Legality::Legal {
         return Err(ApiError::new(
             ErrorCode::prepareIllegalVolumeError,
@@ -131,46 +177,46 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
         ).into());
     }
     match src_md.format {
-        VolumeFormat::Raw if dst_md.capacity < src_md.capacity => {
-            return Err(ApiError::invalid(format!(
-                "destination capacity {} is smaller than the source's {}",
-                dst_md.capacity, src_md.capacity
-            ))
-            .into())
-        }
-        VolumeFormat::Cow if dst_md.capacity != src_md.capacity => {
-            return Err(ApiError::new(
-                ErrorCode::UnsupportedOperation,
-                "COW copies need equal capacities (the qcow2 container is copied as is)",
-            )
-            .into())
-        }
+        VolumeFormat::Raw if dst_md.capacity < src_md.capacity => Err(ApiError::invalid(format!(
+            "destination capacity {} is smaller than the source's {}",
+            dst_md.capacity, src_md.capacity
+        ))
+        .into()),
+        VolumeFormat::Cow if dst_md.capacity != src_md.capacity => Err(ApiError::new(
+            ErrorCode::UnsupportedOperation,
+            "COW copies need equal capacities (the qcow2 container is copied as is)",
+        )
+        .into()),
         VolumeFormat::Cow
             if dst_md.parent != src_md.parent
                 && src_md.parent != sdm_proto::BLANK_UUID
                 && dst_md.parent == sdm_proto::BLANK_UUID =>
         {
-            return Err(ApiError::new(
+            Err(ApiError::new(
                 ErrorCode::UnsupportedOperation,
                 "collapsing a COW chain into a volume without a parent is not supported",
             )
             .into())
         }
-        _ => {}
+        _ => Ok(()),
     }
-    check_abort(job)?;
+}
 
-    // Links planted in a domain must not lead the copy outside it (checked before anything
-    // is written).
-    src_dom.check_contained(&src_dom.volume_paths(&src.img_id, &src.vol_id).data)?;
-    dst_dom.check_contained(&dst_paths.data)?;
-
-    // From here on the destination's content is not to be trusted until the final write.
-    dst_md.legality = Legality::Illegal;
-    update_metadata(&dst_paths, &mut dst_md)?;
-    fail::fail_point!("sdm::copy_data::after_illegal");
-
+/// Step 6: the bytes, through the data path (ending in fdatasync, and a read-back when asked),
+/// then what makes the destination whole: a RAW destination larger than the source grows to
+/// its capacity, a COW copy points at the destination's own parent.
+fn copy_bytes(
+    agent: &Agent,
+    job: &Job,
+    req: &CopyRequest,
+    src_dom: &Domain,
+    src_md: &VolumeMetadata,
+    dst_dom: &Domain,
+    dst_md: &VolumeMetadata,
+) -> Result<(), AgentError> {
+    let (src, dst) = (&req.source, &req.destination);
     let src_path = src_dom.volume_paths(&src.img_id, &src.vol_id).data;
+    let dst_path = dst_dom.volume_paths(&dst.img_id, &dst.vol_id).data;
     let ctl = job.control();
     ctl.set_bandwidth_limit(
         req.bandwidth_limit
@@ -181,25 +227,33 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
         verify: req.verify,
         ..Default::default()
     };
-    agent.engine.copy(&src_path, &dst_paths.data, &opts, ctl)?;
+    agent.engine.copy(&src_path, &dst_path, &opts, ctl)?;
     if src_md.format == VolumeFormat::Raw && dst_md.capacity > src_md.capacity {
         let f = std::fs::OpenOptions::new()
             .write(true)
-            .open(&dst_paths.data)
-            .map_err(|e| crate::storage::StorageError::io("open", &dst_paths.data, e))?;
+            .open(&dst_path)
+            .map_err(|e| StorageError::io("open", &dst_path, e))?;
         f.set_len(dst_md.capacity)
             .and_then(|_| f.sync_all())
-            .map_err(|e| crate::storage::StorageError::io("extend", &dst_paths.data, e))?;
+            .map_err(|e| StorageError::io("extend", &dst_path, e))?;
     }
     if src_md.format == VolumeFormat::Cow && dst_md.parent != src_md.parent {
-        rebase_header(&dst_paths.data, &dst_md.parent, &dst_dom, &dst.img_id)?;
+        rebase_header(&dst_path, &dst_md.parent, dst_dom, &dst.img_id)?;
     }
-    fail::fail_point!("sdm::copy_data::before_legal");
-    check_abort(job)?;
+    Ok(())
+}
 
-    // The data is durable; make the outcome durable in one write. Re-check first that nobody
-    // fenced the volume meanwhile (a fence needs this lease, so this is belt and braces).
-    let mut now = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id)?;
+/// Step 7: the data is durable; make the outcome durable in one write, LEGAL and generation+1
+/// together. Re-checks first that nobody fenced the volume meanwhile (a fence needs this lease,
+/// so this is belt and braces), and that the lease is still ours: only its holder may declare
+/// the data good.
+fn mark_legal(
+    dst_dom: &Domain,
+    dst: &Endpoint,
+    start_gen: u16,
+    held: &sdm_lease::Lease,
+) -> Result<(), AgentError> {
+    let mut now = read_metadata(dst_dom, &dst.img_id, &dst.vol_id)?;
     if now.generation != start_gen {
         return Err(ApiError::new(
             ErrorCode::GenerationMismatch,
@@ -210,16 +264,11 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
         )
         .into());
     }
-    // And that the lease is still ours: only its holder may declare the data good.
     held.verify()?;
     now.legality = Legality::Legal;
     now.generation = Generation(start_gen).next().get();
-    update_metadata(&dst_paths, &mut now)?;
-    fail::fail_point!("sdm::copy_data::after_legal");
-    if let Err(e) = held.release() {
-        tracing::warn!(error = %e, "releasing the destination lease failed");
-    }
-    Ok(None)
+    update_metadata(&dst_dom.volume_paths(&dst.img_id, &dst.vol_id), &mut now)?;
+    Ok(())
 }
 
 fn nonzero(v: u64) -> Option<u64> {
@@ -230,7 +279,7 @@ fn nonzero(v: u64) -> Option<u64> {
 fn rebase_header(
     path: &std::path::Path,
     parent: &str,
-    dom: &crate::storage::domain::Domain,
+    dom: &Domain,
     img: &sdm_proto::Uuid,
 ) -> Result<(), AgentError> {
     let mut cmd = std::process::Command::new("qemu-img");
