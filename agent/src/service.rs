@@ -17,6 +17,7 @@ use crate::error::AgentError;
 use crate::jobs::Jobs;
 use crate::leases::LeaseBackends;
 use crate::locks::{domain_key, image_key, LockManager, LockSet, Mode};
+use crate::storage::backend::DomainKind;
 use crate::storage::domain::Domain;
 use crate::storage::registry::Registry;
 use crate::storage::volume::{self, NewVolume};
@@ -91,7 +92,7 @@ impl Agent {
         }
         if self.cfg.create_default_domains {
             let root = self.default_domain_root();
-            let existing = existing_domains(&root);
+            let existing = DomainKind::File.discover(&root);
             if existing.is_empty() {
                 std::fs::create_dir_all(&root).map_err(|e| StorageError::io("mkdir", &root, e))?;
                 // The default backend is local unless the config says otherwise (the fault
@@ -101,6 +102,7 @@ impl Agent {
                 for n in 1..=2 {
                     let sd = Uuid::new_v4();
                     let dir = Domain::create(
+                        DomainKind::File,
                         &root,
                         &sd,
                         &format!("sdm local domain {n}"),
@@ -195,16 +197,16 @@ impl Agent {
 
     fn attach_path(&self, path: &Path, kind: LeaseBackendKind) -> Result<Attached, AgentError> {
         let leases = self.leases.get(kind)?;
-        let dom = Domain::open(path, leases.clone())?;
+        let dom = Domain::open(DomainKind::File, path, leases)?;
         if let Ok(existing) = self.registry.get(&dom.sd_id) {
-            if existing.dir == dom.dir {
+            if existing.path() == dom.path() {
                 return Ok(Attached {
                     sd_id: dom.sd_id,
                     fresh: None,
                 });
             }
         }
-        leases.join(dom.sd_id.as_str(), &dom.ids_path())?;
+        dom.join_lockspace()?;
         let dom = Arc::new(dom);
         let fresh = self.registry.insert(dom.clone(), kind)?;
         Ok(Attached {
@@ -242,6 +244,7 @@ impl Agent {
         let kind = self.leases.default_kind();
         let leases = self.leases.get(kind)?;
         let dir = Domain::create(
+            DomainKind::File,
             &canon,
             sd,
             description,
@@ -274,7 +277,7 @@ impl Agent {
                 StorageError::Busy(format!("storage domain {sd} is in use by running jobs"))
             })?;
         self.registry.remove(sd)?;
-        if let Err(e) = dom.leases.leave(sd.as_str(), &dom.ids_path()) {
+        if let Err(e) = dom.leave_lockspace() {
             tracing::warn!(sd_id = %sd, error = %e, "leaving the lockspace failed");
         }
         tracing::info!(sd_id = %sd, "detached domain");
@@ -287,11 +290,11 @@ impl Agent {
             .all()
             .into_iter()
             .map(|(d, kind)| {
-                let (capacity, free) = d.space();
+                let (capacity, free) = d.backend.space();
                 DomainInfo {
                     sd_id: d.sd_id.clone(),
-                    path: d.dir.to_string_lossy().into_owned(),
-                    kind: "file".into(),
+                    path: d.path().to_string_lossy().into_owned(),
+                    kind: d.backend.kind().as_str().into(),
                     description: d.description().to_string(),
                     capacity: Size(capacity),
                     free: Size(free),
@@ -309,12 +312,12 @@ impl Agent {
 
     /// `StorageDomain.getImages`.
     pub fn get_images(&self, sd: &Uuid) -> Result<Vec<Uuid>, AgentError> {
-        Ok(self.domain(sd)?.list_images()?)
+        Ok(self.domain(sd)?.backend.list_images()?)
     }
 
     /// `Image.getVolumes`.
     pub fn get_volumes(&self, sd: &Uuid, img: &Uuid) -> Result<Vec<Uuid>, AgentError> {
-        Ok(self.domain(sd)?.list_volumes(img)?)
+        Ok(self.domain(sd)?.backend.list_volumes(img)?)
     }
 
     // --- volumes --------------------------------------------------------------------------
@@ -382,24 +385,6 @@ fn absolute(path: &str) -> Result<PathBuf, AgentError> {
         return Err(ApiError::invalid(format!("path {path:?} is not absolute")).into());
     }
     Ok(p)
-}
-
-fn existing_domains(root: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(root) else {
-        return Vec::new();
-    };
-    let mut v: Vec<PathBuf> = rd
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(sdm_proto::is_canonical_uuid)
-                && p.join("dom_md").is_dir()
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 fn proc_rss() -> u64 {

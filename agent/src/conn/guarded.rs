@@ -10,7 +10,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::table::{ConnState, Registration};
 use super::wire::{Frames, HeadEnd, NOTIFICATION_PREFIX};
-use super::MAX_UNANSWERED;
+
+/// Requests a WebSocket may have read and not yet answered before the agent stops reading
+/// from it. Bounds the tasks (and answers waiting to be sent) one connection can hold.
+pub const MAX_UNANSWERED: u64 = 64;
 
 /// A socket with activity tracking and read-side backpressure.
 pub struct Guarded<S> {

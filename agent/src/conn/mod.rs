@@ -25,9 +25,5 @@ mod table;
 mod wire;
 
 pub use gates::{CallGate, CallGateLayer, UpgradeGate, UpgradeGateLayer};
-pub use guarded::Guarded;
+pub use guarded::{Guarded, MAX_UNANSWERED};
 pub use table::{ConnState, Connections, Registration};
-
-/// Requests a WebSocket may have read and not yet answered before the agent stops reading
-/// from it. Bounds the tasks (and answers waiting to be sent) one connection can hold.
-pub const MAX_UNANSWERED: u64 = 64;

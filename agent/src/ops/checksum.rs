@@ -34,10 +34,9 @@ pub fn schedule(agent: &Arc<Agent>, p: ChecksumVolumeParams) -> Result<(), Agent
             ],
         )?;
         read_metadata(&dom, &img, &vol)?;
-        let path = dom.volume_paths(&img, &vol).data;
-        dom.check_contained(&path)?;
+        let data = dom.backend.prepare(&img, &vol)?;
         job.mark_started();
-        let checksum = agent2.engine.checksum(&path, job.control())?;
+        let checksum = agent2.engine.checksum(data.path(), job.control())?;
         Ok(Some(JobResult {
             checksum,
             algorithm: ChecksumAlgorithm::Sha256,

@@ -15,6 +15,7 @@
 //! generation; after 7 it is LEGAL with the new one. An engine that lost the job reads exactly
 //! that (and the lease) to decide.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use sdm_proto::api::CopyDataParams;
@@ -27,10 +28,11 @@ use crate::error::AgentError;
 use crate::jobs::Job;
 use crate::locks::{domain_key, image_key, Mode};
 use crate::service::Agent;
+use crate::storage::backend::Prepared;
 use crate::storage::domain::Domain;
 use crate::storage::md::VolumeMetadata;
+use crate::storage::qemu;
 use crate::storage::volume::{read_metadata, update_metadata};
-use crate::storage::StorageError;
 
 /// Validated `SDM.copy_data` request.
 #[derive(Clone, Debug)]
@@ -79,13 +81,9 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
     // writer of the same volume fails at once with AcquireLockFailure, here or on any other
     // host. The in-process locks after it may wait (another job on the same image), but never
     // for this volume.
-    let dst_paths = dst_dom.volume_paths(&dst.img_id, &dst.vol_id);
     let dst_md = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id)?;
     fail::fail_point!("sdm::copy_data::before_lease");
-    let held =
-        dst_dom
-            .leases
-            .acquire(dst.sd_id.as_str(), dst.vol_id.as_str(), &dst_paths.lease, 0)?;
+    let held = dst_dom.acquire_volume_lease(&dst.img_id, &dst.vol_id)?;
     fail::fail_point!("sdm::copy_data::after_lease");
     let _locks = lock_for_job(agent, job, &wanted_locks(src, dst))?;
     check_abort(job)?;
@@ -97,17 +95,24 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
     check_source(src, &src_md, &dst_md)?;
     check_abort(job)?;
 
-    // Links planted in a domain must not lead the copy outside it (checked before anything
-    // is written).
-    src_dom.check_contained(&src_dom.volume_paths(&src.img_id, &src.vol_id).data)?;
-    dst_dom.check_contained(&dst_paths.data)?;
+    // Both volumes made usable before anything is written (the backend refuses links planted
+    // in a domain that lead outside it).
+    let src_data = src_dom.backend.prepare(&src.img_id, &src.vol_id)?;
+    let dst_data = dst_dom.backend.prepare(&dst.img_id, &dst.vol_id)?;
 
     // From here on the destination's content is not to be trusted until the final write.
     dst_md.legality = Legality::Illegal;
-    update_metadata(&dst_paths, &mut dst_md)?;
+    update_metadata(&dst_dom, &dst.img_id, &dst.vol_id, &mut dst_md)?;
     fail::fail_point!("sdm::copy_data::after_illegal");
 
-    copy_bytes(agent, job, req, &src_dom, &src_md, &dst_dom, &dst_md)?;
+    copy_bytes(
+        agent,
+        job,
+        req,
+        &dst_dom,
+        (&src_data, &src_md),
+        (&dst_data, &dst_md),
+    )?;
     fail::fail_point!("sdm::copy_data::before_legal");
     check_abort(job)?;
 
@@ -209,14 +214,11 @@ fn copy_bytes(
     agent: &Agent,
     job: &Job,
     req: &CopyRequest,
-    src_dom: &Domain,
-    src_md: &VolumeMetadata,
     dst_dom: &Domain,
-    dst_md: &VolumeMetadata,
+    (src_data, src_md): (&Prepared, &VolumeMetadata),
+    (dst_data, dst_md): (&Prepared, &VolumeMetadata),
 ) -> Result<(), AgentError> {
-    let (src, dst) = (&req.source, &req.destination);
-    let src_path = src_dom.volume_paths(&src.img_id, &src.vol_id).data;
-    let dst_path = dst_dom.volume_paths(&dst.img_id, &dst.vol_id).data;
+    let dst = &req.destination;
     let ctl = job.control();
     ctl.set_bandwidth_limit(
         req.bandwidth_limit
@@ -227,18 +229,16 @@ fn copy_bytes(
         verify: req.verify,
         ..Default::default()
     };
-    agent.engine.copy(&src_path, &dst_path, &opts, ctl)?;
+    agent
+        .engine
+        .copy(src_data.path(), dst_data.path(), &opts, ctl)?;
     if src_md.format == VolumeFormat::Raw && dst_md.capacity > src_md.capacity {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&dst_path)
-            .map_err(|e| StorageError::io("open", &dst_path, e))?;
-        f.set_len(dst_md.capacity)
-            .and_then(|_| f.sync_all())
-            .map_err(|e| StorageError::io("extend", &dst_path, e))?;
+        dst_dom
+            .backend
+            .grow_raw(&dst.img_id, &dst.vol_id, dst_md.capacity)?;
     }
     if src_md.format == VolumeFormat::Cow && dst_md.parent != src_md.parent {
-        rebase_header(&dst_path, &dst_md.parent, dst_dom, &dst.img_id)?;
+        rebase_header(dst_data.path(), &dst_md.parent, dst_dom, &dst.img_id)?;
     }
     Ok(())
 }
@@ -267,7 +267,7 @@ fn mark_legal(
     held.verify()?;
     now.legality = Legality::Legal;
     now.generation = Generation(start_gen).next().get();
-    update_metadata(&dst_dom.volume_paths(&dst.img_id, &dst.vol_id), &mut now)?;
+    update_metadata(dst_dom, &dst.img_id, &dst.vol_id, &mut now)?;
     Ok(())
 }
 
@@ -277,26 +277,17 @@ fn nonzero(v: u64) -> Option<u64> {
 
 /// Points a copied qcow2 at the destination's own parent (header only; the data is the same).
 fn rebase_header(
-    path: &std::path::Path,
+    path: &Path,
     parent: &str,
     dom: &Domain,
     img: &sdm_proto::Uuid,
 ) -> Result<(), AgentError> {
-    let mut cmd = std::process::Command::new("qemu-img");
-    cmd.arg("rebase").arg("-u").arg("-f").arg("qcow2");
-    if parent == sdm_proto::BLANK_UUID {
-        cmd.arg("-b").arg("");
+    let backing = if parent == sdm_proto::BLANK_UUID {
+        None
     } else {
         let pid = sdm_proto::Uuid::parse(parent).map_err(ApiError::invalid)?;
-        let pmd = read_metadata(dom, img, &pid)?;
-        let fmt = if pmd.format == VolumeFormat::Raw {
-            "raw"
-        } else {
-            "qcow2"
-        };
-        cmd.arg("-b").arg(parent).arg("-F").arg(fmt);
-    }
-    cmd.arg(path).current_dir(dom.image_dir(img));
-    crate::storage::volume::run_qemu_img(&mut cmd)?;
+        Some((parent, read_metadata(dom, img, &pid)?.format))
+    };
+    qemu::rebase(path, &dom.backend.chain_dir(img), backing)?;
     Ok(())
 }

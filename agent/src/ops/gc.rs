@@ -16,6 +16,7 @@ use super::purge::{lease_leftover, purge};
 use super::spawn_job;
 use crate::error::AgentError;
 use crate::service::{Agent, Attached};
+use crate::storage::backend::Leftover;
 use crate::storage::domain::Domain;
 
 /// What one collection did.
@@ -49,7 +50,7 @@ pub fn after_attach(agent: &Arc<Agent>, attached: &Attached) {
 /// Collects the leftovers of `dom`.
 pub fn collect_garbage(agent: &Arc<Agent>, dom: &Domain) -> GcReport {
     let mut report = GcReport::default();
-    let leftovers = match dom.list_leftovers() {
+    let leftovers = match dom.backend.list_leftovers() {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(sd_id = %dom.sd_id, error = %e, "cannot list deletion leftovers");
@@ -57,21 +58,19 @@ pub fn collect_garbage(agent: &Arc<Agent>, dom: &Domain) -> GcReport {
             return report;
         }
     };
-    for name in leftovers {
-        let dir = dom.images_dir().join(&name);
-        // On shared storage another host may be deleting this image right now: its leases are
-        // held, and the leftover is not abandoned.
-        if let Err(e) = dom.check_real_dir(&dir) {
+    for l in leftovers {
+        let name = l.name();
+        if let Err(e) = dom.backend.check_leftover(&l) {
             report.failed += 1;
             tracing::error!(sd_id = %dom.sd_id, leftover = %name, error = %e, "garbage collection leaves a leftover that is not a real directory of the domain");
             continue;
         }
-        let zero = name.starts_with(crate::storage::domain::REMOVE_ME_ZERO_PREFIX);
-        // Held until the removal below is done.
-        let _held = if zero {
+        // On shared storage another host may be deleting this image right now: its leases are
+        // held, and the leftover is not abandoned. Held until the removal below is done.
+        let _held = if l.wipe() {
             Vec::new()
         } else {
-            match lease_leftover(dom, &dir).map_err(ApiError::from) {
+            match lease_leftover(dom, &l).map_err(ApiError::from) {
                 Ok(held) => held,
                 Err(e) => {
                     report.busy += 1;
@@ -80,9 +79,9 @@ pub fn collect_garbage(agent: &Arc<Agent>, dom: &Domain) -> GcReport {
                 }
             }
         };
-        if zero {
+        if l.wipe() {
             // Never removed unwiped: the data may be sensitive.
-            match schedule_leftover_wipe(agent, dom, &name).map_err(ApiError::from) {
+            match schedule_leftover_wipe(agent, dom, &l).map_err(ApiError::from) {
                 Ok(()) => report.wipes_scheduled += 1,
                 Err(e) if e.code == sdm_proto::ErrorCode::AcquireLockFailure => {
                     report.busy += 1;
@@ -95,7 +94,7 @@ pub fn collect_garbage(agent: &Arc<Agent>, dom: &Domain) -> GcReport {
             }
             continue;
         }
-        match std::fs::remove_dir_all(&dir) {
+        match dom.backend.purge(&l) {
             Ok(()) => {
                 report.removed += 1;
                 tracing::info!(sd_id = %dom.sd_id, leftover = %name, "garbage collection removed a deleted image");
@@ -114,15 +113,18 @@ pub fn collect_garbage(agent: &Arc<Agent>, dom: &Domain) -> GcReport {
 
 /// Schedules wipe-then-remove of a `_remove_me_ZERO_` leftover found at attach. Fails with
 /// AcquireLockFailure when another job or host is working on it.
-fn schedule_leftover_wipe(agent: &Arc<Agent>, dom: &Domain, name: &str) -> Result<(), AgentError> {
-    let dir = dom.images_dir().join(name);
+fn schedule_leftover_wipe(
+    agent: &Arc<Agent>,
+    dom: &Domain,
+    l: &Leftover,
+) -> Result<(), AgentError> {
     let job_id = Uuid::new_v4();
-    let held = lease_leftover(dom, &dir)?;
+    let held = lease_leftover(dom, l)?;
     let dom = agent.domain(&dom.sd_id)?;
-    let agent2 = agent.clone();
+    let (agent2, l2) = (agent.clone(), l.clone());
     spawn_job(agent, &job_id, "gc_wipe", move |job| {
-        purge(&agent2, job, &dom, &dir, true, false, held)
+        purge(&agent2, job, &dom, &l2, false, held)
     })?;
-    tracing::info!(job = %job_id, leftover = %name, "scheduled wipe of a deleted image left over by an interrupted deletion");
+    tracing::info!(job = %job_id, leftover = %l.name(), "scheduled wipe of a deleted image left over by an interrupted deletion");
     Ok(())
 }

@@ -1,18 +1,17 @@
 //! `Image.move` (copy only) and `Image.delete` (with wipe-by-zeroing and discard).
 //!
-//! Deletion first marks every volume ILLEGAL and renames `images/<img>` to `_remove_me_<img>`
-//! (`_remove_me_ZERO_<img>` when the data must be wiped), synchronously, so that whatever happens
-//! next the leftover is recognisable; the job then wipes (if asked) and removes. A wipe that
-//! fails or is stopped leaves the `_remove_me_ZERO_` directory in place: unwiped data is never
-//! removed, because removal would hand the blocks back to the file system unerased. Garbage
-//! collection at attach, and `StorageDomain.fix`, finish such leftovers.
+//! Deletion first marks every volume ILLEGAL and the image for removal (`_remove_me_<img>`, or
+//! `_remove_me_ZERO_<img>` when the data must be wiped), synchronously, so that whatever happens
+//! next the leftover is recognisable; the job then wipes (if asked) and removes it
+//! (`super::purge`). Garbage collection at attach, and `StorageDomain.fix`, finish leftovers
+//! that an interruption left.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use sdm_proto::api::{DeleteImageParams, MoveImageParams};
 use sdm_proto::{
-    ApiError, ErrorCode, ImageOperation, JobResult, Legality, TaskRef, Uuid, VolumeRole,
+    ApiError, ErrorCode, ImageOperation, JobResult, Legality, Preallocation, TaskRef, Uuid,
+    VolumeFormat, VolumeRole,
 };
 
 use super::purge::purge;
@@ -21,11 +20,10 @@ use crate::error::AgentError;
 use crate::jobs::Job;
 use crate::locks::{domain_key, image_key, Mode};
 use crate::service::Agent;
-use crate::storage::domain::{
-    list_volumes_in, volume_paths_in, Domain, REMOVE_ME_PREFIX, REMOVE_ME_ZERO_PREFIX,
-};
+use crate::storage::backend::Leftover;
+use crate::storage::domain::Domain;
 use crate::storage::md::VolumeMetadata;
-use crate::storage::volume::{self, read_metadata, read_metadata_at, update_metadata, NewVolume};
+use crate::storage::volume::{self, read_metadata, update_metadata, NewVolume};
 use crate::storage::StorageError;
 
 // ---------------------------------------------------------------------------------------------
@@ -41,7 +39,6 @@ pub fn delete(agent: &Arc<Agent>, p: DeleteImageParams) -> Result<TaskRef, Agent
         (domain_key(sd.as_str()), Mode::Shared),
         (image_key(sd.as_str(), img.as_str()), Mode::Exclusive),
     ])?;
-    let dir = dom.image_dir(img);
     let not_found = || {
         StorageError::ImageNotFound {
             sd: sd.to_string(),
@@ -49,10 +46,10 @@ pub fn delete(agent: &Arc<Agent>, p: DeleteImageParams) -> Result<TaskRef, Agent
         }
         .into()
     };
-    if !dir.is_dir() {
+    if !dom.backend.image_exists(img) {
         return Err(not_found());
     }
-    let vols = list_volumes_in(&dir)?;
+    let vols = dom.backend.list_volumes(img)?;
     if vols.is_empty() {
         return Err(not_found());
     }
@@ -67,43 +64,34 @@ pub fn delete(agent: &Arc<Agent>, p: DeleteImageParams) -> Result<TaskRef, Agent
     // Every lease must be free: a volume being written elsewhere is not deleted under its writer.
     let mut held = Vec::new();
     for v in &vols {
-        let p = dom.volume_paths(img, v);
-        held.push(dom.leases.acquire(sd.as_str(), v.as_str(), &p.lease, 0)?);
+        held.push(dom.acquire_volume_lease(img, v)?);
     }
     let job = agent.jobs.register(&job_id, "delete_image")?;
-    let marked = (|| -> Result<PathBuf, AgentError> {
+    let marked = (|| -> Result<Leftover, AgentError> {
         for (v, md) in &mut mds {
             if md.legality != Legality::Illegal {
                 md.legality = Legality::Illegal;
-                update_metadata(&dom.volume_paths(img, v), md)?;
+                update_metadata(&dom, img, v, md)?;
             }
         }
-        let prefix = if wipe {
-            REMOVE_ME_ZERO_PREFIX
-        } else {
-            REMOVE_ME_PREFIX
-        };
-        let target = dom.images_dir().join(format!("{prefix}{img}"));
         fail::fail_point!("sdm::image_delete::before_rename");
-        std::fs::rename(&dir, &target).map_err(|e| StorageError::io("rename", &dir, e))?;
-        crate::durable::sync_dir(&dom.images_dir())?;
-        Ok(target)
+        Ok(dom.backend.mark_for_removal(img, wipe)?)
     })();
-    let target = match marked {
+    let leftover = match marked {
         Ok(t) => t,
         Err(e) => {
             agent.jobs.unregister(&job_id);
             return Err(e);
         }
     };
-    tracing::info!(sd_id = %sd, img_id = %img, wipe, discard, leftover = %target.display(), "image marked for deletion");
+    tracing::info!(sd_id = %sd, img_id = %img, wipe, discard, leftover = %leftover.name(), "image marked for deletion");
     let agent2 = agent.clone();
     let dom2 = dom.clone();
     // The leases stay held through the purge, so no other host's garbage collection takes the
     // leftover for an abandoned one while this job wipes it.
     agent.jobs.start(
         job,
-        super::work(move |job| purge(&agent2, job, &dom2, &target, wipe, discard, held)),
+        super::work(move |job| purge(&agent2, job, &dom2, &leftover, discard, held)),
     );
     Ok(TaskRef { uuid: job_id })
 }
@@ -146,7 +134,7 @@ pub fn move_image(agent: &Arc<Agent>, p: MoveImageParams) -> Result<TaskRef, Age
     }
     let src_dom = agent.domain(&req.src)?;
     let dst_dom = agent.domain(&req.dst)?;
-    let vols = src_dom.list_volumes(&req.img)?;
+    let vols = src_dom.backend.list_volumes(&req.img)?;
     if vols.is_empty() {
         return Err(StorageError::ImageNotFound {
             sd: req.src.to_string(),
@@ -170,7 +158,7 @@ pub fn move_image(agent: &Arc<Agent>, p: MoveImageParams) -> Result<TaskRef, Age
 }
 
 fn dst_image_is_legal(dom: &Domain, img: &Uuid) -> bool {
-    match dom.list_volumes(img) {
+    match dom.backend.list_volumes(img) {
         Ok(vols) if !vols.is_empty() => vols
             .iter()
             .all(|v| read_metadata(dom, img, v).is_ok_and(|md| md.legality == Legality::Legal)),
@@ -216,7 +204,7 @@ fn run_move(
         ],
     )?;
     let mut vols = Vec::new();
-    for v in src_dom.list_volumes(&req.img)? {
+    for v in src_dom.backend.list_volumes(&req.img)? {
         let md = read_metadata(&src_dom, &req.img, &v)?;
         if md.legality != Legality::Legal {
             return Err(ApiError::new(
@@ -232,8 +220,7 @@ fn run_move(
     // An existing destination image is replaced when forced or when it is ILLEGAL (a failed
     // earlier copy); a LEGAL one without force was refused before the job started, but may
     // have appeared since.
-    let dst_dir = dst_dom.image_dir(&req.img);
-    if dst_dir.exists() {
+    if dst_dom.backend.image_exists(&req.img) {
         if !req.force && dst_image_is_legal(&dst_dom, &req.img) {
             return Err(StorageError::VolumeExists(format!(
                 "image {} exists on domain {}",
@@ -251,7 +238,7 @@ fn run_move(
             vol: v.clone(),
             capacity: md.capacity,
             format: md.format,
-            allocation: md.allocation,
+            allocation: target_allocation(&dst_dom, md),
             parent: Uuid::parse(&md.parent).ok().filter(|p| !p.is_blank()),
             description: md.description.clone(),
             legality: Legality::Illegal,
@@ -263,8 +250,10 @@ fn run_move(
     let total: u64 = vols
         .iter()
         .map(|(v, _)| {
-            std::fs::metadata(src_dom.volume_paths(&req.img, v).data)
-                .map(|m| m.len())
+            src_dom
+                .backend
+                .volume_size(&req.img, v)
+                .map(|s| s.apparent)
                 .unwrap_or(0)
         })
         .sum();
@@ -289,38 +278,45 @@ fn copy_one(
     src_md: &VolumeMetadata,
 ) -> Result<(), AgentError> {
     check_abort(job)?;
-    let dst = dst_dom.volume_paths(img, v);
-    src_dom.check_contained(&src_dom.volume_paths(img, v).data)?;
-    dst_dom.check_contained(&dst.data)?;
-    let held = dst_dom
-        .leases
-        .acquire(dst_dom.sd_id.as_str(), v.as_str(), &dst.lease, 0)?;
+    let src = src_dom.backend.prepare(img, v)?;
+    let dst = dst_dom.backend.prepare(img, v)?;
+    let held = dst_dom.acquire_volume_lease(img, v)?;
     let ctl = job.child_control();
     ctl.set_bandwidth_limit(
         (agent.cfg.io.bandwidth_limit > 0).then_some(agent.cfg.io.bandwidth_limit),
     );
-    // A freshly truncated raw sparse file reads as zeros, so source holes need no work.
-    let fresh_sparse = src_md.format == sdm_proto::VolumeFormat::Raw
-        && src_md.allocation == sdm_proto::Preallocation::Sparse;
+    // A destination that reads as zeros when new needs no work for the source's holes.
     let opts = sdm_io::CopyOptions {
-        dst_reads_zero: fresh_sparse,
+        dst_reads_zero: dst_dom
+            .backend
+            .reads_zeros_when_new(src_md.format, target_allocation(dst_dom, src_md)),
         ..Default::default()
     };
-    agent
-        .engine
-        .copy(&src_dom.volume_paths(img, v).data, &dst.data, &opts, &ctl)?;
-    let mut md = read_metadata_at(&dst.meta)?;
+    agent.engine.copy(src.path(), dst.path(), &opts, &ctl)?;
+    let mut md = read_metadata(dst_dom, img, v)?;
     held.verify()?;
     md.legality = Legality::Legal;
     md.role = src_md.role;
     md.generation = src_md.generation;
-    update_metadata(&dst, &mut md)?;
+    update_metadata(dst_dom, img, v, &mut md)?;
     if let Err(e) = held.release() {
         tracing::warn!(error = %e, "releasing a destination lease failed");
     }
     Ok(())
 }
 
+/// How a copy of a volume with `md` is allocated on `dom`: as the source, except that RAW is
+/// preallocated where the domain has no sparse RAW volumes (VDSM's rule for block targets).
+fn target_allocation(dom: &Domain, md: &VolumeMetadata) -> Preallocation {
+    if md.format == VolumeFormat::Raw && !dom.backend.supports_sparse() {
+        Preallocation::Preallocated
+    } else {
+        md.allocation
+    }
+}
+
+/// Replaces an existing destination image: marks it ILLEGAL and for removal under its
+/// volumes' leases, then purges it (wiping it first when `wipe`).
 fn replace_destination(
     agent: &Agent,
     job: &Arc<Job>,
@@ -328,40 +324,28 @@ fn replace_destination(
     img: &Uuid,
     wipe: bool,
 ) -> Result<(), AgentError> {
-    let dir = dom.image_dir(img);
-    let vols = list_volumes_in(&dir)?;
     let mut held = Vec::new();
-    for v in &vols {
-        let p = volume_paths_in(&dir, v);
-        held.push(
-            dom.leases
-                .acquire(dom.sd_id.as_str(), v.as_str(), &p.lease, 0)?,
-        );
-        if let Ok(mut md) = read_metadata_at(&p.meta) {
+    for v in &dom.backend.list_volumes(img)? {
+        held.push(dom.acquire_volume_lease(img, v)?);
+        if let Ok(mut md) = read_metadata(dom, img, v) {
             if md.legality != Legality::Illegal {
                 md.legality = Legality::Illegal;
-                update_metadata(&p, &mut md)?;
+                update_metadata(dom, img, v, &mut md)?;
             }
         }
     }
-    let prefix = if wipe {
-        REMOVE_ME_ZERO_PREFIX
-    } else {
-        REMOVE_ME_PREFIX
-    };
-    let target = dom.images_dir().join(format!("{prefix}{img}"));
-    if target.exists() {
+    let target = Leftover::of(img, wipe);
+    if dom.backend.leftover_exists(&target) {
         return Err(ApiError::new(
             ErrorCode::GeneralException,
             format!(
-                "{} exists from an earlier deletion; finish it with StorageDomain.fix first",
-                target.display()
+                "images/{} exists from an earlier deletion; finish it with StorageDomain.fix first",
+                target.name()
             ),
         )
         .into());
     }
-    std::fs::rename(&dir, &target).map_err(|e| StorageError::io("rename", &dir, e))?;
-    crate::durable::sync_dir(&dom.images_dir())?;
+    let leftover = dom.backend.mark_for_removal(img, wipe)?;
     tracing::info!(sd_id = %dom.sd_id, img_id = %img, "replacing the existing destination image");
-    purge(agent, job, dom, &target, wipe, false, held).map(|_| ())
+    purge(agent, job, dom, &leftover, false, held).map(|_| ())
 }

@@ -56,11 +56,8 @@ fn run(
     let dom = agent.domain(&v.sd_id)?;
     // Lease first, never waiting (see copy_data): fencing a volume that a live job writes
     // fails at once with AcquireLockFailure, and the engine decides again on its next poll.
-    let paths = dom.volume_paths(&v.img_id, &v.vol_id);
     read_metadata(&dom, &v.img_id, &v.vol_id)?;
-    let held = dom
-        .leases
-        .acquire(v.sd_id.as_str(), v.vol_id.as_str(), &paths.lease, 0)?;
+    let held = dom.acquire_volume_lease(&v.img_id, &v.vol_id)?;
     let _locks = lock_for_job(
         agent,
         job,
@@ -127,7 +124,7 @@ fn run(
     };
     fail::fail_point!("sdm::update_volume::before_write");
     held.verify()?;
-    update_metadata(&paths, &mut md)?;
+    update_metadata(&dom, &v.img_id, &v.vol_id, &mut md)?;
     fail::fail_point!("sdm::update_volume::after_write");
     if let Err(e) = held.release() {
         tracing::warn!(error = %e, "releasing the volume lease failed");

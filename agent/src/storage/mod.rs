@@ -1,8 +1,15 @@
-//! File storage domains in oVirt's V5 layout: formats ([`md`]), domains ([`domain`]), volumes
-//! ([`volume`]) and the set of attached domains ([`registry`]).
+//! Storage domains in oVirt's V5 layouts: formats ([`md`]), the backend seam between what all
+//! kinds share and what differs ([`backend`]), attached domains ([`domain`], [`registry`]),
+//! the rules of volumes ([`volume`]), the file backend ([`file`]) and qemu-img ([`qemu`]).
+//!
+//! Module dependencies run one way: `registry → domain → {file, backend}`, `volume → domain`,
+//! `file → {backend, md, qemu}`, `backend → md`; [`StorageError`] is everyone's.
 
+pub mod backend;
 pub mod domain;
+pub mod file;
 pub mod md;
+pub mod qemu;
 pub mod registry;
 pub mod volume;
 
