@@ -92,18 +92,22 @@ impl Agent {
         }
         if self.cfg.create_default_domains {
             let root = self.default_domain_root();
-            let existing = DomainKind::File.discover(&root);
+            let existing = embedded_domains(&root);
             if existing.is_empty() {
-                std::fs::create_dir_all(&root).map_err(|e| StorageError::io("mkdir", &root, e))?;
                 // The default backend is local unless the config says otherwise (the fault
                 // suites run the same default domains over sanlock).
                 let kind = self.leases.default_kind();
                 let backend = self.leases.get(kind)?;
                 for n in 1..=2 {
+                    // Each under a root of its own, as each real file domain has its own
+                    // export: VDSM's discovery finds one domain per mounted directory.
+                    let own_root = root.join(n.to_string());
+                    std::fs::create_dir_all(&own_root)
+                        .map_err(|e| StorageError::io("mkdir", &own_root, e))?;
                     let sd = Uuid::new_v4();
                     let dir = Domain::create(
                         DomainKind::File,
-                        &root,
+                        &own_root,
                         &sd,
                         &format!("sdm local domain {n}"),
                         backend.as_ref(),
@@ -385,6 +389,26 @@ fn absolute(path: &str) -> Result<PathBuf, AgentError> {
         return Err(ApiError::invalid(format!("path {path:?} is not absolute")).into());
     }
     Ok(p)
+}
+
+/// The embedded default's domains under `root`: `<root>/<n>/<sd_id>`, and `<root>/<sd_id>` as
+/// agents before that layout made them (such a state directory keeps working as it is).
+fn embedded_domains(root: &Path) -> Vec<PathBuf> {
+    let mut found = DomainKind::File.discover(root);
+    let mut numbered: Vec<(u64, PathBuf)> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let n = e.file_name().to_str()?.parse::<u64>().ok()?;
+            e.path().is_dir().then(|| (n, e.path()))
+        })
+        .collect();
+    numbered.sort();
+    for (_, dir) in numbered {
+        found.extend(DomainKind::File.discover(&dir));
+    }
+    found
 }
 
 fn proc_rss() -> u64 {
