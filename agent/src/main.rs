@@ -43,7 +43,8 @@ fn main() -> ExitCode {
     init_logging();
     #[cfg(feature = "failpoints")]
     let _failpoints = {
-        // Test builds only: failpoints from the FAILPOINTS environment variable.
+        // Development and test builds (default features) only: failpoints from the
+        // FAILPOINTS environment variable; none are active without it.
         if let Ok(fp) = std::env::var("FAILPOINTS") {
             tracing::warn!(failpoints = %fp, "failpoints enabled (test build)");
         }
