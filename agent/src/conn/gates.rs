@@ -2,6 +2,7 @@
 //! messages) and [`UpgradeGate`] (HTTP: a WebSocket upgrade only as the first request).
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,45 +16,21 @@ use jsonrpsee::types::Request;
 
 use super::table::{Busy, ConnState, Registration};
 
-/// RPC middleware of one connection: marks it served at its first call, and counts the
-/// WebSocket messages that will get no answer (notifications) so that [`Guarded`]'s count of
-/// unanswered requests stays exact.
-#[derive(Clone)]
-pub struct CallGate<S> {
-    inner: S,
-    state: Arc<ConnState>,
+/// The service an RPC middleware of the agent wraps: jsonrpsee's, answering calls, batches and
+/// notifications alike with a `MethodResponse` (a shorthand for those bounds).
+pub trait RpcInner:
+    RpcServiceT<
+        MethodResponse = MethodResponse,
+        BatchResponse = MethodResponse,
+        NotificationResponse = MethodResponse,
+    > + Send
+    + Sync
+    + Clone
+    + 'static
+{
 }
 
-/// Layer of [`CallGate`] for the connection `reg`.
-#[derive(Clone)]
-pub struct CallGateLayer(Arc<ConnState>);
-
-impl CallGateLayer {
-    /// The layer for a registered connection.
-    pub fn new(reg: &Registration) -> CallGateLayer {
-        CallGateLayer(reg.state.clone())
-    }
-}
-
-impl<S> tower::Layer<S> for CallGateLayer {
-    type Service = CallGate<S>;
-    fn layer(&self, inner: S) -> CallGate<S> {
-        CallGate {
-            inner,
-            state: self.0.clone(),
-        }
-    }
-}
-
-impl<S> CallGate<S> {
-    fn unanswerable(&self) {
-        self.state.unanswerable.fetch_add(1, Ordering::AcqRel);
-        self.state.wake_reader();
-    }
-}
-
-impl<S> RpcServiceT for CallGate<S>
-where
+impl<S> RpcInner for S where
     S: RpcServiceT<
             MethodResponse = MethodResponse,
             BatchResponse = MethodResponse,
@@ -61,8 +38,71 @@ where
         > + Send
         + Sync
         + Clone
-        + 'static,
+        + 'static
 {
+}
+
+/// A middleware of one connection: the service it wraps and the connection's state. `K` says
+/// which gate it is ([`Calls`] or [`Upgrades`]).
+#[derive(Clone)]
+pub struct Gate<S, K> {
+    inner: S,
+    state: Arc<ConnState>,
+    kind: PhantomData<K>,
+}
+
+/// The layer that puts a [`Gate`] of kind `K` in front of a service, for one connection.
+#[derive(Clone)]
+pub struct GateLayer<K>(Arc<ConnState>, PhantomData<K>);
+
+impl<K> GateLayer<K> {
+    /// The layer for a registered connection.
+    pub fn new(reg: &Registration) -> GateLayer<K> {
+        GateLayer(reg.state.clone(), PhantomData)
+    }
+}
+
+impl<S, K: Clone> tower::Layer<S> for GateLayer<K> {
+    type Service = Gate<S, K>;
+    fn layer(&self, inner: S) -> Gate<S, K> {
+        Gate {
+            inner,
+            state: self.0.clone(),
+            kind: PhantomData,
+        }
+    }
+}
+
+/// RPC middleware of one connection: marks it served at its first call, and counts the
+/// WebSocket messages that will get no answer (notifications) so that [`super::Guarded`]'s
+/// count of unanswered requests stays exact.
+#[derive(Clone, Copy, Debug)]
+pub struct Calls;
+
+/// See [`Calls`].
+pub type CallGate<S> = Gate<S, Calls>;
+/// Layer of [`CallGate`].
+pub type CallGateLayer = GateLayer<Calls>;
+
+/// HTTP middleware of one connection: a WebSocket upgrade is accepted only as the first
+/// request of a connection, where [`super::Guarded`] knows the exact byte at which frames
+/// start; a later one is answered 400 and the connection closed.
+#[derive(Clone, Copy, Debug)]
+pub struct Upgrades;
+
+/// See [`Upgrades`].
+pub type UpgradeGate<S> = Gate<S, Upgrades>;
+/// Layer of [`UpgradeGate`].
+pub type UpgradeGateLayer = GateLayer<Upgrades>;
+
+impl<S> Gate<S, Calls> {
+    fn unanswerable(&self) {
+        self.state.unanswerable.fetch_add(1, Ordering::AcqRel);
+        self.state.wake_reader();
+    }
+}
+
+impl<S: RpcInner> RpcServiceT for Gate<S, Calls> {
     type MethodResponse = MethodResponse;
     type NotificationResponse = MethodResponse;
     type BatchResponse = MethodResponse;
@@ -101,35 +141,6 @@ where
     }
 }
 
-/// HTTP middleware of one connection: a WebSocket upgrade is accepted only as the first
-/// request of a connection, where [`Guarded`] knows the exact byte at which frames start;
-/// a later one is answered 400 and the connection closed.
-#[derive(Clone)]
-pub struct UpgradeGateLayer(Arc<ConnState>);
-
-impl UpgradeGateLayer {
-    /// The layer for a registered connection.
-    pub fn new(reg: &Registration) -> UpgradeGateLayer {
-        UpgradeGateLayer(reg.state.clone())
-    }
-}
-
-impl<S> tower::Layer<S> for UpgradeGateLayer {
-    type Service = UpgradeGate<S>;
-    fn layer(&self, inner: S) -> UpgradeGate<S> {
-        UpgradeGate {
-            inner,
-            state: self.0.clone(),
-        }
-    }
-}
-
-/// See [`UpgradeGateLayer`].
-pub struct UpgradeGate<S> {
-    inner: S,
-    state: Arc<ConnState>,
-}
-
 fn asks_for_websocket<B>(req: &HttpRequest<B>) -> bool {
     req.headers()
         .get_all(http::header::UPGRADE)
@@ -142,7 +153,7 @@ fn asks_for_websocket<B>(req: &HttpRequest<B>) -> bool {
         })
 }
 
-impl<S, B> tower::Service<HttpRequest<B>> for UpgradeGate<S>
+impl<S, B> tower::Service<HttpRequest<B>> for Gate<S, Upgrades>
 where
     S: tower::Service<HttpRequest<B>, Response = HttpResponse, Error = BoxError>,
     S::Future: Send + 'static,

@@ -24,6 +24,9 @@ mod guarded;
 mod table;
 mod wire;
 
-pub use gates::{CallGate, CallGateLayer, UpgradeGate, UpgradeGateLayer};
+pub use gates::{
+    CallGate, CallGateLayer, Calls, Gate, GateLayer, RpcInner, UpgradeGate, UpgradeGateLayer,
+    Upgrades,
+};
 pub use guarded::{Guarded, MAX_UNANSWERED};
 pub use table::{ConnState, Connections, Registration};

@@ -34,16 +34,14 @@ pub fn work(
     Box::new(move |job| f(job).map_err(ApiError::from))
 }
 
-/// Registers `job_id` and starts `work` as its job.
+/// Registers `job_id` and starts `f` as its job, once a data-path slot is free.
 pub fn spawn_job(
     agent: &Arc<Agent>,
     job_id: &Uuid,
     description: &str,
     f: impl FnOnce(&Arc<Job>) -> Result<Option<JobResult>, AgentError> + Send + 'static,
 ) -> Result<(), AgentError> {
-    let job = agent.jobs.register(job_id, description)?;
-    agent.jobs.start(job, work(f));
-    Ok(())
+    spawn(agent, job_id, description, true, work(f))
 }
 
 /// Registers and starts a metadata-only job that does not wait for a data-path slot.
@@ -53,8 +51,22 @@ pub fn spawn_metadata_job(
     description: &str,
     f: impl FnOnce(&Arc<Job>) -> Result<Option<JobResult>, AgentError> + Send + 'static,
 ) -> Result<(), AgentError> {
+    spawn(agent, job_id, description, false, work(f))
+}
+
+fn spawn(
+    agent: &Arc<Agent>,
+    job_id: &Uuid,
+    description: &str,
+    queued: bool,
+    work: Work,
+) -> Result<(), AgentError> {
     let job = agent.jobs.register(job_id, description)?;
-    agent.jobs.start_unqueued(job, work(f));
+    if queued {
+        agent.jobs.start(job, work);
+    } else {
+        agent.jobs.start_unqueued(job, work);
+    }
     Ok(())
 }
 

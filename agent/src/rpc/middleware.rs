@@ -9,6 +9,8 @@ use jsonrpsee::types::error::INVALID_PARAMS_CODE;
 use jsonrpsee::types::{ErrorObjectOwned, Request};
 use sdm_proto::ApiError;
 
+use crate::conn::RpcInner;
+
 /// Middleware that reports undecodable parameters (missing, mistyped, non-canonical UUIDs,
 /// out-of-range values) as InvalidParameterException (1000) instead of JSON-RPC's -32602, so
 /// engines see the contract's code, with the decoder's explanation as the message.
@@ -112,17 +114,7 @@ fn check_subscription_params(request: &Request<'_>) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-impl<S> RpcServiceT for ParamErrors<S>
-where
-    S: RpcServiceT<
-            MethodResponse = MethodResponse,
-            BatchResponse = MethodResponse,
-            NotificationResponse = MethodResponse,
-        > + Send
-        + Sync
-        + Clone
-        + 'static,
-{
+impl<S: RpcInner> RpcServiceT for ParamErrors<S> {
     type MethodResponse = MethodResponse;
     type NotificationResponse = MethodResponse;
     type BatchResponse = MethodResponse;
