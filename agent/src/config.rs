@@ -198,7 +198,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Host id in sanlock lockspaces, 1–2000.
     pub host_id: u64,
-    /// Create and attach two local domains under `<state_dir>/domains` on first start.
+    /// Create and attach two local domains on first start, each under a root of its own
+    /// (`<state_dir>/domains/1` and `…/2`).
     pub create_default_domains: bool,
     /// Directories under which `StorageDomain.create` may format new domains (besides
     /// `<state_dir>/domains`). Creation anywhere else is refused, so a client cannot make the

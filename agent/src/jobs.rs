@@ -19,8 +19,6 @@ use std::time::{Duration, Instant};
 use sdm_proto::{ApiError, ErrorCode, JobInfo, JobMap, JobResult, JobStatus, Uuid};
 use tokio::sync::{watch, Semaphore};
 
-use crate::error::WireError;
-
 /// Most jobs kept at once (finished ones are evicted oldest first beyond this).
 pub const MAX_JOBS: usize = 10_000;
 /// Metadata-only jobs (fencing) that run at once.
@@ -47,18 +45,6 @@ pub enum JobsError {
     /// The agent is stopping.
     #[error("the agent is shutting down")]
     ShuttingDown,
-}
-
-impl WireError for JobsError {
-    fn code(&self) -> ErrorCode {
-        match self {
-            JobsError::NoSuchJob(_) => ErrorCode::NoSuchJob,
-            JobsError::Exists(_) => ErrorCode::JobExists,
-            JobsError::NotDone(_) => ErrorCode::JobNotDone,
-            JobsError::NotActive(_) => ErrorCode::JobNotActive,
-            JobsError::TooMany(_) | JobsError::ShuttingDown => ErrorCode::GeneralException,
-        }
-    }
 }
 
 #[derive(Debug)]

@@ -14,7 +14,8 @@ use anyhow::Context;
 use clap::Parser;
 use sd_notify::NotifyState;
 use sdm_agent::config::{Config, ConfigError, Overrides};
-use sdm_agent::{rpc, Agent};
+use sdm_agent::{ops, rpc, Agent};
+use sdm_proto::ApiError;
 
 /// Exit status for a configuration that was refused (sysexits' EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
@@ -42,7 +43,8 @@ fn main() -> ExitCode {
     init_logging();
     #[cfg(feature = "failpoints")]
     let _failpoints = {
-        // Test builds only: failpoints from the FAILPOINTS environment variable.
+        // Development and test builds (default features) only: failpoints from the
+        // FAILPOINTS environment variable; none are active without it.
         if let Ok(fp) = std::env::var("FAILPOINTS") {
             tracing::warn!(failpoints = %fp, "failpoints enabled (test build)");
         }
@@ -87,7 +89,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let watchdog = spawn_watchdog();
 
     notify(&[NotifyState::Status("attaching storage domains")]);
-    let agent = Agent::start(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let agent = Agent::start(cfg).map_err(|e| anyhow::anyhow!("{}", ApiError::from(e)))?;
+    ops::gc::collect_all(&agent);
     let (addr, handle) = rpc::serve(agent.clone())
         .await
         .with_context(|| format!("cannot listen on {}", agent.cfg.listen))?;

@@ -1,5 +1,5 @@
 //! The agent's state and its synchronous verbs (domains, images, volumes, hosts). Data
-//! operations that run as jobs live in [`crate::ops`].
+//! operations that run as jobs live in `ops`, which builds on this module (never the reverse).
 //!
 //! Every method here may block on file IO; the RPC layer calls them on blocking threads.
 
@@ -7,15 +7,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sdm_proto::api::{AttachDomainParams, CreateDomainParams, CreateVolumeParams};
 use sdm_proto::{
-    ApiError, AttachResult, Capabilities, DomainInfo, HostStats, Legality, Size, Uuid, VolumeInfo,
+    ApiError, Capabilities, Description, DomainInfo, HostStats, Legality, Size, Uuid, VolumeInfo,
 };
 
 use crate::config::{Config, LeaseBackendKind};
-use crate::error::{to_api_error, WireError};
+use crate::error::AgentError;
 use crate::jobs::Jobs;
 use crate::leases::LeaseBackends;
-use crate::locks::{domain_key, image_key, LockError, LockManager, LockSet, Mode};
+use crate::locks::{domain_key, image_key, LockManager, LockSet, Mode};
+use crate::storage::backend::DomainKind;
 use crate::storage::domain::Domain;
 use crate::storage::registry::Registry;
 use crate::storage::volume::{self, NewVolume};
@@ -39,53 +41,43 @@ pub struct Agent {
     /// Data path.
     pub engine: sdm_io::Engine,
     started: Instant,
-    me: std::sync::Weak<Agent>,
 }
 
-impl WireError for LockError {
-    fn code(&self) -> sdm_proto::ErrorCode {
-        match self {
-            LockError::Stopped(_) => sdm_proto::ErrorCode::ActionStopped,
-            LockError::Timeout(_) => sdm_proto::ErrorCode::AcquireLockFailure,
-            LockError::Conflict(_) => sdm_proto::ErrorCode::GeneralException,
-        }
-    }
-}
-
-fn api<E: WireError>(e: E) -> ApiError {
-    to_api_error(&e)
+/// The outcome of attaching a domain: `fresh` holds the domain when this call attached it (not
+/// when it was attached already), so that the caller, which holds the `Arc<Agent>`, collects its
+/// deletion leftovers (`ops::gc`).
+pub struct Attached {
+    /// The domain's id.
+    pub sd_id: Uuid,
+    /// The domain, when newly attached.
+    pub fresh: Option<Arc<Domain>>,
 }
 
 impl Agent {
     /// Builds the agent: probes the data path, attaches the domains it had, those configured,
-    /// and (embedded default, first start) creates two local domains.
-    pub fn start(cfg: Config) -> Result<Arc<Agent>, ApiError> {
-        std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
-            api(StorageError::io(
-                "create state directory",
-                &cfg.state_dir,
-                e,
-            ))
-        })?;
+    /// and (embedded default, first start) creates two local domains. The caller collects the
+    /// garbage of the attached domains (`ops::gc::collect_all`) before serving.
+    pub fn start(cfg: Config) -> Result<Arc<Agent>, AgentError> {
+        std::fs::create_dir_all(&cfg.state_dir)
+            .map_err(|e| StorageError::io("create state directory", &cfg.state_dir, e))?;
         let engine = sdm_io::Engine::new(engine_config(&cfg));
         let leases = LeaseBackends::new(cfg.host_id, cfg.leases.clone());
-        let agent = Arc::new_cyclic(|me| Agent {
+        let agent = Arc::new(Agent {
             registry: Registry::new(&cfg.state_dir),
             jobs: Jobs::new(cfg.io.max_running_jobs, cfg.autodelete()),
             locks: Arc::new(LockManager::default()),
             leases,
             engine,
             started: Instant::now(),
-            me: me.clone(),
             cfg,
         });
         agent.attach_at_start()?;
         Ok(agent)
     }
 
-    fn attach_at_start(&self) -> Result<(), ApiError> {
+    fn attach_at_start(&self) -> Result<(), AgentError> {
         let mut wanted: Vec<(PathBuf, LeaseBackendKind)> = Vec::new();
-        for a in self.registry.persisted().map_err(api)? {
+        for a in self.registry.persisted()? {
             let kind = match a.lease_backend.as_str() {
                 "sanlock" => LeaseBackendKind::Sanlock,
                 _ => LeaseBackendKind::Local,
@@ -100,27 +92,27 @@ impl Agent {
         }
         if self.cfg.create_default_domains {
             let root = self.default_domain_root();
-            let existing = existing_domains(&root);
+            let existing = embedded_domains(&root);
             if existing.is_empty() {
-                std::fs::create_dir_all(&root)
-                    .map_err(|e| api(StorageError::io("mkdir", &root, e)))?;
                 // The default backend is local unless the config says otherwise (the fault
                 // suites run the same default domains over sanlock).
                 let kind = self.leases.default_kind();
-                let backend = self
-                    .leases
-                    .get(kind)
-                    .map_err(|e| api(StorageError::Lease(e)))?;
+                let backend = self.leases.get(kind)?;
                 for n in 1..=2 {
+                    // Each under a root of its own, as each real file domain has its own
+                    // export: VDSM's discovery finds one domain per mounted directory.
+                    let own_root = root.join(n.to_string());
+                    std::fs::create_dir_all(&own_root)
+                        .map_err(|e| StorageError::io("mkdir", &own_root, e))?;
                     let sd = Uuid::new_v4();
                     let dir = Domain::create(
-                        &root,
+                        DomainKind::File,
+                        &own_root,
                         &sd,
                         &format!("sdm local domain {n}"),
                         backend.as_ref(),
                         self.leases.io_timeout_s(),
-                    )
-                    .map_err(api)?;
+                    )?;
                     tracing::info!(sd_id = %sd, path = %dir.display(), lease_backend = kind.as_str(), "created embedded domain");
                     wanted.push((dir, kind));
                 }
@@ -136,20 +128,16 @@ impl Agent {
                 continue;
             }
             match self.attach_path(&path, kind) {
-                Ok(sd) => {
-                    tracing::info!(sd_id = %sd, path = %path.display(), lease_backend = kind.as_str(), "attached domain")
+                Ok(a) => {
+                    tracing::info!(sd_id = %a.sd_id, path = %path.display(), lease_backend = kind.as_str(), "attached domain")
                 }
                 Err(e) => {
+                    let e = ApiError::from(e);
                     tracing::error!(path = %path.display(), error = %e.message, "cannot attach domain at start")
                 }
             }
         }
         Ok(())
-    }
-
-    /// The agent itself, for work that outlives the current call (jobs started from attach).
-    pub fn self_arc(&self) -> Option<Arc<Agent>> {
-        self.me.upgrade()
     }
 
     fn default_domain_root(&self) -> PathBuf {
@@ -164,10 +152,10 @@ impl Agent {
     }
 
     /// Takes locks for a synchronous verb (short wait).
-    pub fn lock_sync(&self, wanted: &[(String, Mode)]) -> Result<LockSet, ApiError> {
+    pub fn lock_sync(&self, wanted: &[(String, Mode)]) -> Result<LockSet, AgentError> {
         self.locks
             .lock(wanted, SYNC_LOCK_TIMEOUT, &|| false)
-            .map_err(api)
+            .map_err(AgentError::from)
     }
 
     // --- host -----------------------------------------------------------------------------
@@ -211,33 +199,38 @@ impl Agent {
 
     // --- domains --------------------------------------------------------------------------
 
-    fn attach_path(&self, path: &Path, kind: LeaseBackendKind) -> Result<Uuid, ApiError> {
-        let leases = self
-            .leases
-            .get(kind)
-            .map_err(|e| api(StorageError::Lease(e)))?;
-        let dom = Domain::open(path, leases.clone()).map_err(api)?;
+    fn attach_path(&self, path: &Path, kind: LeaseBackendKind) -> Result<Attached, AgentError> {
+        let leases = self.leases.get(kind)?;
+        let dom = Domain::open(DomainKind::File, path, leases)?;
         if let Ok(existing) = self.registry.get(&dom.sd_id) {
-            if existing.dir == dom.dir {
-                return Ok(dom.sd_id);
+            if existing.path() == dom.path() {
+                return Ok(Attached {
+                    sd_id: dom.sd_id,
+                    fresh: None,
+                });
             }
         }
-        leases
-            .join(dom.sd_id.as_str(), &dom.ids_path())
-            .map_err(|e| api(StorageError::Lease(e)))?;
-        let sd = dom.sd_id.clone();
+        dom.join_lockspace()?;
         let dom = Arc::new(dom);
-        self.registry.insert(dom.clone(), kind).map_err(api)?;
-        crate::ops::gc::collect_garbage(self, &dom);
-        Ok(sd)
+        let fresh = self.registry.insert(dom.clone(), kind)?;
+        Ok(Attached {
+            sd_id: dom.sd_id.clone(),
+            fresh: fresh.then_some(dom),
+        })
     }
 
     /// `StorageDomain.create`.
-    pub fn create_domain(&self, sd: &Uuid, path: &str, description: &str) -> Result<(), ApiError> {
+    pub fn create_domain(&self, p: &CreateDomainParams) -> Result<Attached, AgentError> {
+        let (sd, path) = (&p.sd_id, p.path.as_str());
+        let description = p
+            .description
+            .as_ref()
+            .map(Description::as_str)
+            .unwrap_or("");
         let root = absolute(path)?;
         let canon = root
             .canonicalize()
-            .map_err(|e| api(StorageError::Invalid(format!("cannot use {path}: {e}"))))?;
+            .map_err(|e| StorageError::Invalid(format!("cannot use {path}: {e}")))?;
         let allowed = self
             .domain_roots()
             .iter()
@@ -247,40 +240,36 @@ impl Agent {
             return Err(ApiError::invalid(format!(
                 "{path} is not under a configured domain root ({}); add it to `domain_roots` in the agent config",
                 self.domain_roots().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-            )));
+            )).into());
         }
         if self.registry.get(sd).is_ok() {
-            return Err(api(StorageError::DomainExists(sd.to_string())));
+            return Err(StorageError::DomainExists(sd.to_string()).into());
         }
         let kind = self.leases.default_kind();
-        let leases = self
-            .leases
-            .get(kind)
-            .map_err(|e| api(StorageError::Lease(e)))?;
+        let leases = self.leases.get(kind)?;
         let dir = Domain::create(
+            DomainKind::File,
             &canon,
             sd,
             description,
             leases.as_ref(),
             self.leases.io_timeout_s(),
-        )
-        .map_err(api)?;
+        )?;
         tracing::info!(sd_id = %sd, path = %dir.display(), "created domain");
-        self.attach_path(&dir, kind)?;
-        Ok(())
+        self.attach_path(&dir, kind)
     }
 
     /// `StorageDomain.attach`.
-    pub fn attach_domain(&self, path: &str) -> Result<AttachResult, ApiError> {
-        let dir = absolute(path)?;
-        let sd = self.attach_path(&dir, self.leases.default_kind())?;
-        tracing::info!(sd_id = %sd, path = %dir.display(), "attached domain");
-        Ok(AttachResult { sd_id: sd })
+    pub fn attach_domain(&self, p: &AttachDomainParams) -> Result<Attached, AgentError> {
+        let dir = absolute(&p.path)?;
+        let a = self.attach_path(&dir, self.leases.default_kind())?;
+        tracing::info!(sd_id = %a.sd_id, path = %dir.display(), "attached domain");
+        Ok(a)
     }
 
     /// `StorageDomain.detach`: refused while a job holds the domain.
-    pub fn detach_domain(&self, sd: &Uuid) -> Result<(), ApiError> {
-        let dom = self.registry.get(sd).map_err(api)?;
+    pub fn detach_domain(&self, sd: &Uuid) -> Result<(), AgentError> {
+        let dom = self.registry.get(sd)?;
         let _guard = self
             .locks
             .lock(
@@ -289,12 +278,10 @@ impl Agent {
                 &|| false,
             )
             .map_err(|_| {
-                api(StorageError::Busy(format!(
-                    "storage domain {sd} is in use by running jobs"
-                )))
+                StorageError::Busy(format!("storage domain {sd} is in use by running jobs"))
             })?;
-        self.registry.remove(sd).map_err(api)?;
-        if let Err(e) = dom.leases.leave(sd.as_str(), &dom.ids_path()) {
+        self.registry.remove(sd)?;
+        if let Err(e) = dom.leave_lockspace() {
             tracing::warn!(sd_id = %sd, error = %e, "leaving the lockspace failed");
         }
         tracing::info!(sd_id = %sd, "detached domain");
@@ -307,11 +294,11 @@ impl Agent {
             .all()
             .into_iter()
             .map(|(d, kind)| {
-                let (capacity, free) = d.space();
+                let (capacity, free) = d.backend.space();
                 DomainInfo {
                     sd_id: d.sd_id.clone(),
-                    path: d.dir.to_string_lossy().into_owned(),
-                    kind: "file".into(),
+                    path: d.path().to_string_lossy().into_owned(),
+                    kind: d.backend.kind().as_str().into(),
                     description: d.description().to_string(),
                     capacity: Size(capacity),
                     free: Size(free),
@@ -323,35 +310,25 @@ impl Agent {
     }
 
     /// An attached domain.
-    pub fn domain(&self, sd: &Uuid) -> Result<Arc<Domain>, ApiError> {
-        self.registry.get(sd).map_err(api)
+    pub fn domain(&self, sd: &Uuid) -> Result<Arc<Domain>, AgentError> {
+        Ok(self.registry.get(sd)?)
     }
 
     /// `StorageDomain.getImages`.
-    pub fn get_images(&self, sd: &Uuid) -> Result<Vec<Uuid>, ApiError> {
-        self.domain(sd)?.list_images().map_err(api)
+    pub fn get_images(&self, sd: &Uuid) -> Result<Vec<Uuid>, AgentError> {
+        Ok(self.domain(sd)?.backend.list_images()?)
     }
 
     /// `Image.getVolumes`.
-    pub fn get_volumes(&self, sd: &Uuid, img: &Uuid) -> Result<Vec<Uuid>, ApiError> {
-        self.domain(sd)?.list_volumes(img).map_err(api)
+    pub fn get_volumes(&self, sd: &Uuid, img: &Uuid) -> Result<Vec<Uuid>, AgentError> {
+        Ok(self.domain(sd)?.backend.list_volumes(img)?)
     }
 
     // --- volumes --------------------------------------------------------------------------
 
     /// `Volume.create`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn create_volume(
-        &self,
-        sd: &Uuid,
-        img: &Uuid,
-        vol: &Uuid,
-        capacity: u64,
-        format: sdm_proto::VolumeFormat,
-        allocation: sdm_proto::Preallocation,
-        parent: Option<Uuid>,
-        description: &str,
-    ) -> Result<(), ApiError> {
+    pub fn create_volume(&self, p: &CreateVolumeParams) -> Result<(), AgentError> {
+        let (sd, img) = (&p.sd_id, &p.img_id);
         let dom = self.domain(sd)?;
         let _locks = self.lock_sync(&[
             (domain_key(sd.as_str()), Mode::Shared),
@@ -359,24 +336,29 @@ impl Agent {
         ])?;
         let req = NewVolume {
             img: img.clone(),
-            vol: vol.clone(),
-            capacity,
-            format,
-            allocation,
-            parent,
-            description: description.to_string(),
+            vol: p.vol_id.clone(),
+            capacity: p.capacity.get(),
+            format: p.format,
+            allocation: p.preallocate,
+            parent: p.parent_vol_id.clone(),
+            description: p
+                .description
+                .as_ref()
+                .map(Description::as_str)
+                .unwrap_or("")
+                .to_string(),
             legality: Legality::Legal,
             disktype: "DATA".into(),
         };
-        volume::create(&dom, &req).map_err(api)?;
-        tracing::info!(sd_id = %sd, img_id = %img, vol_id = %vol, capacity, %format, "created volume");
+        volume::create(&dom, &req)?;
+        tracing::info!(sd_id = %sd, img_id = %img, vol_id = %p.vol_id, capacity = req.capacity, format = %p.format, "created volume");
         Ok(())
     }
 
     /// `Volume.getInfo`.
-    pub fn volume_info(&self, sd: &Uuid, img: &Uuid, vol: &Uuid) -> Result<VolumeInfo, ApiError> {
+    pub fn volume_info(&self, sd: &Uuid, img: &Uuid, vol: &Uuid) -> Result<VolumeInfo, AgentError> {
         let dom = self.domain(sd)?;
-        volume::info(&dom, img, vol).map_err(api)
+        Ok(volume::info(&dom, img, vol)?)
     }
 }
 
@@ -398,33 +380,35 @@ fn engine_config(cfg: &Config) -> sdm_io::EngineConfig {
     e
 }
 
-fn absolute(path: &str) -> Result<PathBuf, ApiError> {
+fn absolute(path: &str) -> Result<PathBuf, AgentError> {
     if path.is_empty() || path.len() > 4096 || path.contains('\0') {
-        return Err(ApiError::invalid("path must be a non-empty absolute path"));
+        return Err(ApiError::invalid("path must be a non-empty absolute path").into());
     }
     let p = PathBuf::from(path);
     if !p.is_absolute() {
-        return Err(ApiError::invalid(format!("path {path:?} is not absolute")));
+        return Err(ApiError::invalid(format!("path {path:?} is not absolute")).into());
     }
     Ok(p)
 }
 
-fn existing_domains(root: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(root) else {
-        return Vec::new();
-    };
-    let mut v: Vec<PathBuf> = rd
+/// The embedded default's domains under `root`: `<root>/<n>/<sd_id>`, and `<root>/<sd_id>` as
+/// agents before that layout made them (such a state directory keeps working as it is).
+fn embedded_domains(root: &Path) -> Vec<PathBuf> {
+    let mut found = DomainKind::File.discover(root);
+    let mut numbered: Vec<(u64, PathBuf)> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
         .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(sdm_proto::is_canonical_uuid)
-                && p.join("dom_md").is_dir()
+        .filter_map(|e| {
+            let n = e.file_name().to_str()?.parse::<u64>().ok()?;
+            e.path().is_dir().then(|| (n, e.path()))
         })
         .collect();
-    v.sort();
-    v
+    numbered.sort();
+    for (_, dir) in numbered {
+        found.extend(DomainKind::File.discover(&dir));
+    }
+    found
 }
 
 fn proc_rss() -> u64 {

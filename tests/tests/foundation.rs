@@ -21,7 +21,7 @@ async fn every_verb_through_the_client() {
     assert_eq!(stats.jobs_running, 0);
     assert!(stats.rss_bytes > 0 && stats.open_fds > 0);
 
-    let (sd1, sd2, dir1, _) = default_domains(&c).await;
+    let (sd1, sd2, dir1, dir2) = default_domains(&c).await;
     assert!(
         dir1.ends_with(sd1.as_str()),
         "list gives the domain directory"
@@ -180,11 +180,7 @@ async fn every_verb_through_the_client() {
         .unwrap();
     assert_eq!(tinfo.parent, base);
     let meta = std::fs::read_to_string(
-        agent
-            .state_dir
-            .join("domains")
-            .join(sd2.as_str())
-            .join("images")
+        dir2.join("images")
             .join(img.as_str())
             .join(format!("{top}.meta")),
     )
@@ -512,4 +508,86 @@ async fn restart_reattaches_and_sigterm_exits_cleanly() {
     let (status, took) = agent.terminate();
     assert!(status.success(), "SIGTERM exit status {status}");
     assert!(took < Duration::from_secs(10), "SIGTERM took {took:?}");
+}
+
+/// The embedded default puts each domain under a root of its own (`<state>/domains/<n>/<sd>`),
+/// as each real file domain has an export of its own: VDSM's discovery finds one domain per
+/// mounted directory.
+#[tokio::test]
+async fn embedded_domains_have_a_root_each() {
+    let mut agent = AgentProc::start(AgentOptions::default());
+    let c = agent.client();
+    let (sd1, sd2, dir1, dir2) = default_domains(&c).await;
+    let root = agent.state_dir.join("domains").canonicalize().unwrap();
+    assert_eq!(dir1, root.join("1").join(sd1.as_str()));
+    assert_eq!(dir2, root.join("2").join(sd2.as_str()));
+    for own_root in [root.join("1"), root.join("2")] {
+        let entries: Vec<_> = std::fs::read_dir(&own_root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(entries.len(), 1, "one domain per root: {entries:?}");
+    }
+    agent.restart();
+    let c = agent.client();
+    let again = default_domains(&c).await;
+    assert_eq!(
+        (again.0, again.1),
+        (sd1, sd2),
+        "the same domains after a restart"
+    );
+    assert_eq!(c.api().list_domains().await.via(&c).unwrap().len(), 2);
+}
+
+/// A state directory from agents before the layout above (`<state>/domains/<sd>`, and no
+/// record of attached domains) starts as it is: its domains are found and attached, volumes
+/// work, and no new domains are made.
+#[tokio::test]
+async fn an_old_flat_state_dir_still_attaches_its_domains() {
+    use sdm_agent::storage::backend::DomainKind;
+    use sdm_agent::storage::domain::Domain;
+
+    let tmp = tempfile::Builder::new()
+        .prefix("sdm-flat-")
+        .tempdir()
+        .unwrap();
+    let state = tmp.path().join("state");
+    let root = state.join("domains");
+    std::fs::create_dir_all(&root).unwrap();
+    let leases = sdm_lease::LocalLeases::new(1);
+    let mut made = Vec::new();
+    for n in 1..=2 {
+        let sd = uuid();
+        let dir = Domain::create(
+            DomainKind::File,
+            &root,
+            &sd,
+            &format!("sdm local domain {n}"),
+            &leases,
+            10,
+        )
+        .unwrap();
+        made.push((sd, dir));
+    }
+    let mut agent = AgentProc::start(AgentOptions {
+        state_dir: Some(state.clone()),
+        ..Default::default()
+    });
+    for round in ["first start", "restart"] {
+        let c = agent.client();
+        let listed = c.api().list_domains().await.via(&c).unwrap();
+        assert_eq!(listed.len(), 2, "{round}: {listed:?}");
+        let (sd1, sd2, dir1, dir2) = default_domains(&c).await;
+        assert_eq!((&sd1, &dir1), (&made[0].0, &made[0].1), "{round}");
+        assert_eq!((&sd2, &dir2), (&made[1].0, &made[1].1), "{round}");
+        assert!(!root.join("1").exists(), "{round}: no new embedded domain");
+        let (img, vol) = (uuid(), uuid());
+        create_volume(&c, &sd2, &img, &vol, 1 << 20, VolumeFormat::Raw, None, None).await;
+        assert!(dir2
+            .join("images")
+            .join(img.as_str())
+            .join(format!("{vol}.meta"))
+            .exists());
+        agent.restart();
+    }
 }

@@ -3,45 +3,43 @@
 
 use std::sync::Arc;
 
-use sdm_proto::{ApiError, ChecksumAlgorithm, JobResult, Uuid};
+use sdm_proto::api::ChecksumVolumeParams;
+use sdm_proto::{ChecksumAlgorithm, JobResult};
 
-use super::{io, lock_for_job, spawn_job, storage};
+use super::{lock_for_job, spawn_job};
+use crate::error::AgentError;
 use crate::locks::{domain_key, image_key, Mode};
 use crate::service::Agent;
 use crate::storage::volume::read_metadata;
 
-/// Validates and schedules a checksum.
-pub fn schedule(
-    agent: &Arc<Agent>,
-    job_id: &Uuid,
-    sd: Uuid,
-    img: Uuid,
-    vol: Uuid,
-) -> Result<(), ApiError> {
-    let agent2 = agent.clone();
-    spawn_job(
-        agent,
+/// Validates and schedules a checksum (SHA-256, the only algorithm).
+pub fn schedule(agent: &Arc<Agent>, p: ChecksumVolumeParams) -> Result<(), AgentError> {
+    agent.domain(&p.sd_id)?;
+    let ChecksumVolumeParams {
         job_id,
-        "checksum",
-        Box::new(move |job| {
-            let dom = agent2.domain(&sd)?;
-            let _locks = lock_for_job(
-                &agent2,
-                job,
-                &[
-                    (domain_key(sd.as_str()), Mode::Shared),
-                    (image_key(sd.as_str(), img.as_str()), Mode::Shared),
-                ],
-            )?;
-            read_metadata(&dom, &img, &vol).map_err(storage)?;
-            let path = dom.volume_paths(&img, &vol).data;
-            dom.check_contained(&path).map_err(storage)?;
-            job.mark_started();
-            let checksum = agent2.engine.checksum(&path, job.control()).map_err(io)?;
-            Ok(Some(JobResult {
-                checksum,
-                algorithm: ChecksumAlgorithm::Sha256,
-            }))
-        }),
-    )
+        sd_id: sd,
+        img_id: img,
+        vol_id: vol,
+        ..
+    } = p;
+    let agent2 = agent.clone();
+    spawn_job(agent, &job_id, "checksum", move |job| {
+        let dom = agent2.domain(&sd)?;
+        let _locks = lock_for_job(
+            &agent2,
+            job,
+            &[
+                (domain_key(sd.as_str()), Mode::Shared),
+                (image_key(sd.as_str(), img.as_str()), Mode::Shared),
+            ],
+        )?;
+        read_metadata(&dom, &img, &vol)?;
+        let data = dom.backend.prepare(&img, &vol)?;
+        job.mark_started();
+        let checksum = agent2.engine.checksum(data.path(), job.control())?;
+        Ok(Some(JobResult {
+            checksum,
+            algorithm: ChecksumAlgorithm::Sha256,
+        }))
+    })
 }

@@ -15,14 +15,23 @@
 //! generation; after 7 it is LEGAL with the new one. An engine that lost the job reads exactly
 //! that (and the lease) to decide.
 
+use std::path::Path;
 use std::sync::Arc;
 
-use sdm_proto::{ApiError, Endpoint, ErrorCode, Generation, JobResult, Legality, VolumeFormat};
+use sdm_proto::api::CopyDataParams;
+use sdm_proto::{
+    ApiError, Endpoint, ErrorCode, Generation, JobResult, Legality, Size, VolumeFormat,
+};
 
-use super::{check_abort, io, lease, lock_for_job, spawn_job, storage};
+use super::{check_abort, flag, lock_for_job, spawn_job};
+use crate::error::AgentError;
 use crate::jobs::Job;
 use crate::locks::{domain_key, image_key, Mode};
 use crate::service::Agent;
+use crate::storage::backend::Prepared;
+use crate::storage::domain::Domain;
+use crate::storage::md::VolumeMetadata;
+use crate::storage::qemu;
 use crate::storage::volume::{read_metadata, update_metadata};
 
 /// Validated `SDM.copy_data` request.
@@ -39,50 +48,85 @@ pub struct CopyRequest {
 }
 
 /// Validates and schedules a copy.
-pub fn schedule(
-    agent: &Arc<Agent>,
-    job_id: &sdm_proto::Uuid,
-    req: CopyRequest,
-    copy_bitmaps: bool,
-) -> Result<(), ApiError> {
+pub fn schedule(agent: &Arc<Agent>, p: CopyDataParams) -> Result<(), AgentError> {
+    let req = CopyRequest {
+        source: p.source,
+        destination: p.destination,
+        verify: flag(p.verify),
+        bandwidth_limit: p.bandwidth_limit.map(Size::get).filter(|v| *v > 0),
+    };
     let (s, d) = (&req.source, &req.destination);
     if s.sd_id == d.sd_id && s.img_id == d.img_id && s.vol_id == d.vol_id {
-        return Err(ApiError::invalid(
-            "source and destination are the same volume",
-        ));
+        return Err(ApiError::invalid("source and destination are the same volume").into());
     }
-    if copy_bitmaps {
+    if flag(p.copy_bitmaps) {
         return Err(ApiError::new(
             ErrorCode::UnsupportedOperation,
             "copy_bitmaps is not supported: sdm copies the volume container as is",
-        ));
+        )
+        .into());
     }
     let agent2 = agent.clone();
-    spawn_job(
-        agent,
-        job_id,
-        "copy_data",
-        Box::new(move |job| run(&agent2, job, &req)),
-    )
+    spawn_job(agent, &p.job_id, "copy_data", move |job| {
+        run(&agent2, job, &req)
+    })
 }
 
-fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobResult>, ApiError> {
+fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobResult>, AgentError> {
     let (src, dst) = (&req.source, &req.destination);
     let src_dom = agent.domain(&src.sd_id)?;
     let dst_dom = agent.domain(&dst.sd_id)?;
 
-    // The destination's lease comes first and never waits: a second writer of the same volume
-    // fails at once with AcquireLockFailure, here or on any other host. The in-process locks
-    // after it may wait (another job on the same image), but never for this volume.
-    let dst_paths = dst_dom.volume_paths(&dst.img_id, &dst.vol_id);
-    let mut dst_md = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id).map_err(storage)?;
+    // Step 2 before step 1: the destination's lease comes first and never waits, so a second
+    // writer of the same volume fails at once with AcquireLockFailure, here or on any other
+    // host. The in-process locks after it may wait (another job on the same image), but never
+    // for this volume.
+    let dst_md = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id)?;
     fail::fail_point!("sdm::copy_data::before_lease");
-    let held = dst_dom
-        .leases
-        .acquire(dst.sd_id.as_str(), dst.vol_id.as_str(), &dst_paths.lease, 0)
-        .map_err(lease)?;
+    let held = dst_dom.acquire_volume_lease(&dst.img_id, &dst.vol_id)?;
     fail::fail_point!("sdm::copy_data::after_lease");
+    let _locks = lock_for_job(agent, job, &wanted_locks(src, dst))?;
+    check_abort(job)?;
 
+    // Re-read under the lease: another host may have written it while we waited.
+    let mut dst_md = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id).unwrap_or(dst_md);
+    let start_gen = check_generation(dst, &dst_md)?;
+    let src_md = read_metadata(&src_dom, &src.img_id, &src.vol_id)?;
+    check_source(src, &src_md, &dst_md)?;
+    check_abort(job)?;
+
+    // Both volumes made usable before anything is written (the backend refuses links planted
+    // in a domain that lead outside it).
+    let src_data = src_dom.backend.prepare(&src.img_id, &src.vol_id)?;
+    let dst_data = dst_dom.backend.prepare(&dst.img_id, &dst.vol_id)?;
+
+    // From here on the destination's content is not to be trusted until the final write.
+    dst_md.legality = Legality::Illegal;
+    update_metadata(&dst_dom, &dst.img_id, &dst.vol_id, &mut dst_md)?;
+    fail::fail_point!("sdm::copy_data::after_illegal");
+
+    copy_bytes(
+        agent,
+        job,
+        req,
+        &dst_dom,
+        (&src_data, &src_md),
+        (&dst_data, &dst_md),
+    )?;
+    fail::fail_point!("sdm::copy_data::before_legal");
+    check_abort(job)?;
+
+    mark_legal(&dst_dom, dst, start_gen, &held)?;
+    fail::fail_point!("sdm::copy_data::after_legal");
+    if let Err(e) = held.release() {
+        tracing::warn!(error = %e, "releasing the destination lease failed");
+    }
+    Ok(None)
+}
+
+/// Step 1: both domains shared, the destination image exclusive, the source image shared
+/// when it is another one.
+fn wanted_locks(src: &Endpoint, dst: &Endpoint) -> Vec<(String, Mode)> {
     let mut wanted = vec![
         (domain_key(src.sd_id.as_str()), Mode::Shared),
         (domain_key(dst.sd_id.as_str()), Mode::Shared),
@@ -97,78 +141,84 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
             Mode::Shared,
         ));
     }
-    let _locks = lock_for_job(agent, job, &wanted)?;
-    check_abort(job)?;
+    wanted
+}
 
-    // Re-read under the lease: another host may have written it while we waited.
-    dst_md = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id)
-        .map_err(storage)
-        .unwrap_or(dst_md);
+/// Step 3: the destination's generation is the one the engine expects (911 otherwise, with
+/// nothing changed yet). Returns it.
+fn check_generation(dst: &Endpoint, dst_md: &VolumeMetadata) -> Result<u16, AgentError> {
     let start_gen = dst_md.generation;
-    if let Some(want) = dst.generation {
-        if want.get() != start_gen {
-            return Err(ApiError::new(
-                ErrorCode::GenerationMismatch,
-                format!(
-                    "destination generation is {start_gen}, requested {}",
-                    want.get()
-                ),
-            ));
-        }
+    match dst.generation {
+        Some(want) if want.get() != start_gen => Err(ApiError::new(
+            ErrorCode::GenerationMismatch,
+            format!(
+                "destination generation is {start_gen}, requested {}",
+                want.get()
+            ),
+        )
+        .into()),
+        _ => Ok(start_gen),
     }
-    let src_md = read_metadata(&src_dom, &src.img_id, &src.vol_id).map_err(storage)?;
+}
+
+/// Step 4: the source is LEGAL (227 otherwise), and the formats and sizes allow a copy of the
+/// container as it is.
+fn check_source(
+    src: &Endpoint,
+    src_md: &VolumeMetadata,
+    dst_md: &VolumeMetadata,
+) -> Result<(), AgentError> {
     if src_md.legality != Legality::Legal {
         return Err(ApiError::new(
             ErrorCode::prepareIllegalVolumeError,
             format!("source volume {} is {}", src.vol_id, src_md.legality),
-        ));
+        )
+        .into());
     }
     if src_md.format != dst_md.format {
         return Err(ApiError::new(
             ErrorCode::UnsupportedOperation,
             format!("conversion {} to {} is not supported: create the destination in the source's format", src_md.format, dst_md.format),
-        ));
+        ).into());
     }
     match src_md.format {
-        VolumeFormat::Raw if dst_md.capacity < src_md.capacity => {
-            return Err(ApiError::invalid(format!(
-                "destination capacity {} is smaller than the source's {}",
-                dst_md.capacity, src_md.capacity
-            )))
-        }
-        VolumeFormat::Cow if dst_md.capacity != src_md.capacity => {
-            return Err(ApiError::new(
-                ErrorCode::UnsupportedOperation,
-                "COW copies need equal capacities (the qcow2 container is copied as is)",
-            ))
-        }
+        VolumeFormat::Raw if dst_md.capacity < src_md.capacity => Err(ApiError::invalid(format!(
+            "destination capacity {} is smaller than the source's {}",
+            dst_md.capacity, src_md.capacity
+        ))
+        .into()),
+        VolumeFormat::Cow if dst_md.capacity != src_md.capacity => Err(ApiError::new(
+            ErrorCode::UnsupportedOperation,
+            "COW copies need equal capacities (the qcow2 container is copied as is)",
+        )
+        .into()),
         VolumeFormat::Cow
             if dst_md.parent != src_md.parent
                 && src_md.parent != sdm_proto::BLANK_UUID
                 && dst_md.parent == sdm_proto::BLANK_UUID =>
         {
-            return Err(ApiError::new(
+            Err(ApiError::new(
                 ErrorCode::UnsupportedOperation,
                 "collapsing a COW chain into a volume without a parent is not supported",
-            ))
+            )
+            .into())
         }
-        _ => {}
+        _ => Ok(()),
     }
-    check_abort(job)?;
+}
 
-    // Links planted in a domain must not lead the copy outside it (checked before anything
-    // is written).
-    src_dom
-        .check_contained(&src_dom.volume_paths(&src.img_id, &src.vol_id).data)
-        .map_err(storage)?;
-    dst_dom.check_contained(&dst_paths.data).map_err(storage)?;
-
-    // From here on the destination's content is not to be trusted until the final write.
-    dst_md.legality = Legality::Illegal;
-    update_metadata(&dst_paths, &mut dst_md).map_err(storage)?;
-    fail::fail_point!("sdm::copy_data::after_illegal");
-
-    let src_path = src_dom.volume_paths(&src.img_id, &src.vol_id).data;
+/// Step 6: the bytes, through the data path (ending in fdatasync, and a read-back when asked),
+/// then what makes the destination whole: a RAW destination larger than the source grows to
+/// its capacity, a COW copy points at the destination's own parent.
+fn copy_bytes(
+    agent: &Agent,
+    job: &Job,
+    req: &CopyRequest,
+    dst_dom: &Domain,
+    (src_data, src_md): (&Prepared, &VolumeMetadata),
+    (dst_data, dst_md): (&Prepared, &VolumeMetadata),
+) -> Result<(), AgentError> {
+    let dst = &req.destination;
     let ctl = job.control();
     ctl.set_bandwidth_limit(
         req.bandwidth_limit
@@ -181,32 +231,29 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
     };
     agent
         .engine
-        .copy(&src_path, &dst_paths.data, &opts, ctl)
-        .map_err(io)?;
+        .copy(src_data.path(), dst_data.path(), &opts, ctl)?;
     if src_md.format == VolumeFormat::Raw && dst_md.capacity > src_md.capacity {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&dst_paths.data)
-            .map_err(|e| storage(crate::storage::StorageError::io("open", &dst_paths.data, e)))?;
-        f.set_len(dst_md.capacity)
-            .and_then(|_| f.sync_all())
-            .map_err(|e| {
-                storage(crate::storage::StorageError::io(
-                    "extend",
-                    &dst_paths.data,
-                    e,
-                ))
-            })?;
+        dst_dom
+            .backend
+            .grow_raw(&dst.img_id, &dst.vol_id, dst_md.capacity)?;
     }
     if src_md.format == VolumeFormat::Cow && dst_md.parent != src_md.parent {
-        rebase_header(&dst_paths.data, &dst_md.parent, &dst_dom, &dst.img_id)?;
+        rebase_header(dst_data.path(), &dst_md.parent, dst_dom, &dst.img_id)?;
     }
-    fail::fail_point!("sdm::copy_data::before_legal");
-    check_abort(job)?;
+    Ok(())
+}
 
-    // The data is durable; make the outcome durable in one write. Re-check first that nobody
-    // fenced the volume meanwhile (a fence needs this lease, so this is belt and braces).
-    let mut now = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id).map_err(storage)?;
+/// Step 7: the data is durable; make the outcome durable in one write, LEGAL and generation+1
+/// together. Re-checks first that nobody fenced the volume meanwhile (a fence needs this lease,
+/// so this is belt and braces), and that the lease is still ours: only its holder may declare
+/// the data good.
+fn mark_legal(
+    dst_dom: &Domain,
+    dst: &Endpoint,
+    start_gen: u16,
+    held: &sdm_lease::Lease,
+) -> Result<(), AgentError> {
+    let mut now = read_metadata(dst_dom, &dst.img_id, &dst.vol_id)?;
     if now.generation != start_gen {
         return Err(ApiError::new(
             ErrorCode::GenerationMismatch,
@@ -214,18 +261,14 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
                 "destination generation changed to {} during the copy",
                 now.generation
             ),
-        ));
+        )
+        .into());
     }
-    // And that the lease is still ours: only its holder may declare the data good.
-    held.verify().map_err(lease)?;
+    held.verify()?;
     now.legality = Legality::Legal;
     now.generation = Generation(start_gen).next().get();
-    update_metadata(&dst_paths, &mut now).map_err(storage)?;
-    fail::fail_point!("sdm::copy_data::after_legal");
-    if let Err(e) = held.release() {
-        tracing::warn!(error = %e, "releasing the destination lease failed");
-    }
-    Ok(None)
+    update_metadata(dst_dom, &dst.img_id, &dst.vol_id, &mut now)?;
+    Ok(())
 }
 
 fn nonzero(v: u64) -> Option<u64> {
@@ -234,26 +277,17 @@ fn nonzero(v: u64) -> Option<u64> {
 
 /// Points a copied qcow2 at the destination's own parent (header only; the data is the same).
 fn rebase_header(
-    path: &std::path::Path,
+    path: &Path,
     parent: &str,
-    dom: &crate::storage::domain::Domain,
+    dom: &Domain,
     img: &sdm_proto::Uuid,
-) -> Result<(), ApiError> {
-    let mut cmd = std::process::Command::new("qemu-img");
-    cmd.arg("rebase").arg("-u").arg("-f").arg("qcow2");
-    if parent == sdm_proto::BLANK_UUID {
-        cmd.arg("-b").arg("");
+) -> Result<(), AgentError> {
+    let backing = if parent == sdm_proto::BLANK_UUID {
+        None
     } else {
         let pid = sdm_proto::Uuid::parse(parent).map_err(ApiError::invalid)?;
-        let pmd = read_metadata(dom, img, &pid).map_err(storage)?;
-        let fmt = if pmd.format == VolumeFormat::Raw {
-            "raw"
-        } else {
-            "qcow2"
-        };
-        cmd.arg("-b").arg(parent).arg("-F").arg(fmt);
-    }
-    cmd.arg(path).current_dir(dom.image_dir(img));
-    crate::storage::volume::run_qemu_img(&mut cmd).map_err(storage)?;
+        Some((parent, read_metadata(dom, img, &pid)?.format))
+    };
+    qemu::rebase(path, &dom.backend.chain_dir(img), backing)?;
     Ok(())
 }

@@ -4,8 +4,19 @@
 //! they are removed. `_remove_me_ZERO_<img>` directories hold images that must be wiped before
 //! removal: they are handed to the image-deletion job, which wipes, then removes. Every action is
 //! logged and counted.
+//!
+//! It runs from the callers that hold the `Arc<Agent>` (the wipe jobs it schedules need one):
+//! start-up (`main`, after `Agent::start`) and the `StorageDomain.attach` / `create` verbs.
 
-use crate::service::Agent;
+use std::sync::Arc;
+
+use sdm_proto::{ApiError, Uuid};
+
+use super::purge::{lease_leftover, purge};
+use super::spawn_job;
+use crate::error::AgentError;
+use crate::service::{Agent, Attached};
+use crate::storage::backend::Leftover;
 use crate::storage::domain::Domain;
 
 /// What one collection did.
@@ -21,10 +32,25 @@ pub struct GcReport {
     pub busy: usize,
 }
 
+/// Collects the leftovers of every attached domain (at start-up, before serving).
+pub fn collect_all(agent: &Arc<Agent>) {
+    for (dom, _) in agent.registry.all() {
+        collect_garbage(agent, &dom);
+    }
+}
+
+/// Collects the leftovers of a domain a verb has just attached (nothing when it was attached
+/// already).
+pub fn after_attach(agent: &Arc<Agent>, attached: &Attached) {
+    if let Some(dom) = &attached.fresh {
+        collect_garbage(agent, dom);
+    }
+}
+
 /// Collects the leftovers of `dom`.
-pub fn collect_garbage(agent: &Agent, dom: &Domain) -> GcReport {
+pub fn collect_garbage(agent: &Arc<Agent>, dom: &Domain) -> GcReport {
     let mut report = GcReport::default();
-    let leftovers = match dom.list_leftovers() {
+    let leftovers = match dom.backend.list_leftovers() {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(sd_id = %dom.sd_id, error = %e, "cannot list deletion leftovers");
@@ -32,21 +58,19 @@ pub fn collect_garbage(agent: &Agent, dom: &Domain) -> GcReport {
             return report;
         }
     };
-    for name in leftovers {
-        let dir = dom.images_dir().join(&name);
-        // On shared storage another host may be deleting this image right now: its leases are
-        // held, and the leftover is not abandoned.
-        if let Err(e) = dom.check_real_dir(&dir) {
+    for l in leftovers {
+        let name = l.name();
+        if let Err(e) = dom.backend.check_leftover(&l) {
             report.failed += 1;
             tracing::error!(sd_id = %dom.sd_id, leftover = %name, error = %e, "garbage collection leaves a leftover that is not a real directory of the domain");
             continue;
         }
-        let zero = name.starts_with(crate::storage::domain::REMOVE_ME_ZERO_PREFIX);
-        // Held until the removal below is done.
-        let _held = if zero {
+        // On shared storage another host may be deleting this image right now: its leases are
+        // held, and the leftover is not abandoned. Held until the removal below is done.
+        let _held = if l.wipe() {
             Vec::new()
         } else {
-            match crate::ops::image::lease_leftover(dom, &dir) {
+            match lease_leftover(dom, &l).map_err(ApiError::from) {
                 Ok(held) => held,
                 Err(e) => {
                     report.busy += 1;
@@ -55,9 +79,9 @@ pub fn collect_garbage(agent: &Agent, dom: &Domain) -> GcReport {
                 }
             }
         };
-        if zero {
+        if l.wipe() {
             // Never removed unwiped: the data may be sensitive.
-            match crate::ops::image::schedule_leftover_wipe(agent, dom, &name) {
+            match schedule_leftover_wipe(agent, dom, &l).map_err(ApiError::from) {
                 Ok(()) => report.wipes_scheduled += 1,
                 Err(e) if e.code == sdm_proto::ErrorCode::AcquireLockFailure => {
                     report.busy += 1;
@@ -70,7 +94,7 @@ pub fn collect_garbage(agent: &Agent, dom: &Domain) -> GcReport {
             }
             continue;
         }
-        match std::fs::remove_dir_all(&dir) {
+        match dom.backend.purge(&l) {
             Ok(()) => {
                 report.removed += 1;
                 tracing::info!(sd_id = %dom.sd_id, leftover = %name, "garbage collection removed a deleted image");
@@ -85,4 +109,22 @@ pub fn collect_garbage(agent: &Agent, dom: &Domain) -> GcReport {
         tracing::info!(sd_id = %dom.sd_id, removed = report.removed, wipes_scheduled = report.wipes_scheduled, busy = report.busy, failed = report.failed, "garbage collection done");
     }
     report
+}
+
+/// Schedules wipe-then-remove of a `_remove_me_ZERO_` leftover found at attach. Fails with
+/// AcquireLockFailure when another job or host is working on it.
+fn schedule_leftover_wipe(
+    agent: &Arc<Agent>,
+    dom: &Domain,
+    l: &Leftover,
+) -> Result<(), AgentError> {
+    let job_id = Uuid::new_v4();
+    let held = lease_leftover(dom, l)?;
+    let dom = agent.domain(&dom.sd_id)?;
+    let (agent2, l2) = (agent.clone(), l.clone());
+    spawn_job(agent, &job_id, "gc_wipe", move |job| {
+        purge(&agent2, job, &dom, &l2, false, held)
+    })?;
+    tracing::info!(job = %job_id, leftover = %l.name(), "scheduled wipe of a deleted image left over by an interrupted deletion");
+    Ok(())
 }

@@ -11,35 +11,37 @@ pub mod checksum;
 pub mod copy_data;
 pub mod gc;
 pub mod image;
+pub mod purge;
 pub mod update_volume;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sdm_proto::{ApiError, ErrorCode, Uuid};
+use sdm_proto::{ApiError, ErrorCode, Flag, JobResult, Uuid};
 
-use crate::error::{io_code, to_api_error, WireError};
+use crate::error::AgentError;
 use crate::jobs::{Job, Work};
 use crate::locks::{LockError, LockSet, Mode};
 use crate::service::Agent;
-use crate::storage::StorageError;
 
 /// How long a job waits for its in-process locks before failing.
 pub const JOB_LOCK_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// Registers `job_id` and starts `work` as its job.
+/// The work of a job as the ops write it (their errors convert into wire errors when it ends).
+pub fn work(
+    f: impl FnOnce(&Arc<Job>) -> Result<Option<JobResult>, AgentError> + Send + 'static,
+) -> Work {
+    Box::new(move |job| f(job).map_err(ApiError::from))
+}
+
+/// Registers `job_id` and starts `f` as its job, once a data-path slot is free.
 pub fn spawn_job(
     agent: &Arc<Agent>,
     job_id: &Uuid,
     description: &str,
-    work: Work,
-) -> Result<(), ApiError> {
-    let job = agent
-        .jobs
-        .register(job_id, description)
-        .map_err(|e| to_api_error(&e))?;
-    agent.jobs.start(job, work);
-    Ok(())
+    f: impl FnOnce(&Arc<Job>) -> Result<Option<JobResult>, AgentError> + Send + 'static,
+) -> Result<(), AgentError> {
+    spawn(agent, job_id, description, true, work(f))
 }
 
 /// Registers and starts a metadata-only job that does not wait for a data-path slot.
@@ -47,13 +49,24 @@ pub fn spawn_metadata_job(
     agent: &Arc<Agent>,
     job_id: &Uuid,
     description: &str,
+    f: impl FnOnce(&Arc<Job>) -> Result<Option<JobResult>, AgentError> + Send + 'static,
+) -> Result<(), AgentError> {
+    spawn(agent, job_id, description, false, work(f))
+}
+
+fn spawn(
+    agent: &Arc<Agent>,
+    job_id: &Uuid,
+    description: &str,
+    queued: bool,
     work: Work,
-) -> Result<(), ApiError> {
-    let job = agent
-        .jobs
-        .register(job_id, description)
-        .map_err(|e| to_api_error(&e))?;
-    agent.jobs.start_unqueued(job, work);
+) -> Result<(), AgentError> {
+    let job = agent.jobs.register(job_id, description)?;
+    if queued {
+        agent.jobs.start(job, work);
+    } else {
+        agent.jobs.start_unqueued(job, work);
+    }
     Ok(())
 }
 
@@ -62,7 +75,7 @@ pub fn lock_for_job(
     agent: &Agent,
     job: &Job,
     wanted: &[(String, Mode)],
-) -> Result<LockSet, ApiError> {
+) -> Result<LockSet, AgentError> {
     agent
         .locks
         .lock(wanted, JOB_LOCK_TIMEOUT, &|| job.is_aborting())
@@ -70,24 +83,15 @@ pub fn lock_for_job(
             LockError::Stopped(_) => ApiError::new(
                 ErrorCode::ActionStopped,
                 "job aborted while waiting for locks",
-            ),
-            e => to_api_error(&e),
+            )
+            .into(),
+            e => e.into(),
         })
 }
 
-/// Storage errors as wire errors.
-pub fn storage(e: StorageError) -> ApiError {
-    to_api_error(&e)
-}
-
-/// Data-path errors as wire errors (the only mapping of [`sdm_io::IoError`]).
-pub fn io(e: sdm_io::IoError) -> ApiError {
-    ApiError::new(io_code(&e), crate::error::chain_message(&e))
-}
-
-/// Lease errors as wire errors.
-pub fn lease(e: sdm_lease::LeaseError) -> ApiError {
-    to_api_error(&StorageError::Lease(e))
+/// The value of an optional wire flag (absent: false).
+pub fn flag(f: Option<Flag>) -> bool {
+    f.is_some_and(Flag::get)
 }
 
 /// Fails with ActionStopped if the job was aborted.
@@ -99,8 +103,29 @@ pub fn check_abort(job: &Job) -> Result<(), ApiError> {
     }
 }
 
-impl WireError for sdm_io::IoError {
-    fn code(&self) -> ErrorCode {
-        io_code(self)
-    }
+/// Runs `f` over `items` with at most `n` at once (scoped threads; each IO call makes its own
+/// ring on its own thread).
+pub fn run_parallel<T: Send, R: Send>(
+    n: usize,
+    items: Vec<T>,
+    f: impl Fn(T) -> R + Sync,
+) -> Vec<R> {
+    let queue = std::sync::Mutex::new(items.into_iter().enumerate().collect::<Vec<_>>());
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..n.max(1) {
+            s.spawn(|| loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                let Some((i, item)) = next else { break };
+                let r = f(item);
+                results
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((i, r));
+            });
+        }
+    });
+    let mut r = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    r.sort_by_key(|(i, _)| *i);
+    r.into_iter().map(|(_, r)| r).collect()
 }

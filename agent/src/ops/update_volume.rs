@@ -5,48 +5,46 @@
 
 use std::sync::Arc;
 
+use sdm_proto::api::UpdateVolumeParams;
 use sdm_proto::{
-    ApiError, ErrorCode, Generation, JobResult, Uuid, VolumeAttributes, VolumeRef, VolumeRole,
+    ApiError, ErrorCode, Generation, JobResult, VolumeAttributes, VolumeRef, VolumeRole,
     MAX_DESCRIPTION_CHARS,
 };
 
-use super::{lease, lock_for_job, spawn_metadata_job, storage};
+use super::{lock_for_job, spawn_metadata_job};
+use crate::error::AgentError;
 use crate::jobs::Job;
 use crate::locks::{domain_key, image_key, Mode};
 use crate::service::Agent;
 use crate::storage::volume::{read_metadata, update_metadata};
 
 /// Validates and schedules an update.
-pub fn schedule(
-    agent: &Arc<Agent>,
-    job_id: &Uuid,
-    vol: VolumeRef,
-    attrs: VolumeAttributes,
-) -> Result<(), ApiError> {
+pub fn schedule(agent: &Arc<Agent>, p: UpdateVolumeParams) -> Result<(), AgentError> {
+    let UpdateVolumeParams {
+        job_id,
+        vol_info: vol,
+        vol_attr: attrs,
+    } = p;
     if attrs.is_empty() {
         return Err(ApiError::invalid(
             "vol_attr is empty: give legality, description, generation or type",
-        ));
+        )
+        .into());
     }
     if matches!(attrs.role, Some(r) if r != VolumeRole::Shared) {
-        return Err(ApiError::invalid("vol_attr.type can only be SHARED"));
+        return Err(ApiError::invalid("vol_attr.type can only be SHARED").into());
     }
     if matches!(attrs.legality, Some(sdm_proto::Legality::Fake)) {
-        return Err(ApiError::invalid(
-            "vol_attr.legality must be LEGAL or ILLEGAL",
-        ));
+        return Err(ApiError::invalid("vol_attr.legality must be LEGAL or ILLEGAL").into());
     }
     let agent2 = agent.clone();
-    spawn_metadata_job(
-        agent,
-        job_id,
-        "update_volume",
-        Box::new(move |job| run(&agent2, job, &vol, &attrs)),
-    )
+    spawn_metadata_job(agent, &job_id, "update_volume", move |job| {
+        run(&agent2, job, &vol, &attrs)
+    })
 }
 
-fn invalid_update(msg: String) -> ApiError {
-    ApiError::new(ErrorCode::InvalidVolumeUpdate, msg)
+fn invalid_update(msg: String) -> AgentError {
+    ApiError::new(ErrorCode::InvalidVolumeUpdate, msg).into()
 }
 
 fn run(
@@ -54,16 +52,12 @@ fn run(
     job: &Arc<Job>,
     v: &VolumeRef,
     attrs: &VolumeAttributes,
-) -> Result<Option<JobResult>, ApiError> {
+) -> Result<Option<JobResult>, AgentError> {
     let dom = agent.domain(&v.sd_id)?;
     // Lease first, never waiting (see copy_data): fencing a volume that a live job writes
     // fails at once with AcquireLockFailure, and the engine decides again on its next poll.
-    let paths = dom.volume_paths(&v.img_id, &v.vol_id);
-    read_metadata(&dom, &v.img_id, &v.vol_id).map_err(storage)?;
-    let held = dom
-        .leases
-        .acquire(v.sd_id.as_str(), v.vol_id.as_str(), &paths.lease, 0)
-        .map_err(lease)?;
+    read_metadata(&dom, &v.img_id, &v.vol_id)?;
+    let held = dom.acquire_volume_lease(&v.img_id, &v.vol_id)?;
     let _locks = lock_for_job(
         agent,
         job,
@@ -75,7 +69,7 @@ fn run(
             ),
         ],
     )?;
-    let mut md = read_metadata(&dom, &v.img_id, &v.vol_id).map_err(storage)?;
+    let mut md = read_metadata(&dom, &v.img_id, &v.vol_id)?;
     match v.generation {
         Some(g) if g.get() == md.generation => {}
         Some(g) => {
@@ -86,13 +80,15 @@ fn run(
                     md.generation,
                     g.get()
                 ),
-            ))
+            )
+            .into())
         }
         None => {
             return Err(ApiError::new(
                 ErrorCode::GenerationMismatch,
                 format!("volume generation is {}, none was given", md.generation),
-            ))
+            )
+            .into())
         }
     }
     if let Some(l) = attrs.legality {
@@ -127,8 +123,8 @@ fn run(
         None => Generation(md.generation).next().get(),
     };
     fail::fail_point!("sdm::update_volume::before_write");
-    held.verify().map_err(lease)?;
-    update_metadata(&paths, &mut md).map_err(storage)?;
+    held.verify()?;
+    update_metadata(&dom, &v.img_id, &v.vol_id, &mut md)?;
     fail::fail_point!("sdm::update_volume::after_write");
     if let Err(e) = held.release() {
         tracing::warn!(error = %e, "releasing the volume lease failed");

@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use std::path::Path;
+
 use sdm_proto::{
-    Legality, Preallocation, VolumeFormat, VolumeRole, BLANK_UUID, MAX_DESCRIPTION_CHARS,
+    Legality, Preallocation, Uuid, VolumeFormat, VolumeRole, BLANK_UUID, MAX_DESCRIPTION_CHARS,
 };
 use sha1::{Digest, Sha1};
 
@@ -15,6 +17,16 @@ use super::StorageError;
 pub const CHECKSUM_KEY: &str = "_SHA_CKSUM";
 /// Largest `.meta` file (oVirt's METADATA_SIZE).
 pub const VOLUME_METADATA_MAX: usize = 512;
+/// Granularity capacities are rounded up to, as oVirt does.
+pub const CAPACITY_ALIGN: u64 = 4096;
+/// Lease area alignment for 512-byte sectors (oVirt's ALIGNMENT).
+pub const ALIGNMENT: u64 = 1 << 20;
+/// Sector size written in new domains.
+pub const BLOCK_SIZE: u64 = 512;
+/// Domain format version sdm writes and requires.
+pub const DOMAIN_VERSION: u32 = 5;
+/// Longest domain description (oVirt's API limit).
+pub const MAX_DOMAIN_DESCRIPTION: usize = 50;
 
 // ---------------------------------------------------------------------------------------------
 // Domain metadata
@@ -94,6 +106,61 @@ impl DomainMetadata {
     /// Sets a key.
     pub fn set(&mut self, key: &str, value: impl Into<String>) {
         self.keys.insert(key.to_string(), value.into());
+    }
+
+    /// The keys of every V5 data domain sdm formats, whatever its kind (which adds TYPE and
+    /// its own keys).
+    pub fn formatted(sd_id: &Uuid, description: &str) -> DomainMetadata {
+        let mut md = DomainMetadata::default();
+        md.set("ALIGNMENT", ALIGNMENT.to_string());
+        md.set("BLOCK_SIZE", BLOCK_SIZE.to_string());
+        md.set("CLASS", "Data");
+        md.set("DESCRIPTION", description);
+        md.set("IOOPTIMEOUTSEC", "10");
+        md.set("LEASERETRIES", "3");
+        md.set("LEASETIMESEC", "60");
+        md.set("LOCKPOLICY", "");
+        md.set("LOCKRENEWALINTERVALSEC", "5");
+        md.set("POOL_UUID", "");
+        md.set("ROLE", "Regular");
+        md.set("SDUUID", sd_id.as_str());
+        md.set("VERSION", DOMAIN_VERSION.to_string());
+        md
+    }
+
+    /// Checks that this is the metadata of data domain `name` (found at `path`) in the format
+    /// sdm handles.
+    pub fn check_opens(&self, name: &str, path: &Path) -> Result<(), StorageError> {
+        if self.get("SDUUID") != Some(name) {
+            return Err(StorageError::NotADomain {
+                path: path.to_path_buf(),
+                why: format!(
+                    "SDUUID {:?} does not match the directory name",
+                    self.get("SDUUID").unwrap_or("")
+                ),
+            });
+        }
+        match self.get("VERSION").map(str::trim) {
+            Some("5") => {}
+            Some(v) => {
+                return Err(StorageError::Unsupported(format!(
+                    "domain {name} has format version {v}; sdm handles version 5 (upgrade the domain with oVirt first)"
+                )))
+            }
+            None => {
+                return Err(StorageError::NotADomain {
+                    path: path.to_path_buf(),
+                    why: "metadata has no VERSION".into(),
+                })
+            }
+        }
+        if self.get("CLASS").map(str::trim) != Some("Data") {
+            return Err(StorageError::Unsupported(format!(
+                "domain {name} is of class {:?}; sdm handles Data domains",
+                self.get("CLASS").unwrap_or("")
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -1,18 +1,22 @@
-//! File storage domains in oVirt's V5 layout: formats ([`md`]), domains ([`domain`]), volumes
-//! ([`volume`]) and the set of attached domains ([`registry`]).
+//! Storage domains in oVirt's V5 layouts: formats ([`md`]), the backend seam between what all
+//! kinds share and what differs ([`backend`]), attached domains ([`domain`], [`registry`]),
+//! the rules of volumes ([`volume`]), the file backend ([`file`]) and qemu-img ([`qemu`]).
+//!
+//! Module dependencies run one way: `registry → domain → {file, backend}`, `volume → domain`,
+//! `file → {backend, md, qemu}`, `backend → md`; [`StorageError`] is everyone's.
 
+pub mod backend;
 pub mod domain;
+pub mod file;
 pub mod md;
+pub mod qemu;
 pub mod registry;
 pub mod volume;
 
 use std::io;
 use std::path::PathBuf;
 
-use sdm_proto::ErrorCode;
-
 use crate::durable::DurableError;
-use crate::error::WireError;
 
 /// Errors of domain and volume handling.
 #[derive(Debug, thiserror::Error)]
@@ -104,36 +108,6 @@ impl StorageError {
             op,
             path: path.into(),
             source,
-        }
-    }
-}
-
-impl WireError for StorageError {
-    fn code(&self) -> ErrorCode {
-        match self {
-            StorageError::DomainNotAttached(_) | StorageError::NotADomain { .. } => {
-                ErrorCode::StorageDomainDoesNotExist
-            }
-            StorageError::DomainExists(_) => ErrorCode::StorageDomainAlreadyExists,
-            StorageError::ImageNotFound { .. } => ErrorCode::ImageDoesNotExistInSD,
-            StorageError::VolumeNotFound { .. } => ErrorCode::VolumeDoesNotExist,
-            StorageError::VolumeExists(_) => ErrorCode::VolumeAlreadyExists,
-            StorageError::SharedVolume(_) => ErrorCode::CannotDeleteSharedVolume,
-            StorageError::Invalid(_) => ErrorCode::InvalidParameterException,
-            StorageError::Unsupported(_) => ErrorCode::UnsupportedOperation,
-            StorageError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
-                ErrorCode::NoSpaceLeftOnDomain
-            }
-            StorageError::Durable(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
-                ErrorCode::NoSpaceLeftOnDomain
-            }
-            StorageError::Durable(_) => ErrorCode::VolumeMetadataWriteError,
-            StorageError::Lease(e) => crate::error::lease_code(e),
-            StorageError::SealBroken { .. }
-            | StorageError::BadMetadata(_)
-            | StorageError::Busy(_)
-            | StorageError::Io { .. }
-            | StorageError::QemuImg(_) => ErrorCode::GeneralException,
         }
     }
 }

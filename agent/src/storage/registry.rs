@@ -63,7 +63,7 @@ impl Registry {
             domains: map
                 .values()
                 .map(|(d, k)| Attached {
-                    path: d.dir.clone(),
+                    path: d.path().to_path_buf(),
                     lease_backend: k.as_str().to_string(),
                 })
                 .collect(),
@@ -78,13 +78,13 @@ impl Registry {
     pub fn insert(&self, dom: Arc<Domain>, kind: LeaseBackendKind) -> Result<bool, StorageError> {
         let mut map = self.domains.write().unwrap_or_else(|e| e.into_inner());
         if let Some((existing, _)) = map.get(&dom.sd_id) {
-            if existing.dir == dom.dir {
+            if existing.path() == dom.path() {
                 return Ok(false);
             }
             return Err(StorageError::DomainExists(format!(
                 "{} (attached from {})",
                 dom.sd_id,
-                existing.dir.display()
+                existing.path().display()
             )));
         }
         map.insert(dom.sd_id.clone(), (dom, kind));

@@ -1,0 +1,321 @@
+//! [`Rpc`]: the `SdmApiServer` verbs, each building its `sdm_proto::api` parameter struct and
+//! handing it to a verb of [`Agent`] or `ops` (on a blocking thread where it does file IO).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonrpsee::core::{async_trait, SubscriptionResult};
+use jsonrpsee::server::PendingSubscriptionSink;
+use jsonrpsee::types::ErrorObjectOwned;
+use sdm_proto::api::{
+    AttachDomainParams, ChecksumVolumeParams, CopyDataParams, CreateDomainParams,
+    CreateVolumeParams, DeleteImageParams, FixDomainParams, MoveImageParams, UpdateVolumeParams,
+};
+use sdm_proto::*;
+
+use crate::error::AgentError;
+use crate::jobs::JobFilter;
+use crate::ops;
+use crate::service::Agent;
+
+/// The RPC front of the agent.
+pub struct Rpc {
+    agent: Arc<Agent>,
+}
+
+impl Rpc {
+    /// Wraps an agent.
+    pub fn new(agent: Arc<Agent>) -> Rpc {
+        Rpc { agent }
+    }
+}
+
+/// Runs a verb on a blocking thread (file IO, locks) and converts its error.
+async fn blocking<T, F>(f: F) -> RpcResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, AgentError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(ErrorObjectOwned::from),
+        Err(e) => {
+            Err(ApiError::new(ErrorCode::GeneralException, format!("internal error: {e}")).into())
+        }
+    }
+}
+
+// The wire verbs take their parameters by name, as many as the contract gives them.
+#[allow(clippy::too_many_arguments)]
+#[async_trait]
+impl SdmApiServer for Rpc {
+    async fn get_capabilities(&self) -> RpcResult<Capabilities> {
+        let a = self.agent.clone();
+        blocking(move || Ok(a.capabilities())).await
+    }
+
+    async fn get_stats(&self) -> RpcResult<HostStats> {
+        let a = self.agent.clone();
+        blocking(move || Ok(a.stats())).await
+    }
+
+    async fn get_jobs(
+        &self,
+        job_type: Option<String>,
+        job_ids: Option<Vec<Uuid>>,
+    ) -> RpcResult<JobMap> {
+        Ok(self.agent.jobs.infos(&JobFilter { job_type, job_ids }))
+    }
+
+    async fn abort_job(&self, job_id: Uuid) -> RpcResult<bool> {
+        self.agent.jobs.abort(&job_id).map_err(AgentError::from)?;
+        Ok(true)
+    }
+
+    async fn delete_job(&self, job_id: Uuid) -> RpcResult<bool> {
+        self.agent.jobs.delete(&job_id).map_err(AgentError::from)?;
+        Ok(true)
+    }
+
+    async fn create_domain(
+        &self,
+        sd_id: Uuid,
+        path: String,
+        description: Option<Description>,
+    ) -> RpcResult<bool> {
+        let a = self.agent.clone();
+        let p = CreateDomainParams {
+            sd_id,
+            path,
+            description,
+        };
+        blocking(move || {
+            let attached = a.create_domain(&p)?;
+            ops::gc::after_attach(&a, &attached);
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn attach_domain(&self, path: String) -> RpcResult<AttachResult> {
+        let a = self.agent.clone();
+        let p = AttachDomainParams { path };
+        blocking(move || {
+            let attached = a.attach_domain(&p)?;
+            ops::gc::after_attach(&a, &attached);
+            Ok(AttachResult {
+                sd_id: attached.sd_id,
+            })
+        })
+        .await
+    }
+
+    async fn detach_domain(&self, sd_id: Uuid) -> RpcResult<bool> {
+        let a = self.agent.clone();
+        blocking(move || a.detach_domain(&sd_id).map(|_| true)).await
+    }
+
+    async fn list_domains(&self) -> RpcResult<Vec<DomainInfo>> {
+        let a = self.agent.clone();
+        blocking(move || Ok(a.list_domains())).await
+    }
+
+    async fn get_images(&self, sd_id: Uuid) -> RpcResult<Vec<Uuid>> {
+        let a = self.agent.clone();
+        blocking(move || a.get_images(&sd_id)).await
+    }
+
+    async fn check_domain(&self, sd_id: Uuid) -> RpcResult<Vec<Fix>> {
+        let a = self.agent.clone();
+        blocking(move || ops::check::check(&a, &sd_id)).await
+    }
+
+    async fn fix_domain(&self, sd_id: Uuid, fix: Fix, job_id: Option<Uuid>) -> RpcResult<TaskRef> {
+        let a = self.agent.clone();
+        let p = FixDomainParams { sd_id, fix, job_id };
+        blocking(move || ops::check::fix(&a, p)).await
+    }
+
+    async fn get_volumes(&self, sd_id: Uuid, img_id: Uuid) -> RpcResult<Vec<Uuid>> {
+        let a = self.agent.clone();
+        blocking(move || a.get_volumes(&sd_id, &img_id)).await
+    }
+
+    async fn create_volume(
+        &self,
+        sd_id: Uuid,
+        img_id: Uuid,
+        vol_id: Uuid,
+        capacity: Capacity,
+        format: VolumeFormat,
+        preallocate: Preallocation,
+        parent_vol_id: Option<Uuid>,
+        description: Option<Description>,
+    ) -> RpcResult<bool> {
+        let a = self.agent.clone();
+        let p = CreateVolumeParams {
+            sd_id,
+            img_id,
+            vol_id,
+            capacity,
+            format,
+            preallocate,
+            parent_vol_id,
+            description,
+        };
+        blocking(move || {
+            a.create_volume(&p)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn get_volume_info(
+        &self,
+        sd_id: Uuid,
+        img_id: Uuid,
+        vol_id: Uuid,
+    ) -> RpcResult<VolumeInfo> {
+        let a = self.agent.clone();
+        blocking(move || a.volume_info(&sd_id, &img_id, &vol_id)).await
+    }
+
+    async fn checksum_volume(
+        &self,
+        job_id: Uuid,
+        sd_id: Uuid,
+        img_id: Uuid,
+        vol_id: Uuid,
+        algorithm: Option<ChecksumAlgorithm>,
+    ) -> RpcResult<bool> {
+        let p = ChecksumVolumeParams {
+            job_id,
+            sd_id,
+            img_id,
+            vol_id,
+            algorithm,
+        };
+        ops::checksum::schedule(&self.agent, p)?;
+        Ok(true)
+    }
+
+    async fn copy_data(
+        &self,
+        job_id: Uuid,
+        source: Endpoint,
+        destination: Endpoint,
+        copy_bitmaps: Option<Flag>,
+        verify: Option<Flag>,
+        bandwidth_limit: Option<Size>,
+    ) -> RpcResult<bool> {
+        let p = CopyDataParams {
+            job_id,
+            source,
+            destination,
+            copy_bitmaps,
+            verify,
+            bandwidth_limit,
+        };
+        ops::copy_data::schedule(&self.agent, p)?;
+        Ok(true)
+    }
+
+    async fn update_volume(
+        &self,
+        job_id: Uuid,
+        vol_info: VolumeRef,
+        vol_attr: VolumeAttributes,
+    ) -> RpcResult<bool> {
+        let p = UpdateVolumeParams {
+            job_id,
+            vol_info,
+            vol_attr,
+        };
+        ops::update_volume::schedule(&self.agent, p)?;
+        Ok(true)
+    }
+
+    async fn move_image(
+        &self,
+        image_id: Uuid,
+        src_sd_id: Uuid,
+        dst_sd_id: Uuid,
+        operation: ImageOperation,
+        post_zero: Option<Flag>,
+        force: Option<Flag>,
+        discard: Option<Flag>,
+        job_id: Option<Uuid>,
+    ) -> RpcResult<TaskRef> {
+        let a = self.agent.clone();
+        let p = MoveImageParams {
+            image_id,
+            src_sd_id,
+            dst_sd_id,
+            operation,
+            post_zero,
+            force,
+            discard,
+            job_id,
+        };
+        blocking(move || ops::image::move_image(&a, p)).await
+    }
+
+    async fn delete_image(
+        &self,
+        image_id: Uuid,
+        sd_id: Uuid,
+        post_zero: Option<Flag>,
+        force: Option<Flag>,
+        discard: Option<Flag>,
+        job_id: Option<Uuid>,
+    ) -> RpcResult<TaskRef> {
+        let a = self.agent.clone();
+        let p = DeleteImageParams {
+            image_id,
+            sd_id,
+            post_zero,
+            force,
+            discard,
+            job_id,
+        };
+        blocking(move || ops::image::delete(&a, p)).await
+    }
+
+    async fn subscribe_job(
+        &self,
+        pending: PendingSubscriptionSink,
+        job_id: Uuid,
+    ) -> SubscriptionResult {
+        let job = match self.agent.jobs.get(&job_id) {
+            Ok(j) => j,
+            Err(e) => {
+                pending
+                    .reject(ErrorObjectOwned::from(AgentError::from(e)))
+                    .await;
+                return Ok(());
+            }
+        };
+        let sink = pending.accept().await?;
+        let mut changes = job.watch();
+        let mut last: Option<JobInfo> = None;
+        loop {
+            let info = job.info();
+            if last.as_ref() != Some(&info) {
+                let raw = serde_json::value::to_raw_value(&info)?;
+                if sink.send(raw).await.is_err() {
+                    return Ok(());
+                }
+                let terminal = !info.status.is_active();
+                last = Some(info);
+                if terminal {
+                    return Ok(());
+                }
+            }
+            // State changes wake us at once; progress is sampled a few times a second.
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = sink.closed() => return Ok(()),
+            }
+        }
+    }
+}
