@@ -435,7 +435,7 @@ impl JsonSchema for Generation {
 // Free text
 
 /// A description: any text without control characters (it is stored as one metadata line).
-/// Volume metadata keeps at most [`MAX_DESCRIPTION_CHARS`](super::MAX_DESCRIPTION_CHARS) characters of it.
+/// Volume metadata keeps at most [`MAX_DESCRIPTION_CHARS`] characters of it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
 #[schemars(transparent)]
 pub struct Description(pub String);
