@@ -7,8 +7,8 @@
 //! characters (it is stored as one `KEY=VALUE` line). A decoding failure is reported by the
 //! server as InvalidParameterException (1000).
 //!
-//! The types are split by kind: [`scalar`] (UUIDs, sizes, generations, flags, descriptions),
-//! [`enums`] (the string enumerations), [`params`] (structured parameters) and [`results`].
+//! The types are split by kind: `scalar` (UUIDs, sizes, generations, flags, descriptions),
+//! `enums` (the string enumerations), `params` (structured parameters) and `results`.
 
 /// An enum whose variants travel as fixed strings, with `as_str`, `FromStr` and `Display`.
 macro_rules! wire_enum {
