@@ -57,7 +57,7 @@ use sdm_proto::{ApiError, ErrorCode, Legality, SdmApiClient, Uuid};
 
 use crate::error::Error;
 use crate::follow::FollowOptions;
-use crate::journal::{Journal, OpState, Record};
+use crate::journal::{Journal, JournalError, Record};
 use crate::op::parents_first;
 use crate::pool::HostPool;
 
@@ -155,27 +155,50 @@ impl Disks {
         self.start(begin, events).await
     }
 
-    /// Takes up every unfinished operation of the journal (except those this `Disks` is running
-    /// now) and drives it to its end: forward before the commit, forward after it, or on with a
-    /// recorded rollback. Idempotent: an operation that ends is not taken up again, and one that
-    /// stays pending (a source still not deletable) is retried by the next call.
+    /// Takes up every unfinished operation of the journal that this engine may take up
+    /// (except those this `Disks` is running now) and drives it to its end: forward before the
+    /// commit, forward after it, or on with a recorded rollback. Idempotent: an operation that
+    /// ends is not taken up again, and one that stays pending (a source still not deletable)
+    /// is retried by the next call.
+    ///
+    /// With a shared journal, "may take up" means: its owner's lease expired (the owner died,
+    /// froze or lost the database) or the owner released it. Each is claimed first, with a
+    /// higher epoch ([`Event::TakenOver`] when it came from another engine); one that another
+    /// engine claims first, or whose owner renews after all, is skipped.
     pub async fn resume(&self, events: &dyn EventSink) -> Result<Vec<OpReport>, Error> {
-        let ops: Vec<OpState> = {
-            let active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-            self.journal
-                .unfinished()
-                .into_iter()
-                .filter(|o| !active.contains(&o.op))
-                .collect()
-        };
-        if ops.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.pool.refresh().await;
+        let ids = self.journal.claimable().await?;
         let mut reports = Vec::new();
-        for st in ops {
-            tracing::info!(op = %st.op, kind = %st.kind, image = %st.image, "resuming operation");
-            reports.push(self.drive(&st.op, events, true).await?);
+        let mut refreshed = false;
+        for op in ids {
+            let Some(active) = self.activate(&op) else {
+                continue;
+            };
+            let claim = match self.journal.claim(&op).await {
+                Ok(c) => c,
+                Err(e @ (JournalError::Busy { .. } | JournalError::UnknownOp(_))) => {
+                    tracing::info!(op = %op, reason = %e, "not taking up the operation");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if !refreshed {
+                self.pool.refresh().await;
+                refreshed = true;
+            }
+            let Some(st) = self.journal.op(&op) else {
+                continue;
+            };
+            if let Some(from) = &claim.previous_owner {
+                tracing::info!(op = %op, kind = %st.kind, image = %st.image, from = %from, epoch = claim.epoch, "taking over operation");
+                events.event(&Event::TakenOver {
+                    op: op.clone(),
+                    from: from.clone(),
+                    epoch: claim.epoch,
+                });
+            } else {
+                tracing::info!(op = %op, kind = %st.kind, image = %st.image, "resuming operation");
+            }
+            reports.push(self.drive(active, events, true).await?);
         }
         Ok(reports)
     }
@@ -272,32 +295,38 @@ impl Disks {
     /// Records a new operation's `begin`, then drives the operation.
     async fn start(&self, begin: Record, events: &dyn EventSink) -> Result<OpReport, Error> {
         let op = begin.op().clone();
+        let active = self
+            .activate(&op)
+            .ok_or_else(|| Error::Usage(format!("operation {op} is already running")))?;
         match self.record(begin).await {
             Ok(()) => {}
             Err(Stop::Fatal(e)) => return Err(e),
             Err(_) => return Err(Error::Operation("cannot record the operation".into())),
         }
-        self.drive(&op, events, false).await
+        self.drive(active, events, false).await
+    }
+
+    /// Marks `op` as driven by this `Disks` (None: it already is).
+    fn activate(&self, op: &Uuid) -> Option<Active> {
+        let mut set = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        set.insert(op.clone()).then(|| Active {
+            set: self.active.clone(),
+            op: op.clone(),
+            journal: self.journal.clone(),
+        })
     }
 
     // --- the driver ---------------------------------------------------------------------
 
+    /// Drives the operation `active` marks to its end or to a stop; an operation that did not
+    /// end is released when `active` drops.
     async fn drive(
         &self,
-        op: &Uuid,
+        active: Active,
         events: &dyn EventSink,
         resumed: bool,
     ) -> Result<OpReport, Error> {
-        {
-            let mut set = self.active.lock().unwrap_or_else(|e| e.into_inner());
-            if !set.insert(op.clone()) {
-                return Err(Error::Usage(format!("operation {op} is already running")));
-            }
-        }
-        let _active = Active {
-            set: self.active.clone(),
-            op: op.clone(),
-        };
+        let op = &active.op.clone();
         let run = Run {
             op: op.clone(),
             events,

@@ -293,6 +293,20 @@ impl Ops {
         }
     }
 
+    /// Replaces what is known of `op` by the replay of `entries` (its records as a shared
+    /// store holds them after a claim).
+    pub(super) fn replace(&mut self, op: &Uuid, entries: &[Entry]) {
+        let fresh = replay(entries).into_iter().find(|o| &o.op == op);
+        match (self.ops.iter().position(|o| &o.op == op), fresh) {
+            (Some(i), Some(st)) => self.ops[i] = st,
+            (Some(i), None) => {
+                self.ops.remove(i);
+            }
+            (None, Some(st)) => self.ops.push(st),
+            (None, None) => {}
+        }
+    }
+
     /// The operation `op`, if known.
     pub(super) fn get(&self, op: &Uuid) -> Option<OpState> {
         self.ops.iter().find(|o| &o.op == op).cloned()
