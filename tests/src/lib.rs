@@ -3,6 +3,8 @@
 
 pub mod cluster;
 pub mod hostile;
+pub mod journals;
+pub mod postgres;
 pub mod volumes;
 
 pub use volumes::*;
