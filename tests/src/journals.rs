@@ -57,6 +57,10 @@ impl Backend {
             Backend::Postgres(server) => {
                 let db = format!("j{}", uuid::Uuid::new_v4().simple());
                 let url = server.create_db(&db).await;
+                // The schema exists from the start, so that checks can read before engines write.
+                Journal::open_url(&url, &test_journal_options())
+                    .await
+                    .expect("create the journal schema");
                 TestJournal {
                     url,
                     pg: Some((server.clone(), db)),

@@ -30,7 +30,7 @@ pub struct PgServer {
     user: Option<(u32, u32)>,
     /// The TCP port on 127.0.0.1.
     pub port: u16,
-    child: Option<Child>,
+    child: Mutex<Option<Child>>,
 }
 
 /// The directory holding `postgres` and `initdb`: Debian's newest
@@ -98,7 +98,7 @@ impl PgServer {
             bin,
             user,
             port: 0,
-            child: None,
+            child: Mutex::new(None),
         };
         let out = s
             .command("initdb")
@@ -150,7 +150,11 @@ impl PgServer {
         std::fs::read_to_string(self.log()).unwrap_or_default()
     }
 
-    fn spawn(&mut self) -> Result<(), String> {
+    fn child(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn spawn(&self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -177,7 +181,7 @@ impl PgServer {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("postgres: {e}"))?;
-        self.child = Some(child);
+        *self.child() = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = self.log_text();
@@ -186,7 +190,7 @@ impl PgServer {
                 return Ok(());
             }
             let exited = self
-                .child
+                .child()
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten());
             if exited.is_some() || Instant::now() > deadline {
@@ -199,7 +203,7 @@ impl PgServer {
 
     /// The postmaster's pid (0 when stopped).
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+        self.child().as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
     /// `postgres://postgres:PASSWORD@127.0.0.1:PORT/DB`.
@@ -242,21 +246,22 @@ impl PgServer {
     }
 
     /// Fast shutdown (SIGINT), waiting for the postmaster to exit.
-    pub fn stop(&mut self) {
+    pub fn stop(&self) {
         self.signal_and_wait(libc::SIGINT, Duration::from_secs(10));
         self.kill9();
     }
 
     /// kill -9 of the postmaster (a crash; its backends exit when they notice).
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
+    pub fn kill9(&self) {
+        if let Some(mut c) = self.child().take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    fn signal_and_wait(&mut self, sig: libc::c_int, limit: Duration) {
-        let Some(c) = self.child.as_mut() else { return };
+    fn signal_and_wait(&self, sig: libc::c_int, limit: Duration) {
+        let mut guard = self.child();
+        let Some(c) = guard.as_mut() else { return };
         // SAFETY: kill(2) on the pid of our own child, not yet reaped.
         unsafe {
             libc::kill(c.id() as libc::pid_t, sig);
@@ -264,7 +269,7 @@ impl PgServer {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = c.try_wait() {
-                self.child = None;
+                *guard = None;
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -272,7 +277,7 @@ impl PgServer {
     }
 
     /// Starts the server again on the same data directory and port (after `stop`/`kill9`).
-    pub fn restart(&mut self) {
+    pub fn restart(&self) {
         self.stop();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

@@ -150,7 +150,7 @@ async fn owners_take_over_expired_operations_and_a_returning_owner_is_fenced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_restart_loses_and_doubles_nothing() {
-    let Some(mut pg) = server_or_skip("a_database_restart_loses_and_doubles_nothing") else {
+    let Some(pg) = server_or_skip("a_database_restart_loses_and_doubles_nothing") else {
         return;
     };
     let url = pg.create_db("j").await;

@@ -204,18 +204,26 @@ impl Disks {
     }
 
     /// One unfinished operation per image: a second one would take the first one's half-built
-    /// destination for its own.
-    fn refuse_busy(&self, image: &Uuid) -> Result<(), Error> {
-        match self
+    /// destination for its own. Asked before anything is read, so that the answer names the
+    /// operation; a shared journal's unique constraint decides at `begin` anyway.
+    async fn refuse_busy(&self, image: &Uuid) -> Result<(), Error> {
+        if let Some(o) = self
             .journal
             .unfinished()
             .into_iter()
             .find(|o| &o.image == image)
         {
-            Some(o) => Err(Error::Usage(format!(
+            return Err(Error::Usage(format!(
                 "image {image} has an unfinished {} operation {} in the journal; resume it first",
                 o.kind, o.op
-            ))),
+            )));
+        }
+        match self.journal.in_progress(image).await? {
+            Some(l) => Err(Error::InProgress {
+                image: image.clone(),
+                op: l.op,
+                owner: l.owner.unwrap_or_default(),
+            }),
             None => Ok(()),
         }
     }
@@ -274,7 +282,7 @@ impl Disks {
         sd: &Uuid,
         legal_only: bool,
     ) -> Result<Vec<VolumeSpec>, Error> {
-        self.refuse_busy(image)?;
+        self.refuse_busy(image).await?;
         self.pool.refresh().await;
         let c = self.reader(sd).await?;
         let vols = call!(c, get_volumes(sd.clone(), image.clone())).await?;

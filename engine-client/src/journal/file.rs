@@ -251,6 +251,13 @@ impl JournalStore for FileStore {
         Box::pin(async {})
     }
 
+    fn in_progress<'a>(
+        &'a self,
+        _image: &'a Uuid,
+    ) -> BoxFuture<'a, Result<Option<Listed>, JournalError>> {
+        Box::pin(async { Ok(None) })
+    }
+
     fn list(&self) -> BoxFuture<'_, Result<(Vec<Listed>, Vec<Entry>), JournalError>> {
         Box::pin(async move {
             let entries = self.load().await?;

@@ -215,6 +215,12 @@ impl Journal {
         self.shared.store.release(op).await
     }
 
+    /// The unfinished operation of `image` the store knows beyond this journal's memory (one
+    /// another engine holds), if any.
+    pub async fn in_progress(&self, image: &Uuid) -> Result<Option<Listed>, JournalError> {
+        self.shared.store.in_progress(image).await
+    }
+
     /// Every unfinished operation in the store with its owner, and their replayed states (for
     /// inspection; takes nothing up).
     pub async fn list(&self) -> Result<(Vec<Listed>, Vec<OpState>), JournalError> {

@@ -524,6 +524,32 @@ impl JournalStore for PgStore {
         })
     }
 
+    fn in_progress<'a>(
+        &'a self,
+        image: &'a Uuid,
+    ) -> BoxFuture<'a, Result<Option<Listed>, JournalError>> {
+        let inner = &self.inner;
+        let image_u = uuid(image);
+        Box::pin(async move {
+            let row = db_retrying!(&inner.conn, "looking up an image's operation", |c| {
+                c.query_opt(
+                    "SELECT op, owner, epoch,
+                            (extract(epoch FROM expires_at - now()) * 1000)::bigint
+                     FROM sdm.operations WHERE image = $1 AND NOT ended",
+                    &[&image_u],
+                )
+                .await
+                .map_err(Fail::from)
+            })?;
+            Ok(row.map(|r| Listed {
+                op: sdm_uuid(r.get(0)),
+                owner: Some(r.get(1)),
+                epoch: r.get::<_, i64>(2) as u64,
+                expires_in_ms: Some(r.get(3)),
+            }))
+        })
+    }
+
     fn list(&self) -> BoxFuture<'_, Result<(Vec<Listed>, Vec<Entry>), JournalError>> {
         let inner = &self.inner;
         Box::pin(async move {

@@ -88,6 +88,13 @@ pub trait JournalStore: Send + Sync + std::fmt::Debug {
     /// may take it up at once. Best effort; the lease expires anyway.
     fn release<'a>(&'a self, op: &'a Uuid) -> BoxFuture<'a, ()>;
 
+    /// The unfinished operation of `image` another engine holds, if the store knows one (the
+    /// file: never, its operations are all in the journal's memory).
+    fn in_progress<'a>(
+        &'a self,
+        image: &'a Uuid,
+    ) -> BoxFuture<'a, Result<Option<Listed>, JournalError>>;
+
     /// Every unfinished operation with its owner, and the entries of all of them, for
     /// inspection (`sdmctl resume --list`); takes nothing up.
     fn list(&self) -> BoxFuture<'_, Result<(Vec<Listed>, Vec<Entry>), JournalError>>;
