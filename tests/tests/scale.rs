@@ -23,16 +23,22 @@ struct Form {
     limit: Duration,
 }
 
-/// Images that still need something: not moved by an ended operation and not given up.
+/// Images that still need something: an unfinished operation, a move to start or retry.
 const PENDING: &str = "SELECT count(*) FROM scale.queue q
     WHERE EXISTS (SELECT 1 FROM sdm.operations o WHERE o.image = q.image AND NOT o.ended)
-       OR (NOT EXISTS (SELECT 1 FROM sdm.operations o WHERE o.image = q.image)
-           AND NOT (q.state = 'error' AND q.tries >= 3))";
+       OR q.state = 'todo'
+       OR (q.state = 'taken' AND NOT EXISTS (SELECT 1 FROM sdm.operations o WHERE o.image = q.image))
+       OR (q.tries < 3 AND NOT EXISTS (SELECT 1 FROM sdm.operations o
+                                       WHERE o.image = q.image AND o.outcome = 'committed'))";
 
-/// Items whose move never began (refused, or no agent answered) go back to the queue.
+/// Moves that did not happen (refused before they began, or rolled back: an agent died under
+/// every attempt of a copy) go back to the queue, three times at most.
 const REQUEUE_ERRORS: &str = "UPDATE scale.queue q SET state = 'todo', tries = tries + 1
-    WHERE state = 'error' AND tries < 3
-      AND NOT EXISTS (SELECT 1 FROM sdm.operations o WHERE o.image = q.image)";
+    WHERE tries < 3
+      AND NOT EXISTS (SELECT 1 FROM sdm.operations o
+                      WHERE o.image = q.image AND (NOT o.ended OR o.outcome = 'committed'))
+      AND (state IN ('error', 'done')
+           OR (state = 'taken' AND EXISTS (SELECT 1 FROM sdm.operations o WHERE o.image = q.image)))";
 
 /// Items a killed engine had taken but not begun go back to the queue.
 const REQUEUE_DEAD: &str = "UPDATE scale.queue q SET state = 'todo'
@@ -210,9 +216,22 @@ async fn scale_run_engines_and_agents_killed_at_random() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let a = audit(&db, agents.cluster(), &disks).await;
+    let rollbacks: Vec<String> = db
+        .query(
+            "SELECT DISTINCT regexp_replace(entry->'rec'->>'reason', '[0-9a-f-]{36}', '<id>', 'g')
+             FROM sdm.records WHERE entry->'rec'->>'type' = 'rollback'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let errors: Vec<String> = db
         .query(
-            "SELECT image::text || ': ' || coalesce(note, '') FROM scale.queue WHERE state = 'error'",
+            "SELECT image::text || ': ' || coalesce(note, '') FROM scale.queue q
+             WHERE NOT EXISTS (SELECT 1 FROM sdm.operations o
+                               WHERE o.image = q.image AND o.outcome = 'committed')",
             &[],
         )
         .await
@@ -226,7 +245,8 @@ async fn scale_run_engines_and_agents_killed_at_random() {
          time: {:.1}s, {:.2} moves/s\n\
          kills: {engine_kills} engines, {agent_kills} agents; takeovers: {}\n\
          audit: {} lost, {} moved twice, {} sources deleted without a committed destination, {} leftovers, {} unfinished\n\
-         given up: {}",
+         given up (left on the source after 3 tries): {}\n\
+         rollback reasons: {rollbacks:#?}",
         if full { "full" } else { "quick" },
         form.agents,
         form.engines,
