@@ -154,6 +154,48 @@ impl TestJournal {
         }
     }
 
+    /// Waits until no engine of this process has the journal open any more (an in-process
+    /// "crash" drops the engine, but an append already in flight still lands): the file's lock
+    /// is free, or the database has no `sdm-client` connection left.
+    pub async fn wait_closed(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let closed = match &self.pg {
+                None => {
+                    let lock = format!("{}.lock", self.url);
+                    match std::fs::File::open(&lock) {
+                        Err(_) => true,
+                        Ok(f) => {
+                            use std::os::fd::AsRawFd;
+                            // SAFETY: flock(2) on a descriptor owned by `f`, alive for the call.
+                            let rc = unsafe {
+                                libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB)
+                            };
+                            rc == 0
+                        }
+                    }
+                }
+                Some((server, db)) => {
+                    let c = server.client("postgres").await;
+                    let n: i64 = c
+                        .query_one(
+                            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'sdm-client'",
+                            &[db],
+                        )
+                        .await
+                        .expect("count connections")
+                        .get(0);
+                    n == 0
+                }
+            };
+            if closed {
+                return;
+            }
+            assert!(Instant::now() < deadline, "journal still open after 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// `--journal URL` and the test lease settings, for an `sdmctl` command line.
     pub fn sdmctl_args(&self) -> Vec<String> {
         let o = test_journal_options();

@@ -211,7 +211,9 @@ async fn move_until_crash(
     }
     let _ = task.await;
     drop(disks);
-    // A shared journal: the crashed engine's claim must be gone before another takes over.
+    // What the crashed engine had in flight lands before the journal is read; with a shared
+    // journal its claim must be gone before another engine takes over.
+    journal.wait_closed().await;
     journal.wait_unowned(Duration::from_secs(10)).await;
 }
 

@@ -4,7 +4,7 @@
 //! audit over the journal and the domains: no disk lost, none moved twice, no source deleted
 //! before its destination committed, no leftovers.
 //!
-//! Quick form (CI): 3 agents, 40 moves. Full form: `SDM_FULL=1` — 8 agents, 500 moves.
+//! Quick form (CI): 3 agents, 60 moves. Full form: `SDM_FULL=1` — 8 agents, 500 moves.
 //! `SDM_SCALE_LEASES=local` uses the agents' local leases instead of sanlock daemons.
 
 use std::time::{Duration, Instant};
@@ -81,8 +81,8 @@ async fn scale_run_engines_and_agents_killed_at_random() {
         Form {
             agents: 3,
             engines: 3,
-            moves: 40,
-            kill_every: Duration::from_millis(1500),
+            moves: 60,
+            kill_every: Duration::from_secs(1),
             limit: Duration::from_secs(120),
         }
     };

@@ -388,6 +388,9 @@ pub struct ResumeArgs {
     /// Seconds between looks for operations to take up (--watch).
     #[arg(long, default_value_t = 2.0)]
     pub interval: f64,
+    /// Operations driven at once (--watch).
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
     #[command(flatten)]
     pub j: JournalArgs,
 }

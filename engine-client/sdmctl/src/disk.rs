@@ -119,7 +119,7 @@ pub async fn resume(ctx: &Ctx, args: ResumeArgs) -> anyhow::Result<Outcome> {
     }
     let disks = Disks::new(ctx.pool()?, open_journal(&args.j).await?);
     if args.watch {
-        return watch(&disks, json, args.interval).await;
+        return watch(&disks, json, args.interval, args.parallel).await;
     }
     let ui = Ui::new(json);
     let reports = disks.resume(&ui).await;
@@ -198,7 +198,12 @@ async fn list(json: bool, args: &ResumeArgs) -> anyhow::Result<Outcome> {
 /// `sdmctl resume --watch`: a small takeover daemon. Every `interval` it takes up what it may
 /// (expired or released operations) and drives each to its end, logging what it decided, until
 /// SIGTERM or SIGINT; an operation it is driving then is released for another engine.
-async fn watch(disks: &Disks, json: bool, interval: f64) -> anyhow::Result<Outcome> {
+async fn watch(
+    disks: &Disks,
+    json: bool,
+    interval: f64,
+    parallel: usize,
+) -> anyhow::Result<Outcome> {
     use tokio::signal::unix::{signal, SignalKind};
     let interval = std::time::Duration::try_from_secs_f64(interval)
         .map_err(|_| anyhow::anyhow!("--interval: {interval} is not a duration in seconds"))?;
@@ -213,7 +218,7 @@ async fn watch(disks: &Disks, json: bool, interval: f64) -> anyhow::Result<Outco
     );
     loop {
         let round = async {
-            match disks.resume(&ui).await {
+            match disks.resume_parallel(&ui, parallel).await {
                 Ok(reports) => {
                     for r in &reports {
                         eprintln!(

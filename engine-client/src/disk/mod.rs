@@ -166,41 +166,76 @@ impl Disks {
     /// higher epoch ([`Event::TakenOver`] when it came from another engine); one that another
     /// engine claims first, or whose owner renews after all, is skipped.
     pub async fn resume(&self, events: &dyn EventSink) -> Result<Vec<OpReport>, Error> {
+        self.resume_parallel(events, 1).await
+    }
+
+    /// [`resume`](Self::resume), driving up to `parallel` operations at once (a takeover
+    /// daemon that finds the operations of a dead engine should not finish them one by one).
+    /// Reports come in the order operations end.
+    pub async fn resume_parallel(
+        &self,
+        events: &dyn EventSink,
+        parallel: usize,
+    ) -> Result<Vec<OpReport>, Error> {
+        use futures::StreamExt;
         let ids = self.journal.claimable().await?;
-        let mut reports = Vec::new();
-        let mut refreshed = false;
-        for op in ids {
-            let Some(active) = self.activate(&op) else {
-                continue;
-            };
-            let claim = match self.journal.claim(&op).await {
-                Ok(c) => c,
-                Err(e @ (JournalError::Busy { .. } | JournalError::UnknownOp(_))) => {
-                    tracing::info!(op = %op, reason = %e, "not taking up the operation");
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            if !refreshed {
-                self.pool.refresh().await;
-                refreshed = true;
-            }
-            let Some(st) = self.journal.op(&op) else {
-                continue;
-            };
-            if let Some(from) = &claim.previous_owner {
-                tracing::info!(op = %op, kind = %st.kind, image = %st.image, from = %from, epoch = claim.epoch, "taking over operation");
-                events.event(&Event::TakenOver {
-                    op: op.clone(),
-                    from: from.clone(),
-                    epoch: claim.epoch,
-                });
-            } else {
-                tracing::info!(op = %op, kind = %st.kind, image = %st.image, "resuming operation");
-            }
-            reports.push(self.drive(active, events, true).await?);
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(reports)
+        self.pool.refresh().await;
+        let mut runs = futures::stream::iter(ids)
+            .map(|op| async move { self.resume_op(&op, events).await })
+            .buffer_unordered(parallel.max(1));
+        let mut reports = Vec::new();
+        let mut failed = None;
+        while let Some(r) = runs.next().await {
+            match r {
+                Ok(Some(report)) => reports.push(report),
+                Ok(None) => {}
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(reports),
+        }
+    }
+
+    /// Takes up one unfinished operation, if this engine may (see [`resume`](Self::resume)),
+    /// and drives it to its end or to a stop. None: not taken up (this `Disks` runs it already,
+    /// another engine holds it, or it ended).
+    pub async fn resume_op(
+        &self,
+        op: &Uuid,
+        events: &dyn EventSink,
+    ) -> Result<Option<OpReport>, Error> {
+        let Some(active) = self.activate(op) else {
+            return Ok(None);
+        };
+        let claim = match self.journal.claim(op).await {
+            Ok(c) => c,
+            Err(e @ (JournalError::Busy { .. } | JournalError::UnknownOp(_))) => {
+                tracing::info!(op = %op, reason = %e, "not taking up the operation");
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(st) = self.journal.op(op) else {
+            return Ok(None);
+        };
+        if let Some(from) = &claim.previous_owner {
+            tracing::info!(op = %op, kind = %st.kind, image = %st.image, from = %from, epoch = claim.epoch, "taking over operation");
+            events.event(&Event::TakenOver {
+                op: op.clone(),
+                from: from.clone(),
+                epoch: claim.epoch,
+            });
+        } else {
+            tracing::info!(op = %op, kind = %st.kind, image = %st.image, "resuming operation");
+        }
+        self.drive(active, events, true).await.map(Some)
     }
 
     /// One unfinished operation per image: a second one would take the first one's half-built

@@ -61,6 +61,9 @@ pub enum JournalError {
         /// What is wrong with it.
         reason: String,
     },
+    /// Journal settings that cannot work (a renewal slower than half the lease).
+    #[error("bad journal settings: {0}")]
+    Options(String),
     /// The journal database could not be reached or refused the connection (unreachable
     /// host, wrong credentials, no such database).
     #[error("cannot connect to journal database {location}: {message}")]

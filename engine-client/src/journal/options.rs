@@ -64,13 +64,10 @@ impl JournalOptions {
     /// Refuses settings under which owners would lose healthy operations.
     pub fn check(&self) -> Result<(), JournalError> {
         if self.renew_every.is_zero() || self.renew_every * 2 > self.lease {
-            return Err(JournalError::Url {
-                url: String::new(),
-                reason: format!(
-                    "the renewal interval ({:?}) must be positive and at most half the lease ({:?})",
-                    self.renew_every, self.lease
-                ),
-            });
+            return Err(JournalError::Options(format!(
+                "the renewal interval ({:?}) must be positive and at most half the lease ({:?})",
+                self.renew_every, self.lease
+            )));
         }
         Ok(())
     }

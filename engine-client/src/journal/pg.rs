@@ -53,6 +53,8 @@ use super::store::{Claim, JournalStore, Listed, Stored};
 struct Held {
     epoch: i64,
     next_seq: i32,
+    /// A renewal found it taken over: no more renewals; the next write tells its driver.
+    lost: bool,
 }
 
 struct Inner {
@@ -192,6 +194,7 @@ impl Inner {
                 Held {
                     epoch: 1,
                     next_seq: 1,
+                    lost: false,
                 },
             );
             return Ok(Stored::Appended);
@@ -400,7 +403,14 @@ impl Inner {
                 epoch: epoch as u64,
                 entries: Some(entries),
             };
-            Ok((claim, Held { epoch, next_seq }))
+            Ok((
+                claim,
+                Held {
+                    epoch,
+                    next_seq,
+                    lost: false,
+                },
+            ))
         })?;
         self.held().insert(op.clone(), held);
         Ok(claim)
@@ -454,9 +464,12 @@ impl Inner {
         let renewed: Vec<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
         let mut map = self.held();
         for (op, h) in held {
-            if !renewed.contains(&uuid(&op)) && map.get(&op).is_some_and(|m| m.epoch == h.epoch) {
-                tracing::warn!(op = %op, epoch = h.epoch, "lost ownership of an operation (taken over or ended elsewhere)");
-                map.remove(&op);
+            if renewed.contains(&uuid(&op)) {
+                continue;
+            }
+            if let Some(m) = map.get_mut(&op).filter(|m| m.epoch == h.epoch) {
+                tracing::warn!(op = %op, epoch = h.epoch, "lost ownership of an operation (taken over elsewhere); its next write will be refused");
+                m.lost = true;
             }
         }
     }

@@ -512,6 +512,28 @@ mod tests {
     }
 
     #[test]
+    fn a_claimed_operation_replaces_what_memory_had() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut ops = Ops::unfinished_of(&entries(vec![begin(&a)]));
+        // Another engine went on with `a`; its records replace the stale state.
+        let stored = entries(vec![
+            begin(&a),
+            Record::Cloned { op: a.clone() },
+            Record::Commit { op: a.clone() },
+        ]);
+        ops.replace(&a, &stored);
+        let st = ops.get(&a).unwrap();
+        assert!(st.cloned && st.committed());
+        assert_eq!(ops.unfinished().len(), 1);
+        // An operation first seen by its claim is added.
+        ops.replace(&b, &entries(vec![begin(&b)]));
+        assert!(ops.knows(&b));
+        // Records of another operation only do not add one.
+        ops.replace(&Uuid::new_v4(), &stored);
+        assert_eq!(ops.unfinished().len(), 2);
+    }
+
+    #[test]
     fn forgetting_keeps_the_most_recently_ended_and_every_unfinished() {
         let ids: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
         let mut ops = Ops::unfinished_of(&entries(ids.iter().map(begin).collect()));

@@ -76,7 +76,7 @@ async fn main() -> anyhow::Result<std::convert::Infallible> {
         let disks = disks.clone();
         tokio::spawn(async move {
             loop {
-                if let Err(e) = disks.resume(&NoEvents).await {
+                if let Err(e) = disks.resume_parallel(&NoEvents, 8).await {
                     eprintln!("{}: resume: {e:#}", disks.journal().owner());
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
