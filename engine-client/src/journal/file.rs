@@ -48,7 +48,7 @@ use super::codec::{encode_line, parse, Line};
 use super::error::JournalError;
 use super::record::{Entry, Record};
 use super::state::replay;
-use super::store::{Claim, JournalStore, Listed, Stored};
+use super::store::{Claim, JournalStore, Listed, Listing, Stored};
 
 /// A journal longer than this is compacted when an operation ends.
 #[cfg(not(test))]
@@ -258,7 +258,7 @@ impl JournalStore for FileStore {
         Box::pin(async { Ok(None) })
     }
 
-    fn list(&self) -> BoxFuture<'_, Result<(Vec<Listed>, Vec<Entry>), JournalError>> {
+    fn list(&self) -> BoxFuture<'_, Result<Listing, JournalError>> {
         Box::pin(async move {
             let entries = self.load().await?;
             let listed = replay(&entries)

@@ -7,7 +7,7 @@
 //! * `store.rs`: where entries are kept and who may write them ([`JournalStore`]).
 //!   [`FileStore`] (`file.rs`, with its line format in `codec.rs`) is the embedded default, for
 //!   one engine process; [`PgStore`] (`pg.rs`, with its connection in `pg_conn.rs` and its
-//!   schema in `pg_schema.rs`) is shared by several engines, each operation owned by one of
+//!   schema in `pg_schema.rs`, its listings in `pg_read.rs`) is shared by several engines, each operation owned by one of
 //!   them under a lease with an epoch that fences its writes. [`Journal::open_url`] picks
 //!   the store from a URL (`options.rs`); any store plugs in with [`Journal::with_store`];
 //! * this file: [`Journal`], what the disk operations use: appends through its store, keeps the
@@ -20,6 +20,7 @@ mod file;
 mod options;
 mod pg;
 mod pg_conn;
+mod pg_read;
 mod pg_schema;
 mod record;
 mod state;
@@ -37,7 +38,7 @@ pub use pg::PgStore;
 pub use pg_schema::SCHEMA_VERSION;
 pub use record::{now_ms, Entry, Record, JOURNAL_VERSION};
 pub use state::{replay, AttemptState, CopyState, DeleteState, OpState};
-pub use store::{Claim, JournalStore, Listed, Stored};
+pub use store::{Claim, JournalStore, Listed, Listing, Stored};
 
 use state::Ops;
 

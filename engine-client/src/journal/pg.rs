@@ -46,7 +46,7 @@ use super::options::JournalOptions;
 use super::pg_conn::{connect_error, db_once, db_retrying, describe, Conn, Fail};
 use super::pg_schema::{migrate, MigrateError, SCHEMA_VERSION};
 use super::record::{Entry, Record};
-use super::store::{Claim, JournalStore, Listed, Stored};
+use super::store::{Claim, JournalStore, Listed, Listing, Stored};
 
 /// An operation this engine holds: the epoch of its claim and its next sequence number.
 #[derive(Clone, Copy, Debug)]
@@ -57,9 +57,9 @@ struct Held {
     lost: bool,
 }
 
-struct Inner {
-    conn: Conn,
-    owner: String,
+pub(super) struct Inner {
+    pub(super) conn: Conn,
+    pub(super) owner: String,
     held: Mutex<HashMap<Uuid, Held>>,
 }
 
@@ -84,12 +84,12 @@ impl Drop for PgStore {
     }
 }
 
-fn uuid(u: &Uuid) -> uuid::Uuid {
+pub(super) fn uuid(u: &Uuid) -> uuid::Uuid {
     // sdm_proto::Uuid is canonical by construction.
     uuid::Uuid::parse_str(u.as_str()).unwrap_or_default()
 }
 
-fn sdm_uuid(u: uuid::Uuid) -> Uuid {
+pub(super) fn sdm_uuid(u: uuid::Uuid) -> Uuid {
     Uuid::parse(&u.hyphenated().to_string()).unwrap_or_else(|_| Uuid::blank())
 }
 
@@ -506,20 +506,7 @@ impl JournalStore for PgStore {
     }
 
     fn claimable(&self) -> BoxFuture<'_, Result<Vec<Uuid>, JournalError>> {
-        let inner = &self.inner;
-        Box::pin(async move {
-            let rows = db_retrying!(&inner.conn, "listing claimable operations", |c| {
-                c.query(
-                    "SELECT op FROM sdm.operations
-                         WHERE NOT ended AND (expires_at <= now() OR owner = $1)
-                         ORDER BY created_at",
-                    &[&inner.owner],
-                )
-                .await
-                .map_err(Fail::from)
-            })?;
-            Ok(rows.iter().map(|r| sdm_uuid(r.get(0))).collect())
-        })
+        Box::pin(self.inner.claimable())
     }
 
     fn claim<'a>(&'a self, op: &'a Uuid) -> BoxFuture<'a, Result<Claim, JournalError>> {
@@ -541,61 +528,11 @@ impl JournalStore for PgStore {
         &'a self,
         image: &'a Uuid,
     ) -> BoxFuture<'a, Result<Option<Listed>, JournalError>> {
-        let inner = &self.inner;
-        let image_u = uuid(image);
-        Box::pin(async move {
-            let row = db_retrying!(&inner.conn, "looking up an image's operation", |c| {
-                c.query_opt(
-                    "SELECT op, owner, epoch,
-                            (extract(epoch FROM expires_at - now()) * 1000)::bigint
-                     FROM sdm.operations WHERE image = $1 AND NOT ended",
-                    &[&image_u],
-                )
-                .await
-                .map_err(Fail::from)
-            })?;
-            Ok(row.map(|r| Listed {
-                op: sdm_uuid(r.get(0)),
-                owner: Some(r.get(1)),
-                epoch: r.get::<_, i64>(2) as u64,
-                expires_in_ms: Some(r.get(3)),
-            }))
-        })
+        Box::pin(self.inner.in_progress(image))
     }
 
-    fn list(&self) -> BoxFuture<'_, Result<(Vec<Listed>, Vec<Entry>), JournalError>> {
-        let inner = &self.inner;
-        Box::pin(async move {
-            let (ops, recs) = db_retrying!(&inner.conn, "listing operations", |c| {
-                let ops = c
-                    .query(
-                        "SELECT op, owner, epoch,
-                                    (extract(epoch FROM expires_at - now()) * 1000)::bigint
-                             FROM sdm.operations WHERE NOT ended ORDER BY created_at",
-                        &[],
-                    )
-                    .await?;
-                let recs = c
-                    .query(
-                        "SELECT r.entry FROM sdm.records r JOIN sdm.operations o USING (op)
-                             WHERE NOT o.ended ORDER BY o.created_at, r.seq",
-                        &[],
-                    )
-                    .await?;
-                Ok((ops, recs))
-            })?;
-            let listed = ops
-                .iter()
-                .map(|r| Listed {
-                    op: sdm_uuid(r.get(0)),
-                    owner: Some(r.get(1)),
-                    epoch: r.get::<_, i64>(2) as u64,
-                    expires_in_ms: Some(r.get(3)),
-                })
-                .collect();
-            let entries = recs.iter().map(|r| r.get::<_, Json<Entry>>(0).0).collect();
-            Ok((listed, entries))
-        })
+    fn list(&self) -> BoxFuture<'_, Result<Listing, JournalError>> {
+        Box::pin(self.inner.list())
     }
 }
 

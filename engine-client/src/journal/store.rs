@@ -47,6 +47,9 @@ pub struct Listed {
     pub expires_in_ms: Option<i64>,
 }
 
+/// Every unfinished operation with its owner, and the entries of all of them.
+pub type Listing = (Vec<Listed>, Vec<Entry>);
+
 /// Where a journal's entries are kept: the seam between the journal's logic (records, replay,
 /// the state in memory) and its storage. A store keeps entries and gives them back, and decides
 /// who may write: it never interprets entries beyond what it needs to drop ended operations and
@@ -97,5 +100,5 @@ pub trait JournalStore: Send + Sync + std::fmt::Debug {
 
     /// Every unfinished operation with its owner, and the entries of all of them, for
     /// inspection (`sdmctl resume --list`); takes nothing up.
-    fn list(&self) -> BoxFuture<'_, Result<(Vec<Listed>, Vec<Entry>), JournalError>>;
+    fn list(&self) -> BoxFuture<'_, Result<Listing, JournalError>>;
 }

@@ -85,7 +85,6 @@ async fn main() -> anyhow::Result<std::convert::Infallible> {
     }
 
     let mut running = tokio::task::JoinSet::new();
-    let mut idle_rounds = 0u32;
     loop {
         while running.len() < parallel {
             let Some((img, src, dst)) = take(&db, &me).await? else {
@@ -113,14 +112,9 @@ async fn main() -> anyhow::Result<std::convert::Infallible> {
             });
         }
         if running.is_empty() {
-            idle_rounds += 1;
             tokio::time::sleep(Duration::from_millis(200)).await;
-            if idle_rounds % 50 == 0 {
-                eprintln!("{me}: idle");
-            }
             continue;
         }
-        idle_rounds = 0;
         let _ = running.join_next().await;
     }
 }
