@@ -53,6 +53,8 @@ async fn owners_take_over_expired_operations_and_a_returning_owner_is_fenced() {
     let b = open(&url, "engine-b").await;
     let (op, img) = (Uuid::new_v4(), Uuid::new_v4());
     a.append(begin(&op, &img)).await.unwrap();
+    // A connection reset between two records: the next one goes through a new connection.
+    relay.sever();
     a.append(Record::Cloned { op: op.clone() }).await.unwrap();
 
     // A renews while alive: B cannot take the operation, however long it waits.
