@@ -113,6 +113,10 @@ pub enum JournalError {
         /// Its epoch now.
         epoch: i64,
     },
+    /// This engine does not hold the operation (it released it, or never began or claimed
+    /// it): it may not write its records.
+    #[error("this engine does not hold operation {0}; claim it first")]
+    NotHeld(Uuid),
     /// The operation is owned by another engine whose lease is live.
     #[error("operation {op} is owned by engine {owner}, whose lease is live")]
     Busy {

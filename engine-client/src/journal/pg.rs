@@ -200,10 +200,7 @@ impl Inner {
             return Ok(Stored::Appended);
         }
         let Some(held) = self.held().get(&op).copied() else {
-            return Err(JournalError::Busy {
-                op,
-                owner: "another engine (this one does not hold the operation)".into(),
-            });
+            return Err(JournalError::NotHeld(op));
         };
         let r = db_retrying!(&self.conn, "recording a phase", |c| {
             self.write(c, &op, held, entry).await
