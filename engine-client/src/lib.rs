@@ -13,8 +13,9 @@
 //!   its host answers, the destination volume's lease and generation when it does not, fencing
 //!   when neither decides.
 //! * [`journal::Journal`]: the durable record of every phase of a disk operation, kept by a
-//!   [`journal::JournalStore`] (the file journal by default); the operation types it records
-//!   are in [`op`].
+//!   [`journal::JournalStore`]: the file journal by default, or PostgreSQL shared by several
+//!   engines that take over each other's operations ([`journal::PgStore`]); the operation
+//!   types it records are in [`op`].
 //! * [`disk::Disks`]: `copy_disk`, `move_disk`, `delete_disk` and `resume`, built on the above.
 //!
 //! `docs/engine-guide.md` walks through them with a runnable example.
@@ -43,7 +44,7 @@ pub use client::{job_outcome, ping, AgentClient, ClientOptions, Via, DEFAULT_AGE
 pub use disk::{Disks, Event, EventSink, NoEvents, OpReport, Phase};
 pub use error::Error;
 pub use follow::{CopyTicket, Decision, FollowOptions, Verdict, VolumeId};
-pub use journal::{FileStore, Journal, JournalError, JournalStore};
+pub use journal::{FileStore, Journal, JournalError, JournalOptions, JournalStore, PgStore};
 pub use op::{DeletePolicy, MovePolicy, OpKind, Outcome, VolumeSpec};
 pub use pool::{
     Health, HostPool, HostView, LeastLoaded, PlacementPolicy, PlacementRequest, PoolOptions,

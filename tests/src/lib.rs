@@ -2,7 +2,11 @@
 //! directories, killed by pid when the test ends (also when it fails).
 
 pub mod cluster;
+pub mod engines;
 pub mod hostile;
+pub mod journals;
+pub mod postgres;
+pub mod scale;
 pub mod volumes;
 
 pub use volumes::*;
@@ -104,9 +108,13 @@ impl AgentProc {
     }
 
     fn spawn(&mut self) {
+        self.spawn_on("127.0.0.1:0")
+    }
+
+    fn spawn_on(&mut self, listen: &str) {
         let mut cmd = Command::new(bin("sdm-agent"));
         cmd.arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--state-dir")
             .arg(&self.state_dir);
         if let Some(extra) = &self.opts.config {
@@ -199,6 +207,14 @@ impl AgentProc {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
+    }
+
+    /// Starts the agent again on the same state directory and the same address, so that
+    /// clients holding its URL reach it again (after a kill).
+    pub fn restart_same_port(&mut self) {
+        self.kill9();
+        let addr = self.addr.to_string();
+        self.spawn_on(&addr);
     }
 }
 

@@ -31,6 +31,7 @@ use crate::cli::{Cli, Cmd};
 use crate::ctx::Ctx;
 
 fn main() -> ExitCode {
+    sdm_client::journal::failpoints_from_env();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
