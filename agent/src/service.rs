@@ -60,6 +60,7 @@ impl Agent {
     pub fn start(cfg: Config) -> Result<Arc<Agent>, AgentError> {
         std::fs::create_dir_all(&cfg.state_dir)
             .map_err(|e| StorageError::io("create state directory", &cfg.state_dir, e))?;
+        crate::durable::set_writer_host(cfg.host_id);
         let engine = sdm_io::Engine::new(engine_config(&cfg));
         let leases = LeaseBackends::new(cfg.host_id, cfg.leases.clone());
         let agent = Arc::new(Agent {
