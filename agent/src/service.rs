@@ -14,6 +14,7 @@ use sdm_proto::{
 
 use crate::config::{Config, LeaseBackendKind};
 use crate::error::AgentError;
+use crate::holders::LeaseHolders;
 use crate::jobs::Jobs;
 use crate::leases::LeaseBackends;
 use crate::locks::{domain_key, image_key, LockManager, LockSet, Mode};
@@ -38,6 +39,8 @@ pub struct Agent {
     pub locks: Arc<LockManager>,
     /// Lease backends.
     pub leases: LeaseBackends,
+    /// Jobs holding sanlock leases, stopped when their registration is lost.
+    pub holders: Arc<LeaseHolders>,
     /// Data path.
     pub engine: sdm_io::Engine,
     started: Instant,
@@ -62,8 +65,17 @@ impl Agent {
             .map_err(|e| StorageError::io("create state directory", &cfg.state_dir, e))?;
         crate::durable::set_writer_host(cfg.host_id);
         let engine = sdm_io::Engine::new(engine_config(&cfg));
-        let leases = LeaseBackends::new(cfg.host_id, cfg.leases.clone());
+        let holders = Arc::new(LeaseHolders::default());
+        let table = holders.clone();
+        let leases = LeaseBackends::new(
+            cfg.host_id,
+            cfg.leases.clone(),
+            Arc::new(move |lost| {
+                table.registration_lost(lost);
+            }),
+        );
         let agent = Arc::new(Agent {
+            holders,
             registry: Registry::new(&cfg.state_dir),
             jobs: Jobs::new(cfg.io.max_running_jobs, cfg.autodelete()),
             locks: Arc::new(LockManager::default()),
