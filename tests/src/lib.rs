@@ -2,6 +2,7 @@
 //! directories, killed by pid when the test ends (also when it fails).
 
 pub mod cluster;
+pub mod fencing;
 pub mod hostile;
 pub mod volumes;
 
