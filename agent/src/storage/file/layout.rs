@@ -274,3 +274,43 @@ fn write_xleases(path: &Path, sd_id: &Uuid) -> Result<(), StorageError> {
         .map_err(|e| StorageError::io("write", path, e))?;
     f.sync_all().map_err(|e| StorageError::io("fsync", path, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn only_old_temp_files_of_sdm_are_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("0f6b3e0a-1111-4222-8333-444455556666.meta");
+        durable::replace(&meta, b"A=1\n").unwrap();
+        let old = durable::temp_path(&meta);
+        let young = durable::temp_path(&meta);
+        let foreign = dir
+            .path()
+            .join("0f6b3e0a-1111-4222-8333-444455556666.meta.new");
+        for p in [&old, &young, &foreign] {
+            fs::write(p, b"x").unwrap();
+        }
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        for p in [&old, &foreign] {
+            fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(hour_ago)
+                .unwrap();
+        }
+        let n = remove_stale_temp_files_in(dir.path(), Duration::from_secs(600)).unwrap();
+        assert_eq!(n, 1);
+        assert!(!old.exists());
+        assert!(young.exists(), "a live writer's file stays");
+        assert!(foreign.exists(), "not sdm's name pattern: left alone");
+        assert!(meta.exists());
+        assert_eq!(
+            remove_stale_temp_files_in(&dir.path().join("missing"), Duration::ZERO).unwrap(),
+            0
+        );
+    }
+}
