@@ -38,7 +38,6 @@ use crate::storage::domain::Domain;
 use crate::storage::md::VolumeMetadata;
 use crate::storage::qemu;
 use crate::storage::volume::{read_metadata, update_metadata};
-use crate::storage::StorageError;
 
 /// Validated `SDM.copy_data` request.
 #[derive(Clone, Debug)]
@@ -142,16 +141,18 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
 
 /// The destination's metadata, read again now that the lease is held.
 fn reread_under_lease(dom: &Domain, dst: &Endpoint) -> Result<VolumeMetadata, AgentError> {
-    fail::fail_point!("sdm::copy_data::reread", |arg| Err(StorageError::io(
-        "read",
-        dom.backend.path(),
-        std::io::Error::from_raw_os_error(if arg.as_deref() == Some("ENOENT") {
-            libc::ENOENT
-        } else {
-            libc::EIO
-        })
-    )
-    .into()));
+    fail::fail_point!("sdm::copy_data::reread", |arg| Err(
+        crate::storage::StorageError::io(
+            "read",
+            dom.backend.path(),
+            std::io::Error::from_raw_os_error(if arg.as_deref() == Some("ENOENT") {
+                libc::ENOENT
+            } else {
+                libc::EIO
+            })
+        )
+        .into()
+    ));
     Ok(read_metadata(dom, &dst.img_id, &dst.vol_id)?)
 }
 
