@@ -69,6 +69,8 @@ pub struct Job {
     children: Mutex<Vec<Arc<sdm_io::Control>>>,
     /// Bytes the whole job will process, when known before its sub-operations start.
     planned_total: std::sync::atomic::AtomicU64,
+    /// Set once when a lease the job holds is lost: the job's error from then on.
+    fenced: std::sync::OnceLock<ApiError>,
     state: Mutex<State>,
     /// Bumped on every state change; subscriptions wait on it.
     changes: watch::Sender<u64>,
@@ -82,6 +84,7 @@ impl Job {
             ctl: Arc::new(sdm_io::Control::new()),
             children: Mutex::new(Vec::new()),
             planned_total: 0.into(),
+            fenced: std::sync::OnceLock::new(),
             state: Mutex::new(State {
                 status: JobStatus::Pending,
                 aborting: false,
@@ -126,6 +129,22 @@ impl Job {
         }
         children.push(c.clone());
         c
+    }
+
+    /// Stops the job because a lease it holds is lost: every control is aborted (the data path
+    /// stops before its next request), and the job fails with `why` (AcquireLockFailure), not
+    /// as aborted. The first reason sticks.
+    pub fn fence(&self, why: ApiError) {
+        if self.fenced.set(why).is_ok() {
+            tracing::warn!(job = %self.id, reason = %self.fenced.get().map(|e| e.message.as_str()).unwrap_or(""), "lease lost: stopping the job");
+            self.abort_controls();
+            self.bump();
+        }
+    }
+
+    /// Why the job was fenced, if it was.
+    pub fn fenced(&self) -> Option<&ApiError> {
+        self.fenced.get()
     }
 
     /// Declares how many bytes the job will process in all, before its parts start.
@@ -216,6 +235,13 @@ impl Job {
             Ok(result) => {
                 st.status = JobStatus::Done;
                 st.result = result;
+            }
+            // Whatever the failure looked like where it surfaced (an abort of the data path, a
+            // lock wait given up), a lost lease is the reason: the job failed, the engine
+            // decides from the volume (which the job left ILLEGAL).
+            Err(_) if self.fenced.get().is_some() => {
+                st.status = JobStatus::Failed;
+                st.error = self.fenced.get().cloned();
             }
             Err(e) if e.code == ErrorCode::ActionStopped || st.aborting => {
                 st.status = JobStatus::Aborted;
@@ -574,6 +600,34 @@ mod tests {
         let info = wait_status(&jobs, &a, JobStatus::Aborted).await;
         assert_eq!(info.error.unwrap().code, 443);
         assert!(jobs.wait_idle(Duration::from_secs(1)).await);
+    }
+
+    #[tokio::test]
+    async fn a_fenced_job_fails_with_the_fence_reason_not_as_aborted() {
+        let jobs = Jobs::new(1, None);
+        let a = id();
+        let job = jobs.register(&a, "copy").unwrap();
+        let j = job.clone();
+        jobs.start(
+            job,
+            Box::new(|j| {
+                while !j.is_aborting() {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(ApiError::new(ErrorCode::ActionStopped, "data path aborted"))
+            }),
+        );
+        wait_status(&jobs, &a, JobStatus::Running).await;
+        j.fence(ApiError::new(ErrorCode::AcquireLockFailure, "lease lost"));
+        // A later abort by the user does not turn it into an abort either.
+        let _ = jobs.abort(&a);
+        j.fence(ApiError::new(
+            ErrorCode::AcquireLockFailure,
+            "second reason",
+        ));
+        let info = wait_status(&jobs, &a, JobStatus::Failed).await;
+        let e = info.error.unwrap();
+        assert_eq!((e.code, e.message.as_str()), (651, "lease lost"));
     }
 
     #[tokio::test]

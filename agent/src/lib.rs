@@ -9,6 +9,7 @@ pub mod config;
 pub mod conn;
 pub mod durable;
 pub mod error;
+pub mod holders;
 pub mod jobs;
 pub mod leases;
 pub mod locks;

@@ -14,6 +14,7 @@ use sdm_proto::{
 
 use crate::config::{Config, LeaseBackendKind};
 use crate::error::AgentError;
+use crate::holders::LeaseHolders;
 use crate::jobs::Jobs;
 use crate::leases::LeaseBackends;
 use crate::locks::{domain_key, image_key, LockManager, LockSet, Mode};
@@ -38,6 +39,8 @@ pub struct Agent {
     pub locks: Arc<LockManager>,
     /// Lease backends.
     pub leases: LeaseBackends,
+    /// Jobs holding sanlock leases, stopped when their registration is lost.
+    pub holders: Arc<LeaseHolders>,
     /// Data path.
     pub engine: sdm_io::Engine,
     started: Instant,
@@ -49,6 +52,8 @@ pub struct Agent {
 pub struct Attached {
     /// The domain's id.
     pub sd_id: Uuid,
+    /// Its lease backend, as its metadata records it.
+    pub lease_backend: LeaseBackendKind,
     /// The domain, when newly attached.
     pub fresh: Option<Arc<Domain>>,
 }
@@ -60,9 +65,19 @@ impl Agent {
     pub fn start(cfg: Config) -> Result<Arc<Agent>, AgentError> {
         std::fs::create_dir_all(&cfg.state_dir)
             .map_err(|e| StorageError::io("create state directory", &cfg.state_dir, e))?;
+        crate::durable::set_writer_host(cfg.host_id);
         let engine = sdm_io::Engine::new(engine_config(&cfg));
-        let leases = LeaseBackends::new(cfg.host_id, cfg.leases.clone());
+        let holders = Arc::new(LeaseHolders::default());
+        let table = holders.clone();
+        let leases = LeaseBackends::new(
+            cfg.host_id,
+            cfg.leases.clone(),
+            Arc::new(move |lost| {
+                table.registration_lost(lost);
+            }),
+        );
         let agent = Arc::new(Agent {
+            holders,
             registry: Registry::new(&cfg.state_dir),
             jobs: Jobs::new(cfg.io.max_running_jobs, cfg.autodelete()),
             locks: Arc::new(LockManager::default()),
@@ -76,19 +91,14 @@ impl Agent {
     }
 
     fn attach_at_start(&self) -> Result<(), AgentError> {
-        let mut wanted: Vec<(PathBuf, LeaseBackendKind)> = Vec::new();
+        // (path, expected lease backend, force): a domain attaches with the backend it was
+        // formatted for; only the config may expect one (and is refused when it differs).
+        let mut wanted: Vec<(PathBuf, Option<LeaseBackendKind>, bool)> = Vec::new();
         for a in self.registry.persisted()? {
-            let kind = match a.lease_backend.as_str() {
-                "sanlock" => LeaseBackendKind::Sanlock,
-                _ => LeaseBackendKind::Local,
-            };
-            wanted.push((a.path, kind));
+            wanted.push((a.path, None, a.force));
         }
         for d in &self.cfg.domains {
-            wanted.push((
-                d.path.clone(),
-                d.lease_backend.unwrap_or(self.leases.default_kind()),
-            ));
+            wanted.push((d.path.clone(), d.lease_backend, d.force));
         }
         if self.cfg.create_default_domains {
             let root = self.default_domain_root();
@@ -97,39 +107,26 @@ impl Agent {
                 // The default backend is local unless the config says otherwise (the fault
                 // suites run the same default domains over sanlock).
                 let kind = self.leases.default_kind();
-                let backend = self.leases.get(kind)?;
-                for n in 1..=2 {
-                    // Each under a root of its own, as each real file domain has its own
-                    // export: VDSM's discovery finds one domain per mounted directory.
-                    let own_root = root.join(n.to_string());
-                    std::fs::create_dir_all(&own_root)
-                        .map_err(|e| StorageError::io("mkdir", &own_root, e))?;
-                    let sd = Uuid::new_v4();
-                    let dir = Domain::create(
-                        DomainKind::File,
-                        &own_root,
-                        &sd,
-                        &format!("sdm local domain {n}"),
-                        backend.as_ref(),
-                        self.leases.io_timeout_s(),
-                    )?;
-                    tracing::info!(sd_id = %sd, path = %dir.display(), lease_backend = kind.as_str(), "created embedded domain");
-                    wanted.push((dir, kind));
+                match check_local_allowed(kind, &self.cfg.state_dir, false) {
+                    Ok(()) => wanted.extend(self.create_embedded(&root, kind)?),
+                    Err(e) => {
+                        let e = ApiError::from(AgentError::from(e));
+                        tracing::error!(error = %e.message, "not creating the embedded domains");
+                    }
                 }
             } else {
-                let kind = self.leases.default_kind();
-                wanted.extend(existing.into_iter().map(|p| (p, kind)));
+                wanted.extend(existing.into_iter().map(|p| (p, None, false)));
             }
         }
         let mut seen = std::collections::HashSet::new();
-        for (path, kind) in wanted {
+        for (path, expected, force) in wanted {
             let canon = path.canonicalize().unwrap_or(path.clone());
             if !seen.insert(canon) {
                 continue;
             }
-            match self.attach_path(&path, kind) {
+            match self.attach_path(&path, expected, force) {
                 Ok(a) => {
-                    tracing::info!(sd_id = %a.sd_id, path = %path.display(), lease_backend = kind.as_str(), "attached domain")
+                    tracing::info!(sd_id = %a.sd_id, path = %path.display(), lease_backend = a.lease_backend.as_str(), "attached domain")
                 }
                 Err(e) => {
                     let e = ApiError::from(e);
@@ -138,6 +135,36 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// Creates the embedded default's two domains with `kind` leases.
+    #[allow(clippy::type_complexity)]
+    fn create_embedded(
+        &self,
+        root: &Path,
+        kind: LeaseBackendKind,
+    ) -> Result<Vec<(PathBuf, Option<LeaseBackendKind>, bool)>, AgentError> {
+        let backend = self.leases.get(kind)?;
+        let mut out = Vec::new();
+        for n in 1..=2 {
+            // Each under a root of its own, as each real file domain has its own export:
+            // VDSM's discovery finds one domain per mounted directory.
+            let own_root = root.join(n.to_string());
+            std::fs::create_dir_all(&own_root)
+                .map_err(|e| StorageError::io("mkdir", &own_root, e))?;
+            let sd = Uuid::new_v4();
+            let dir = Domain::create(
+                DomainKind::File,
+                &own_root,
+                &sd,
+                &format!("sdm local domain {n}"),
+                backend.as_ref(),
+                self.leases.io_timeout_s(),
+            )?;
+            tracing::info!(sd_id = %sd, path = %dir.display(), lease_backend = kind.as_str(), "created embedded domain");
+            out.push((dir, Some(kind), false));
+        }
+        Ok(out)
     }
 
     fn default_domain_root(&self) -> PathBuf {
@@ -199,22 +226,50 @@ impl Agent {
 
     // --- domains --------------------------------------------------------------------------
 
-    fn attach_path(&self, path: &Path, kind: LeaseBackendKind) -> Result<Attached, AgentError> {
-        let leases = self.leases.get(kind)?;
-        let dom = Domain::open(DomainKind::File, path, leases)?;
+    /// Attaches the domain at `path` with the lease backend its metadata records. Refused
+    /// (StorageDomainTypeError, nothing changed) when `expected` names the other backend, and
+    /// when a local domain is on a shared file system unless `force`.
+    fn attach_path(
+        &self,
+        path: &Path,
+        expected: Option<LeaseBackendKind>,
+        force: bool,
+    ) -> Result<Attached, AgentError> {
+        let mut dom = Domain::open(
+            DomainKind::File,
+            path,
+            self.leases.get(LeaseBackendKind::Local)?,
+        )?;
+        let kind = dom.metadata.lease_backend()?;
+        if let Some(want) = expected.filter(|w| *w != kind) {
+            return Err(StorageError::DomainType(format!(
+                "domain {} at {} was formatted for {} leases (TYPE={}); attaching it with {} leases is refused: \
+                 hosts that disagree on the lease backend do not exclude each other",
+                dom.sd_id,
+                dom.path().display(),
+                kind.as_str(),
+                dom.metadata.get("TYPE").unwrap_or(""),
+                want.as_str()
+            ))
+            .into());
+        }
+        check_local_allowed(kind, dom.path(), force)?;
         if let Ok(existing) = self.registry.get(&dom.sd_id) {
             if existing.path() == dom.path() {
                 return Ok(Attached {
                     sd_id: dom.sd_id,
+                    lease_backend: kind,
                     fresh: None,
                 });
             }
         }
+        dom.leases = self.leases.get(kind)?;
         dom.join_lockspace()?;
         let dom = Arc::new(dom);
-        let fresh = self.registry.insert(dom.clone(), kind)?;
+        let fresh = self.registry.insert(dom.clone(), kind, force)?;
         Ok(Attached {
             sd_id: dom.sd_id.clone(),
+            lease_backend: kind,
             fresh: fresh.then_some(dom),
         })
     }
@@ -245,7 +300,12 @@ impl Agent {
         if self.registry.get(sd).is_ok() {
             return Err(StorageError::DomainExists(sd.to_string()).into());
         }
-        let kind = self.leases.default_kind();
+        let kind = p
+            .lease_backend
+            .map(LeaseBackendKind::from)
+            .unwrap_or(self.leases.default_kind());
+        let force = flag(p.force);
+        check_local_allowed(kind, &canon, force)?;
         let leases = self.leases.get(kind)?;
         let dir = Domain::create(
             DomainKind::File,
@@ -255,15 +315,20 @@ impl Agent {
             leases.as_ref(),
             self.leases.io_timeout_s(),
         )?;
-        tracing::info!(sd_id = %sd, path = %dir.display(), "created domain");
-        self.attach_path(&dir, kind)
+        tracing::info!(sd_id = %sd, path = %dir.display(), lease_backend = kind.as_str(), "created domain");
+        self.attach_path(&dir, Some(kind), force)
     }
 
-    /// `StorageDomain.attach`.
+    /// `StorageDomain.attach`: with the lease backend the domain records (never the host's
+    /// default: two hosts must agree on it).
     pub fn attach_domain(&self, p: &AttachDomainParams) -> Result<Attached, AgentError> {
         let dir = absolute(&p.path)?;
-        let a = self.attach_path(&dir, self.leases.default_kind())?;
-        tracing::info!(sd_id = %a.sd_id, path = %dir.display(), "attached domain");
+        let a = self.attach_path(
+            &dir,
+            p.lease_backend.map(LeaseBackendKind::from),
+            flag(p.force),
+        )?;
+        tracing::info!(sd_id = %a.sd_id, path = %dir.display(), lease_backend = a.lease_backend.as_str(), "attached domain");
         Ok(a)
     }
 
@@ -360,6 +425,30 @@ impl Agent {
         let dom = self.domain(sd)?;
         Ok(volume::info(&dom, img, vol)?)
     }
+}
+
+/// Local leases on a file system other hosts may mount are refused unless forced: OFD locks
+/// do not reach other hosts, so two of them could write one volume at once.
+fn check_local_allowed(
+    kind: LeaseBackendKind,
+    path: &Path,
+    force: bool,
+) -> Result<(), StorageError> {
+    if kind != LeaseBackendKind::Local || force {
+        return Ok(());
+    }
+    match crate::storage::fstype::shared_fs(path)? {
+        None => Ok(()),
+        Some(fs) => Err(StorageError::DomainType(format!(
+            "{} is on {fs}, which other hosts can mount: local leases (OFD locks) do not exclude \
+             them; use a sanlock domain there, or force it if this host alone ever uses it",
+            path.display()
+        ))),
+    }
+}
+
+fn flag(f: Option<sdm_proto::Flag>) -> bool {
+    f.is_some_and(sdm_proto::Flag::get)
 }
 
 fn engine_config(cfg: &Config) -> sdm_io::EngineConfig {

@@ -105,11 +105,21 @@ sdm_api! {
         /// Directory that will hold the domain directory.
         path: String,
         description: Option<Description>,
+        /// Lease backend the domain is formatted for (default: the agent's `leases.default_backend`).
+        lease_backend: Option<LeaseBackendName>,
+        /// Allow `local` on a network file system (StorageDomainTypeError 372 without it).
+        force: Option<Flag>,
     ) -> bool;
-    /// Attaches the existing domain whose directory (`.../<sd_id>`) is `path`.
+    /// Attaches the existing domain whose directory (`.../<sd_id>`) is `path`, with the lease
+    /// backend its metadata records.
     "StorageDomain.attach" => fn attach_domain / AttachDomainParams(
         /// The domain directory.
         path: String,
+        /// Expected lease backend: refused (StorageDomainTypeError 372, nothing changed) when
+        /// the domain was formatted for the other one.
+        lease_backend: Option<LeaseBackendName>,
+        /// Allow a `local` domain on a network file system (StorageDomainTypeError 372 without it).
+        force: Option<Flag>,
     ) -> AttachResult;
     /// Detaches a domain (refused while jobs use it).
     "StorageDomain.detach" => fn detach_domain / DetachDomainParams(sd_id: Uuid) -> bool;

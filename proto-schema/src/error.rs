@@ -76,6 +76,9 @@ error_codes! {
     StorageDomainDoesNotExist = 358,
     /// A storage domain with this id is already attached or exists at the path.
     StorageDomainAlreadyExists = 365,
+    /// The domain's type does not allow this use: a lease backend other than the one the
+    /// domain was formatted with, or local leases on a network file system (without force).
+    StorageDomainTypeError = 372,
     /// Wiping (zeroing) a volume failed; its data is still there.
     VolumesZeroingError = 374,
     /// The storage domain ran out of space (ENOSPC).

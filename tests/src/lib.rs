@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod engines;
+pub mod fencing;
 pub mod hostile;
 pub mod journals;
 pub mod postgres;

@@ -64,6 +64,8 @@ pub async fn sanlock_cluster(n: usize) -> SanlockCluster {
                 sd.clone(),
                 root.path().display().to_string(),
                 sdm_proto::Description::parse(d).ok(),
+                None,
+                None,
             )
             .await
             .via(&c)
@@ -87,7 +89,7 @@ pub async fn sanlock_cluster(n: usize) -> SanlockCluster {
         async move {
             for d in dirs {
                 c.api()
-                    .attach_domain(d)
+                    .attach_domain(d, None, None)
                     .await
                     .via(&c)
                     .expect("attach domain");

@@ -36,6 +36,8 @@ async fn every_verb_through_the_client() {
             sd3.clone(),
             root.to_string_lossy().into(),
             Some(Description::parse("third").unwrap()),
+            None,
+            None,
         )
         .await
         .via(&c)
@@ -43,7 +45,7 @@ async fn every_verb_through_the_client() {
     let dir3 = root.join(sd3.as_str());
     let again = c
         .api()
-        .attach_domain(dir3.to_string_lossy().into())
+        .attach_domain(dir3.to_string_lossy().into(), None, None)
         .await
         .via(&c)
         .unwrap();
@@ -53,7 +55,7 @@ async fn every_verb_through_the_client() {
     let err = c.api().get_images(sd3.clone()).await.via(&c).unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::StorageDomainDoesNotExist));
     c.api()
-        .attach_domain(dir3.to_string_lossy().into())
+        .attach_domain(dir3.to_string_lossy().into(), None, None)
         .await
         .via(&c)
         .unwrap();
@@ -66,7 +68,7 @@ async fn every_verb_through_the_client() {
         .is_empty());
     let err = c
         .api()
-        .create_domain(sd3.clone(), root.to_string_lossy().into(), None)
+        .create_domain(sd3.clone(), root.to_string_lossy().into(), None, None, None)
         .await
         .via(&c)
         .unwrap_err();

@@ -81,12 +81,16 @@ impl SdmApiServer for Rpc {
         sd_id: Uuid,
         path: String,
         description: Option<Description>,
+        lease_backend: Option<LeaseBackendName>,
+        force: Option<Flag>,
     ) -> RpcResult<bool> {
         let a = self.agent.clone();
         let p = CreateDomainParams {
             sd_id,
             path,
             description,
+            lease_backend,
+            force,
         };
         blocking(move || {
             let attached = a.create_domain(&p)?;
@@ -96,9 +100,18 @@ impl SdmApiServer for Rpc {
         .await
     }
 
-    async fn attach_domain(&self, path: String) -> RpcResult<AttachResult> {
+    async fn attach_domain(
+        &self,
+        path: String,
+        lease_backend: Option<LeaseBackendName>,
+        force: Option<Flag>,
+    ) -> RpcResult<AttachResult> {
         let a = self.agent.clone();
-        let p = AttachDomainParams { path };
+        let p = AttachDomainParams {
+            path,
+            lease_backend,
+            force,
+        };
         blocking(move || {
             let attached = a.attach_domain(&p)?;
             ops::gc::after_attach(&a, &attached);

@@ -164,6 +164,21 @@ mod tests {
         assert_eq!(d.sd_id, sd);
         assert_eq!(d.description(), "test domain");
         assert_eq!(d.metadata.get("TYPE"), Some("LOCALFS"));
+        assert_eq!(
+            d.metadata.lease_backend().unwrap(),
+            crate::config::LeaseBackendKind::Local
+        );
+        let mut md = d.metadata.clone();
+        for (t, want) in [
+            ("NFS", Some(crate::config::LeaseBackendKind::Sanlock)),
+            ("POSIXFS", Some(crate::config::LeaseBackendKind::Sanlock)),
+            ("GLUSTERFS", Some(crate::config::LeaseBackendKind::Sanlock)),
+            ("LOCALFS", Some(crate::config::LeaseBackendKind::Local)),
+            ("FLOPPY", None),
+        ] {
+            md.set("TYPE", t);
+            assert_eq!(md.lease_backend().ok(), want, "{t}");
+        }
         assert!(matches!(
             Domain::create(
                 DomainKind::File,

@@ -12,6 +12,7 @@ use sdm_proto::{
 use sha1::{Digest, Sha1};
 
 use super::StorageError;
+use crate::config::LeaseBackendKind;
 
 /// Key of the checksum line in domain metadata.
 pub const CHECKSUM_KEY: &str = "_SHA_CKSUM";
@@ -126,6 +127,23 @@ impl DomainMetadata {
         md.set("SDUUID", sd_id.as_str());
         md.set("VERSION", DOMAIN_VERSION.to_string());
         md
+    }
+
+    /// The lease backend the domain was formatted for, from its TYPE, as VDSM decides it
+    /// (`localFsSD`: LOCALFS domains take local locks; every shared type, file or block, takes
+    /// sanlock). sdm writes LOCALFS for local domains and POSIXFS for sanlock ones.
+    pub fn lease_backend(&self) -> Result<LeaseBackendKind, StorageError> {
+        match self.get("TYPE").map(str::trim) {
+            Some("LOCALFS") => Ok(LeaseBackendKind::Local),
+            Some("NFS" | "POSIXFS" | "GLUSTERFS" | "CIFS" | "SHAREDFS" | "FCP" | "ISCSI") => {
+                Ok(LeaseBackendKind::Sanlock)
+            }
+            other => Err(StorageError::DomainType(format!(
+                "domain {} has TYPE {:?}, from which sdm cannot tell its lease backend",
+                self.get("SDUUID").unwrap_or(""),
+                other.unwrap_or("")
+            ))),
+        }
     }
 
     /// Checks that this is the metadata of data domain `name` (found at `path`) in the format

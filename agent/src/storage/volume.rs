@@ -71,8 +71,18 @@ pub fn create(dom: &Domain, req: &NewVolume) -> Result<(), StorageError> {
         .checked_next_multiple_of(CAPACITY_ALIGN)
         .filter(|c| *c <= i64::MAX as u64)
         .ok_or_else(|| StorageError::Invalid(format!("capacity {} is too large", req.capacity)))?;
-    let parent_md = match &req.parent {
-        Some(p) if p.is_blank() => None,
+    // The parent's metadata is rewritten below (LEAF → INTERNAL): like every metadata writer,
+    // this holds the parent's lease around the read and the write, never waiting for another
+    // holder (651). Its existence is checked first, so a missing parent stays a clear error.
+    let parent = req.parent.as_ref().filter(|p| !p.is_blank());
+    let parent_lease = match parent {
+        Some(p) => {
+            parent_metadata(dom, req, p, capacity)?;
+            Some(dom.acquire_volume_lease(&req.img, p)?)
+        }
+        None => None,
+    };
+    let parent_md = match parent {
         Some(p) => Some((p.clone(), parent_metadata(dom, req, p, capacity)?)),
         None => None,
     };
@@ -94,6 +104,9 @@ pub fn create(dom: &Domain, req: &NewVolume) -> Result<(), StorageError> {
         allocation: req.allocation,
         role: VolumeRole::Leaf,
     };
+    if let Some(lease) = &parent_lease {
+        lease.verify()?;
+    }
     let creation = Creation {
         img: &req.img,
         vol: &req.vol,
@@ -101,10 +114,14 @@ pub fn create(dom: &Domain, req: &NewVolume) -> Result<(), StorageError> {
         parent: parent_md.as_ref().map(|(p, pmd)| (p, pmd)),
     };
     dom.backend.create_volume(dom.leases.as_ref(), &creation)?;
-    if let Some((p, mut pmd)) = parent_md {
+    if let (Some((p, mut pmd)), Some(lease)) = (parent_md, parent_lease) {
         if pmd.role == VolumeRole::Leaf {
+            lease.verify()?;
             pmd.role = VolumeRole::Internal;
             update_metadata(dom, &req.img, &p, &mut pmd)?;
+        }
+        if let Err(e) = lease.release() {
+            tracing::warn!(vol_id = %p, error = %e, "releasing the parent's lease failed");
         }
     }
     Ok(())

@@ -98,9 +98,24 @@ pub enum DomainCmd {
         sd_id: Option<String>,
         #[arg(long, default_value = "")]
         description: String,
+        /// Lease backend to format it for: local or sanlock (default: the agent's).
+        #[arg(long)]
+        lease_backend: Option<String>,
+        /// Allow local leases on a network file system.
+        #[arg(long)]
+        force: bool,
     },
-    /// Attach the existing domain directory PATH (.../<sd_id>).
-    Attach { path: String },
+    /// Attach the existing domain directory PATH (.../<sd_id>), with the lease backend it
+    /// was formatted for.
+    Attach {
+        path: String,
+        /// Refuse unless the domain uses this lease backend: local or sanlock.
+        #[arg(long)]
+        lease_backend: Option<String>,
+        /// Allow a local domain on a network file system.
+        #[arg(long)]
+        force: bool,
+    },
     /// Detach a domain.
     Detach { sd_id: String },
     /// Images of a domain.

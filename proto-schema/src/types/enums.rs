@@ -60,6 +60,14 @@ impl JobStatus {
 }
 
 wire_enum! {
+    /// Lease backend of a domain's volumes. A domain has one, recorded in its metadata when it
+    /// is formatted (VDSM's domain TYPE: LOCALFS uses local locks, the shared types sanlock).
+    LeaseBackendName { /// OFD locks: one host only.
+        Local = "local", /// sanlock: shared storage, several hosts.
+        Sanlock = "sanlock" }
+}
+
+wire_enum! {
     /// Kind of a `StorageDomain.check` finding.
     FixType { /// Remove something left over.
         Clean = "clean", /// Repair an inconsistency.
