@@ -3,7 +3,7 @@
 //! data, metadata and lease live is the backend's ([`super::backend::DomainBackend`]).
 
 use sdm_proto::{
-    LeaseInfo, Legality, Preallocation, Size, Uuid, VolumeFormat, VolumeInfo, VolumeRole,
+    LeaseInfo, Legality, Preallocation, Size, Timestamp, Uuid, VolumeFormat, VolumeInfo, VolumeRole,
 };
 
 use super::backend::Creation;
@@ -32,6 +32,8 @@ pub struct NewVolume {
     pub legality: Legality,
     /// Disk type (DATA unless copying another volume's).
     pub disktype: String,
+    /// Place in the chain (SEQ), newer volumes higher; copies keep their source's.
+    pub sequence: u64,
 }
 
 /// Reads a volume's metadata.
@@ -90,7 +92,7 @@ pub fn create(dom: &Domain, req: &NewVolume) -> Result<(), StorageError> {
             .as_ref()
             .map(|(p, _)| p.to_string())
             .unwrap_or_else(|| Uuid::blank().to_string()),
-        sequence: 0,
+        sequence: req.sequence,
         allocation: req.allocation,
         role: VolumeRole::Leaf,
     };
@@ -171,7 +173,10 @@ pub fn info(dom: &Domain, img: &Uuid, vol: &Uuid) -> Result<VolumeInfo, StorageE
         parent: Uuid::parse(&md.parent).unwrap_or_else(|_| Uuid::blank()),
         description: md.description,
         disktype: md.disktype,
-        ctime: md.ctime,
+        ctime: Timestamp(md.ctime),
+        mtime: Timestamp(0),
+        pool: String::new(),
+        children: Vec::new(),
         legality: md.legality,
         generation: md.generation,
         sequence: md.sequence,
@@ -215,6 +220,7 @@ mod tests {
             description: "d".into(),
             legality: Legality::Legal,
             disktype: "DATA".into(),
+            sequence: 0,
         }
     }
 
