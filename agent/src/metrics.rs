@@ -308,6 +308,20 @@ pub fn lease_acquired(took: Duration, failure: Option<&'static str>) {
     }
 }
 
+/// The label of why a lease could not be acquired.
+pub fn lease_failure(kind: sdm_lease::LeaseErrorKind) -> &'static str {
+    use sdm_lease::LeaseErrorKind as K;
+    match kind {
+        K::Busy => "busy",
+        K::NotFound => "not_found",
+        K::Daemon => "daemon",
+        K::Io => "io",
+        K::Invalid => "invalid",
+        K::Lost => "lost",
+        K::Unavailable => "unavailable",
+    }
+}
+
 /// Counts an open connection of `dialect` until dropped; [`ConnectionGauge::switch`] moves it
 /// to another dialect (an HTTP connection upgraded to a WebSocket).
 #[derive(Debug)]

@@ -418,9 +418,14 @@ impl Agent {
         let dom = self.domain(sd)?;
         match volume::info(&dom, img, vol) {
             Ok(i) => Ok(VolumeInfoReply::Info(Box::new(i))),
-            Err(e @ (StorageError::VolumeNotFound { .. } | StorageError::ImageNotFound { .. })) => {
-                Err(e.into())
+            Err(e @ StorageError::VolumeNotFound { .. }) => Err(e.into()),
+            // VDSM looks for the volume only: VolumeDoesNotExist, also when its image is missing.
+            Err(StorageError::ImageNotFound { .. }) => Err(StorageError::VolumeNotFound {
+                sd: sd.to_string(),
+                img: img.to_string(),
+                vol: vol.to_string(),
             }
+            .into()),
             Err(
                 e @ (StorageError::BadMetadata(_)
                 | StorageError::Io { .. }
