@@ -656,6 +656,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn aborting_is_reported_and_ends_are_announced() {
+        let jobs = Jobs::new(1, None);
+        let mut events = jobs.events();
+        let a = id();
+        let job = jobs.register(&a, "slow").unwrap();
+        jobs.start(
+            job,
+            Box::new(|j| {
+                while !j.is_aborting() {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                Err(ApiError::new(ErrorCode::ActionStopped, "stopped"))
+            }),
+        );
+        wait_status(&jobs, &a, JobStatus::Running).await;
+        // Pending behind it, then aborted: announced at once.
+        let b = id();
+        let jb = jobs.register(&b, "queued").unwrap();
+        jobs.start(jb, Box::new(|_| Ok(None)));
+        jobs.abort(&b).unwrap();
+        let ev = events.recv().await.unwrap();
+        assert_eq!((ev.id.clone(), ev.status), (b.clone(), JobStatus::Aborted));
+        // Running, then aborted: "aborting" (VDSM's word) until it ends.
+        jobs.abort(&a).unwrap();
+        let info = jobs.get(&a).unwrap().info();
+        assert_eq!(info.status, JobStatus::Aborting);
+        assert!(info.aborting && info.status.is_active());
+        let ev = events.recv().await.unwrap();
+        assert_eq!((ev.id.clone(), ev.status), (a.clone(), JobStatus::Aborted));
+        assert_eq!(ev.error.unwrap().code, 443);
+        // A job recorded as done: reported, never announced.
+        let c = id();
+        jobs.record_done(&c, "create_volume").unwrap();
+        assert_eq!(jobs.get(&c).unwrap().status(), JobStatus::Done);
+        assert!(events.try_recv().is_err());
+        // An empty type filters nothing.
+        let all = jobs.infos(&JobFilter {
+            job_type: Some(String::new()),
+            job_ids: None,
+        });
+        assert_eq!(all.len(), 3);
+    }
+
+    #[tokio::test]
     async fn autodelete_and_filters() {
         let jobs = Jobs::new(2, Some(Duration::from_millis(50)));
         let a = id();
