@@ -10,10 +10,15 @@
 //! with: a request whose parameters do not decode must get InvalidParameterException (1000);
 //! one that decodes must get a result or an error with a code of the contract's table.
 //!
+//! The STOMP mode ([`stomp`]) makes byte streams that break VDSM's STOMP dialect, and random
+//! mutations of a valid engine session.
+//!
 //! Instruments: a minimal WebSocket client (hand-made frames, so that broken ones can be sent),
 //! raw HTTP, process figures from `/proc` (RSS, high-water mark, fds, files open for writing),
 //! a file-system state with inode, size, times and content hash, and an inotify watch that sees
 //! any file opened for writing, created, renamed or deleted.
+
+pub mod stomp;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};

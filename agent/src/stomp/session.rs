@@ -43,6 +43,9 @@ pub struct SessionLimits {
 /// RECEIPT) before it is cut.
 const DRAIN: Duration = Duration::from_secs(5);
 
+/// How long a closing connection's input is still read and dropped (see [`linger`]).
+const LINGER: Duration = Duration::from_millis(500);
+
 /// The peer may be this much later than the heart-beat interval it promised before it counts
 /// as silent (VDSM allows none; clients that send exactly on time would be dropped at random).
 fn with_grace(d: Duration) -> Duration {
@@ -86,7 +89,7 @@ where
         broker: s.broker.clone(),
         conn: s.conn,
     };
-    let (rd, wr) = tokio::io::split(stream);
+    let (mut rd, wr) = tokio::io::split(stream);
     let (out, queue) = outbox(
         s.state.clone(),
         s.limits.outbox_frames,
@@ -104,7 +107,7 @@ where
         expect: None,
         in_flight: Arc::new(Semaphore::new(s.limits.max_in_flight.max(1))),
     };
-    let read = reader.run(rd, prefix);
+    let read = reader.run(&mut rd, prefix);
     let write = write_loop(wr, queue, heart_beat, changed);
     tokio::pin!(write);
     tokio::select! {
@@ -113,9 +116,23 @@ where
             // Our own outbox went with the reader; the broker's copies go now: the writer
             // then drains what is queued (an ERROR, a RECEIPT) and ends.
             s.broker.drop_connection(s.conn);
-            let _ = tokio::time::timeout(DRAIN, write).await;
+            if tokio::time::timeout(DRAIN, write).await.is_ok() {
+                linger(&mut rd).await;
+            }
         }
         _ = &mut write => {}
+    }
+}
+
+/// After the last frame went out: reads what the peer still sends for a moment, so that
+/// closing does not reset the connection (which could destroy the ERROR in flight).
+async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
+    let mut scratch = [0u8; 8192];
+    let until = Instant::now() + LINGER;
+    while let Ok(Ok(n)) = tokio::time::timeout_at(until, rd.read(&mut scratch)).await {
+        if n == 0 {
+            break;
+        }
     }
 }
 
@@ -148,7 +165,7 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    async fn run<R: AsyncRead + Unpin>(mut self, mut rd: R, mut buf: BytesMut) -> &'static str {
+    async fn run<R: AsyncRead + Unpin>(mut self, rd: &mut R, mut buf: BytesMut) -> &'static str {
         let mut dec = Decoder::new(self.s.limits.decoder);
         loop {
             loop {
