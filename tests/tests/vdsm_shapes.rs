@@ -29,7 +29,7 @@ fn fixture() -> Value {
 /// One way to reach the agent.
 enum Wire {
     Http(std::net::SocketAddr),
-    Stomp(Client<TcpStream>),
+    Stomp(Box<Client<TcpStream>>),
 }
 
 impl Wire {
@@ -404,7 +404,7 @@ async fn vdsm_verbs_keep_vdsm_shapes_over_http_and_stomp() {
         .await
         .unwrap();
     stomp.subscribe("shapes.replies", "r").await.unwrap();
-    for mut wire in [Wire::Http(agent.addr), Wire::Stomp(stomp)] {
+    for mut wire in [Wire::Http(agent.addr), Wire::Stomp(Box::new(stomp))] {
         exercise(&mut check, &mut wire, sd1.as_str(), sd2.as_str(), &root).await;
     }
 
