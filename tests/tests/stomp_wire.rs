@@ -193,6 +193,15 @@ fn engine_session_over_stomp_py() {
         json!({"storagepoolID": BLANK, "storagedomainID": sd2, "imageID": img}),
     );
     assert_eq!(result(&vols).as_array().unwrap().len(), 2, "{vols}");
+    // The copy on the destination kept its place in the chain (SEQ), and is LEGAL.
+    let moved_info = py.call(
+        "a",
+        REPLIES,
+        "Volume.getInfo",
+        json!({"storagedomainID": sd2, "imageID": img, "volumeID": src}),
+    );
+    assert_eq!(result(&moved_info)["sequence"], 3, "{moved_info}");
+    assert_eq!(result(&moved_info)["legality"], "LEGAL", "{moved_info}");
 
     // Image.delete, then the image has no volumes (VDSM answers [] for an unknown image).
     let r = py.call(

@@ -41,15 +41,16 @@ pub fn read_metadata(dom: &Domain, img: &Uuid, vol: &Uuid) -> Result<VolumeMetad
     dom.backend.read_metadata(img, vol)
 }
 
-/// Writes a changed volume's metadata atomically and durably, bumping its sequence number (so
-/// every version on disk is distinguishable). The caller holds the image lock.
+/// Writes a changed volume's metadata atomically and durably. The sequence number (SEQ, the
+/// volume's place in its chain) is written back as read: as in VDSM, only creation sets it
+/// (CONTRACT: never changed by metadata writes, copies or moves). The caller holds the image
+/// lock.
 pub fn update_metadata(
     dom: &Domain,
     img: &Uuid,
     vol: &Uuid,
     md: &mut VolumeMetadata,
 ) -> Result<(), StorageError> {
-    md.sequence = (md.sequence + 1) % (1 << 32);
     dom.backend.write_metadata(img, vol, md)
 }
 
@@ -225,6 +226,21 @@ mod tests {
     }
 
     #[test]
+    fn sequence_is_set_at_creation_and_kept_by_metadata_writes() {
+        let (_t, d) = domain();
+        let img = Uuid::new_v4();
+        let mut req = new(&img, VolumeFormat::Raw, None);
+        req.sequence = 7;
+        create(&d, &req).unwrap();
+        let mut md = read_metadata(&d, &img, &req.vol).unwrap();
+        assert_eq!(md.sequence, 7);
+        md.legality = Legality::Illegal;
+        update_metadata(&d, &img, &req.vol, &mut md).unwrap();
+        let i = info(&d, &img, &req.vol).unwrap();
+        assert_eq!((i.sequence, i.legality), (7, Legality::Illegal));
+    }
+
+    #[test]
     fn raw_sparse_and_preallocated() {
         let (_t, d) = domain();
         let img = Uuid::new_v4();
@@ -263,6 +279,8 @@ mod tests {
         );
         let ti = info(&d, &img, &top.vol).unwrap();
         assert_eq!(ti.parent, base.vol);
+        // Making the parent INTERNAL wrote its metadata: its sequence stayed.
+        assert_eq!(info(&d, &img, &base.vol).unwrap().sequence, 0);
         let out = Command::new("qemu-img")
             .args(["info", "--output=json"])
             .arg(d.backend.prepare(&img, &top.vol).unwrap().path())
