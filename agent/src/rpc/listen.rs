@@ -67,7 +67,7 @@ pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHand
     let max_response = s.max_response_body_bytes as usize;
     let stomp_cfg = s.clone();
     let methods: Methods = Rpc::new(agent).into_rpc().into();
-    let stomp = Stomp::new(methods.clone(), &stomp_cfg, &jobs);
+    let stomp = Stomp::new(&stomp_cfg, &jobs);
     let (stop, handle) = stop_channel();
     let conns = crate::conn::Connections::new(max_connections as usize);
     tokio::spawn(async move {
@@ -113,7 +113,9 @@ pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHand
                         .layer(VdsmNamesLayer),
                 )
                 .build(methods.clone(), stop.clone());
-            let stomp = stomp.prepare(&reg);
+            let stomp = stomp.prepare(&reg, |id| {
+                super::direct::stomp_service(&methods, &reg, id as usize, max_response)
+            });
             let stop = stop.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
@@ -179,7 +181,7 @@ pub const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// gets the stream with those bytes put back.
 async fn serve_detected<S, F, Fut>(
     mut stream: crate::conn::Guarded<S>,
-    stomp: crate::stomp::Pending,
+    stomp: crate::stomp::Pending<super::direct::StompRpc>,
     stop: jsonrpsee::server::StopHandle,
     http: F,
 ) -> Result<(), jsonrpsee::core::BoxError>

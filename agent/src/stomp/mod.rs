@@ -1,5 +1,6 @@
-//! STOMP 1.2 as VDSM serves it, on the agent's one port (the listener detects it from a
-//! connection's first bytes, `crate::rpc::serve`): JSON-RPC requests arrive as SEND frames to
+//! STOMP 1.2 as VDSM serves it, on the agent's one port (the listener, `crate::rpc::serve`,
+//! detects it from a connection's first bytes and gives each session its service; this module
+//! does not depend on `rpc`): JSON-RPC requests arrive as SEND frames to
 //! `jms.topic.vdsm_requests` (or `jms.topic.vdsm_irs_requests`, or a sub-destination of
 //! either) and run through the same method table and middleware as HTTP calls; their replies
 //! go out as MESSAGE frames to every subscriber of the request's `reply-to`; job events go to
@@ -25,7 +26,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use jsonrpsee::server::Methods;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use events::{event_body, notify_time};
@@ -33,28 +33,26 @@ pub use router::Broker;
 pub use session::SessionLimits;
 
 use crate::config::ServerConfig;
-use crate::conn::Registration;
+use crate::conn::{Registration, RpcInner};
 use crate::jobs::Jobs;
 
-/// The STOMP side of a listener: the shared broker and what each connection's service is
-/// built from.
+/// The STOMP side of a listener: the shared broker and the bounds of every session.
 pub struct Stomp {
     broker: Arc<Broker>,
-    methods: Methods,
     limits: SessionLimits,
-    max_response: usize,
     next_conn: AtomicU64,
 }
 
-/// A STOMP connection ready to be served, once detection says it is one.
-pub struct Pending {
-    session: session::Session,
+/// A STOMP connection ready to be served, once detection says it is one; `R` is its
+/// service (the method table behind the connection's middleware, `crate::rpc::stomp_service`).
+pub struct Pending<R> {
+    session: session::Session<R>,
 }
 
 impl Stomp {
-    /// The STOMP side of a listener serving `methods` within the `[server]` limits, and the
-    /// publisher of `jobs`' events.
-    pub fn new(methods: Methods, cfg: &ServerConfig, jobs: &Arc<Jobs>) -> Arc<Stomp> {
+    /// The STOMP side of a listener within the `[server]` limits, and the publisher of
+    /// `jobs`' events.
+    pub fn new(cfg: &ServerConfig, jobs: &Arc<Jobs>) -> Arc<Stomp> {
         let body = cfg.max_request_body_bytes as usize;
         let max_response = cfg.max_response_body_bytes as usize;
         let limits = SessionLimits {
@@ -74,25 +72,23 @@ impl Stomp {
         events::spawn_publisher(jobs, broker.clone());
         Arc::new(Stomp {
             broker,
-            methods,
             limits,
-            max_response,
             next_conn: AtomicU64::new(1),
         })
     }
 
-    /// Prepares serving connection `reg` (before its registration moves into the stream).
-    pub fn prepare(&self, reg: &Registration) -> Pending {
+    /// Prepares serving connection `reg` (before its registration moves into the stream);
+    /// `service` makes the connection's service from its id.
+    pub fn prepare<R: RpcInner>(
+        &self,
+        reg: &Registration,
+        service: impl FnOnce(u64) -> R,
+    ) -> Pending<R> {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         Pending {
             session: session::Session {
                 broker: self.broker.clone(),
-                rpc: crate::rpc::stomp_service(
-                    &self.methods,
-                    reg,
-                    conn as usize,
-                    self.max_response,
-                ),
+                rpc: service(conn),
                 state: reg.state.clone(),
                 conn,
                 limits: self.limits,
@@ -101,7 +97,7 @@ impl Stomp {
     }
 }
 
-impl Pending {
+impl<R: RpcInner> Pending<R> {
     /// Serves the connection; `prefix` holds the bytes detection read.
     pub async fn serve<S>(self, stream: S, prefix: BytesMut)
     where

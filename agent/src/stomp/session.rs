@@ -18,9 +18,8 @@ use tracing::Instrument;
 
 use super::router::{outbox, Broker, Outbox, OutboxReader};
 use super::rpc;
-use crate::conn::ConnState;
+use crate::conn::{ConnState, RpcInner};
 use crate::metrics;
-use crate::rpc::StompRpc;
 
 /// Bounds on one connection.
 #[derive(Clone, Copy, Debug)]
@@ -53,11 +52,11 @@ fn with_grace(d: Duration) -> Duration {
 }
 
 /// What a session needs besides its stream.
-pub struct Session {
+pub struct Session<R> {
     /// The broker of the listener.
     pub broker: Arc<Broker>,
     /// This connection's service (the method table behind the connection's middleware).
-    pub rpc: StompRpc,
+    pub rpc: R,
     /// This connection's state in the connection table.
     pub state: Arc<ConnState>,
     /// This connection's id in the broker.
@@ -80,9 +79,10 @@ impl Drop for Cleanup {
 }
 
 /// Serves one STOMP connection whose first bytes (`prefix`) were already read.
-pub async fn serve<S>(stream: S, prefix: BytesMut, s: Session)
+pub async fn serve<S, R>(stream: S, prefix: BytesMut, s: Session<R>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
+    R: RpcInner,
 {
     let _gauge = metrics::ConnectionGauge::new(metrics::Dialect::Stomp);
     let _cleanup = Cleanup {
@@ -151,8 +151,8 @@ enum Next {
     Close(&'static str),
 }
 
-struct Reader<'a> {
-    s: &'a Session,
+struct Reader<'a, R> {
+    s: &'a Session<R>,
     out: Outbox,
     heart_beat: Arc<AtomicU64>,
     changed: Arc<Notify>,
@@ -164,8 +164,8 @@ struct Reader<'a> {
     in_flight: Arc<Semaphore>,
 }
 
-impl Reader<'_> {
-    async fn run<R: AsyncRead + Unpin>(mut self, rd: &mut R, mut buf: BytesMut) -> &'static str {
+impl<R: RpcInner> Reader<'_, R> {
+    async fn run<T: AsyncRead + Unpin>(mut self, rd: &mut T, mut buf: BytesMut) -> &'static str {
         let mut dec = Decoder::new(self.s.limits.decoder);
         loop {
             loop {
