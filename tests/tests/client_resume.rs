@@ -174,6 +174,9 @@ async fn move_until_crash(
     }
     let _ = task.await;
     drop(disks);
+    // A journal append runs on a blocking thread, which aborting the task does not stop: let
+    // one in flight land (a real crash either wrote it or not) before the journal is read.
+    tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -176,7 +176,7 @@ impl Broker {
     pub fn publish(&self, destination: &str, body: Bytes) -> usize {
         let targets: Vec<Subscriber> = self.subs().get(destination).cloned().unwrap_or_default();
         if targets.is_empty() {
-            tracing::debug!(destination, "no subscriber: message dropped");
+            tracing::trace!(destination, "no subscriber: message dropped");
         }
         targets
             .iter()
