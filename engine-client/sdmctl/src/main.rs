@@ -50,7 +50,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let ctx = Ctx::new(&cli)?;
+    let ctx = Ctx::new(&cli).await?;
     match cli.cmd {
         Cmd::Certs(c) => certs::run(ctx.json, c),
         Cmd::Host(h) => host::run(&ctx, h).await,
