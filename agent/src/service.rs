@@ -18,7 +18,8 @@ use crate::jobs::Jobs;
 use crate::leases::LeaseBackends;
 use crate::locks::{domain_key, image_key, LockManager, LockSet, Mode};
 use crate::storage::backend::DomainKind;
-use crate::storage::domain::Domain;
+use crate::storage::block::{BlockEnv, BlockError};
+use crate::storage::domain::{Domain, NewSite, Site};
 use crate::storage::registry::Registry;
 use crate::storage::volume::{self, NewVolume};
 use crate::storage::StorageError;
@@ -40,6 +41,10 @@ pub struct Agent {
     pub leases: LeaseBackends,
     /// Data path.
     pub engine: sdm_io::Engine,
+    /// Block domains' LVM and activation layer (None when it could not be set up; `block_error`
+    /// says why).
+    pub block: Option<Arc<BlockEnv>>,
+    block_error: Option<String>,
     started: Instant,
 }
 
@@ -62,7 +67,10 @@ impl Agent {
             .map_err(|e| StorageError::io("create state directory", &cfg.state_dir, e))?;
         let engine = sdm_io::Engine::new(engine_config(&cfg));
         let leases = LeaseBackends::new(cfg.host_id, cfg.leases.clone());
+        let (block, block_error) = start_block(&cfg);
         let agent = Arc::new(Agent {
+            block,
+            block_error,
             registry: Registry::new(&cfg.state_dir),
             jobs: Jobs::new(cfg.io.max_running_jobs, cfg.autodelete()),
             locks: Arc::new(LockManager::default()),
@@ -76,18 +84,24 @@ impl Agent {
     }
 
     fn attach_at_start(&self) -> Result<(), AgentError> {
-        let mut wanted: Vec<(PathBuf, LeaseBackendKind)> = Vec::new();
+        let mut wanted: Vec<(PathBuf, LeaseBackendKind, DomainKind)> = Vec::new();
         for a in self.registry.persisted()? {
             let kind = match a.lease_backend.as_str() {
                 "sanlock" => LeaseBackendKind::Sanlock,
                 _ => LeaseBackendKind::Local,
             };
-            wanted.push((a.path, kind));
+            let dkind = DomainKind::parse(&a.kind).unwrap_or(DomainKind::File);
+            wanted.push((a.path, kind, dkind));
         }
         for d in &self.cfg.domains {
+            let dkind = match d.kind {
+                Some(sdm_proto::DomainKindName::Block) => DomainKind::Block,
+                _ => DomainKind::File,
+            };
             wanted.push((
                 d.path.clone(),
                 d.lease_backend.unwrap_or(self.leases.default_kind()),
+                dkind,
             ));
         }
         if self.cfg.create_default_domains {
@@ -106,28 +120,30 @@ impl Agent {
                         .map_err(|e| StorageError::io("mkdir", &own_root, e))?;
                     let sd = Uuid::new_v4();
                     let dir = Domain::create(
-                        DomainKind::File,
-                        &own_root,
+                        &NewSite::Dir(own_root.clone()),
                         &sd,
                         &format!("sdm local domain {n}"),
                         backend.as_ref(),
                         self.leases.io_timeout_s(),
                     )?;
                     tracing::info!(sd_id = %sd, path = %dir.display(), lease_backend = kind.as_str(), "created embedded domain");
-                    wanted.push((dir, kind));
+                    wanted.push((dir, kind, DomainKind::File));
                 }
             } else {
                 let kind = self.leases.default_kind();
-                wanted.extend(existing.into_iter().map(|p| (p, kind)));
+                wanted.extend(existing.into_iter().map(|p| (p, kind, DomainKind::File)));
             }
         }
         let mut seen = std::collections::HashSet::new();
-        for (path, kind) in wanted {
+        for (path, kind, dkind) in wanted {
             let canon = path.canonicalize().unwrap_or(path.clone());
             if !seen.insert(canon) {
                 continue;
             }
-            match self.attach_path(&path, kind) {
+            let attached = Site::of(dkind, &path, self.block.as_ref())
+                .map_err(AgentError::from)
+                .and_then(|site| self.attach_site(&site, kind));
+            match attached {
                 Ok(a) => {
                     tracing::info!(sd_id = %a.sd_id, path = %path.display(), lease_backend = kind.as_str(), "attached domain")
                 }
@@ -168,6 +184,7 @@ impl Agent {
             io_uring: self.engine.backend() == sdm_io::BackendKind::IoUring,
             io_fallback_reason: self.engine.fallback_reason().map(str::to_string),
             lease_backends: self.leases.available(),
+            block_activation: self.block.as_ref().map(|b| b.mode().as_str().to_string()),
             domains: self
                 .registry
                 .all()
@@ -199,9 +216,30 @@ impl Agent {
 
     // --- domains --------------------------------------------------------------------------
 
-    fn attach_path(&self, path: &Path, kind: LeaseBackendKind) -> Result<Attached, AgentError> {
+    /// The block layer, or why there is none.
+    pub fn block_env(&self) -> Result<&Arc<BlockEnv>, AgentError> {
+        self.block.as_ref().ok_or_else(|| {
+            StorageError::from(BlockError::Unavailable(
+                self.block_error.clone().unwrap_or_default(),
+            ))
+            .into()
+        })
+    }
+
+    fn attach_site(&self, site: &Site, kind: LeaseBackendKind) -> Result<Attached, AgentError> {
         let leases = self.leases.get(kind)?;
-        let dom = Domain::open(DomainKind::File, path, leases)?;
+        if let Site::Vg { sd_id, .. } = site {
+            // Attached already: opening it again would activate its LVs a second time.
+            if let Ok(existing) = self.registry.get(sd_id) {
+                if existing.backend.kind() == DomainKind::Block {
+                    return Ok(Attached {
+                        sd_id: sd_id.clone(),
+                        fresh: None,
+                    });
+                }
+            }
+        }
+        let dom = Domain::open(site, leases)?;
         if let Ok(existing) = self.registry.get(&dom.sd_id) {
             if existing.path() == dom.path() {
                 return Ok(Attached {
@@ -221,12 +259,19 @@ impl Agent {
 
     /// `StorageDomain.create`.
     pub fn create_domain(&self, p: &CreateDomainParams) -> Result<Attached, AgentError> {
-        let (sd, path) = (&p.sd_id, p.path.as_str());
+        let sd = &p.sd_id;
         let description = p
             .description
             .as_ref()
             .map(Description::as_str)
             .unwrap_or("");
+        if p.kind == Some(sdm_proto::DomainKindName::Block) {
+            return self.create_block_domain(p, description);
+        }
+        let path = p
+            .path
+            .as_deref()
+            .ok_or_else(|| ApiError::invalid("path is required to create a file domain"))?;
         let root = absolute(path)?;
         let canon = root
             .canonicalize()
@@ -248,22 +293,75 @@ impl Agent {
         let kind = self.leases.default_kind();
         let leases = self.leases.get(kind)?;
         let dir = Domain::create(
-            DomainKind::File,
-            &canon,
+            &NewSite::Dir(canon),
             sd,
             description,
             leases.as_ref(),
             self.leases.io_timeout_s(),
         )?;
         tracing::info!(sd_id = %sd, path = %dir.display(), "created domain");
-        self.attach_path(&dir, kind)
+        self.attach_site(&Site::Dir(dir), kind)
+    }
+
+    fn create_block_domain(
+        &self,
+        p: &CreateDomainParams,
+        description: &str,
+    ) -> Result<Attached, AgentError> {
+        let sd = &p.sd_id;
+        let env = self.block_env()?;
+        let devices: Vec<PathBuf> = p
+            .devices
+            .iter()
+            .flatten()
+            .map(|d| absolute(d))
+            .collect::<Result<_, _>>()?;
+        if self.registry.get(sd).is_ok() {
+            return Err(StorageError::DomainExists(sd.to_string()).into());
+        }
+        let kind = self.leases.default_kind();
+        let leases = self.leases.get(kind)?;
+        let site = NewSite::Devices {
+            env: env.clone(),
+            devices: devices.clone(),
+        };
+        let path = Domain::create(
+            &site,
+            sd,
+            description,
+            leases.as_ref(),
+            self.leases.io_timeout_s(),
+        )?;
+        tracing::info!(sd_id = %sd, path = %path.display(), devices = ?devices, "created block domain");
+        self.attach_site(
+            &Site::Vg {
+                env: env.clone(),
+                sd_id: sd.clone(),
+            },
+            kind,
+        )
     }
 
     /// `StorageDomain.attach`.
     pub fn attach_domain(&self, p: &AttachDomainParams) -> Result<Attached, AgentError> {
-        let dir = absolute(&p.path)?;
-        let a = self.attach_path(&dir, self.leases.default_kind())?;
-        tracing::info!(sd_id = %a.sd_id, path = %dir.display(), "attached domain");
+        let site = if p.kind == Some(sdm_proto::DomainKindName::Block) {
+            let sd_id = p
+                .sd_id
+                .clone()
+                .ok_or_else(|| ApiError::invalid("sd_id is required to attach a block domain"))?;
+            Site::Vg {
+                env: self.block_env()?.clone(),
+                sd_id,
+            }
+        } else {
+            let path = p
+                .path
+                .as_deref()
+                .ok_or_else(|| ApiError::invalid("path is required to attach a file domain"))?;
+            Site::Dir(absolute(path)?)
+        };
+        let a = self.attach_site(&site, self.leases.default_kind())?;
+        tracing::info!(sd_id = %a.sd_id, kind = site.kind().as_str(), "attached domain");
         Ok(a)
     }
 
@@ -341,6 +439,7 @@ impl Agent {
             format: p.format,
             allocation: p.preallocate,
             parent: p.parent_vol_id.clone(),
+            initial_size: None,
             description: p
                 .description
                 .as_ref()
@@ -360,6 +459,28 @@ impl Agent {
         let dom = self.domain(sd)?;
         Ok(volume::info(&dom, img, vol)?)
     }
+}
+
+/// Sets up the block layer and undoes activations a killed agent left. Failing leaves the
+/// agent without block domains (and says why), never without file domains.
+fn start_block(cfg: &Config) -> (Option<Arc<BlockEnv>>, Option<String>) {
+    let env = match BlockEnv::new(&cfg.block, &cfg.state_dir) {
+        Ok(env) => env,
+        Err(e) => {
+            let why = e.to_string();
+            tracing::error!(error = %why, "block domains are unavailable");
+            return (None, Some(why));
+        }
+    };
+    match env.cleanup_stale() {
+        Ok(r) if r.removed.is_empty() && r.failed.is_empty() => {}
+        Ok(r) => {
+            tracing::info!(removed = ?r.removed, failed = ?r.failed, "undid LV activations left by an earlier run")
+        }
+        Err(e) => tracing::error!(error = %e, "cannot undo LV activations left by an earlier run"),
+    }
+    tracing::info!(activation = env.mode().as_str(), "block layer ready");
+    (Some(Arc::new(env)), None)
 }
 
 fn engine_config(cfg: &Config) -> sdm_io::EngineConfig {

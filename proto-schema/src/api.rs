@@ -99,17 +99,28 @@ sdm_api! {
     /// Deletes a finished job (NoSuchJob 66, JobNotDone 68).
     "Job.delete" => fn delete_job / DeleteJobParams(job_id: Uuid) -> bool;
 
-    /// Formats a new file domain at `path/<sd_id>` and attaches it.
+    /// Formats a new domain and attaches it: a file domain at `path/<sd_id>`, or a block domain
+    /// (`kind` "block") as an LVM volume group named `sd_id` on `devices`.
     "StorageDomain.create" => fn create_domain / CreateDomainParams(
         sd_id: Uuid,
-        /// Directory that will hold the domain directory.
-        path: String,
+        /// Directory that will hold the domain directory (file domains).
+        path: Option<String>,
         description: Option<Description>,
+        /// "file" (default) or "block".
+        kind: Option<DomainKindName>,
+        /// Block devices that become the domain's PVs (block domains; each must be allowed by the
+        /// agent's `[block] devices`).
+        devices: Option<Vec<String>>,
     ) -> bool;
-    /// Attaches the existing domain whose directory (`.../<sd_id>`) is `path`.
+    /// Attaches an existing domain: the file domain whose directory (`.../<sd_id>`) is `path`, or
+    /// the block domain `sd_id` (`kind` "block"), found among the agent's `[block] devices`.
     "StorageDomain.attach" => fn attach_domain / AttachDomainParams(
-        /// The domain directory.
-        path: String,
+        /// The domain directory (file domains).
+        path: Option<String>,
+        /// The domain (block domains).
+        sd_id: Option<Uuid>,
+        /// "file" (default) or "block".
+        kind: Option<DomainKindName>,
     ) -> AttachResult;
     /// Detaches a domain (refused while jobs use it).
     "StorageDomain.detach" => fn detach_domain / DetachDomainParams(sd_id: Uuid) -> bool;

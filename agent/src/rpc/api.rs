@@ -79,14 +79,18 @@ impl SdmApiServer for Rpc {
     async fn create_domain(
         &self,
         sd_id: Uuid,
-        path: String,
+        path: Option<String>,
         description: Option<Description>,
+        kind: Option<DomainKindName>,
+        devices: Option<Vec<String>>,
     ) -> RpcResult<bool> {
         let a = self.agent.clone();
         let p = CreateDomainParams {
             sd_id,
             path,
             description,
+            kind,
+            devices,
         };
         blocking(move || {
             let attached = a.create_domain(&p)?;
@@ -96,9 +100,14 @@ impl SdmApiServer for Rpc {
         .await
     }
 
-    async fn attach_domain(&self, path: String) -> RpcResult<AttachResult> {
+    async fn attach_domain(
+        &self,
+        path: Option<String>,
+        sd_id: Option<Uuid>,
+        kind: Option<DomainKindName>,
+    ) -> RpcResult<AttachResult> {
         let a = self.agent.clone();
-        let p = AttachDomainParams { path };
+        let p = AttachDomainParams { path, sd_id, kind };
         blocking(move || {
             let attached = a.attach_domain(&p)?;
             ops::gc::after_attach(&a, &attached);

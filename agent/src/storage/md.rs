@@ -63,9 +63,17 @@ impl DomainMetadata {
     /// trusted). Metadata without a checksum is accepted, as oVirt does.
     pub fn parse(data: &[u8]) -> Result<DomainMetadata, StorageError> {
         let text = String::from_utf8_lossy(data);
+        Self::from_lines(text.lines())
+    }
+
+    /// Builds metadata from its `KEY=VALUE` lines, each given whole (a block domain's `MDT_`
+    /// VG tags, decoded, one line per tag); the seal is checked as in [`parse`](Self::parse).
+    pub fn from_lines<'a>(
+        lines: impl IntoIterator<Item = &'a str>,
+    ) -> Result<DomainMetadata, StorageError> {
         let mut keys = BTreeMap::new();
         let mut sealed = None;
-        for line in text.lines() {
+        for line in lines {
             let Some((k, v)) = line.split_once('=') else {
                 continue;
             };
@@ -86,6 +94,13 @@ impl DomainMetadata {
             }
         }
         Ok(DomainMetadata { keys })
+    }
+
+    /// The lines as stored: `KEY=VALUE` sorted by key, the checksum line last.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.keys.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.push(format!("{CHECKSUM_KEY}={}", domain_checksum(&self.keys)));
+        out
     }
 
     /// Serializes with keys sorted and the checksum last.

@@ -16,10 +16,17 @@ use crate::durable;
 /// One attached domain as persisted.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Attached {
-    /// Domain directory.
+    /// Domain directory (block: `/dev/<sd_id>`).
     pub path: PathBuf,
     /// Lease backend.
     pub lease_backend: String,
+    /// "file" or "block" (state files from before block domains have none: file).
+    #[serde(default = "file_kind")]
+    pub kind: String,
+}
+
+fn file_kind() -> String {
+    "file".into()
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -65,6 +72,7 @@ impl Registry {
                 .map(|(d, k)| Attached {
                     path: d.path().to_path_buf(),
                     lease_backend: k.as_str().to_string(),
+                    kind: d.backend.kind().as_str().to_string(),
                 })
                 .collect(),
         };

@@ -89,18 +89,30 @@ pub enum HostCmd {
 pub enum DomainCmd {
     /// Attached domains.
     List,
-    /// Format a new file domain at PATH/<SD_ID> and attach it.
+    /// Format a new file domain at PATH/<SD_ID>, or with --device a block domain (an LVM VG
+    /// named SD_ID on the devices), and attach it.
     Create {
-        /// Directory that will hold the domain directory.
-        path: String,
+        /// Directory that will hold the domain directory (file domains).
+        #[arg(required_unless_present = "device")]
+        path: Option<String>,
         /// Domain id (default: a new one).
         #[arg(long)]
         sd_id: Option<String>,
         #[arg(long, default_value = "")]
         description: String,
+        /// A block device of a new block domain (repeat for more; the agent's `[block]
+        /// devices` must allow each).
+        #[arg(long, conflicts_with = "path")]
+        device: Vec<String>,
     },
-    /// Attach the existing domain directory PATH (.../<sd_id>).
-    Attach { path: String },
+    /// Attach the existing domain directory PATH (.../<sd_id>), or with --block the block
+    /// domain whose id is PATH.
+    Attach {
+        path: String,
+        /// PATH is the id of a block domain, found on the agent's block devices.
+        #[arg(long)]
+        block: bool,
+    },
     /// Detach a domain.
     Detach { sd_id: String },
     /// Images of a domain.

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use sdm_client::Via;
-use sdm_proto::{Description, Fix, FixType, SdmApiClient};
+use sdm_proto::{Description, DomainKindName, Fix, FixType, SdmApiClient};
 
 use crate::cli::{uuid, uuid_or_new, DomainCmd};
 use crate::ctx::Ctx;
@@ -35,19 +35,33 @@ pub async fn run(ctx: &Ctx, cmd: DomainCmd) -> anyhow::Result<()> {
             path,
             sd_id,
             description,
+            device,
         } => {
             let sd = uuid_or_new(&sd_id, "sd id")?;
             let desc = Description::parse(&description).map_err(anyhow::Error::msg)?;
+            let (kind, devices) = if device.is_empty() {
+                (None, None)
+            } else {
+                (Some(DomainKindName::Block), Some(device))
+            };
             c.api()
-                .create_domain(sd.clone(), path.clone(), Some(desc))
+                .create_domain(sd.clone(), path.clone(), Some(desc), kind, devices)
                 .await
                 .via(c)?;
             print(json, &serde_json::json!({"sd_id": sd}), |_| {
                 println!("{sd}")
             })?;
         }
-        DomainCmd::Attach { path } => {
-            let r = c.api().attach_domain(path).await.via(c)?;
+        DomainCmd::Attach { path, block } => {
+            let r = if block {
+                let sd = uuid(&path, "sd id")?;
+                c.api()
+                    .attach_domain(None, Some(sd), Some(DomainKindName::Block))
+                    .await
+                    .via(c)?
+            } else {
+                c.api().attach_domain(Some(path), None, None).await.via(c)?
+            };
             print(json, &r, |r| println!("{}", r.sd_id))?;
         }
         DomainCmd::Detach { sd_id } => {
