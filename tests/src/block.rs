@@ -222,3 +222,24 @@ pub fn make_vg(lvm: &Lvm, name: &str, devices: &[PathBuf]) {
     lvm.vgcreate(&devs, name, &sdm_lvm::VgCreateOptions::default())
         .expect("vgcreate");
 }
+
+/// The agent's two embedded file domains (ids and directories), whatever block domains it has.
+pub async fn file_domains(c: &AgentClient) -> (Uuid, Uuid, PathBuf, PathBuf) {
+    let mut l: Vec<_> = c
+        .api()
+        .list_domains()
+        .await
+        .via(c)
+        .expect("list domains")
+        .into_iter()
+        .filter(|d| d.kind == "file")
+        .collect();
+    l.sort_by(|a, b| a.description.cmp(&b.description));
+    assert!(l.len() >= 2, "expected the two embedded file domains: {l:?}");
+    (
+        l[0].sd_id.clone(),
+        l[1].sd_id.clone(),
+        l[0].path.clone().into(),
+        l[1].path.clone().into(),
+    )
+}

@@ -352,7 +352,7 @@ async fn copy_move_and_delete_between_file_and_block() {
     let agent = start_agent(&disks);
     let c = agent.client();
     let tmp = tempfile::tempdir().unwrap();
-    let (fsd1, fsd2, _, _) = default_domains(&c).await;
+    let (fsd1, fsd2, _, _) = file_domains(&c).await;
     let (bsd1, bsd2) = (uuid(), uuid());
     create_block_domain(&c, &bsd1, std::slice::from_ref(&d0)).await;
     create_block_domain(&c, &bsd2, std::slice::from_ref(&d1)).await;
