@@ -235,7 +235,10 @@ pub async fn file_domains(c: &AgentClient) -> (Uuid, Uuid, PathBuf, PathBuf) {
         .filter(|d| d.kind == "file")
         .collect();
     l.sort_by(|a, b| a.description.cmp(&b.description));
-    assert!(l.len() >= 2, "expected the two embedded file domains: {l:?}");
+    assert!(
+        l.len() >= 2,
+        "expected the two embedded file domains: {l:?}"
+    );
     (
         l[0].sd_id.clone(),
         l[1].sd_id.clone(),

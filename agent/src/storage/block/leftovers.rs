@@ -64,7 +64,7 @@ pub fn volumes(d: &BlockDomain, l: &Leftover) -> Result<Vec<(Uuid, LeaseLocation
         .filter_map(|v| {
             let vol = Uuid::parse(&v.name).ok()?;
             let at = LeaseLocation {
-                path: d.leases_lv.path().to_path_buf(),
+                path: d.leases_link.clone(),
                 offset: lease_offset(v.slot?),
             };
             Some((vol, at))

@@ -7,7 +7,7 @@
 //! later). Links left by a killed agent are removed at start-up ([`super::env::BlockEnv::new`]).
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use sdm_lvm::{Activator, ActiveLv, Devices};
@@ -15,6 +15,9 @@ use sdm_lvm::{Activator, ActiveLv, Devices};
 use super::error::BlockError;
 use crate::storage::backend::Prepared;
 use crate::storage::StorageError;
+
+/// Where the special LVs are linked, next to the images' directories.
+const DOM_MD: &str = "dom_md";
 
 /// The link directory of one domain.
 #[derive(Debug)]
@@ -74,6 +77,33 @@ impl Links {
             activator: activator.clone(),
         };
         Ok((Prepared::guarded(link, Box::new(guard)), size))
+    }
+
+    /// Links `dom_md/<name>` to a special LV's device and returns the link: a path that stays
+    /// the same across restarts of the agent although a loop-mapped LV gets another device
+    /// each time (sanlock keeps the path of a joined lockspace and refuses the same lockspace
+    /// under another path).
+    pub fn special(&self, name: &str, device: &Path) -> Result<PathBuf, StorageError> {
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = self.root.join(DOM_MD);
+        let link = dir.join(name);
+        fs::create_dir_all(&dir)
+            .and_then(|()| match fs::remove_file(&link) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => std::os::unix::fs::symlink(device, &link),
+            })
+            .map_err(|e| StorageError::io("link", &link, e))?;
+        Ok(link)
+    }
+
+    /// Removes a `dom_md` link made by [`special`](Self::special) if it still leads to
+    /// `device` (the domain is detached and the device is going away; a link another opening of
+    /// the domain made since is left alone).
+    pub fn remove_special(&self, link: &Path, device: &Path) {
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if fs::read_link(link).is_ok_and(|t| t == device) {
+            let _ = fs::remove_file(link);
+        }
     }
 
     /// Removes an image's link directory (its volumes are gone).

@@ -52,6 +52,9 @@ pub struct BlockDomain {
     metadata_lv: ActiveLv,
     ids_lv: ActiveLv,
     leases_lv: ActiveLv,
+    /// Stable links to the `ids` and `leases` devices: what sanlock is given.
+    ids_link: PathBuf,
+    leases_link: PathBuf,
     writer: Writer,
     links: Arc<Links>,
 }
@@ -78,16 +81,16 @@ impl BlockDomain {
         let metadata_lv = activate(METADATA_LV)?;
         let ids_lv = activate(IDS_LV)?;
         let leases_lv = activate(LEASES_LV)?;
-        let writer = Writer::new(
-            &vg,
-            leases,
-            leases_lv.path().to_path_buf(),
-            env.lease_timeout(),
-        );
+        let links = Arc::new(Links::new(env.links_dir(&vg)));
+        let ids_link = links.special(IDS_LV, ids_lv.path())?;
+        let leases_link = links.special(LEASES_LV, leases_lv.path())?;
+        let writer = Writer::new(&vg, leases, leases_link.clone(), env.lease_timeout());
         let d = BlockDomain {
             sd_id: sd_id.clone(),
             path: format::domain_path(sd_id),
-            links: Arc::new(Links::new(env.links_dir(&vg))),
+            links,
+            ids_link,
+            leases_link,
             vg,
             env: env.clone(),
             devs,
@@ -188,6 +191,16 @@ impl BlockDomain {
     }
 }
 
+impl Drop for BlockDomain {
+    fn drop(&mut self) {
+        // The special LVs are deactivated with their guards; their links would lead nowhere.
+        self.links
+            .remove_special(&self.ids_link, self.ids_lv.path());
+        self.links
+            .remove_special(&self.leases_link, self.leases_lv.path());
+    }
+}
+
 impl DomainBackend for BlockDomain {
     fn kind(&self) -> DomainKind {
         DomainKind::Block
@@ -206,7 +219,7 @@ impl DomainBackend for BlockDomain {
     }
 
     fn lockspace_path(&self) -> PathBuf {
-        self.ids_lv.path().to_path_buf()
+        self.ids_link.clone()
     }
 
     fn space(&self) -> (u64, u64) {
@@ -317,7 +330,7 @@ impl DomainBackend for BlockDomain {
     fn volume_lease(&self, img: &Uuid, vol: &Uuid) -> Result<LeaseLocation, StorageError> {
         let (_, slot) = self.volume_lv(img, vol)?;
         Ok(LeaseLocation {
-            path: self.leases_lv.path().to_path_buf(),
+            path: self.leases_link.clone(),
             offset: lease_offset(slot),
         })
     }

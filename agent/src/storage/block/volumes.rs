@@ -129,7 +129,7 @@ fn fill(
     leases.init_lease_at(
         d.sd_id.as_str(),
         c.vol.as_str(),
-        d.leases_lv.path(),
+        &d.leases_link,
         lease_offset(slot),
     )?;
     Ok(())
