@@ -446,6 +446,35 @@ mod tests {
     }
 
     #[test]
+    fn block_section_is_parsed_and_checked() {
+        let p = Path::new("/etc/sdm/agent.toml");
+        let c = Config::parse(
+            "[block]\ndevices = [\"/dev/mapper/3600*\"]\nactivation = \"loop-mapped\"\n\n[[domains]]\npath = \"/dev/6e2d1b2a-0c6f-4b8e-9f3a-2d7c5e1f0a9b\"\nkind = \"block\"\n",
+            p,
+        )
+        .unwrap();
+        assert_eq!(c.block.devices, ["/dev/mapper/3600*"]);
+        assert_eq!(c.block.metadata_lease_timeout_s, 180);
+        assert_eq!(c.domains[0].kind, Some(sdm_proto::DomainKindName::Block));
+        c.validate("test").unwrap();
+        for (bad, key) in [
+            ("[block]\nactivation = \"dm\"\n", "block.activation"),
+            ("[block]\ndevices = [\"loop0\"]\n", "block.devices"),
+            (
+                "[block]\nmetadata_lease_timeout_s = 0\n",
+                "block.metadata_lease_timeout_s",
+            ),
+        ] {
+            let e = Config::parse(bad, p)
+                .unwrap()
+                .validate("test")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{e}");
+        }
+    }
+
+    #[test]
     fn errors_name_file_and_key() {
         let p = Path::new("/etc/sdm/agent.toml");
         let e = Config::parse("listen = \"127.0.0.1:1\"\nbogus = 1\n", p)

@@ -79,7 +79,7 @@ pub enum Cmd {
 
 #[derive(Subcommand, Debug)]
 pub enum HostCmd {
-    /// Version, host id, io backend, lease backends, domains.
+    /// Version, host id, io backend, lease backends, LV activation mode, domains.
     Caps,
     /// Load figures.
     Stats,
