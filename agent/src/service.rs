@@ -345,20 +345,20 @@ impl Agent {
     /// `StorageDomain.attach`.
     pub fn attach_domain(&self, p: &AttachDomainParams) -> Result<Attached, AgentError> {
         let site = if p.kind == Some(sdm_proto::DomainKindName::Block) {
-            let sd_id = p
-                .sd_id
-                .clone()
-                .ok_or_else(|| ApiError::invalid("sd_id is required to attach a block domain"))?;
+            let named = || {
+                p.path
+                    .strip_prefix("/dev/")
+                    .and_then(|id| Uuid::parse(id).ok())
+            };
+            let sd_id = p.sd_id.clone().or_else(named).ok_or_else(|| {
+                ApiError::invalid("a block domain is attached by sd_id (or path /dev/<sd_id>)")
+            })?;
             Site::Vg {
                 env: self.block_env()?.clone(),
                 sd_id,
             }
         } else {
-            let path = p
-                .path
-                .as_deref()
-                .ok_or_else(|| ApiError::invalid("path is required to attach a file domain"))?;
-            Site::Dir(absolute(path)?)
+            Site::Dir(absolute(&p.path)?)
         };
         let a = self.attach_site(&site, self.leases.default_kind())?;
         tracing::info!(sd_id = %a.sd_id, kind = site.kind().as_str(), "attached domain");

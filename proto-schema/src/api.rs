@@ -113,10 +113,11 @@ sdm_api! {
         devices: Option<Vec<String>>,
     ) -> bool;
     /// Attaches an existing domain: the file domain whose directory (`.../<sd_id>`) is `path`, or
-    /// the block domain `sd_id` (`kind` "block"), found among the agent's `[block] devices`.
+    /// (`kind` "block") the block domain `sd_id`, found among the agent's `[block] devices`.
     "StorageDomain.attach" => fn attach_domain / AttachDomainParams(
-        /// The domain directory (file domains).
-        path: Option<String>,
+        /// The domain directory; for a block domain `/dev/<sd_id>`, as `StorageDomain.list`
+        /// shows it (`sd_id`, when given, wins).
+        path: String,
         /// The domain (block domains).
         sd_id: Option<Uuid>,
         /// "file" (default) or "block".

@@ -85,7 +85,11 @@ pub async fn create_block_domain(c: &AgentClient, sd: &Uuid, devices: &[PathBuf]
 /// `StorageDomain.attach` of block domain `sd`.
 pub async fn try_attach_block_domain(c: &AgentClient, sd: &Uuid) -> Result<(), sdm_client::Error> {
     c.api()
-        .attach_domain(None, Some(sd.clone()), Some(DomainKindName::Block))
+        .attach_domain(
+            format!("/dev/{sd}"),
+            Some(sd.clone()),
+            Some(DomainKindName::Block),
+        )
         .await
         .via(c)
         .map(|_| ())

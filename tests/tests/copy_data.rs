@@ -453,7 +453,7 @@ async fn sanlock_two_hosts_lease_contention_and_crash() {
         .unwrap();
     let dir = shared.path().join(sd.as_str());
     c2.api()
-        .attach_domain(Some(dir.to_string_lossy().into()), None, None)
+        .attach_domain(dir.to_string_lossy().into(), None, None)
         .await
         .via(&c2)
         .unwrap();

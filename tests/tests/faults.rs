@@ -104,7 +104,7 @@ async fn second_host(doms: &[&Path]) -> AgentProc {
     let cb = b.client();
     for d in doms {
         cb.api()
-            .attach_domain(Some(d.to_string_lossy().into()), None, None)
+            .attach_domain(d.to_string_lossy().into(), None, None)
             .await
             .via(&cb)
             .unwrap();

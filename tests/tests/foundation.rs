@@ -45,7 +45,7 @@ async fn every_verb_through_the_client() {
     let dir3 = root.join(sd3.as_str());
     let again = c
         .api()
-        .attach_domain(Some(dir3.to_string_lossy().into()), None, None)
+        .attach_domain(dir3.to_string_lossy().into(), None, None)
         .await
         .via(&c)
         .unwrap();
@@ -55,7 +55,7 @@ async fn every_verb_through_the_client() {
     let err = c.api().get_images(sd3.clone()).await.via(&c).unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::StorageDomainDoesNotExist));
     c.api()
-        .attach_domain(Some(dir3.to_string_lossy().into()), None, None)
+        .attach_domain(dir3.to_string_lossy().into(), None, None)
         .await
         .via(&c)
         .unwrap();

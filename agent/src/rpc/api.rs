@@ -102,7 +102,7 @@ impl SdmApiServer for Rpc {
 
     async fn attach_domain(
         &self,
-        path: Option<String>,
+        path: String,
         sd_id: Option<Uuid>,
         kind: Option<DomainKindName>,
     ) -> RpcResult<AttachResult> {

@@ -56,11 +56,11 @@ pub async fn run(ctx: &Ctx, cmd: DomainCmd) -> anyhow::Result<()> {
             let r = if block {
                 let sd = uuid(&path, "sd id")?;
                 c.api()
-                    .attach_domain(None, Some(sd), Some(DomainKindName::Block))
+                    .attach_domain(format!("/dev/{sd}"), Some(sd), Some(DomainKindName::Block))
                     .await
                     .via(c)?
             } else {
-                c.api().attach_domain(Some(path), None, None).await.via(c)?
+                c.api().attach_domain(path, None, None).await.via(c)?
             };
             print(json, &r, |r| println!("{}", r.sd_id))?;
         }
