@@ -90,6 +90,20 @@ async fn two_hosts_create_200_volumes_at_once() {
     );
     let sd = uuid();
     create_block_domain(&c1, &sd, disks.paths()).await;
+    // A sanlock block domain is what VDSM makes: TYPE=ISCSI and no SDM_LEASES tag. A host
+    // expecting local leases on it is refused (372) before it touches anything.
+    assert!(!vg(&lvm, &devs, &sd)
+        .tags
+        .iter()
+        .any(|t| t.starts_with("MDT_SDM_LEASES")));
+    let refused = try_attach_block_domain_with(&c2, &sd, Some(LeaseBackendName::Local))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::StorageDomainTypeError),
+        "{refused:?}"
+    );
     try_attach_block_domain(&c2, &sd).await.unwrap();
     assert_eq!(
         c2.api().list_domains().await.via(&c2).unwrap()[0].lease_backend,

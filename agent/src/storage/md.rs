@@ -489,6 +489,36 @@ mod tests {
     }
 
     #[test]
+    fn lease_backend_by_type_and_sdm_leases() {
+        let md = |ty: &str, sdm: Option<&str>| {
+            let mut m = DomainMetadata::default();
+            m.set("TYPE", ty);
+            if let Some(v) = sdm {
+                m.set(SDM_LEASES_KEY, v);
+            }
+            m.lease_backend()
+        };
+        assert_eq!(md("LOCALFS", None).unwrap(), LeaseBackendKind::Local);
+        assert_eq!(md("POSIXFS", None).unwrap(), LeaseBackendKind::Sanlock);
+        assert_eq!(md("ISCSI", None).unwrap(), LeaseBackendKind::Sanlock);
+        assert_eq!(md("FCP", None).unwrap(), LeaseBackendKind::Sanlock);
+        assert_eq!(md("ISCSI", Some("local")).unwrap(), LeaseBackendKind::Local);
+        assert_eq!(md("FCP", Some("local")).unwrap(), LeaseBackendKind::Local);
+        // Only block types, only "local": anything else cannot be told apart safely.
+        for (ty, v) in [
+            ("POSIXFS", "local"),
+            ("LOCALFS", "local"),
+            ("ISCSI", "sanlock"),
+        ] {
+            assert!(matches!(md(ty, Some(v)), Err(StorageError::DomainType(_))));
+        }
+        assert!(matches!(
+            md("BOGUS", None),
+            Err(StorageError::DomainType(_))
+        ));
+    }
+
+    #[test]
     fn cleared_metadata_is_invalid() {
         assert!(VolumeMetadata::parse(b"NONE=######\nEOF\n").is_err());
     }
