@@ -557,6 +557,7 @@ impl Agent {
             allocation: p.preallocate,
             parent: p.parent_vol_id.clone().filter(|v| !v.is_blank()),
             initial_size: None,
+            requested_initial_size: p.initial_size.map(|s| s.get()),
             description: p
                 .description
                 .as_ref()

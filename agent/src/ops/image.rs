@@ -251,6 +251,7 @@ fn run_move(
             legality: Legality::Illegal,
             disktype: md.disktype.clone(),
             sequence: md.sequence,
+            requested_initial_size: None,
             initial_size: src_dom
                 .backend
                 .volume_size(&req.img, v)

@@ -191,6 +191,10 @@ pub struct Creation<'a> {
     /// hint for backends that allocate up front (block: a sparse COW LV is made that large,
     /// up to its maximum). File domains ignore it.
     pub initial_size: Option<u64>,
+    /// The initial size the client asked for (`Volume.create`'s `initialSize`): block domains
+    /// size a COW LV by it as VDSM does (and refuse it for RAW or beyond the volume's maximum);
+    /// file volumes grow on write and ignore it.
+    pub requested_initial_size: Option<u64>,
 }
 
 /// What differs between kinds of domain; see the module documentation. Volume methods name

@@ -36,6 +36,8 @@ pub struct NewVolume {
     pub sequence: u64,
     /// Bytes about to be copied into it, when known (see [`Creation::initial_size`]).
     pub initial_size: Option<u64>,
+    /// The client's `initialSize` (see [`Creation::requested_initial_size`]).
+    pub requested_initial_size: Option<u64>,
 }
 
 /// Reads a volume's metadata.
@@ -118,6 +120,7 @@ pub fn create(dom: &Domain, req: &NewVolume) -> Result<(), StorageError> {
         md: &md,
         parent: parent_md.as_ref().map(|(p, pmd)| (p, pmd)),
         initial_size: req.initial_size,
+        requested_initial_size: req.requested_initial_size,
     };
     dom.backend.create_volume(dom.leases.as_ref(), &creation)?;
     if let (Some((p, mut pmd)), Some(lease)) = (parent_md, parent_lease) {
@@ -249,6 +252,7 @@ mod tests {
             disktype: "DATA".into(),
             sequence: 0,
             initial_size: None,
+            requested_initial_size: None,
         }
     }
 

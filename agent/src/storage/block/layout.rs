@@ -205,6 +205,37 @@ pub fn alloc_bytes(
     Ok(bytes.max(MIB))
 }
 
+/// Bytes a new volume's LV gets when the client names its initial size (VDSM's
+/// `calculate_volume_alloc_size`): COW sparse `initial` × 1.1 (room for qcow2's metadata), COW
+/// preallocated `initial`; either no more than the volume's maximum. RAW volumes take no initial
+/// size (their LV is their capacity). LVM rounds the result up to whole extents.
+pub fn requested_bytes(
+    format: VolumeFormat,
+    allocation: Preallocation,
+    capacity: u64,
+    initial: u64,
+) -> Result<u64, StorageError> {
+    let bytes = match (format, allocation) {
+        (VolumeFormat::Raw, _) => {
+            return Err(StorageError::Invalid(
+                "initialSize is for COW volumes; a RAW volume of a block domain is always its full capacity".into(),
+            ))
+        }
+        (VolumeFormat::Cow, Preallocation::Sparse) => initial
+            .checked_mul(11)
+            .map(|b| b.div_ceil(10))
+            .unwrap_or(u64::MAX),
+        (VolumeFormat::Cow, Preallocation::Preallocated) => initial,
+    };
+    let max = max_bytes(format, capacity);
+    if bytes > max {
+        return Err(StorageError::Invalid(format!(
+            "initialSize {initial} needs {bytes} bytes, more than the volume's maximum of {max} (1.1 × capacity in whole extents)"
+        )));
+    }
+    Ok(bytes.max(MIB))
+}
+
 /// The most a volume's LV may grow to: RAW its capacity; COW 1.1 × capacity rounded up to
 /// extents (room for qcow2's own metadata).
 pub fn max_bytes(format: VolumeFormat, capacity: u64) -> u64 {
@@ -279,6 +310,24 @@ mod tests {
             5 * g
         );
         assert!(alloc_bytes(VolumeFormat::Raw, Preallocation::Sparse, g, None).is_err());
+        // A client's initialSize: × 1.1 for COW sparse, up to the maximum; never for RAW.
+        let sparse = |cap, n| requested_bytes(VolumeFormat::Cow, Preallocation::Sparse, cap, n);
+        assert_eq!(sparse(10 * g, g).unwrap(), (11 * g).div_ceil(10));
+        assert_eq!(sparse(10 * g, 10 * g).unwrap(), 11 * g);
+        assert!(sparse(10 * g, 11 * g).is_err());
+        assert!(sparse(10 * g, u64::MAX).is_err());
+        assert_eq!(sparse(g, 1).unwrap(), MIB);
+        assert_eq!(
+            requested_bytes(
+                VolumeFormat::Cow,
+                Preallocation::Preallocated,
+                10 * g,
+                3 * g
+            )
+            .unwrap(),
+            3 * g
+        );
+        assert!(requested_bytes(VolumeFormat::Raw, Preallocation::Preallocated, g, g).is_err());
         assert_eq!(mib(MIB + 1), 2);
     }
 }

@@ -17,8 +17,8 @@ use sdm_proto::{Uuid, VolumeFormat};
 
 use super::error::BlockError;
 use super::layout::{
-    alloc_bytes, free_slot, lease_offset, max_bytes, mib, new_volume_tags, slot_offset, VolLv,
-    INIT_TAG, SLOT_BYTES,
+    alloc_bytes, free_slot, lease_offset, max_bytes, mib, new_volume_tags, requested_bytes,
+    slot_offset, VolLv, INIT_TAG, SLOT_BYTES,
 };
 use super::{direct, BlockDomain};
 use crate::storage::backend::Creation;
@@ -32,7 +32,10 @@ pub fn create(
     c: &Creation<'_>,
 ) -> Result<(), StorageError> {
     let md = c.md;
-    let bytes = alloc_bytes(md.format, md.allocation, md.capacity, c.initial_size)?;
+    let bytes = match c.requested_initial_size {
+        Some(n) => requested_bytes(md.format, md.allocation, md.capacity, n)?,
+        None => alloc_bytes(md.format, md.allocation, md.capacity, c.initial_size)?,
+    };
     let vol = c.vol.as_str();
     let parent = c.parent.map(|(p, _)| p.as_str());
     let slot = d.writer.run("create a volume", |lease| {
