@@ -91,6 +91,43 @@ pub struct DomainConfig {
     /// not reach other hosts).
     #[serde(default)]
     pub force: bool,
+    /// "file" (default) or "block"; a block domain's path is `/dev/<sd_id>`.
+    #[serde(default)]
+    pub kind: Option<sdm_proto::DomainKindName>,
+}
+
+/// `[block]`: block (LVM) domains.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlockConfig {
+    /// Devices that block domains may use and `StorageDomain.create` may format: absolute
+    /// paths, or paths whose last component holds `*`/`?` wildcards (`/dev/mapper/3600*`).
+    /// Empty (the default): no block domains. LVM only ever sees these devices.
+    pub devices: Vec<String>,
+    /// "auto" (device-mapper where `/dev/mapper/control` works, else loop-mapped),
+    /// "device-mapper" or "loop-mapped".
+    pub activation: String,
+    /// Where activations are recorded, so mappings left by a killed agent are undone at the
+    /// next start (default: `<state_dir>/activation`). One directory per agent.
+    pub state_dir: Option<PathBuf>,
+    /// How long an LVM metadata change waits for the domain's metadata-writer lease, seconds;
+    /// more than sanlock's host-dead time (8 × io_timeout + 60), so that a dead holder's lease
+    /// is taken over rather than reported busy.
+    pub metadata_lease_timeout_s: u64,
+    /// Deadline of every LVM command, seconds.
+    pub lvm_timeout_s: u64,
+}
+
+impl Default for BlockConfig {
+    fn default() -> Self {
+        BlockConfig {
+            devices: Vec::new(),
+            activation: "auto".into(),
+            state_dir: None,
+            metadata_lease_timeout_s: 180,
+            lvm_timeout_s: 60,
+        }
+    }
 }
 
 /// TLS files (mutual TLS).
@@ -231,6 +268,8 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// Server limits.
     pub server: ServerConfig,
+    /// Block (LVM) domains.
+    pub block: BlockConfig,
 }
 
 impl Default for Config {
@@ -247,6 +286,7 @@ impl Default for Config {
             io: IoConfig::default(),
             jobs: JobsConfig::default(),
             server: ServerConfig::default(),
+            block: BlockConfig::default(),
         }
     }
 }
@@ -356,6 +396,30 @@ impl Config {
         if self.server.max_connections == 0 {
             return Err(bad("server.max_connections", "must be at least 1".into()));
         }
+        if !["auto", "device-mapper", "loop-mapped"].contains(&self.block.activation.as_str()) {
+            return Err(bad(
+                "block.activation",
+                format!(
+                    "{:?} is not auto, device-mapper or loop-mapped",
+                    self.block.activation
+                ),
+            ));
+        }
+        if let Some(d) = self.block.devices.iter().find(|d| !d.starts_with('/')) {
+            return Err(bad(
+                "block.devices",
+                format!("{d:?} is not an absolute path"),
+            ));
+        }
+        if !(1..=3600).contains(&self.block.metadata_lease_timeout_s) {
+            return Err(bad(
+                "block.metadata_lease_timeout_s",
+                "must be 1-3600".into(),
+            ));
+        }
+        if !(1..=3600).contains(&self.block.lvm_timeout_s) {
+            return Err(bad("block.lvm_timeout_s", "must be 1-3600".into()));
+        }
         if !self.listen.ip().is_loopback() && self.tls.is_none() {
             return Err(bad(
                 "listen",
@@ -393,6 +457,35 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/agent.toml");
         let c = Config::load(Some(&path), &Overrides::default()).unwrap();
         assert!(!c.create_default_domains);
+    }
+
+    #[test]
+    fn block_section_is_parsed_and_checked() {
+        let p = Path::new("/etc/sdm/agent.toml");
+        let c = Config::parse(
+            "[block]\ndevices = [\"/dev/mapper/3600*\"]\nactivation = \"loop-mapped\"\n\n[[domains]]\npath = \"/dev/6e2d1b2a-0c6f-4b8e-9f3a-2d7c5e1f0a9b\"\nkind = \"block\"\n",
+            p,
+        )
+        .unwrap();
+        assert_eq!(c.block.devices, ["/dev/mapper/3600*"]);
+        assert_eq!(c.block.metadata_lease_timeout_s, 180);
+        assert_eq!(c.domains[0].kind, Some(sdm_proto::DomainKindName::Block));
+        c.validate("test").unwrap();
+        for (bad, key) in [
+            ("[block]\nactivation = \"dm\"\n", "block.activation"),
+            ("[block]\ndevices = [\"loop0\"]\n", "block.devices"),
+            (
+                "[block]\nmetadata_lease_timeout_s = 0\n",
+                "block.metadata_lease_timeout_s",
+            ),
+        ] {
+            let e = Config::parse(bad, p)
+                .unwrap()
+                .validate("test")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{e}");
+        }
     }
 
     #[test]

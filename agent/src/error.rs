@@ -13,6 +13,7 @@ use sdm_proto::{ApiError, ErrorCode};
 use crate::durable::DurableError;
 use crate::jobs::JobsError;
 use crate::locks::LockError;
+use crate::storage::block::BlockError;
 use crate::storage::StorageError;
 
 /// A failure of a verb or a job on its way to the wire: a module's error, or a wire error the
@@ -105,11 +106,41 @@ fn storage_code(e: &StorageError) -> ErrorCode {
         }
         StorageError::Durable(_) => ErrorCode::VolumeMetadataWriteError,
         StorageError::Lease(e) => lease_code(e),
-        StorageError::SealBroken { .. }
-        | StorageError::BadMetadata(_)
+        StorageError::Block(e) => block_code(e),
+        StorageError::SealBroken { .. } => ErrorCode::MetaDataSealIsBroken,
+        StorageError::BadMetadata(_)
         | StorageError::Busy(_)
         | StorageError::Io { .. }
         | StorageError::QemuImg(_) => ErrorCode::GeneralException,
+    }
+}
+
+/// Block domains: devices, LVM, activation, slots and the metadata-writer lease.
+fn block_code(e: &BlockError) -> ErrorCode {
+    match e {
+        BlockError::NotConfigured
+        | BlockError::NotBlockDevice { .. }
+        | BlockError::DeviceNotAllowed { .. } => ErrorCode::InvalidParameterException,
+        BlockError::Unavailable(_) | BlockError::Tool(_) => ErrorCode::GeneralException,
+        BlockError::DeviceInUse { .. } => ErrorCode::PhysDevInitializationError,
+        BlockError::BlockSize { .. } => ErrorCode::DeviceBlockSizeError,
+        BlockError::TooSmall { .. } => ErrorCode::VolumeGroupSizeError,
+        BlockError::Lvm(e) => match e.code() {
+            "NotBlockDevice" | "InvalidArgument" => ErrorCode::InvalidParameterException,
+            "NoSpace" => ErrorCode::NoSpaceLeftOnDomain,
+            _ => ErrorCode::GeneralException,
+        },
+        BlockError::CreateLv { .. } => ErrorCode::CannotCreateLogicalVolume,
+        BlockError::RemoveLv { .. } | BlockError::InUse(_) => ErrorCode::CannotRemoveLogicalVolume,
+        BlockError::Activate { source, .. } => match source.code() {
+            "MultiSegment" | "Unsupported" => ErrorCode::UnsupportedOperation,
+            _ => ErrorCode::CannotActivateLogicalVolume,
+        },
+        BlockError::SlotConflict { .. } => ErrorCode::MetaDataGeneralError,
+        BlockError::SlotsExhausted(_) | BlockError::TooLarge { .. } => {
+            ErrorCode::NoSpaceLeftOnDomain
+        }
+        BlockError::WriterLease { source, .. } => lease_code(source),
     }
 }
 

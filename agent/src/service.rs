@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sdm_lease::LeaseBackend;
+
 use sdm_proto::api::{AttachDomainParams, CreateDomainParams, CreateVolumeParams};
 use sdm_proto::{
     ApiError, Capabilities, Description, DomainInfo, ErrorCode, HostStats, InvalidVolumeInfo,
@@ -20,10 +22,15 @@ use crate::jobs::Jobs;
 use crate::leases::LeaseBackends;
 use crate::locks::{domain_key, image_key, LockManager, LockSet, Mode};
 use crate::storage::backend::DomainKind;
-use crate::storage::domain::Domain;
+use crate::storage::block::{BlockEnv, BlockError};
+use crate::storage::domain::{Domain, NewSite, Site};
+use crate::storage::md::{DomainMetadata, SDM_LEASES_KEY};
 use crate::storage::registry::Registry;
 use crate::storage::volume::{self, NewVolume};
 use crate::storage::StorageError;
+
+/// A domain to attach at start: where, the lease backend expected (if any), force, its kind.
+type Wanted = (PathBuf, Option<LeaseBackendKind>, bool, DomainKind);
 
 /// How long a synchronous verb waits for an image lock held by a job before giving up.
 pub const SYNC_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,6 +51,10 @@ pub struct Agent {
     pub holders: Arc<LeaseHolders>,
     /// Data path.
     pub engine: sdm_io::Engine,
+    /// Block domains' LVM and activation layer (None when it could not be set up; `block_error`
+    /// says why).
+    pub block: Option<Arc<BlockEnv>>,
+    block_error: Option<String>,
     started: Instant,
 }
 
@@ -77,8 +88,11 @@ impl Agent {
                 table.registration_lost(lost);
             }),
         );
+        let (block, block_error) = start_block(&cfg);
         let agent = Arc::new(Agent {
             holders,
+            block,
+            block_error,
             registry: Registry::new(&cfg.state_dir),
             jobs: Jobs::new(cfg.io.max_running_jobs, cfg.autodelete()),
             locks: Arc::new(LockManager::default()),
@@ -92,14 +106,19 @@ impl Agent {
     }
 
     fn attach_at_start(&self) -> Result<(), AgentError> {
-        // (path, expected lease backend, force): a domain attaches with the backend it was
-        // formatted for; only the config may expect one (and is refused when it differs).
-        let mut wanted: Vec<(PathBuf, Option<LeaseBackendKind>, bool)> = Vec::new();
+        // (path, expected lease backend, force, kind): a domain attaches with the backend it
+        // was formatted for; only the config may expect one (and is refused when it differs).
+        let mut wanted: Vec<Wanted> = Vec::new();
         for a in self.registry.persisted()? {
-            wanted.push((a.path, None, a.force));
+            let dkind = DomainKind::parse(&a.kind).unwrap_or(DomainKind::File);
+            wanted.push((a.path, None, a.force, dkind));
         }
         for d in &self.cfg.domains {
-            wanted.push((d.path.clone(), d.lease_backend, d.force));
+            let dkind = match d.kind {
+                Some(sdm_proto::DomainKindName::Block) => DomainKind::Block,
+                _ => DomainKind::File,
+            };
+            wanted.push((d.path.clone(), d.lease_backend, d.force, dkind));
         }
         if self.cfg.create_default_domains {
             let root = self.default_domain_root();
@@ -116,16 +135,23 @@ impl Agent {
                     }
                 }
             } else {
-                wanted.extend(existing.into_iter().map(|p| (p, None, false)));
+                wanted.extend(
+                    existing
+                        .into_iter()
+                        .map(|p| (p, None, false, DomainKind::File)),
+                );
             }
         }
         let mut seen = std::collections::HashSet::new();
-        for (path, expected, force) in wanted {
+        for (path, expected, force, dkind) in wanted {
             let canon = path.canonicalize().unwrap_or(path.clone());
             if !seen.insert(canon) {
                 continue;
             }
-            match self.attach_path(&path, expected, force) {
+            let attached = Site::of(dkind, &path, self.block.as_ref())
+                .map_err(AgentError::from)
+                .and_then(|site| self.attach_site(&site, expected, force));
+            match attached {
                 Ok(a) => {
                     tracing::info!(sd_id = %a.sd_id, path = %path.display(), lease_backend = a.lease_backend.as_str(), "attached domain")
                 }
@@ -139,12 +165,11 @@ impl Agent {
     }
 
     /// Creates the embedded default's two domains with `kind` leases.
-    #[allow(clippy::type_complexity)]
     fn create_embedded(
         &self,
         root: &Path,
         kind: LeaseBackendKind,
-    ) -> Result<Vec<(PathBuf, Option<LeaseBackendKind>, bool)>, AgentError> {
+    ) -> Result<Vec<Wanted>, AgentError> {
         let backend = self.leases.get(kind)?;
         let mut out = Vec::new();
         for n in 1..=2 {
@@ -155,15 +180,14 @@ impl Agent {
                 .map_err(|e| StorageError::io("mkdir", &own_root, e))?;
             let sd = Uuid::new_v4();
             let dir = Domain::create(
-                DomainKind::File,
-                &own_root,
+                &NewSite::Dir(own_root.clone()),
                 &sd,
                 &format!("sdm local domain {n}"),
                 backend.as_ref(),
                 self.leases.io_timeout_s(),
             )?;
             tracing::info!(sd_id = %sd, path = %dir.display(), lease_backend = kind.as_str(), "created embedded domain");
-            out.push((dir, Some(kind), false));
+            out.push((dir, Some(kind), false, DomainKind::File));
         }
         Ok(out)
     }
@@ -197,6 +221,7 @@ impl Agent {
             io_uring: self.engine.backend() == sdm_io::BackendKind::IoUring,
             io_fallback_reason: self.engine.fallback_reason().map(str::to_string),
             lease_backends: self.leases.available(),
+            block_activation: self.block.as_ref().map(|b| b.mode().as_str().to_string()),
             domains: self
                 .registry
                 .all()
@@ -242,34 +267,51 @@ impl Agent {
 
     // --- domains --------------------------------------------------------------------------
 
-    /// Attaches the domain at `path` with the lease backend its metadata records. Refused
+    /// The block layer, or why there is none.
+    pub fn block_env(&self) -> Result<&Arc<BlockEnv>, AgentError> {
+        self.block.as_ref().ok_or_else(|| {
+            StorageError::from(BlockError::Unavailable(
+                self.block_error.clone().unwrap_or_default(),
+            ))
+            .into()
+        })
+    }
+
+    /// Attaches the domain at `site` with the lease backend its metadata records. Refused
     /// (StorageDomainTypeError, nothing changed) when `expected` names the other backend, and
-    /// when a local domain is on a shared file system unless `force`.
-    fn attach_path(
+    /// when a local file domain is on a shared file system unless `force`.
+    fn attach_site(
         &self,
-        path: &Path,
+        site: &Site,
         expected: Option<LeaseBackendKind>,
         force: bool,
     ) -> Result<Attached, AgentError> {
-        let mut dom = Domain::open(
-            DomainKind::File,
-            path,
-            self.leases.get(LeaseBackendKind::Local)?,
-        )?;
-        let kind = dom.metadata.lease_backend()?;
-        if let Some(want) = expected.filter(|w| *w != kind) {
-            return Err(StorageError::DomainType(format!(
-                "domain {} at {} was formatted for {} leases (TYPE={}); attaching it with {} leases is refused: \
-                 hosts that disagree on the lease backend do not exclude each other",
-                dom.sd_id,
-                dom.path().display(),
-                kind.as_str(),
-                dom.metadata.get("TYPE").unwrap_or(""),
-                want.as_str()
-            ))
-            .into());
+        if let Site::Vg { sd_id, .. } = site {
+            // Attached already: opening it again would activate its LVs a second time.
+            if let Ok(existing) = self.registry.get(sd_id) {
+                if existing.backend.kind() == DomainKind::Block {
+                    let kind = existing.metadata.lease_backend()?;
+                    check_expected(&existing.metadata, existing.path(), kind, expected)?;
+                    return Ok(Attached {
+                        sd_id: sd_id.clone(),
+                        lease_backend: kind,
+                        fresh: None,
+                    });
+                }
+            }
         }
-        check_local_allowed(kind, dom.path(), force)?;
+        // The backend is chosen from the metadata before a block domain's LVs are activated
+        // (its metadata-writer lease is taken with it), and refusals change nothing.
+        let leases_for = |md: &DomainMetadata| -> Result<Arc<dyn LeaseBackend>, StorageError> {
+            let kind = md.lease_backend()?;
+            check_expected(md, &site_path(site), kind, expected)?;
+            if let Site::Dir(path) = site {
+                check_local_allowed(kind, path, force)?;
+            }
+            Ok(self.leases.get(kind)?)
+        };
+        let dom = Domain::open_with(site, &leases_for)?;
+        let kind = dom.metadata.lease_backend()?;
         if let Ok(existing) = self.registry.get(&dom.sd_id) {
             if existing.path() == dom.path() {
                 return Ok(Attached {
@@ -279,7 +321,6 @@ impl Agent {
                 });
             }
         }
-        dom.leases = self.leases.get(kind)?;
         dom.join_lockspace()?;
         let dom = Arc::new(dom);
         let fresh = self.registry.insert(dom.clone(), kind, force)?;
@@ -292,12 +333,19 @@ impl Agent {
 
     /// `StorageDomain.create`.
     pub fn create_domain(&self, p: &CreateDomainParams) -> Result<Attached, AgentError> {
-        let (sd, path) = (&p.sd_id, p.path.as_str());
+        let sd = &p.sd_id;
         let description = p
             .description
             .as_ref()
             .map(Description::as_str)
             .unwrap_or("");
+        if p.kind == Some(sdm_proto::DomainKindName::Block) {
+            return self.create_block_domain(p, description);
+        }
+        let path = p
+            .path
+            .as_deref()
+            .ok_or_else(|| ApiError::invalid("path is required to create a file domain"))?;
         let root = absolute(path)?;
         let canon = root
             .canonicalize()
@@ -324,27 +372,86 @@ impl Agent {
         check_local_allowed(kind, &canon, force)?;
         let leases = self.leases.get(kind)?;
         let dir = Domain::create(
-            DomainKind::File,
-            &canon,
+            &NewSite::Dir(canon),
             sd,
             description,
             leases.as_ref(),
             self.leases.io_timeout_s(),
         )?;
         tracing::info!(sd_id = %sd, path = %dir.display(), lease_backend = kind.as_str(), "created domain");
-        self.attach_path(&dir, Some(kind), force)
+        self.attach_site(&Site::Dir(dir), Some(kind), force)
+    }
+
+    fn create_block_domain(
+        &self,
+        p: &CreateDomainParams,
+        description: &str,
+    ) -> Result<Attached, AgentError> {
+        let sd = &p.sd_id;
+        let env = self.block_env()?;
+        let devices: Vec<PathBuf> = p
+            .devices
+            .iter()
+            .flatten()
+            .map(|d| absolute(d))
+            .collect::<Result<_, _>>()?;
+        if self.registry.get(sd).is_ok() {
+            return Err(StorageError::DomainExists(sd.to_string()).into());
+        }
+        // TYPE is ISCSI either way; local leases (one host only) are recorded as the
+        // `MDT_SDM_LEASES=local` tag. No statfs check: block devices have no file system type.
+        let kind = p
+            .lease_backend
+            .map(LeaseBackendKind::from)
+            .unwrap_or(self.leases.default_kind());
+        let leases = self.leases.get(kind)?;
+        let site = NewSite::Devices {
+            env: env.clone(),
+            devices: devices.clone(),
+        };
+        let path = Domain::create(
+            &site,
+            sd,
+            description,
+            leases.as_ref(),
+            self.leases.io_timeout_s(),
+        )?;
+        tracing::info!(sd_id = %sd, path = %path.display(), devices = ?devices, lease_backend = kind.as_str(), "created block domain");
+        self.attach_site(
+            &Site::Vg {
+                env: env.clone(),
+                sd_id: sd.clone(),
+            },
+            Some(kind),
+            false,
+        )
     }
 
     /// `StorageDomain.attach`: with the lease backend the domain records (never the host's
     /// default: two hosts must agree on it).
     pub fn attach_domain(&self, p: &AttachDomainParams) -> Result<Attached, AgentError> {
-        let dir = absolute(&p.path)?;
-        let a = self.attach_path(
-            &dir,
+        let site = if p.kind == Some(sdm_proto::DomainKindName::Block) {
+            let named = || {
+                p.path
+                    .strip_prefix("/dev/")
+                    .and_then(|id| Uuid::parse(id).ok())
+            };
+            let sd_id = p.sd_id.clone().or_else(named).ok_or_else(|| {
+                ApiError::invalid("a block domain is attached by sd_id (or path /dev/<sd_id>)")
+            })?;
+            Site::Vg {
+                env: self.block_env()?.clone(),
+                sd_id,
+            }
+        } else {
+            Site::Dir(absolute(&p.path)?)
+        };
+        let a = self.attach_site(
+            &site,
             p.lease_backend.map(LeaseBackendKind::from),
             flag(p.force),
         )?;
-        tracing::info!(sd_id = %a.sd_id, path = %dir.display(), lease_backend = a.lease_backend.as_str(), "attached domain");
+        tracing::info!(sd_id = %a.sd_id, kind = site.kind().as_str(), lease_backend = a.lease_backend.as_str(), "attached domain");
         Ok(a)
     }
 
@@ -449,6 +556,8 @@ impl Agent {
             format: p.format,
             allocation: p.preallocate,
             parent: p.parent_vol_id.clone().filter(|v| !v.is_blank()),
+            initial_size: None,
+            requested_initial_size: p.initial_size.map(|s| s.get()),
             description: p
                 .description
                 .as_ref()
@@ -525,8 +634,63 @@ fn check_local_allowed(
     }
 }
 
+/// Refuses a domain formatted for `kind` leases when the caller expects the other backend:
+/// hosts that disagree on it do not exclude each other.
+fn check_expected(
+    md: &DomainMetadata,
+    path: &Path,
+    kind: LeaseBackendKind,
+    expected: Option<LeaseBackendKind>,
+) -> Result<(), StorageError> {
+    match expected.filter(|w| *w != kind) {
+        None => Ok(()),
+        Some(want) => Err(StorageError::DomainType(format!(
+            "domain {} at {} was formatted for {} leases (TYPE={}{}); attaching it with {} leases \
+             is refused: hosts that disagree on the lease backend do not exclude each other",
+            md.get("SDUUID").unwrap_or(""),
+            path.display(),
+            kind.as_str(),
+            md.get("TYPE").unwrap_or(""),
+            md.get(SDM_LEASES_KEY)
+                .map(|v| format!(", {SDM_LEASES_KEY}={v}"))
+                .unwrap_or_default(),
+            want.as_str()
+        ))),
+    }
+}
+
+/// Where a site is attached from, for messages.
+fn site_path(site: &Site) -> PathBuf {
+    match site {
+        Site::Dir(p) => p.clone(),
+        Site::Vg { sd_id, .. } => crate::storage::block::format::domain_path(sd_id),
+    }
+}
+
 fn flag(f: Option<sdm_proto::Flag>) -> bool {
     f.is_some_and(sdm_proto::Flag::get)
+}
+
+/// Sets up the block layer and undoes activations a killed agent left. Failing leaves the
+/// agent without block domains (and says why), never without file domains.
+fn start_block(cfg: &Config) -> (Option<Arc<BlockEnv>>, Option<String>) {
+    let env = match BlockEnv::new(&cfg.block, &cfg.state_dir) {
+        Ok(env) => env,
+        Err(e) => {
+            let why = e.to_string();
+            tracing::error!(error = %why, "block domains are unavailable");
+            return (None, Some(why));
+        }
+    };
+    match env.cleanup_stale() {
+        Ok(r) if r.removed.is_empty() && r.failed.is_empty() => {}
+        Ok(r) => {
+            tracing::info!(removed = ?r.removed, failed = ?r.failed, "undid LV activations left by an earlier run")
+        }
+        Err(e) => tracing::error!(error = %e, "cannot undo LV activations left by an earlier run"),
+    }
+    tracing::info!(activation = env.mode().as_str(), "block layer ready");
+    (Some(Arc::new(env)), None)
 }
 
 fn engine_config(cfg: &Config) -> sdm_io::EngineConfig {

@@ -190,6 +190,19 @@ pub trait LeaseBackend: Send + Sync + fmt::Debug {
         lease_path: &Path,
     ) -> Result<(), LeaseError>;
 
+    /// Block domains: (re)initialise the resource `vol_id` in lockspace `sd_id` at `offset` of
+    /// `path`, an area shared by many leases (the `leases` LV at (100 + slot) MiB). Written in
+    /// place: the device is neither created nor truncated. sanlock writes the resource (1 MiB
+    /// align, 512-byte sectors); local only checks that `path` exists, since its lock is the
+    /// byte range [`offset`, `offset` + [`ALIGNMENT`]) taken at acquire.
+    fn init_lease_at(
+        &self,
+        sd_id: &str,
+        vol_id: &str,
+        path: &Path,
+        offset: u64,
+    ) -> Result<(), LeaseError>;
+
     /// Exclusive acquire that never waits for another owner: a lease held by another host or
     /// by another job on this host fails at once with [`LeaseErrorKind::Busy`].
     /// sanlock reads the lease back and records its version and owner generation for

@@ -1,4 +1,6 @@
-//! Single-host leases: an OFD write lock (`F_OFD_SETLK`) on the whole `<vol>.lease` file.
+//! Single-host leases: an OFD write lock (`F_OFD_SETLK`) on the whole `<vol>.lease` file, or,
+//! for a lease at a non-zero offset of a shared area (a block domain's `leases` LV), on that
+//! lease's 1 MiB byte range only, so that the leases sharing the area stay independent.
 //!
 //! OFD locks belong to an open file description, not to a process, so two jobs (threads) of
 //! one agent exclude each other just like two processes do, and the kernel drops the lock
@@ -11,7 +13,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use crate::{Held as LeaseHeld, Lease, LeaseBackend, LeaseError, LeaseErrorKind, LeaseStatus};
+use crate::{
+    Held as LeaseHeld, Lease, LeaseBackend, LeaseError, LeaseErrorKind, LeaseStatus, ALIGNMENT,
+};
 
 /// Mode of lease files and `dom_md/{ids,leases}`, as VDSM creates them.
 pub(crate) const LEASE_FILE_MODE: u32 = 0o660;
@@ -36,13 +40,18 @@ impl LocalLeases {
 /// The open file description that carries the lock.
 pub(crate) struct Held {
     file: File,
+    offset: u64,
 }
 
 impl Held {
     pub(crate) fn release(self) {
         // Unlock explicitly before closing: if the descriptor was ever duplicated into a
         // child (fork without exec), closing ours alone would not end the lock.
-        if let Err(e) = ofd_setlk(self.file.as_fd(), libc::F_UNLCK as libc::c_short) {
+        if let Err(e) = ofd_setlk(
+            self.file.as_fd(),
+            libc::F_UNLCK as libc::c_short,
+            self.offset,
+        ) {
             tracing::warn!(error = %e, "unlocking local lease failed; closing it anyway");
         }
     }
@@ -67,20 +76,28 @@ pub(crate) fn ensure_file(path: &Path) -> Result<(), LeaseError> {
     }
 }
 
-fn whole_file_lock(l_type: libc::c_short) -> libc::flock {
+/// The lock of the lease at `offset`: the whole file for a lease file (offset 0), the lease's
+/// own 1 MiB slot in a shared area.
+fn lease_lock(l_type: libc::c_short, offset: u64) -> libc::flock {
     // SAFETY: `flock` is a plain C struct of integers (plus padding on some ABIs) for which
     // all-zero bytes are a valid value; OFD commands require l_pid == 0.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = l_type;
     fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = 0;
-    fl.l_len = 0; // to end of file, however large it grows
+    if offset == 0 {
+        fl.l_start = 0;
+        fl.l_len = 0; // to end of file, however large it grows
+    } else {
+        fl.l_start = offset as libc::off_t;
+        fl.l_len = ALIGNMENT as libc::off_t;
+    }
     fl
 }
 
-/// `fcntl(fd, F_OFD_SETLK, whole file)`: never blocks; EAGAIN/EACCES when someone holds it.
-fn ofd_setlk(fd: BorrowedFd<'_>, l_type: libc::c_short) -> io::Result<()> {
-    let fl = whole_file_lock(l_type);
+/// `fcntl(fd, F_OFD_SETLK, the lease's range)`: never blocks; EAGAIN/EACCES when someone holds
+/// it.
+fn ofd_setlk(fd: BorrowedFd<'_>, l_type: libc::c_short, offset: u64) -> io::Result<()> {
+    let fl = lease_lock(l_type, offset);
     // SAFETY: `fd` is open for the call and `fl` is a valid flock the kernel only reads.
     let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
     if rc < 0 {
@@ -89,10 +106,10 @@ fn ofd_setlk(fd: BorrowedFd<'_>, l_type: libc::c_short) -> io::Result<()> {
     Ok(())
 }
 
-/// `fcntl(fd, F_OFD_GETLK)`: would a whole-file write lock conflict? Returns the lock type
-/// found (`F_UNLCK` when free).
-fn ofd_getlk(fd: BorrowedFd<'_>) -> io::Result<libc::c_short> {
-    let mut fl = whole_file_lock(libc::F_WRLCK as libc::c_short);
+/// `fcntl(fd, F_OFD_GETLK)`: would a write lock on the lease's range conflict? Returns the
+/// lock type found (`F_UNLCK` when free).
+fn ofd_getlk(fd: BorrowedFd<'_>, offset: u64) -> io::Result<libc::c_short> {
+    let mut fl = lease_lock(libc::F_WRLCK as libc::c_short, offset);
     // SAFETY: `fd` is open for the call and `fl` is a valid flock the kernel overwrites.
     let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
     if rc < 0 {
@@ -134,6 +151,18 @@ impl LeaseBackend for LocalLeases {
         ensure_file(lease_path)
     }
 
+    fn init_lease_at(
+        &self,
+        _sd_id: &str,
+        _vol_id: &str,
+        path: &Path,
+        _offset: u64,
+    ) -> Result<(), LeaseError> {
+        std::fs::metadata(path)
+            .map(|_| ())
+            .map_err(|e| LeaseError::io("lease area", path, e))
+    }
+
     fn acquire(
         &self,
         sd_id: &str,
@@ -153,7 +182,7 @@ impl LeaseBackend for LocalLeases {
             .mode(0o660)
             .open(lease_path)
             .map_err(|e| LeaseError::io("open lease", lease_path, e))?;
-        match ofd_setlk(file.as_fd(), libc::F_WRLCK as libc::c_short) {
+        match ofd_setlk(file.as_fd(), libc::F_WRLCK as libc::c_short, offset) {
             Ok(()) => {}
             Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => {
                 return Err(LeaseError::with_code(
@@ -169,7 +198,7 @@ impl LeaseBackend for LocalLeases {
             vol_id,
             lease_path,
             offset,
-            LeaseHeld::Local(Held { file }),
+            LeaseHeld::Local(Held { file, offset }),
         ))
     }
 
@@ -178,7 +207,7 @@ impl LeaseBackend for LocalLeases {
         _sd_id: &str,
         _vol_id: &str,
         lease_path: &Path,
-        _offset: u64,
+        offset: u64,
     ) -> Result<LeaseStatus, LeaseError> {
         // Ask from a separate open file description so that our own holders show up too.
         let file = match File::open(lease_path) {
@@ -192,8 +221,8 @@ impl LeaseBackend for LocalLeases {
             }
             Err(e) => return Err(LeaseError::io("open lease", lease_path, e)),
         };
-        let found =
-            ofd_getlk(file.as_fd()).map_err(|e| LeaseError::io("query lease", lease_path, e))?;
+        let found = ofd_getlk(file.as_fd(), offset)
+            .map_err(|e| LeaseError::io("query lease", lease_path, e))?;
         let owners = if found == libc::F_UNLCK as libc::c_short {
             vec![]
         } else {
@@ -330,6 +359,53 @@ mod tests {
             .unwrap()
             .owners
             .is_empty());
+    }
+
+    #[test]
+    fn leases_at_offsets_of_one_area_are_independent() {
+        // A block domain's `leases` LV holds every volume's lease at its own 1 MiB slot.
+        let dir = tempfile::tempdir().unwrap();
+        let area = dir.path().join("leases");
+        std::fs::File::create(&area)
+            .unwrap()
+            .set_len(200 * ALIGNMENT)
+            .unwrap();
+        let leases = LocalLeases::new(3);
+        leases
+            .init_lease_at("sd", "a", &area, 101 * ALIGNMENT)
+            .unwrap();
+        let a = leases.acquire("sd", "a", &area, 101 * ALIGNMENT).unwrap();
+        let b = leases.acquire("sd", "b", &area, 102 * ALIGNMENT).unwrap();
+        let again = leases
+            .acquire("sd", "a", &area, 101 * ALIGNMENT)
+            .unwrap_err();
+        assert!(again.is_busy(), "{again}");
+        assert_eq!(
+            leases
+                .status("sd", "a", &area, 101 * ALIGNMENT)
+                .unwrap()
+                .owners,
+            vec![3]
+        );
+        assert!(leases
+            .status("sd", "c", &area, 103 * ALIGNMENT)
+            .unwrap()
+            .owners
+            .is_empty());
+        drop(a);
+        assert!(leases
+            .status("sd", "a", &area, 101 * ALIGNMENT)
+            .unwrap()
+            .owners
+            .is_empty());
+        b.release().unwrap();
+        assert_eq!(
+            leases
+                .init_lease_at("sd", "x", &dir.path().join("nope"), ALIGNMENT)
+                .unwrap_err()
+                .kind(),
+            LeaseErrorKind::NotFound
+        );
     }
 
     #[test]

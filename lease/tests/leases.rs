@@ -308,6 +308,28 @@ mod sanlock {
         );
         h1.join(&sd, &ids).unwrap(); // already joined
 
+        // A lease at an offset of a shared area, as a block domain's `leases` LV holds them:
+        // written in place, independent of its neighbours.
+        let at = 101 * sdm_lease::ALIGNMENT;
+        h1.init_lease_at(&sd, "vol-at", &dleases, at).unwrap();
+        h1.init_lease_at(&sd, "vol-next", &dleases, at + sdm_lease::ALIGNMENT)
+            .unwrap();
+        let held = h1.acquire(&sd, "vol-at", &dleases, at).unwrap();
+        let next = h1
+            .acquire(&sd, "vol-next", &dleases, at + sdm_lease::ALIGNMENT)
+            .unwrap();
+        assert_eq!(
+            h1.status(&sd, "vol-at", &dleases, at).unwrap().owners,
+            vec![1]
+        );
+        held.release().unwrap();
+        next.release().unwrap();
+        assert!(h1
+            .status(&sd, "vol-at", &dleases, at)
+            .unwrap()
+            .owners
+            .is_empty());
+
         h1.init_volume_lease(&sd, vol, &vpath).unwrap();
         assert_eq!(
             std::fs::metadata(&vpath).unwrap().len(),

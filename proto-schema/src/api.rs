@@ -196,19 +196,26 @@ sdm_api! {
     /// Deletes a finished job (NoSuchJob 66, JobNotDone 68).
     "Job.delete" => fn delete_job / DeleteJobParams(job_id: Uuid) -> bool;
 
-    /// Formats a new file domain at `path/<sd_id>` and attaches it. VDSM's form is accepted
-    /// for local directories: `storagedomainID`, `domainType` 4 (LOCALFS) or 6 (POSIXFS),
-    /// `typeArgs` (the directory), `name`, `domainClass` 1 (Data), `version` 5, `blockSize` 512.
+    /// Formats a new domain and attaches it: a file domain at `path/<sd_id>`, or a block domain
+    /// (`kind` "block") as an LVM volume group named `sd_id` on `devices`. VDSM's form is
+    /// accepted for local directories: `storagedomainID`, `domainType` 4 (LOCALFS) or 6
+    /// (POSIXFS), `typeArgs` (the directory), `name`, `domainClass` 1 (Data), `version` 5,
+    /// `blockSize` 512.
     "StorageDomain.create" => fn create_domain / CreateDomainParams(
         sd_id | "storagedomainID": Uuid,
-        /// Directory that will hold the domain directory (VDSM: `typeArgs`).
-        path | "typeArgs": String,
+        /// Directory that will hold the domain directory (file domains; VDSM: `typeArgs`).
+        path | "typeArgs": Option<String>,
         /// The domain's name (VDSM: `name`).
         description | "name": Option<Description>,
         /// Lease backend the domain is formatted for (default: the agent's `leases.default_backend`).
         lease_backend: Option<LeaseBackendName>,
         /// Allow `local` on a network file system (StorageDomainTypeError 372 without it).
         force: Option<Flag>,
+        /// "file" (default) or "block".
+        kind: Option<DomainKindName>,
+        /// Block devices that become the domain's PVs (block domains; each must be allowed by the
+        /// agent's `[block] devices`).
+        devices: Option<Vec<String>>,
     ) + server (
         /// VDSM's storage type code: 4 (LOCALFS) or 6 (POSIXFS); others are UnsupportedOperation.
         domain_type as "domainType": Option<u32>,
@@ -221,16 +228,22 @@ sdm_api! {
         /// Host slots VDSM reserves; sdm's lockspace always has 2000, which serves any value.
         max_hosts as "maxHosts": Option<u64>,
     ) -> bool;
-    /// Attaches the existing domain whose directory (`.../<sd_id>`) is `path`, with the lease
-    /// backend its metadata records.
+    /// Attaches an existing domain, with the lease backend its metadata records: the file
+    /// domain whose directory (`.../<sd_id>`) is `path`, or (`kind` "block") the block domain
+    /// `sd_id`, found among the agent's `[block] devices`.
     "StorageDomain.attach" => fn attach_domain / AttachDomainParams(
-        /// The domain directory.
+        /// The domain directory; for a block domain `/dev/<sd_id>`, as `StorageDomain.list`
+        /// shows it (`sd_id`, when given, wins).
         path: String,
         /// Expected lease backend: refused (StorageDomainTypeError 372, nothing changed) when
         /// the domain was formatted for the other one.
         lease_backend: Option<LeaseBackendName>,
         /// Allow a `local` domain on a network file system (StorageDomainTypeError 372 without it).
         force: Option<Flag>,
+        /// The domain (block domains).
+        sd_id: Option<Uuid>,
+        /// "file" (default) or "block".
+        kind: Option<DomainKindName>,
     ) -> AttachResult;
     /// Detaches a domain (refused while jobs use it).
     "StorageDomain.detach" => fn detach_domain / DetachDomainParams(sd_id | "storagedomainID": Uuid) -> bool;

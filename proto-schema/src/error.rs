@@ -91,8 +91,24 @@ error_codes! {
     ActionStopped = 443,
     /// The copy's destination does not read back equal to its source.
     ImageVerificationError = 484,
+    /// The devices of a new block domain are too small (less than 10 GiB together).
+    VolumeGroupSizeError = 504,
+    /// A device of a block domain has a block size other than 512 bytes, or they differ.
+    DeviceBlockSizeError = 518,
+    /// An LVM command creating a logical volume failed.
+    CannotCreateLogicalVolume = 550,
+    /// An LVM command removing a logical volume failed (or the volume is in use on this host).
+    CannotRemoveLogicalVolume = 551,
+    /// A logical volume could not be made usable (activated).
+    CannotActivateLogicalVolume = 558,
+    /// A device could not become a PV of a new block domain (it belongs to a VG, or LVM refused).
+    PhysDevInitializationError = 601,
     /// The volume lease is held by another job or host.
     AcquireLockFailure = 651,
+    /// Volume metadata is inconsistent (two volumes claim one metadata slot of a block domain).
+    MetaDataGeneralError = 749,
+    /// The domain metadata checksum (`_SHA_CKSUM`) does not match its content.
+    MetaDataSealIsBroken = 752,
     /// The requested generation is not the volume's generation.
     GenerationMismatch = 911,
     /// A malformed or out-of-range parameter (bad UUID, size, enum, missing or mistyped field).

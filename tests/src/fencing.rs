@@ -134,7 +134,9 @@ impl TwoHosts {
         cb.api()
             .create_domain(
                 sd.clone(),
-                shared.path().to_string_lossy().into(),
+                Some(shared.path().to_string_lossy().into()),
+                None,
+                None,
                 None,
                 None,
                 None,
@@ -145,7 +147,7 @@ impl TwoHosts {
         let dir = shared.path().join(sd.as_str());
         let ca = a.agent.client();
         ca.api()
-            .attach_domain(dir.to_string_lossy().into(), None, None)
+            .attach_domain(dir.to_string_lossy().into(), None, None, None, None)
             .await
             .via(&ca)
             .expect("A attaches the shared domain");

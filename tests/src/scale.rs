@@ -62,8 +62,10 @@ pub async fn sanlock_cluster(n: usize) -> SanlockCluster {
         c.api()
             .create_domain(
                 sd.clone(),
-                root.path().display().to_string(),
+                Some(root.path().display().to_string()),
                 sdm_proto::Description::parse(d).ok(),
+                None,
+                None,
                 None,
                 None,
             )
@@ -89,7 +91,7 @@ pub async fn sanlock_cluster(n: usize) -> SanlockCluster {
         async move {
             for d in dirs {
                 c.api()
-                    .attach_domain(d, None, None)
+                    .attach_domain(d, None, None, None, None)
                     .await
                     .via(&c)
                     .expect("attach domain");

@@ -443,7 +443,9 @@ async fn sanlock_two_hosts_lease_contention_and_crash() {
     c1.api()
         .create_domain(
             sd.clone(),
-            shared.path().to_string_lossy().into(),
+            Some(shared.path().to_string_lossy().into()),
+            None,
+            None,
             None,
             None,
             None,
@@ -453,7 +455,7 @@ async fn sanlock_two_hosts_lease_contention_and_crash() {
         .unwrap();
     let dir = shared.path().join(sd.as_str());
     c2.api()
-        .attach_domain(dir.to_string_lossy().into(), None, None)
+        .attach_domain(dir.to_string_lossy().into(), None, None, None, None)
         .await
         .via(&c2)
         .unwrap();

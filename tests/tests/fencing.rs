@@ -186,7 +186,9 @@ async fn attaching_a_sanlock_domain_with_local_leases_is_refused() {
     cb.api()
         .create_domain(
             sd.clone(),
-            shared.path().to_string_lossy().into(),
+            Some(shared.path().to_string_lossy().into()),
+            None,
+            None,
             None,
             None,
             None,
@@ -212,6 +214,8 @@ async fn attaching_a_sanlock_domain_with_local_leases_is_refused() {
                 dir.to_string_lossy().into(),
                 Some(LeaseBackendName::Local),
                 force,
+                None,
+                None,
             )
             .await
             .via(&ca)
@@ -226,7 +230,7 @@ async fn attaching_a_sanlock_domain_with_local_leases_is_refused() {
     // fails on sanlock, not on the domain's type.
     if let Err(e) = ca
         .api()
-        .attach_domain(dir.to_string_lossy().into(), None, None)
+        .attach_domain(dir.to_string_lossy().into(), None, None, None, None)
         .await
         .via(&ca)
     {
@@ -284,7 +288,15 @@ async fn a_local_domain_on_a_network_file_system_needs_force() {
     let sd = uuid();
     let e = c
         .api()
-        .create_domain(sd.clone(), mnt.to_string_lossy().into(), None, None, None)
+        .create_domain(
+            sd.clone(),
+            Some(mnt.to_string_lossy().into()),
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
         .await
         .via(&c)
         .unwrap_err();
@@ -293,7 +305,15 @@ async fn a_local_domain_on_a_network_file_system_needs_force() {
     assert!(!mnt.join(sd.as_str()).exists(), "nothing formatted");
     // Formatted on the local path below the mount, then attached through the FUSE mount.
     c.api()
-        .create_domain(sd.clone(), below.to_string_lossy().into(), None, None, None)
+        .create_domain(
+            sd.clone(),
+            Some(below.to_string_lossy().into()),
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
         .await
         .via(&c)
         .unwrap();
@@ -301,14 +321,14 @@ async fn a_local_domain_on_a_network_file_system_needs_force() {
     let over_fuse = mnt.join(sd.as_str()).to_string_lossy().into_owned();
     let e = c
         .api()
-        .attach_domain(over_fuse.clone(), None, None)
+        .attach_domain(over_fuse.clone(), None, None, None, None)
         .await
         .via(&c)
         .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::StorageDomainTypeError), "{e:?}");
     let r = c
         .api()
-        .attach_domain(over_fuse, None, Some(Flag(true)))
+        .attach_domain(over_fuse, None, Some(Flag(true)), None, None)
         .await
         .via(&c)
         .unwrap();
@@ -520,7 +540,7 @@ async fn image_delete_marks_what_it_read_under_the_leases() {
     let cb = b.client();
     for d in [&dom1, &dom2] {
         cb.api()
-            .attach_domain(d.to_string_lossy().into(), None, None)
+            .attach_domain(d.to_string_lossy().into(), None, None, None, None)
             .await
             .via(&cb)
             .unwrap();

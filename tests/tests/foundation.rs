@@ -34,8 +34,10 @@ async fn every_verb_through_the_client() {
     c.api()
         .create_domain(
             sd3.clone(),
-            root.to_string_lossy().into(),
+            Some(root.to_string_lossy().into()),
             Some(Description::parse("third").unwrap()),
+            None,
+            None,
             None,
             None,
         )
@@ -45,7 +47,7 @@ async fn every_verb_through_the_client() {
     let dir3 = root.join(sd3.as_str());
     let again = c
         .api()
-        .attach_domain(dir3.to_string_lossy().into(), None, None)
+        .attach_domain(dir3.to_string_lossy().into(), None, None, None, None)
         .await
         .via(&c)
         .unwrap();
@@ -55,7 +57,7 @@ async fn every_verb_through_the_client() {
     let err = c.api().get_images(sd3.clone()).await.via(&c).unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::StorageDomainDoesNotExist));
     c.api()
-        .attach_domain(dir3.to_string_lossy().into(), None, None)
+        .attach_domain(dir3.to_string_lossy().into(), None, None, None, None)
         .await
         .via(&c)
         .unwrap();
@@ -68,7 +70,15 @@ async fn every_verb_through_the_client() {
         .is_empty());
     let err = c
         .api()
-        .create_domain(sd3.clone(), root.to_string_lossy().into(), None, None, None)
+        .create_domain(
+            sd3.clone(),
+            Some(root.to_string_lossy().into()),
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
         .await
         .via(&c)
         .unwrap_err();
@@ -547,8 +557,7 @@ async fn embedded_domains_have_a_root_each() {
 /// work, and no new domains are made.
 #[tokio::test]
 async fn an_old_flat_state_dir_still_attaches_its_domains() {
-    use sdm_agent::storage::backend::DomainKind;
-    use sdm_agent::storage::domain::Domain;
+    use sdm_agent::storage::domain::{Domain, NewSite};
 
     let tmp = tempfile::Builder::new()
         .prefix("sdm-flat-")
@@ -562,8 +571,7 @@ async fn an_old_flat_state_dir_still_attaches_its_domains() {
     for n in 1..=2 {
         let sd = uuid();
         let dir = Domain::create(
-            DomainKind::File,
-            &root,
+            &NewSite::Dir(root.clone()),
             &sd,
             &format!("sdm local domain {n}"),
             &leases,

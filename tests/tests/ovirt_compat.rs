@@ -76,7 +76,7 @@ async fn an_ovirt_written_domain_attaches_and_works() {
     let sd = Uuid::parse(SD).unwrap();
     let r = c
         .api()
-        .attach_domain(dom.to_string_lossy().into(), None, None)
+        .attach_domain(dom.to_string_lossy().into(), None, None, None, None)
         .await
         .via(&c)
         .unwrap();
@@ -186,7 +186,7 @@ async fn a_broken_seal_is_refused_clearly() {
     .unwrap();
     let e = c
         .api()
-        .attach_domain(dom.to_string_lossy().into(), None, None)
+        .attach_domain(dom.to_string_lossy().into(), None, None, None, None)
         .await
         .via(&c)
         .unwrap_err();

@@ -100,3 +100,126 @@ fn the_readme_tour_works() {
     let gone = ok(&agent, &j, &["image", "volumes", &sd2, &img2]);
     assert_eq!(gone.lines().count(), 0, "{gone}");
 }
+
+/// Removes what `scripts/loop-pvs create` made, by its directory, also when the test fails.
+struct LoopPvs(std::path::PathBuf);
+
+impl LoopPvs {
+    fn script() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/loop-pvs")
+    }
+}
+
+impl Drop for LoopPvs {
+    fn drop(&mut self) {
+        let _ = Command::new(Self::script())
+            .arg("remove")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The README's block-domain section, as root: a loop device made by `scripts/loop-pvs`, an
+/// agent allowed to use it, and the commands as the README gives them.
+#[test]
+fn the_readme_block_tour_works() {
+    if let Some(why) = sdm_tests::block::block_skip_reason() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let pvs = LoopPvs(tmp.path().join("pvs"));
+    let out = Command::new(LoopPvs::script())
+        .arg("create")
+        .arg(&pvs.0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(dev.starts_with("/dev/loop"), "{dev}");
+    let agent = AgentProc::start(AgentOptions {
+        config: Some(format!(
+            "create_default_domains = true\n[block]\ndevices = [\"{dev}\"]\n"
+        )),
+        ..Default::default()
+    });
+    let j = agent.state_dir.join("engine.journal");
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&agent, &j, &["--json", "domain", "list"])).unwrap();
+    let sd1 = list[0]["sd_id"].as_str().unwrap().to_string();
+    let img2 = uuid().to_string();
+    let base = ok(
+        &agent,
+        &j,
+        &[
+            "volume", "create", &sd1, &img2, "--size", "16M", "--format", "cow",
+        ],
+    );
+    ok(
+        &agent,
+        &j,
+        &[
+            "volume", "create", &sd1, &img2, "--size", "16M", "--format", "cow", "--parent", &base,
+        ],
+    );
+
+    let bsd = uuid().to_string();
+    ok(
+        &agent,
+        &j,
+        &[
+            "domain",
+            "create",
+            "--device",
+            &dev,
+            "--sd-id",
+            &bsd,
+            "--description",
+            "loop block domain",
+        ],
+    );
+    let caps = ok(&agent, &j, &["host", "caps"]);
+    assert!(caps.contains("LV activation:"), "{caps}");
+    let bimg = uuid().to_string();
+    let bvol = ok(
+        &agent,
+        &j,
+        &[
+            "volume",
+            "create",
+            &bsd,
+            &bimg,
+            "--size",
+            "1G",
+            "--format",
+            "raw",
+            "--preallocated",
+        ],
+    );
+    let info = ok(&agent, &j, &["volume", "info", &bsd, &bimg, &bvol]);
+    assert!(info.contains("RAW PREALLOCATED"), "{info}");
+    assert!(
+        info.contains(":105906176)"),
+        "lease at (100 + 1) MiB: {info}"
+    );
+    assert!(ok(
+        &agent,
+        &j,
+        &["image", "move", &bimg, "--from", &bsd, "--to", &sd1]
+    )
+    .contains("done"));
+    assert!(ok(
+        &agent,
+        &j,
+        &["image", "move", &img2, "--from", &sd1, "--to", &bsd]
+    )
+    .contains("done"));
+    assert!(ok(&agent, &j, &["image", "delete", &bsd, &img2, "--wipe"]).contains("done"));
+    assert_eq!(ok(&agent, &j, &["domain", "check", &bsd]), "nothing to fix");
+    ok(&agent, &j, &["domain", "detach", &bsd]);
+    drop(agent);
+}

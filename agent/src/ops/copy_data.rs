@@ -104,8 +104,13 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
         check_source(src, &src_md, &dst_md)?;
         check_abort(job)?;
 
-        // Both volumes made usable before anything is written (the backend refuses links
-        // planted in a domain that lead outside it).
+        // Room for what the copy writes (a block domain grows a thin COW LV), then both
+        // volumes made usable before anything is written (the backend refuses links planted
+        // in a domain that lead outside it).
+        let src_size = src_dom.backend.volume_size(&src.img_id, &src.vol_id)?;
+        dst_dom
+            .backend
+            .reserve(&dst.img_id, &dst.vol_id, src_size.apparent)?;
         let src_data = src_dom.backend.prepare(&src.img_id, &src.vol_id)?;
         let dst_data = dst_dom.backend.prepare(&dst.img_id, &dst.vol_id)?;
 

@@ -251,6 +251,12 @@ fn run_move(
             legality: Legality::Illegal,
             disktype: md.disktype.clone(),
             sequence: md.sequence,
+            requested_initial_size: None,
+            initial_size: src_dom
+                .backend
+                .volume_size(&req.img, v)
+                .ok()
+                .map(|s| s.apparent),
         };
         volume::create(&dst_dom, &nv)?;
     }
@@ -286,6 +292,8 @@ fn copy_one(
     src_md: &VolumeMetadata,
 ) -> Result<(), AgentError> {
     check_abort(job)?;
+    let size = src_dom.backend.volume_size(img, v)?;
+    dst_dom.backend.reserve(img, v, size.apparent)?;
     let src = src_dom.backend.prepare(img, v)?;
     let dst = dst_dom.backend.prepare(img, v)?;
     let held = dst_dom.acquire_volume_lease(img, v)?;

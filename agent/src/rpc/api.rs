@@ -111,10 +111,12 @@ impl SdmApiServer for Rpc {
     async fn create_domain(
         &self,
         sd_id: Uuid,
-        path: String,
+        path: Option<String>,
         description: Option<Description>,
         lease_backend: Option<LeaseBackendName>,
         force: Option<Flag>,
+        kind: Option<DomainKindName>,
+        devices: Option<Vec<String>>,
         domain_type: Option<u32>,
         domain_class: Option<u32>,
         version: Option<u32>,
@@ -128,6 +130,8 @@ impl SdmApiServer for Rpc {
             description,
             lease_backend,
             force,
+            kind,
+            devices,
             domain_type,
             domain_class,
             version,
@@ -148,12 +152,16 @@ impl SdmApiServer for Rpc {
         path: String,
         lease_backend: Option<LeaseBackendName>,
         force: Option<Flag>,
+        sd_id: Option<Uuid>,
+        kind: Option<DomainKindName>,
     ) -> RpcResult<AttachResult> {
         let a = self.agent.clone();
         let p = AttachDomainParams {
             path,
             lease_backend,
             force,
+            sd_id,
+            kind,
         };
         blocking(move || {
             let attached = a.attach_domain(&p)?;

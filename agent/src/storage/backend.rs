@@ -42,6 +42,8 @@ pub const REMOVE_ME_ZERO_PREFIX: &str = "_remove_me_ZERO_";
 pub enum DomainKind {
     /// A directory tree (NFS, POSIX, local): `<root>/<sd_id>/{dom_md,images}`.
     File,
+    /// An LVM volume group named by the domain id, on shared LUNs.
+    Block,
 }
 
 impl DomainKind {
@@ -49,6 +51,16 @@ impl DomainKind {
     pub fn as_str(self) -> &'static str {
         match self {
             DomainKind::File => "file",
+            DomainKind::Block => "block",
+        }
+    }
+
+    /// The kind a wire or registry spelling names (unknown: None).
+    pub fn parse(name: &str) -> Option<DomainKind> {
+        match name {
+            "file" => Some(DomainKind::File),
+            "block" => Some(DomainKind::Block),
+            _ => None,
         }
     }
 }
@@ -175,6 +187,14 @@ pub struct Creation<'a> {
     pub md: &'a VolumeMetadata,
     /// The parent volume and its metadata (COW children).
     pub parent: Option<(&'a Uuid, &'a VolumeMetadata)>,
+    /// Bytes about to be written into the new volume, when known (a copy's source size): a
+    /// hint for backends that allocate up front (block: a sparse COW LV is made that large,
+    /// up to its maximum). File domains ignore it.
+    pub initial_size: Option<u64>,
+    /// The initial size the client asked for (`Volume.create`'s `initialSize`): block domains
+    /// size a COW LV by it as VDSM does (and refuse it for RAW or beyond the volume's maximum);
+    /// file volumes grow on write and ignore it.
+    pub requested_initial_size: Option<u64>,
 }
 
 /// What differs between kinds of domain; see the module documentation. Volume methods name
@@ -240,8 +260,8 @@ pub trait DomainBackend: Send + Sync + fmt::Debug {
         md: &VolumeMetadata,
     ) -> Result<(), StorageError>;
 
-    /// Where its lease lives.
-    fn volume_lease(&self, img: &Uuid, vol: &Uuid) -> LeaseLocation;
+    /// Where its lease lives (block: the slot is read from its LV's tags, so it can fail).
+    fn volume_lease(&self, img: &Uuid, vol: &Uuid) -> Result<LeaseLocation, StorageError>;
 
     /// Makes its bytes usable for reading and writing, after checking that they are the
     /// domain's own (a file domain refuses links that lead outside it).
@@ -253,6 +273,11 @@ pub trait DomainBackend: Send + Sync + fmt::Debug {
     /// Makes a RAW volume's data `capacity` bytes long when it is shorter, durably (file:
     /// extends the file; block: an LV is never shorter than its capacity).
     fn grow_raw(&self, img: &Uuid, vol: &Uuid, capacity: u64) -> Result<(), StorageError>;
+
+    /// Makes sure its data can hold `bytes` (what a copy is about to write), before it is
+    /// prepared (file: nothing to do, files grow; block: extends the LV under the
+    /// metadata-writer lease, up to 1.1 × capacity for COW).
+    fn reserve(&self, img: &Uuid, vol: &Uuid, bytes: u64) -> Result<(), StorageError>;
 
     /// The directory in which the image's qcow2 backing files resolve by bare volume UUID, as
     /// oVirt writes them (file: `images/<img>`).

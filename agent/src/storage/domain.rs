@@ -9,9 +9,80 @@ use sdm_lease::{Lease, LeaseBackend, LeaseError, LeaseStatus};
 use sdm_proto::Uuid;
 
 use super::backend::{DomainBackend, DomainKind, LeaseLocation};
+use super::block::{self, BlockEnv, BlockError};
 use super::file;
 use super::md::{DomainMetadata, MAX_DOMAIN_DESCRIPTION};
 use super::StorageError;
+
+/// Picks a domain's lease backend from its metadata (or refuses the domain).
+pub type LeasesFor<'a> =
+    dyn Fn(&DomainMetadata) -> Result<Arc<dyn LeaseBackend>, StorageError> + 'a;
+
+/// Where an existing domain is.
+#[derive(Clone, Debug)]
+pub enum Site {
+    /// A file domain: its directory (`.../<sd_id>`).
+    Dir(PathBuf),
+    /// A block domain: the VG named `sd_id` among the host's block devices.
+    Vg {
+        /// The host's block layer.
+        env: Arc<BlockEnv>,
+        /// The domain.
+        sd_id: Uuid,
+    },
+}
+
+/// Where a new domain is made.
+#[derive(Clone, Debug)]
+pub enum NewSite {
+    /// A file domain at `<root>/<sd_id>`.
+    Dir(PathBuf),
+    /// A block domain: a VG named by the domain id on these devices (its PVs, the first
+    /// holding the VG metadata).
+    Devices {
+        /// The host's block layer.
+        env: Arc<BlockEnv>,
+        /// The devices, as the client named them.
+        devices: Vec<PathBuf>,
+    },
+}
+
+impl Site {
+    /// The site of a domain of `kind` attached from `path` before (what the registry keeps:
+    /// a file domain's directory, a block domain's `/dev/<sd_id>`).
+    pub fn of(
+        kind: DomainKind,
+        path: &Path,
+        env: Option<&Arc<BlockEnv>>,
+    ) -> Result<Site, StorageError> {
+        match kind {
+            DomainKind::File => Ok(Site::Dir(path.to_path_buf())),
+            DomainKind::Block => {
+                let env = env.ok_or(BlockError::NotConfigured)?;
+                let sd_id = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| Uuid::parse(n).ok())
+                    .ok_or_else(|| StorageError::NotADomain {
+                        path: path.to_path_buf(),
+                        why: "a block domain is named /dev/<sd_id>".into(),
+                    })?;
+                Ok(Site::Vg {
+                    env: env.clone(),
+                    sd_id,
+                })
+            }
+        }
+    }
+
+    /// The kind of domain found there.
+    pub fn kind(&self) -> DomainKind {
+        match self {
+            Site::Dir(_) => DomainKind::File,
+            Site::Vg { .. } => DomainKind::Block,
+        }
+    }
+}
 
 /// An attached domain.
 #[derive(Debug)]
@@ -27,20 +98,21 @@ pub struct Domain {
 }
 
 impl DomainKind {
-    /// Domains of this kind found under `root` (file: every `<uuid>/dom_md` directly below).
+    /// Domains of this kind found under `root` (file: every `<uuid>/dom_md` directly below;
+    /// block domains are not found in directories).
     pub fn discover(self, root: &Path) -> Vec<PathBuf> {
         match self {
             DomainKind::File => file::layout::discover(root),
+            DomainKind::Block => Vec::new(),
         }
     }
 }
 
 impl Domain {
-    /// Formats a new domain of `kind` at `root` (file: `root/<sd_id>`). Returns where it is to
-    /// be attached from.
+    /// Formats a new domain at `site` (file: `root/<sd_id>`; block: a VG on the devices).
+    /// Returns where it is to be attached from.
     pub fn create(
-        kind: DomainKind,
-        root: &Path,
+        site: &NewSite,
         sd_id: &Uuid,
         description: &str,
         leases: &dyn LeaseBackend,
@@ -51,28 +123,39 @@ impl Domain {
                 "domain description is longer than {MAX_DOMAIN_DESCRIPTION} characters"
             )));
         }
-        match kind {
-            DomainKind::File => {
+        match site {
+            NewSite::Dir(root) => {
                 file::layout::create(root, sd_id, description, leases, io_timeout_s)
+            }
+            NewSite::Devices { env, devices } => {
+                block::format::create(env, devices, sd_id, description, leases, io_timeout_s)
             }
         }
     }
 
-    /// Opens the domain of `kind` at `path`, verifying its metadata.
-    pub fn open(
-        kind: DomainKind,
-        path: &Path,
-        leases: Arc<dyn LeaseBackend>,
-    ) -> Result<Domain, StorageError> {
-        let (backend, metadata): (Box<dyn DomainBackend>, DomainMetadata) = match kind {
-            DomainKind::File => {
+    /// Opens the domain at `site`, verifying its metadata, with `leases` as its lease backend.
+    pub fn open(site: &Site, leases: Arc<dyn LeaseBackend>) -> Result<Domain, StorageError> {
+        Domain::open_with(site, &|_| Ok(leases.clone()))
+    }
+
+    /// Opens the domain at `site`, verifying its metadata; `leases_for` picks its lease backend
+    /// from that metadata (and may refuse it) before anything is activated or joined: a block
+    /// domain's metadata-writer lease is taken with the backend chosen here.
+    pub fn open_with(site: &Site, leases_for: &LeasesFor<'_>) -> Result<Domain, StorageError> {
+        let (backend, metadata, leases): (Box<dyn DomainBackend>, DomainMetadata, _) = match site {
+            Site::Dir(path) => {
                 let (b, md) = file::FileDomain::open(path)?;
-                (Box::new(b), md)
+                let leases = leases_for(&md)?;
+                (Box::new(b), md, leases)
+            }
+            Site::Vg { env, sd_id } => {
+                let (b, md, leases) = block::BlockDomain::open(env, sd_id, leases_for)?;
+                (Box::new(b), md, leases)
             }
         };
         let sd_id = Uuid::parse(metadata.get("SDUUID").unwrap_or("")).map_err(|why| {
             StorageError::NotADomain {
-                path: path.to_path_buf(),
+                path: backend.path().to_path_buf(),
                 why,
             }
         })?;
@@ -95,7 +178,7 @@ impl Domain {
     }
 
     /// Where a volume's lease lives.
-    pub fn volume_lease(&self, img: &Uuid, vol: &Uuid) -> LeaseLocation {
+    pub fn volume_lease(&self, img: &Uuid, vol: &Uuid) -> Result<LeaseLocation, StorageError> {
         self.backend.volume_lease(img, vol)
     }
 
@@ -115,15 +198,16 @@ impl Domain {
     }
 
     /// Takes the lease of a volume of a live image, never waiting for another holder.
-    pub fn acquire_volume_lease(&self, img: &Uuid, vol: &Uuid) -> Result<Lease, LeaseError> {
-        self.acquire_lease(vol, &self.volume_lease(img, vol))
+    pub fn acquire_volume_lease(&self, img: &Uuid, vol: &Uuid) -> Result<Lease, StorageError> {
+        Ok(self.acquire_lease(vol, &self.volume_lease(img, vol)?)?)
     }
 
     /// Who holds a volume's lease.
-    pub fn lease_status(&self, img: &Uuid, vol: &Uuid) -> Result<LeaseStatus, LeaseError> {
-        let at = self.volume_lease(img, vol);
-        self.leases
-            .status(self.sd_id.as_str(), vol.as_str(), &at.path, at.offset)
+    pub fn lease_status(&self, img: &Uuid, vol: &Uuid) -> Result<LeaseStatus, StorageError> {
+        let at = self.volume_lease(img, vol)?;
+        Ok(self
+            .leases
+            .status(self.sd_id.as_str(), vol.as_str(), &at.path, at.offset)?)
     }
 
     /// Joins the domain's lockspace.
@@ -153,8 +237,7 @@ mod tests {
         let sd = Uuid::new_v4();
         let leases = Arc::new(LocalLeases::new(1));
         let dir = Domain::create(
-            DomainKind::File,
-            root.path(),
+            &NewSite::Dir(root.path().to_path_buf()),
             &sd,
             "test domain",
             leases.as_ref(),
@@ -169,7 +252,7 @@ mod tests {
             fs::metadata(dir.join("dom_md/inbox")).unwrap().len(),
             MAILBOX_SIZE
         );
-        let d = Domain::open(DomainKind::File, &dir, leases.clone()).unwrap();
+        let d = Domain::open(&Site::Dir(dir.clone()), leases.clone()).unwrap();
         assert_eq!(d.sd_id, sd);
         assert_eq!(d.description(), "test domain");
         assert_eq!(d.metadata.get("TYPE"), Some("LOCALFS"));
@@ -190,8 +273,7 @@ mod tests {
         }
         assert!(matches!(
             Domain::create(
-                DomainKind::File,
-                root.path(),
+                &NewSite::Dir(root.path().to_path_buf()),
                 &sd,
                 "again",
                 leases.as_ref(),
@@ -207,13 +289,13 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let leases: Arc<dyn LeaseBackend> = Arc::new(LocalLeases::new(1));
         assert!(matches!(
-            Domain::open(DomainKind::File, root.path(), leases.clone()),
+            Domain::open(&Site::Dir(root.path().to_path_buf()), leases.clone()),
             Err(StorageError::NotADomain { .. })
         ));
         let fake = root.path().join(Uuid::new_v4().as_str());
         fs::create_dir_all(fake.join("dom_md")).unwrap();
         assert!(matches!(
-            Domain::open(DomainKind::File, &fake, leases),
+            Domain::open(&Site::Dir(fake.clone()), leases),
             Err(StorageError::NotADomain { .. })
         ));
     }

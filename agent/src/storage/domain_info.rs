@@ -87,15 +87,14 @@ mod tests {
         let leases = Arc::new(LocalLeases::new(1));
         let sd = Uuid::new_v4();
         let dir = Domain::create(
-            DomainKind::File,
-            root.path(),
+            &super::super::domain::NewSite::Dir(root.path().to_path_buf()),
             &sd,
             "my dom",
             leases.as_ref(),
             10,
         )
         .unwrap();
-        let d = Domain::open(DomainKind::File, &dir, leases).unwrap();
+        let d = Domain::open(&super::super::domain::Site::Dir(dir.clone()), leases).unwrap();
         let i = domain_info(&d);
         assert_eq!(i.uuid, sd);
         assert_eq!(i.storage_type, "LOCALFS");

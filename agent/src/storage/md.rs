@@ -16,6 +16,10 @@ use crate::config::LeaseBackendKind;
 
 /// Key of the checksum line in domain metadata.
 pub const CHECKSUM_KEY: &str = "_SHA_CKSUM";
+
+/// sdm's own domain metadata key (a block domain's `MDT_SDM_LEASES` VG tag): `local` when the
+/// domain was formatted for local leases; absent means what TYPE means.
+pub const SDM_LEASES_KEY: &str = "SDM_LEASES";
 /// Largest `.meta` file (oVirt's METADATA_SIZE).
 pub const VOLUME_METADATA_MAX: usize = 512;
 /// Granularity capacities are rounded up to, as oVirt does.
@@ -64,9 +68,17 @@ impl DomainMetadata {
     /// trusted). Metadata without a checksum is accepted, as oVirt does.
     pub fn parse(data: &[u8]) -> Result<DomainMetadata, StorageError> {
         let text = String::from_utf8_lossy(data);
+        Self::from_lines(text.lines())
+    }
+
+    /// Builds metadata from its `KEY=VALUE` lines, each given whole (a block domain's `MDT_`
+    /// VG tags, decoded, one line per tag); the seal is checked as in [`parse`](Self::parse).
+    pub fn from_lines<'a>(
+        lines: impl IntoIterator<Item = &'a str>,
+    ) -> Result<DomainMetadata, StorageError> {
         let mut keys = BTreeMap::new();
         let mut sealed = None;
-        for line in text.lines() {
+        for line in lines {
             let Some((k, v)) = line.split_once('=') else {
                 continue;
             };
@@ -87,6 +99,13 @@ impl DomainMetadata {
             }
         }
         Ok(DomainMetadata { keys })
+    }
+
+    /// The lines as stored: `KEY=VALUE` sorted by key, the checksum line last.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.keys.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.push(format!("{CHECKSUM_KEY}={}", domain_checksum(&self.keys)));
+        out
     }
 
     /// Serializes with keys sorted and the checksum last.
@@ -131,17 +150,33 @@ impl DomainMetadata {
 
     /// The lease backend the domain was formatted for, from its TYPE, as VDSM decides it
     /// (`localFsSD`: LOCALFS domains take local locks; every shared type, file or block, takes
-    /// sanlock). sdm writes LOCALFS for local domains and POSIXFS for sanlock ones.
+    /// sanlock). sdm writes LOCALFS for local file domains and POSIXFS for sanlock ones. A
+    /// block domain is always ISCSI; one sdm formatted for local leases (one host only) says so
+    /// with [`SDM_LEASES_KEY`]`=local`, which sdm honours on block types only (VDSM ignores the
+    /// key and would take sanlock: such a domain is not for VDSM hosts).
     pub fn lease_backend(&self) -> Result<LeaseBackendKind, StorageError> {
-        match self.get("TYPE").map(str::trim) {
-            Some("LOCALFS") => Ok(LeaseBackendKind::Local),
+        let ty = self.get("TYPE").map(str::trim);
+        let by_type = match ty {
+            Some("LOCALFS") => LeaseBackendKind::Local,
             Some("NFS" | "POSIXFS" | "GLUSTERFS" | "CIFS" | "SHAREDFS" | "FCP" | "ISCSI") => {
-                Ok(LeaseBackendKind::Sanlock)
+                LeaseBackendKind::Sanlock
             }
-            other => Err(StorageError::DomainType(format!(
-                "domain {} has TYPE {:?}, from which sdm cannot tell its lease backend",
+            other => {
+                return Err(StorageError::DomainType(format!(
+                    "domain {} has TYPE {:?}, from which sdm cannot tell its lease backend",
+                    self.get("SDUUID").unwrap_or(""),
+                    other.unwrap_or("")
+                )))
+            }
+        };
+        match (self.get(SDM_LEASES_KEY).map(str::trim), ty) {
+            (None, _) => Ok(by_type),
+            (Some("local"), Some("FCP" | "ISCSI")) => Ok(LeaseBackendKind::Local),
+            (Some(v), _) => Err(StorageError::DomainType(format!(
+                "domain {} has {SDM_LEASES_KEY}={v:?} with TYPE {:?}: sdm writes it only as \
+                 \"local\" on block domains, and cannot tell this domain's lease backend",
                 self.get("SDUUID").unwrap_or(""),
-                other.unwrap_or("")
+                ty.unwrap_or("")
             ))),
         }
     }
@@ -451,6 +486,36 @@ mod tests {
         assert_eq!(md.generation, 0);
         assert_eq!(md.sequence, 0);
         assert_eq!(md.disktype, "2");
+    }
+
+    #[test]
+    fn lease_backend_by_type_and_sdm_leases() {
+        let md = |ty: &str, sdm: Option<&str>| {
+            let mut m = DomainMetadata::default();
+            m.set("TYPE", ty);
+            if let Some(v) = sdm {
+                m.set(SDM_LEASES_KEY, v);
+            }
+            m.lease_backend()
+        };
+        assert_eq!(md("LOCALFS", None).unwrap(), LeaseBackendKind::Local);
+        assert_eq!(md("POSIXFS", None).unwrap(), LeaseBackendKind::Sanlock);
+        assert_eq!(md("ISCSI", None).unwrap(), LeaseBackendKind::Sanlock);
+        assert_eq!(md("FCP", None).unwrap(), LeaseBackendKind::Sanlock);
+        assert_eq!(md("ISCSI", Some("local")).unwrap(), LeaseBackendKind::Local);
+        assert_eq!(md("FCP", Some("local")).unwrap(), LeaseBackendKind::Local);
+        // Only block types, only "local": anything else cannot be told apart safely.
+        for (ty, v) in [
+            ("POSIXFS", "local"),
+            ("LOCALFS", "local"),
+            ("ISCSI", "sanlock"),
+        ] {
+            assert!(matches!(md(ty, Some(v)), Err(StorageError::DomainType(_))));
+        }
+        assert!(matches!(
+            md("BOGUS", None),
+            Err(StorageError::DomainType(_))
+        ));
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! Storage domains in oVirt's V5 layouts: formats ([`md`]), the backend seam between what all
 //! kinds share and what differs ([`backend`]), attached domains ([`domain`], [`registry`]),
-//! the rules of volumes ([`volume`]), the file backend ([`file`]) and qemu-img ([`qemu`]).
+//! the rules of volumes ([`volume`]), the file backend ([`file`]), the block (LVM) backend
+//! ([`block`]), qemu-img ([`qemu`]) and the external-leases index both kinds format
+//! ([`xleases`]).
 //!
-//! Module dependencies run one way: `registry → domain → {file, backend}`, `volume → domain`,
-//! `file → {backend, md, qemu}`, `backend → md`; [`StorageError`] is everyone's.
+//! Module dependencies run one way: `registry → domain → {file, block, backend}`,
+//! `volume → domain`, `file → {backend, md, qemu, xleases}`, `block → {backend, md, qemu,
+//! xleases}`, `backend → md`; [`StorageError`] is everyone's.
 
 pub mod backend;
+pub mod block;
 pub mod domain;
 pub mod domain_info;
 pub mod file;
@@ -14,6 +18,7 @@ pub mod md;
 pub mod qemu;
 pub mod registry;
 pub mod volume;
+pub mod xleases;
 
 use std::io;
 use std::path::PathBuf;
@@ -105,6 +110,9 @@ pub enum StorageError {
     /// qemu-img failed.
     #[error("qemu-img failed: {0}")]
     QemuImg(String),
+    /// LVM, activation or the metadata-writer lease of a block domain.
+    #[error(transparent)]
+    Block(#[from] block::BlockError),
 }
 
 impl StorageError {

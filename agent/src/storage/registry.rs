@@ -16,13 +16,20 @@ use crate::durable;
 /// One attached domain as persisted.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Attached {
-    /// Domain directory.
+    /// Domain directory (block: `/dev/<sd_id>`).
     pub path: PathBuf,
     /// Lease backend.
     pub lease_backend: String,
     /// Attached with force (a local domain on a shared file system).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
+    /// "file" or "block" (state files from before block domains have none: file).
+    #[serde(default = "file_kind")]
+    pub kind: String,
+}
+
+fn file_kind() -> String {
+    "file".into()
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -69,6 +76,7 @@ impl Registry {
                     path: d.path().to_path_buf(),
                     lease_backend: k.as_str().to_string(),
                     force: *force,
+                    kind: d.backend.kind().as_str().to_string(),
                 })
                 .collect(),
         };

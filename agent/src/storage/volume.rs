@@ -34,6 +34,10 @@ pub struct NewVolume {
     pub disktype: String,
     /// Place in the chain (SEQ), newer volumes higher; copies keep their source's.
     pub sequence: u64,
+    /// Bytes about to be copied into it, when known (see [`Creation::initial_size`]).
+    pub initial_size: Option<u64>,
+    /// The client's `initialSize` (see [`Creation::requested_initial_size`]).
+    pub requested_initial_size: Option<u64>,
 }
 
 /// Reads a volume's metadata.
@@ -115,6 +119,8 @@ pub fn create(dom: &Domain, req: &NewVolume) -> Result<(), StorageError> {
         vol: &req.vol,
         md: &md,
         parent: parent_md.as_ref().map(|(p, pmd)| (p, pmd)),
+        initial_size: req.initial_size,
+        requested_initial_size: req.requested_initial_size,
     };
     dom.backend.create_volume(dom.leases.as_ref(), &creation)?;
     if let (Some((p, mut pmd)), Some(lease)) = (parent_md, parent_lease) {
@@ -172,7 +178,7 @@ fn parent_metadata(
 pub fn info(dom: &Domain, img: &Uuid, vol: &Uuid) -> Result<VolumeInfo, StorageError> {
     let md = read_metadata(dom, img, vol)?;
     let size = dom.backend.volume_size(img, vol)?;
-    let at = dom.volume_lease(img, vol);
+    let at = dom.volume_lease(img, vol)?;
     let lease = dom.lease_status(img, vol)?;
     let status = match md.legality {
         Legality::Illegal => "ILLEGAL",
@@ -213,7 +219,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::storage::backend::DomainKind;
+    use crate::storage::domain::{NewSite, Site};
     use sdm_lease::LocalLeases;
     use std::process::Command;
 
@@ -221,9 +227,15 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let leases = Arc::new(LocalLeases::new(1));
         let sd = Uuid::new_v4();
-        let dir =
-            Domain::create(DomainKind::File, root.path(), &sd, "t", leases.as_ref(), 10).unwrap();
-        let d = Domain::open(DomainKind::File, &dir, leases).unwrap();
+        let dir = Domain::create(
+            &NewSite::Dir(root.path().to_path_buf()),
+            &sd,
+            "t",
+            leases.as_ref(),
+            10,
+        )
+        .unwrap();
+        let d = Domain::open(&Site::Dir(dir), leases).unwrap();
         (root, d)
     }
 
@@ -239,6 +251,8 @@ mod tests {
             legality: Legality::Legal,
             disktype: "DATA".into(),
             sequence: 0,
+            initial_size: None,
+            requested_initial_size: None,
         }
     }
 

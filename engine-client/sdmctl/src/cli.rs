@@ -85,7 +85,7 @@ pub enum Cmd {
 
 #[derive(Subcommand, Debug)]
 pub enum HostCmd {
-    /// Version, host id, io backend, lease backends, domains.
+    /// Version, host id, io backend, lease backends, LV activation mode, domains.
     Caps,
     /// Load figures.
     Stats,
@@ -95,10 +95,12 @@ pub enum HostCmd {
 pub enum DomainCmd {
     /// Attached domains.
     List,
-    /// Format a new file domain at PATH/<SD_ID> and attach it.
+    /// Format a new file domain at PATH/<SD_ID>, or with --device a block domain (an LVM VG
+    /// named SD_ID on the devices), and attach it.
     Create {
-        /// Directory that will hold the domain directory.
-        path: String,
+        /// Directory that will hold the domain directory (file domains).
+        #[arg(required_unless_present = "device")]
+        path: Option<String>,
         /// Domain id (default: a new one).
         #[arg(long)]
         sd_id: Option<String>,
@@ -110,11 +112,18 @@ pub enum DomainCmd {
         /// Allow local leases on a network file system.
         #[arg(long)]
         force: bool,
+        /// A block device of a new block domain (repeat for more; the agent's `[block]
+        /// devices` must allow each).
+        #[arg(long, conflicts_with = "path")]
+        device: Vec<String>,
     },
-    /// Attach the existing domain directory PATH (.../<sd_id>), with the lease backend it
-    /// was formatted for.
+    /// Attach the existing domain directory PATH (.../<sd_id>), or with --block the block
+    /// domain whose id is PATH, with the lease backend it was formatted for.
     Attach {
         path: String,
+        /// PATH is the id of a block domain, found on the agent's block devices.
+        #[arg(long)]
+        block: bool,
         /// Refuse unless the domain uses this lease backend: local or sanlock.
         #[arg(long)]
         lease_backend: Option<String>,

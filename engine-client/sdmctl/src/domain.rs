@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use sdm_client::Via;
-use sdm_proto::{Description, Fix, FixType, Flag, LeaseBackendName, SdmApiClient};
+use sdm_proto::{Description, DomainKindName, Fix, FixType, Flag, LeaseBackendName, SdmApiClient};
 
 use crate::cli::{uuid, uuid_or_new, DomainCmd};
 use crate::ctx::Ctx;
@@ -37,9 +37,15 @@ pub async fn run(ctx: &Ctx, cmd: DomainCmd) -> anyhow::Result<()> {
             description,
             lease_backend,
             force,
+            device,
         } => {
             let sd = uuid_or_new(&sd_id, "sd id")?;
             let desc = Description::parse(&description).map_err(anyhow::Error::msg)?;
+            let (kind, devices) = if device.is_empty() {
+                (None, None)
+            } else {
+                (Some(DomainKindName::Block), Some(device))
+            };
             c.api()
                 .create_domain(
                     sd.clone(),
@@ -47,6 +53,8 @@ pub async fn run(ctx: &Ctx, cmd: DomainCmd) -> anyhow::Result<()> {
                     Some(desc),
                     backend(lease_backend)?,
                     force.then_some(Flag(true)),
+                    kind,
+                    devices,
                 )
                 .await
                 .via(c)?;
@@ -56,14 +64,29 @@ pub async fn run(ctx: &Ctx, cmd: DomainCmd) -> anyhow::Result<()> {
         }
         DomainCmd::Attach {
             path,
+            block,
             lease_backend,
             force,
         } => {
-            let r = c
-                .api()
-                .attach_domain(path, backend(lease_backend)?, force.then_some(Flag(true)))
-                .await
-                .via(c)?;
+            let (expected, force) = (backend(lease_backend)?, force.then_some(Flag(true)));
+            let r = if block {
+                let sd = uuid(&path, "sd id")?;
+                c.api()
+                    .attach_domain(
+                        format!("/dev/{sd}"),
+                        expected,
+                        force,
+                        Some(sd),
+                        Some(DomainKindName::Block),
+                    )
+                    .await
+                    .via(c)?
+            } else {
+                c.api()
+                    .attach_domain(path, expected, force, None, None)
+                    .await
+                    .via(c)?
+            };
             print(json, &r, |r| println!("{}", r.sd_id))?;
         }
         DomainCmd::Detach { sd_id } => {

@@ -26,6 +26,9 @@ pub async fn run(ctx: &Ctx, cmd: HostCmd) -> anyhow::Result<()> {
                     println!("io fallback:    {r}");
                 }
                 println!("lease backends: {}", c.lease_backends.join(", "));
+                if let Some(mode) = &c.block_activation {
+                    println!("LV activation:  {mode}");
+                }
                 println!(
                     "domains:        {}",
                     c.domains

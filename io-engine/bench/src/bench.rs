@@ -145,7 +145,7 @@ impl Bench {
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); tools.len()];
         for round in 0..self.runs {
             for (i, t) in tools.iter().enumerate() {
-                for d in &t.outputs {
+                for d in t.outputs.iter().filter(|d| !is_device(d)) {
                     let _ = std::fs::remove_file(d);
                     if t.create {
                         File::create(d).with_context(|| d.display().to_string())?;
@@ -180,12 +180,18 @@ impl Bench {
                 sdm: t.sdm,
                 reference: t.reference,
             });
-            for d in &t.outputs {
+            for d in t.outputs.iter().filter(|d| !is_device(d)) {
                 let _ = std::fs::remove_file(d);
             }
         }
         Ok(())
     }
+}
+
+/// A block device output (an LV) is written in place, never removed or recreated.
+fn is_device(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device())
 }
 
 /// The first run's result: zeros where a wipe was asked for, and sdm's output equal to the

@@ -18,9 +18,7 @@ const STREAM_BS: usize = 1 << 20;
 /// and ring with the engine's IO shape (O_DIRECT, 8 requests of 1 MiB in flight, buffers in
 /// the engine's huge-page backed [`PageBuf`]), then fdatasyncs DST.
 pub fn ceiling(src: &Path, dst: &Path) -> Result<()> {
-    let len = std::fs::metadata(src)
-        .with_context(|| src.display().to_string())?
-        .len();
+    let len = crate::image::size_of(src)?;
     std::thread::scope(|s| {
         let r = s.spawn(|| stream(src, len, false));
         let w = s.spawn(|| stream(dst, len, true));

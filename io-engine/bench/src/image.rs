@@ -41,6 +41,14 @@ pub fn make_image(path: &Path, len: u64, seed: u64, data: impl Fn(u64) -> bool) 
     f.sync_all().with_context(ctx)
 }
 
+/// Bytes of a file or a block device.
+pub fn size_of(path: &Path) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    std::fs::File::open(path)
+        .and_then(|mut f| f.seek(SeekFrom::End(0)))
+        .with_context(|| path.display().to_string())
+}
+
 /// A loop device (direct IO), detached on drop.
 pub struct Loop(pub String);
 

@@ -162,6 +162,45 @@ pub fn print_targets(rows: &[Row]) {
             format!("{r:.2}x"),
         );
     }
+    for case in ["LV -> LV copy", "file -> LV copy", "LV -> file copy"] {
+        let Some(sdm) = get(rows, case, "sdm copy") else {
+            continue;
+        };
+        let ceil = rows
+            .iter()
+            .filter(|r| r.case == case && r.tool.starts_with("ceiling"))
+            .min_by(|a, b| a.wall.total_cmp(&b.wall));
+        if let Some(ceil) = ceil {
+            let r = ceil.wall / sdm.wall;
+            line(
+                &format!("{case}: >= 0.95x device ceiling"),
+                Some(r >= 0.95),
+                format!("{r:.2}x of the faster ceiling ({})", ceil.tool),
+            );
+        }
+        if let Some(best) = best_peer(rows, case) {
+            let r = best.wall / sdm.wall;
+            line(
+                &format!("{case}: no slower than best peer"),
+                Some(r >= 1.0),
+                format!(
+                    "best peer {} {:.3} s, sdm {:.3} s ({r:.2}x)",
+                    best.tool, best.wall, sdm.wall
+                ),
+            );
+        }
+    }
+    if let (Some(sdm), Some(bd)) = (
+        get(rows, "LV wipe", "sdm wipe"),
+        get(rows, "LV wipe", "blkdiscard"),
+    ) {
+        let r = bd.wall / sdm.wall;
+        line(
+            "LV wipe no slower than blkdiscard -z",
+            Some(r >= 1.0),
+            format!("{r:.2}x"),
+        );
+    }
     let c = "checksum (disk)";
     if let (Some(sdm), Some(sh)) = (get(rows, c, "sdm checksum"), get(rows, c, "sha256sum")) {
         let r = sh.wall / sdm.wall;

@@ -107,7 +107,7 @@ pub fn copy_tools(b: &Bench, src: &Path, dst: &Path, with_ceiling: bool) -> Vec<
         ),
     ];
     if with_ceiling && !src.starts_with("/dev/shm") {
-        let size = std::fs::metadata(src).map(|m| m.len()).unwrap_or(0);
+        let size = crate::image::size_of(src).unwrap_or(0);
         v.push(Tool {
             reference: true,
             ..Tool::new(

@@ -297,6 +297,25 @@ impl LeaseBackend for SanlockLeases {
         Ok(())
     }
 
+    fn init_lease_at(
+        &self,
+        sd_id: &str,
+        vol_id: &str,
+        path: &Path,
+        offset: u64,
+    ) -> Result<(), LeaseError> {
+        let c = self.c();
+        let mut res = Self::resource(sd_id, vol_id, path, offset, RES_FLAGS)?;
+        let rc = c.api.write_resource(&mut res);
+        if rc < 0 {
+            return Err(c.err(
+                &format!("write lease {vol_id} to {}:{offset}", path.display()),
+                rc,
+            ));
+        }
+        Ok(())
+    }
+
     fn acquire(
         &self,
         sd_id: &str,

@@ -105,6 +105,13 @@ wire_enum! {
 }
 
 wire_enum! {
+    /// Kind of storage domain.
+    DomainKindName { /// A directory tree (NFS, POSIX, local): `<path>/<sd_id>/{dom_md,images}`.
+        File = "file", /// An LVM volume group on shared LUNs, named by the domain id.
+        Block = "block" }
+}
+
+wire_enum! {
     /// Kind of a `StorageDomain.check` finding.
     FixType { /// Remove something left over.
         Clean = "clean", /// Repair an inconsistency.

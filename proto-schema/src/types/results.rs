@@ -67,6 +67,10 @@ pub struct Capabilities {
     pub io_fallback_reason: Option<String>,
     /// Lease backends this agent can use ("local", "sanlock").
     pub lease_backends: Vec<String>,
+    /// How this host makes block-domain LVs usable: "device-mapper" or "loop-mapped" (an LV's
+    /// extents as a loop device over its PV, where the host has no device-mapper).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_activation: Option<String>,
     /// Attached storage domains.
     pub domains: Vec<Uuid>,
     /// Logical CPUs (VDSM's field, a decimal string).
@@ -149,13 +153,13 @@ pub struct HostStats {
 pub struct DomainInfo {
     /// Domain id.
     pub sd_id: Uuid,
-    /// The domain directory, `.../<sd_id>`.
+    /// The domain directory, `.../<sd_id>` (block: `/dev/<sd_id>`, its VG).
     pub path: String,
-    /// "file".
+    /// "file" or "block".
     pub kind: String,
     /// Domain description.
     pub description: String,
-    /// Size of the file system holding the domain.
+    /// Size of the file system holding the domain (block: of the VG).
     pub capacity: Size,
     /// Free space on it.
     pub free: Size,

@@ -15,14 +15,11 @@ use sdm_proto::{is_canonical_uuid, Uuid};
 
 use crate::durable;
 use crate::storage::md::{DomainMetadata, ALIGNMENT};
+use crate::storage::xleases;
 use crate::storage::StorageError;
 
 /// Size of the mailbox files.
 pub const MAILBOX_SIZE: u64 = 16 << 20;
-
-const XLEASES_INDEX_SIZE: usize = 62 * 4096;
-const XLEASES_MAGIC: i32 = 0x1215_2016;
-const XLEASES_MAX_RECORDS: usize = 3960;
 
 /// Formats a new domain at `root/<sd_id>`. Returns the domain directory.
 pub fn create(
@@ -230,37 +227,9 @@ fn create_sized(path: &Path, size: u64) -> Result<(), StorageError> {
     f.sync_all().map_err(|e| StorageError::io("fsync", path, e))
 }
 
-/// Formats the external-leases volume: slot 0 unused, the index at 1×ALIGNMENT (a 512-byte
-/// header, then 3960 empty 64-byte records).
+/// Formats the external-leases volume: slot 0 unused, the index at 1×ALIGNMENT.
 fn write_xleases(path: &Path, sd_id: &Uuid) -> Result<(), StorageError> {
-    let mut index = vec![0u8; XLEASES_INDEX_SIZE];
-    let mut h = Vec::with_capacity(512);
-    h.extend_from_slice(&XLEASES_MAGIC.to_be_bytes());
-    h.push(0);
-    h.extend_from_slice(b"0001");
-    h.push(0);
-    let mut ls = [0u8; 48];
-    ls[..36].copy_from_slice(sd_id.as_str().as_bytes());
-    h.extend_from_slice(&ls);
-    h.push(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    h.extend_from_slice(format!("{now:010}").as_bytes());
-    h.push(0);
-    h.push(b'-');
-    h.extend_from_slice(&[0u8; 440]);
-    h.push(b'\n');
-    debug_assert_eq!(h.len(), 512);
-    index[..512].copy_from_slice(&h);
-    for i in 0..XLEASES_MAX_RECORDS {
-        let rec = &mut index[512 + i * 64..512 + (i + 1) * 64];
-        rec[49..60].copy_from_slice(b"00000000000");
-        rec[61] = b'-';
-        rec[62] = b'-';
-        rec[63] = b'\n';
-    }
+    let index = xleases::empty_index(sd_id);
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)

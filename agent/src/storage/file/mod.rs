@@ -251,11 +251,11 @@ impl DomainBackend for FileDomain {
         volume::store_metadata(&self.volume_paths(img, vol), md)
     }
 
-    fn volume_lease(&self, img: &Uuid, vol: &Uuid) -> LeaseLocation {
-        LeaseLocation {
+    fn volume_lease(&self, img: &Uuid, vol: &Uuid) -> Result<LeaseLocation, StorageError> {
+        Ok(LeaseLocation {
             path: self.volume_paths(img, vol).lease,
             offset: 0,
-        }
+        })
     }
 
     fn prepare(&self, img: &Uuid, vol: &Uuid) -> Result<Prepared, StorageError> {
@@ -283,6 +283,11 @@ impl DomainBackend for FileDomain {
         f.set_len(capacity)
             .and_then(|_| f.sync_all())
             .map_err(|e| StorageError::io("extend", &data, e))
+    }
+
+    fn reserve(&self, _img: &Uuid, _vol: &Uuid, _bytes: u64) -> Result<(), StorageError> {
+        // A file grows as it is written.
+        Ok(())
     }
 
     fn chain_dir(&self, img: &Uuid) -> PathBuf {

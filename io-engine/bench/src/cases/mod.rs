@@ -12,6 +12,7 @@ use crate::image::make_image;
 mod checksum;
 mod concurrent;
 mod copy;
+mod lv;
 mod wipe;
 
 /// Inputs shared by the cases.
@@ -63,6 +64,26 @@ pub const CASES: &[Case] = &[
         name: "blkwipe",
         full_image: true,
         run: wipe::block,
+    },
+    Case {
+        name: "lvcopy",
+        full_image: true,
+        run: lv::lv_to_lv,
+    },
+    Case {
+        name: "file2lv",
+        full_image: true,
+        run: lv::file_to_lv,
+    },
+    Case {
+        name: "lv2file",
+        full_image: true,
+        run: lv::lv_to_file,
+    },
+    Case {
+        name: "lvwipe",
+        full_image: true,
+        run: lv::lv_wipe,
     },
     Case {
         name: "tmpfs",
