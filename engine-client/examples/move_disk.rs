@@ -51,6 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Preallocation::Sparse,
             None,
             None,
+            None,
         )
         .await
         .via(&c)?;
@@ -63,6 +64,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             VolumeFormat::Cow,
             Preallocation::Sparse,
             Some(base),
+            None,
             None,
         )
         .await

@@ -108,6 +108,7 @@ pub async fn create_volume(
             Preallocation::Sparse,
             parent,
             description,
+            None,
         )
         .await
         .via(c)

@@ -96,6 +96,7 @@ async fn every_verb_through_the_client() {
         Preallocation::Preallocated,
         None,
         None,
+        None,
     )
     .await
     .via(&c)

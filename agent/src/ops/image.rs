@@ -243,6 +243,7 @@ fn run_move(
             description: md.description.clone(),
             legality: Legality::Illegal,
             disktype: md.disktype.clone(),
+            sequence: md.sequence,
         };
         volume::create(&dst_dom, &nv)?;
     }

@@ -190,7 +190,8 @@ pub struct VolumeMetadata {
     pub legality: Legality,
     /// Parent volume or BLANK.
     pub parent: String,
-    /// Write sequence number; sdm increments it on every write (wrapping at 2^32).
+    /// Chain order (SEQ: a newer volume has a higher number), set at creation and written
+    /// back unchanged by every later write.
     pub sequence: u64,
     /// SPARSE or PREALLOCATED.
     pub allocation: Preallocation,

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod domain;
 pub mod file;
 pub mod md;
+pub mod qcow2;
 pub mod qemu;
 pub mod registry;
 pub mod volume;

@@ -1,5 +1,6 @@
 //! Volumes, the rules every kind of domain shares: `Volume.create` (parents, capacity,
-//! legality), metadata reads and updates (the sequence number), and `Volume.getInfo`. Where the
+//! legality, the chain-order sequence number), metadata reads and updates, and
+//! `Volume.getInfo`. Where the
 //! data, metadata and lease live is the backend's ([`super::backend::DomainBackend`]).
 
 use sdm_proto::{
@@ -32,6 +33,8 @@ pub struct NewVolume {
     pub legality: Legality,
     /// Disk type (DATA unless copying another volume's).
     pub disktype: String,
+    /// Chain order (VDSM's SEQ); written once, here.
+    pub sequence: u64,
 }
 
 /// Reads a volume's metadata.
@@ -39,15 +42,15 @@ pub fn read_metadata(dom: &Domain, img: &Uuid, vol: &Uuid) -> Result<VolumeMetad
     dom.backend.read_metadata(img, vol)
 }
 
-/// Writes a changed volume's metadata atomically and durably, bumping its sequence number (so
-/// every version on disk is distinguishable). The caller holds the image lock.
+/// Writes a changed volume's metadata atomically and durably. The sequence number is written
+/// back as read: it is the volume's place in its chain (VDSM's SEQ), set at creation, not a
+/// write counter. The caller holds the image lock.
 pub fn update_metadata(
     dom: &Domain,
     img: &Uuid,
     vol: &Uuid,
     md: &mut VolumeMetadata,
 ) -> Result<(), StorageError> {
-    md.sequence = (md.sequence + 1) % (1 << 32);
     dom.backend.write_metadata(img, vol, md)
 }
 
@@ -90,7 +93,7 @@ pub fn create(dom: &Domain, req: &NewVolume) -> Result<(), StorageError> {
             .as_ref()
             .map(|(p, _)| p.to_string())
             .unwrap_or_else(|| Uuid::blank().to_string()),
-        sequence: 0,
+        sequence: req.sequence,
         allocation: req.allocation,
         role: VolumeRole::Leaf,
     };
@@ -215,6 +218,7 @@ mod tests {
             description: "d".into(),
             legality: Legality::Legal,
             disktype: "DATA".into(),
+            sequence: 0,
         }
     }
 
@@ -249,14 +253,22 @@ mod tests {
         let img = Uuid::new_v4();
         let base = new(&img, VolumeFormat::Cow, None);
         create(&d, &base).unwrap();
-        let top = new(&img, VolumeFormat::Cow, Some(base.vol.clone()));
+        let mut top = new(&img, VolumeFormat::Cow, Some(base.vol.clone()));
+        top.sequence = 7;
         create(&d, &top).unwrap();
         assert_eq!(
             info(&d, &img, &base.vol).unwrap().voltype,
             VolumeRole::Internal
         );
+        // Making the parent INTERNAL is a metadata write; it keeps the chain order.
+        assert_eq!(info(&d, &img, &base.vol).unwrap().sequence, 0);
         let ti = info(&d, &img, &top.vol).unwrap();
         assert_eq!(ti.parent, base.vol);
+        assert_eq!(ti.sequence, 7);
+        let mut md = read_metadata(&d, &img, &top.vol).unwrap();
+        md.generation = 5;
+        update_metadata(&d, &img, &top.vol, &mut md).unwrap();
+        assert_eq!(info(&d, &img, &top.vol).unwrap().sequence, 7);
         let out = Command::new("qemu-img")
             .args(["info", "--output=json"])
             .arg(d.backend.prepare(&img, &top.vol).unwrap().path())

@@ -50,6 +50,7 @@ pub async fn run(ctx: &Ctx, cmd: VolumeCmd) -> anyhow::Result<()> {
                     prealloc,
                     parent,
                     Some(desc),
+                    None,
                 )
                 .await
                 .via(c)?;

@@ -60,6 +60,13 @@ impl JobStatus {
 }
 
 wire_enum! {
+    /// qcow2 compatibility level (`qemu-img -o compat=`).
+    Qcow2Compat { /// Version 2 (no zero clusters, no feature bits).
+        V0_10 = "0.10", /// Version 3, what V5 domains create.
+        V1_1 = "1.1" }
+}
+
+wire_enum! {
     /// Kind of a `StorageDomain.check` finding.
     FixType { /// Remove something left over.
         Clean = "clean", /// Repair an inconsistency.

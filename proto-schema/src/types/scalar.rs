@@ -476,3 +476,46 @@ impl<'de> Deserialize<'de> for Description {
         Description::parse(&s).map_err(de::Error::custom)
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Bitmap names
+
+/// The name of a persistent dirty bitmap (qcow2): 1 to 1023 bytes of text without control
+/// characters, not starting with '-' (it is passed to qemu-img as an argument).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(transparent)]
+pub struct BitmapName(pub String);
+
+/// Longest bitmap name qcow2 stores.
+pub const MAX_BITMAP_NAME_BYTES: usize = 1023;
+
+impl BitmapName {
+    /// Validates a bitmap name.
+    pub fn parse(s: &str) -> Result<BitmapName, String> {
+        if s.is_empty() || s.len() > MAX_BITMAP_NAME_BYTES {
+            return Err(format!(
+                "bitmap name must be 1 to {MAX_BITMAP_NAME_BYTES} bytes, got {}",
+                s.len()
+            ));
+        }
+        if s.starts_with('-') {
+            return Err("bitmap name must not start with '-'".into());
+        }
+        if let Some(c) = s.chars().find(|c| c.is_control()) {
+            return Err(format!("bitmap name contains the control character {c:?}"));
+        }
+        Ok(BitmapName(s.to_string()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for BitmapName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<BitmapName, D::Error> {
+        let s = String::deserialize(d)?;
+        BitmapName::parse(&s).map_err(de::Error::custom)
+    }
+}
