@@ -1,6 +1,7 @@
 //! Test harness: real `sdm-agent` processes on free loopback ports with private state
 //! directories, killed by pid when the test ends (also when it fails).
 
+pub mod chains;
 pub mod cluster;
 pub mod hostile;
 pub mod volumes;

@@ -42,6 +42,7 @@ impl Disks {
                     spec.allocation,
                     parent.clone(),
                     description.clone(),
+                    None,
                 )
             )
             .await;
