@@ -29,18 +29,8 @@ pub fn schedule(agent: &Arc<Agent>, p: AmendVolumeParams) -> Result<(), AgentErr
     })
 }
 
-/// The target of a single-volume job.
-pub fn target(v: &VolumeRef) -> Target {
-    Target {
-        sd: v.sd_id.clone(),
-        img: v.img_id.clone(),
-        vol: v.vol_id.clone(),
-        generation: v.generation,
-    }
-}
-
 /// Refuses what no in-place qcow2 job may touch: RAW (2009), SHARED (219), ILLEGAL (227).
-pub fn require_writable_cow(
+fn require_writable_cow(
     v: &VolumeRef,
     md: &crate::storage::md::VolumeMetadata,
     what: &str,
@@ -75,7 +65,7 @@ fn run(
     v: &VolumeRef,
     compat: sdm_proto::Qcow2Compat,
 ) -> Result<Option<JobResult>, AgentError> {
-    let held = begin(agent, job, target(v))?;
+    let held = begin(agent, job, Target::of(v))?;
     require_writable_cow(v, &held.md, "amend")?;
     // qemu-img amend opens the whole chain.
     let chain = chain_of(&held.dom, &v.img_id, &v.vol_id, &held.md)?;

@@ -13,9 +13,8 @@ use std::sync::Arc;
 use sdm_proto::api::{AddBitmapParams, ClearBitmapsParams, RemoveBitmapParams};
 use sdm_proto::{ApiError, BitmapName, ErrorCode, JobResult, VolumeFormat, VolumeRef, VolumeRole};
 
-use super::amend::target;
 use super::chain::{chain_of, prepare_chain};
-use super::volume_job::begin;
+use super::volume_job::{begin, Target};
 use super::{check_abort, spawn_metadata_job};
 use crate::error::{chain_message, AgentError};
 use crate::jobs::Job;
@@ -75,7 +74,7 @@ fn run(
     v: &VolumeRef,
     a: &Action,
 ) -> Result<Option<JobResult>, AgentError> {
-    let held = begin(agent, job, target(v))?;
+    let held = begin(agent, job, Target::of(v))?;
     if held.md.format != VolumeFormat::Cow {
         return Err(error(
             ErrorCode::UnsupportedOperation,

@@ -14,9 +14,8 @@ use std::sync::Arc;
 use sdm_proto::api::SparsifyVolumeParams;
 use sdm_proto::{ApiError, ErrorCode, JobResult, Legality, VolumeRef, VolumeRole};
 
-use super::amend::target;
 use super::chain::image_format;
-use super::volume_job::begin;
+use super::volume_job::{begin, Target};
 use super::{check_abort, spawn_job};
 use crate::error::AgentError;
 use crate::jobs::Job;
@@ -32,7 +31,7 @@ pub fn schedule(agent: &Arc<Agent>, p: SparsifyVolumeParams) -> Result<(), Agent
 }
 
 fn run(agent: &Agent, job: &Arc<Job>, v: &VolumeRef) -> Result<Option<JobResult>, AgentError> {
-    let mut held = begin(agent, job, target(v))?;
+    let mut held = begin(agent, job, Target::of(v))?;
     if held.md.role == VolumeRole::Shared {
         return Err(ApiError::new(
             ErrorCode::SharedVolumeNonWritable,

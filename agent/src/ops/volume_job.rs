@@ -39,6 +39,18 @@ pub struct Target {
     pub generation: Option<Generation>,
 }
 
+impl Target {
+    /// The volume a `vol_info` names (`generation` checked when given).
+    pub fn of(v: &sdm_proto::VolumeRef) -> Target {
+        Target {
+            sd: v.sd_id.clone(),
+            img: v.img_id.clone(),
+            vol: v.vol_id.clone(),
+            generation: v.generation,
+        }
+    }
+}
+
 /// A volume held for writing: lease and locks taken, generation checked.
 pub struct Held {
     /// The domain.

@@ -194,6 +194,12 @@ impl Engine {
         let dst_target = match &mut b {
             Base::Raw(t) | Base::Qcow2 { data: t, .. } => t,
         };
+        // Clusters imago allocated past the end of a qcow2 file: extend it first, so that no
+        // data write extends it (a file system serializes O_DIRECT writes that do).
+        let end = moves.iter().map(|m| m.to + m.len as u64).max().unwrap_or(0);
+        if dst_target.kind == FileKind::Regular && dst_target.size < end {
+            dst_target.set_len(end)?;
+        }
         let dst = Fds {
             direct: dst_target.fd(),
             buffered: dst_target.buffered_fd()?,

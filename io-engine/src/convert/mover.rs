@@ -50,13 +50,16 @@ pub(crate) struct Move {
 
 const WRITE: u64 = 1;
 
+/// Fills a buffer with the guest bytes at an offset (decoding compressed clusters).
+pub(crate) type Decode<'a> = &'a dyn Fn(&mut [u8], u64) -> Result<(), IoError>;
+
 /// Runs `moves` from `src` to `dst`; `decode` fills a buffer for [`From::Decode`]. Progress
 /// is counted as each write completes. Returns the bytes written.
 pub(crate) fn run(
     io: &mut Io,
     moves: &[Move],
     (src, dst): (Fds, Fds),
-    decode: &dyn Fn(&mut [u8], u64) -> Result<(), IoError>,
+    decode: Decode<'_>,
     ctl: &Control,
     dst_path: &Path,
 ) -> Result<u64, IoError> {
@@ -72,7 +75,7 @@ fn run_inner(
     io: &mut Io,
     moves: &[Move],
     (src, dst): (Fds, Fds),
-    decode: &dyn Fn(&mut [u8], u64) -> Result<(), IoError>,
+    decode: Decode<'_>,
     ctl: &Control,
     dst_path: &Path,
 ) -> Result<u64, IoError> {
