@@ -23,6 +23,7 @@
 
 mod chain;
 mod commit;
+mod decode;
 mod header;
 mod layout;
 mod mover;
