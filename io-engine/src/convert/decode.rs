@@ -4,7 +4,7 @@
 //! decoded; the pipeline then reads the window's other pieces and writes it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -72,10 +72,7 @@ impl Decoders {
     pub(crate) fn recv(&mut self, wait: Option<Duration>) -> Option<Decoded> {
         let got = match wait {
             None => self.rx.try_recv().ok(),
-            Some(t) => match self.rx.recv_timeout(t) {
-                Ok(d) => Some(d),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-            },
+            Some(t) => self.rx.recv_timeout(t).ok(),
         };
         if got.is_some() {
             self.outstanding -= 1;
