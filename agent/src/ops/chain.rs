@@ -67,6 +67,19 @@ pub fn image_format(f: VolumeFormat) -> sdm_io::ImageFormat {
     }
 }
 
+/// The path the engine and qemu-img open a prepared volume by: in the image's chain directory
+/// (`DomainBackend::chain_dir`), where backing files resolve by bare UUID relative to the
+/// image, when the volume is there; the prepared path otherwise (they are the same file; on a
+/// file domain, the same path).
+pub fn layer_path(dom: &Domain, img: &Uuid, vol: &Uuid, p: &Prepared) -> std::path::PathBuf {
+    let in_chain = dom.backend.chain_dir(img).join(vol.as_str());
+    if p.path() != in_chain && in_chain.exists() {
+        in_chain
+    } else {
+        p.path().to_owned()
+    }
+}
+
 /// A chain made usable: the engine's layers (top first) and what keeps them usable.
 pub struct PreparedChain {
     /// Layers, top first.
@@ -85,7 +98,7 @@ pub fn prepare_chain(
     for c in chain {
         let p = dom.backend.prepare(img, &c.vol)?;
         layers.push(sdm_io::Layer {
-            path: p.path().to_owned(),
+            path: layer_path(dom, img, &c.vol, &p),
             format: image_format(c.md.format),
         });
         guards.push(p);

@@ -21,7 +21,7 @@ use std::process::Command;
 use sdm_proto::api::CopyDataParams;
 use sdm_proto::{ApiError, Endpoint, ErrorCode, Preallocation, VolumeFormat};
 
-use super::chain::{chain_of, image_format, parent_of, prepare_chain};
+use super::chain::{chain_of, image_format, layer_path, parent_of, prepare_chain};
 use super::flag;
 use crate::error::AgentError;
 use crate::jobs::Job;
@@ -113,7 +113,7 @@ pub fn convert(
     // The top is prepared already; its parents are made usable here, as long as the copy runs.
     let below = prepare_chain(src.dom, &src.ep.img_id, &chain[1..])?;
     let mut layers = vec![sdm_io::Layer {
-        path: src.data.path().to_owned(),
+        path: layer_path(src.dom, &src.ep.img_id, &src.ep.vol_id, src.data),
         format: image_format(src.md.format),
     }];
     layers.extend(below.layers.iter().cloned());
@@ -127,7 +127,7 @@ pub fn convert(
     };
     let has_parent = parent_of(dst.md)?.is_some();
     let dest = sdm_io::ConvertDest {
-        path: dst.data.path().to_owned(),
+        path: layer_path(dst.dom, &dst.ep.img_id, &dst.ep.vol_id, dst.data),
         format,
         size: Some(dst.md.capacity),
         // VDSM's requires_create: a sparse RAW volume, a COW volume without parent.

@@ -29,7 +29,7 @@ use sdm_proto::{
     ApiError, ErrorCode, JobResult, Legality, Preallocation, SubchainInfo, VolumeFormat, VolumeRole,
 };
 
-use super::chain::{chain_of, image_format, parent_of, prepare_chain};
+use super::chain::{chain_of, image_format, layer_path, parent_of, prepare_chain};
 use super::volume_job::{begin, Target};
 use super::{check_abort, flag, spawn_job};
 use crate::error::AgentError;
@@ -119,10 +119,11 @@ fn run(
     let chain = chain_of(&dom, &s.img_id, &s.base_id, &held.md)?;
     let below = prepare_chain(&dom, &s.img_id, &chain)?;
     let top_data = dom.backend.prepare(&s.img_id, &s.top_id)?;
+    let top_path = layer_path(&dom, &s.img_id, &s.top_id, &top_data);
     let base_path = below.layers[0].path.clone();
     let base_format = held.md.format;
     if base_format == VolumeFormat::Cow {
-        prune_stale_bitmaps(&base_path, top_data.path())?;
+        prune_stale_bitmaps(&base_path, &top_path)?;
     }
 
     let capacity = held.md.capacity.max(top_md.capacity);
@@ -141,7 +142,7 @@ fn run(
         keep_allocation: held.md.allocation == Preallocation::Preallocated,
     };
     let top = sdm_io::Layer {
-        path: top_data.path().to_owned(),
+        path: top_path.clone(),
         format: image_format(top_md.format),
     };
     let report = agent.engine.commit(&top, &below.layers[0], &opts, ctl)?;
@@ -153,7 +154,7 @@ fn run(
             .get(1)
             .filter(|l| l.format == sdm_io::ImageFormat::Qcow2)
             .map(|l| l.path.as_path());
-        merge_top_bitmaps(&base_path, top_data.path(), base_parent)?;
+        merge_top_bitmaps(&base_path, &top_path, base_parent)?;
     }
     check_abort(job)?;
     held.finish()?;

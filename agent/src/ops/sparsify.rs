@@ -14,7 +14,7 @@ use std::sync::Arc;
 use sdm_proto::api::SparsifyVolumeParams;
 use sdm_proto::{ApiError, ErrorCode, JobResult, Legality, VolumeRef, VolumeRole};
 
-use super::chain::image_format;
+use super::chain::{image_format, layer_path};
 use super::volume_job::{begin, Target};
 use super::{check_abort, spawn_job};
 use crate::error::AgentError;
@@ -56,7 +56,7 @@ fn run(agent: &Agent, job: &Arc<Job>, v: &VolumeRef) -> Result<Option<JobResult>
     );
     job.mark_started();
     let layer = sdm_io::Layer {
-        path: data.path().to_owned(),
+        path: layer_path(&held.dom, &v.img_id, &v.vol_id, &data),
         format: image_format(held.md.format),
     };
     let r = agent.engine.sparsify(&layer, ctl)?;
