@@ -349,7 +349,7 @@ impl Agent {
                 .to_string(),
             legality: Legality::Legal,
             disktype: "DATA".into(),
-            sequence: volume_sequence(p.sequence)?,
+            sequence: p.sequence.map_or(0, sdm_proto::Sequence::get),
         };
         volume::create(&dom, &req)?;
         tracing::info!(sd_id = %sd, img_id = %img, vol_id = %p.vol_id, capacity = req.capacity, format = %p.format, "created volume");
@@ -360,18 +360,6 @@ impl Agent {
     pub fn volume_info(&self, sd: &Uuid, img: &Uuid, vol: &Uuid) -> Result<VolumeInfo, AgentError> {
         let dom = self.domain(sd)?;
         Ok(volume::info(&dom, img, vol)?)
-    }
-}
-
-/// `Volume.create`'s `sequence` (default 0), at most VDSM's MAX_SEQUENCE (2^32 - 1).
-fn volume_sequence(seq: Option<u64>) -> Result<u64, AgentError> {
-    match seq.unwrap_or(0) {
-        s if s <= u64::from(u32::MAX) => Ok(s),
-        s => Err(sdm_proto::ApiError::invalid(format!(
-            "sequence {s} is above the largest, {}",
-            u32::MAX
-        ))
-        .into()),
     }
 }
 

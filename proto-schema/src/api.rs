@@ -141,7 +141,7 @@ sdm_api! {
         description: Option<Description>,
         /// Chain order (VDSM's SEQ: a newer volume has a higher number; default 0). Kept as
         /// given: no later write, copy or move changes it.
-        sequence: Option<u64>,
+        sequence: Option<Sequence>,
     ) -> bool;
     /// Volume metadata, sizes and lease state.
     "Volume.getInfo" => fn get_volume_info / GetVolumeInfoParams(sd_id: Uuid, img_id: Uuid, vol_id: Uuid) -> VolumeInfo;

@@ -239,7 +239,10 @@ async fn sequence_is_chain_order_not_a_write_counter() {
     let (sd1, sd2, _, _) = default_domains(&c).await;
     let img = uuid();
     let (base, top) = (uuid(), uuid());
-    for (vol, parent, seq) in [(&base, None, None), (&top, Some(base.clone()), Some(3))] {
+    for (vol, parent, seq) in [
+        (&base, None, None),
+        (&top, Some(base.clone()), Some(Sequence(3))),
+    ] {
         c.api()
             .create_volume(
                 sd1.clone(),
@@ -302,22 +305,12 @@ async fn sequence_is_chain_order_not_a_write_counter() {
     done(&wait_job(&c, &job).await);
     assert_eq!(seq(volume_info(&c, &sd2, &img, &top).await), 3);
     assert_eq!(seq(volume_info(&c, &sd2, &img, &base).await), 0);
-    // Above VDSM's MAX_SEQUENCE: refused.
-    let err = c
-        .api()
-        .create_volume(
-            sd1.clone(),
-            img.clone(),
-            uuid(),
-            Capacity(Size(MIB)),
-            VolumeFormat::Raw,
-            Preallocation::Sparse,
-            None,
-            None,
-            Some(1 << 32),
-        )
-        .await
-        .via(&c)
-        .unwrap_err();
-    assert_eq!(err.code(), Some(ErrorCode::InvalidParameterException));
+    // Above VDSM's MAX_SEQUENCE: refused by the verb.
+    let r = raw_call(
+        agent.addr,
+        "Volume.create",
+        json!({"sd_id": sd1, "img_id": img, "vol_id": uuid(), "capacity": 1048576,
+               "format": "RAW", "preallocate": "SPARSE", "sequence": 1u64 << 32}),
+    );
+    assert_eq!(error_code(&r), 1000, "{r}");
 }

@@ -154,7 +154,7 @@ impl SdmApiServer for Rpc {
         preallocate: Preallocation,
         parent_vol_id: Option<Uuid>,
         description: Option<Description>,
-        sequence: Option<u64>,
+        sequence: Option<Sequence>,
     ) -> RpcResult<bool> {
         let a = self.agent.clone();
         let p = CreateVolumeParams {

@@ -195,3 +195,22 @@ fn subchain_info_generation_is_optional() {
     .unwrap();
     assert_eq!(s.base_generation, None);
 }
+
+#[test]
+fn sequence_range() {
+    assert_eq!(
+        serde_json::from_value::<Sequence>(json!(3)).unwrap(),
+        Sequence(3)
+    );
+    assert_eq!(
+        serde_json::from_value::<Sequence>(json!("7")).unwrap(),
+        Sequence(7)
+    );
+    assert!(serde_json::from_value::<Sequence>(json!(4294967295u64)).is_ok());
+    for bad in [json!(4294967296u64), json!(-1), json!(1.5), json!("x")] {
+        assert!(
+            serde_json::from_value::<Sequence>(bad.clone()).is_err(),
+            "{bad}"
+        );
+    }
+}
