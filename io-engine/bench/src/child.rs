@@ -1,6 +1,7 @@
 //! The engine under test, run by the bench as a child process of itself so that it is timed
 //! (wall, CPU, peak RSS) exactly like the peer tools.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -50,8 +51,10 @@ pub fn run(child: Child) -> Result<()> {
     let engine = Engine::new(cfg);
     let started = Instant::now();
     let r = op.run(&engine, &wipe);
-    // Goes to the tool log: the operation's own time, without process start-up.
-    eprintln!(
+    // Goes to the tool log: the operation's own time, without process start-up. Not
+    // eprintln!, which panics when the log cannot be written (a full disk).
+    let _ = writeln!(
+        std::io::stderr(),
         "{mode}: {:.6} s in the engine",
         started.elapsed().as_secs_f64()
     );
@@ -104,7 +107,7 @@ impl Op {
                 let r = engine
                     .convert(&layers, &dst, &ConvertOptions::default(), &ctl)
                     .map_err(io)?;
-                eprintln!("__convert: {:?}", r.converter);
+                let _ = writeln!(std::io::stderr(), "__convert: {:?}", r.converter);
             }
             Op::Commit(top, base, base_format) => {
                 let top = Layer {
@@ -118,7 +121,7 @@ impl Op {
                 let r = engine
                     .commit(&top, &base, &CommitOptions::default(), &ctl)
                     .map_err(io)?;
-                eprintln!("__commit: {:?}", r.converter);
+                let _ = writeln!(std::io::stderr(), "__commit: {:?}", r.converter);
             }
             Op::Checksum(p) => {
                 let sum = engine.checksum(&p, &ctl).map_err(io)?;

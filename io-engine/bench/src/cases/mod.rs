@@ -83,22 +83,22 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "qcow22raw",
-        full_image: true,
+        full_image: false,
         run: qcow2::qcow2_to_raw,
     },
     Case {
         name: "qcow2b",
-        full_image: true,
+        full_image: false,
         run: qcow2::top_only,
     },
     Case {
         name: "chain",
-        full_image: true,
+        full_image: false,
         run: qcow2::chain,
     },
     Case {
         name: "merge",
-        full_image: true,
+        full_image: false,
         run: qcow2::merge,
     },
     Case {
