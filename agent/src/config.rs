@@ -58,6 +58,15 @@ pub enum LeaseBackendKind {
     Sanlock,
 }
 
+impl From<sdm_proto::LeaseBackendName> for LeaseBackendKind {
+    fn from(n: sdm_proto::LeaseBackendName) -> LeaseBackendKind {
+        match n {
+            sdm_proto::LeaseBackendName::Local => LeaseBackendKind::Local,
+            sdm_proto::LeaseBackendName::Sanlock => LeaseBackendKind::Sanlock,
+        }
+    }
+}
+
 impl LeaseBackendKind {
     /// Config/wire spelling.
     pub fn as_str(self) -> &'static str {
@@ -74,9 +83,14 @@ impl LeaseBackendKind {
 pub struct DomainConfig {
     /// The domain directory (`.../<sd_id>`).
     pub path: PathBuf,
-    /// Lease backend of its volumes (default: `leases.default_backend`).
+    /// Expected lease backend of its volumes: the attach is refused when the domain was
+    /// formatted for the other one. Default: the one the domain records.
     #[serde(default)]
     pub lease_backend: Option<LeaseBackendKind>,
+    /// Attach a `local` domain even on a network file system (refused otherwise: OFD locks do
+    /// not reach other hosts).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// TLS files (mutual TLS).

@@ -1,16 +1,22 @@
 //! Atomic, durable replacement of small files (CONTRACT §4.5), and direct reads of them.
 //!
 //! Every metadata change in sdm — a volume's `.meta`, a domain's `dom_md/metadata`, the agent's
-//! own state — goes through [`replace`]: write `<name>.new`, fsync it, rename it over `<name>`,
-//! fsync the directory. A reader therefore sees the old or the new content, never a mix, and after
-//! `replace` returns the new content survives a crash. An fsync error is final: Linux may have
-//! dropped the dirty pages and marked them clean, so a retried fsync could succeed without the
-//! data being on disk. We never retry; the caller fails its job.
+//! own state — goes through [`replace`]: write a temporary file of this writer's own, fsync it,
+//! rename it over `<name>`, fsync the directory. A reader therefore sees the old or the new
+//! content, never a mix, and after `replace` returns the new content survives a crash. An fsync
+//! error is final: Linux may have dropped the dirty pages and marked them clean, so a retried
+//! fsync could succeed without the data being on disk. We never retry; the caller fails its job.
+//!
+//! The temporary file's name is unique per write (host id, pid, random: [`temp_path`]). With
+//! one shared name, two hosts writing the same file would truncate each other's temporary file
+//! and one of them could rename a half-written or empty file into place. A writer that dies
+//! leaves its temporary file behind; garbage collection removes old ones ([`is_temp_name`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why a durable write or a metadata read failed.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +34,17 @@ pub enum DurableError {
     #[error("cannot make {path} durable (fsync failed, not retried)")]
     Sync {
         /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The rename happened, but the fsync of the directory after it failed: every reader sees
+    /// the new content now, but a crash may still bring the old one back. Kept apart from
+    /// [`DurableError::Sync`] because the caller's outcome differs (`docs/recovery.md`).
+    #[error("{path} was replaced, but the directory fsync after the rename failed (not retried)")]
+    DirSync {
+        /// The file that was replaced.
         path: PathBuf,
         /// The cause.
         #[source]
@@ -61,6 +78,7 @@ impl DurableError {
         match self {
             DurableError::Write { source, .. }
             | DurableError::Sync { source, .. }
+            | DurableError::DirSync { source, .. }
             | DurableError::Rename { source, .. }
             | DurableError::Read { source, .. } => source.raw_os_error(),
         }
@@ -72,47 +90,117 @@ impl DurableError {
     }
 }
 
-/// Name of the temporary file [`replace`] writes next to `path`.
+/// What every temporary file name of [`replace`] carries after the target's name.
+pub const TEMP_MARK: &str = ".sdm-tmp-";
+
+/// This process's writer id in temporary file names: the host id (0 until the agent sets it).
+static WRITER_HOST: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the host id that temporary file names carry (once, at start).
+pub fn set_writer_host(host_id: u64) {
+    WRITER_HOST.store(host_id, Ordering::Relaxed);
+}
+
+/// A fresh temporary file name next to `path`, unique to this write:
+/// `<name>.sdm-tmp-h<host id>-p<pid>-<random>`. Two writers, on this host or another, never
+/// share one.
 pub fn temp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".new");
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    name.push(format!(
+        "{TEMP_MARK}h{}-p{}-{}",
+        WRITER_HOST.load(Ordering::Relaxed),
+        std::process::id(),
+        &random[..16]
+    ));
     path.with_file_name(name)
+}
+
+/// Whether `name` is a temporary file name [`temp_path`] makes (and no other name): the part
+/// after [`TEMP_MARK`] is `h<digits>-p<digits>-<16 hex digits>`.
+pub fn is_temp_name(name: &str) -> bool {
+    let Some(at) = name.rfind(TEMP_MARK) else {
+        return false;
+    };
+    if at == 0 {
+        return false;
+    }
+    let mut parts = name[at + TEMP_MARK.len()..].split('-');
+    let digits = |s: &str, prefix: char| {
+        s.strip_prefix(prefix)
+            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+    };
+    matches!(
+        (parts.next(), parts.next(), parts.next(), parts.next()),
+        (Some(h), Some(p), Some(r), None)
+            if digits(h, 'h') && digits(p, 'p') && r.len() == 16
+                && r.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    )
 }
 
 /// Atomically and durably replaces `path` with `data` (mode 0660 for new files).
 pub fn replace(path: &Path, data: &[u8]) -> Result<(), DurableError> {
     fail::fail_point!("sdm::durable::before_write", |arg| Err(injected(path, arg)));
     let tmp = temp_path(path);
+    // create_new: the name is ours alone; an existing file would mean it is not.
     let mut f = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o660)
         .open(&tmp)
         .map_err(|source| DurableError::Write {
             path: tmp.clone(),
             source,
         })?;
-    f.write_all(data).map_err(|source| DurableError::Write {
-        path: tmp.clone(),
-        source,
-    })?;
+    let written = f
+        .write_all(data)
+        .map_err(|source| DurableError::Write {
+            path: tmp.clone(),
+            source,
+        })
+        .and_then(|()| sync_temp(&f, &tmp));
+    drop(f);
+    if let Err(e) = written {
+        // Ours alone, so removing it cannot hurt another writer.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if let Err(source) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(DurableError::Rename {
+            from: tmp,
+            to: path.to_path_buf(),
+            source,
+        });
+    }
+    fail::fail_point!("sdm::durable::after_rename");
+    #[cfg(feature = "failpoints")]
+    if let Some(Some(source)) = fail::eval("sdm::durable::dir_fsync", |arg| {
+        injected_dir_sync(data, arg)
+    }) {
+        return Err(DurableError::DirSync {
+            path: path.to_path_buf(),
+            source,
+        });
+    }
+    sync_dir(path.parent().unwrap_or(Path::new("."))).map_err(|e| match e {
+        DurableError::Sync { source, .. } => DurableError::DirSync {
+            path: path.to_path_buf(),
+            source,
+        },
+        e => e,
+    })
+}
+
+fn sync_temp(f: &File, tmp: &Path) -> Result<(), DurableError> {
     fail::fail_point!("sdm::durable::fsync", |arg| Err(DurableError::Sync {
-        path: tmp.clone(),
+        path: tmp.to_path_buf(),
         source: injected_io(arg),
     }));
     f.sync_all().map_err(|source| DurableError::Sync {
-        path: tmp.clone(),
+        path: tmp.to_path_buf(),
         source,
-    })?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|source| DurableError::Rename {
-        from: tmp.clone(),
-        to: path.to_path_buf(),
-        source,
-    })?;
-    fail::fail_point!("sdm::durable::after_rename");
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    })
 }
 
 /// fsyncs a directory so that a create, rename or unlink in it is durable.
@@ -211,6 +299,27 @@ fn injected_io(arg: Option<String>) -> io::Error {
     }
 }
 
+/// `sdm::durable::dir_fsync`: `return(EIO)` fails the directory fsync after every rename;
+/// `return(EIO:TEXT)` only after writes whose content holds TEXT (say `GEN=1`, to hit one
+/// metadata write of a job and not the set-up before it).
+#[cfg(feature = "failpoints")]
+fn injected_dir_sync(data: &[u8], arg: Option<String>) -> Option<io::Error> {
+    let arg = arg.unwrap_or_default();
+    let (errno, only) = match arg.split_once(':') {
+        Some((e, text)) => (e.to_string(), Some(text.to_string())),
+        None => (arg, None),
+    };
+    if let Some(text) = only {
+        let hit = data
+            .windows(text.len().max(1))
+            .any(|w| w == text.as_bytes());
+        if !hit {
+            return None;
+        }
+    }
+    Some(injected_io(Some(errno)))
+}
+
 #[cfg(feature = "failpoints")]
 fn injected(path: &Path, arg: Option<String>) -> DurableError {
     DurableError::Write {
@@ -230,8 +339,39 @@ mod tests {
         replace(&p, b"A=1\nEOF\n").unwrap();
         replace(&p, b"A=2\nEOF\n").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"A=2\nEOF\n");
-        assert!(!temp_path(&p).exists());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("x.meta")]);
         assert_eq!(read_direct(&p).unwrap(), b"A=2\nEOF\n");
+    }
+
+    #[test]
+    fn temp_names_are_unique_and_recognised() {
+        set_writer_host(7);
+        let p = Path::new("/d/0f6b3e0a-1111-4222-8333-444455556666.meta");
+        let (a, b) = (temp_path(p), temp_path(p));
+        assert_ne!(a, b);
+        let name = a.file_name().unwrap().to_str().unwrap();
+        assert!(name.starts_with("0f6b3e0a-1111-4222-8333-444455556666.meta.sdm-tmp-h7-p"));
+        assert!(
+            name.contains(&format!("-p{}-", std::process::id())),
+            "{name}"
+        );
+        assert!(is_temp_name(name), "{name}");
+        for other in [
+            "x.meta",
+            "x.meta.new",
+            ".sdm-tmp-h1-p2-0123456789abcdef",
+            "x.sdm-tmp-h1-p2-0123456789abcde",
+            "x.sdm-tmp-h1-p2-0123456789ABCDEF",
+            "x.sdm-tmp-h-p2-0123456789abcdef",
+            "x.sdm-tmp-h1-p2-0123456789abcdef-1",
+            "x.sdm-tmp-h1-px-0123456789abcdef",
+        ] {
+            assert!(!is_temp_name(other), "{other}");
+        }
     }
 
     #[test]

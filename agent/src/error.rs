@@ -96,6 +96,7 @@ fn storage_code(e: &StorageError) -> ErrorCode {
         StorageError::SharedVolume(_) => ErrorCode::CannotDeleteSharedVolume,
         StorageError::Invalid(_) => ErrorCode::InvalidParameterException,
         StorageError::Unsupported(_) => ErrorCode::UnsupportedOperation,
+        StorageError::DomainType(_) => ErrorCode::StorageDomainTypeError,
         StorageError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
             ErrorCode::NoSpaceLeftOnDomain
         }
@@ -150,6 +151,24 @@ pub fn chain_message(err: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lost_and_busy_leases_are_651_unavailable_is_general() {
+        for (kind, want) in [
+            (LeaseErrorKind::Busy, ErrorCode::AcquireLockFailure),
+            (LeaseErrorKind::Lost, ErrorCode::AcquireLockFailure),
+            (LeaseErrorKind::Unavailable, ErrorCode::GeneralException),
+            (LeaseErrorKind::Daemon, ErrorCode::GeneralException),
+            (LeaseErrorKind::Io, ErrorCode::GeneralException),
+        ] {
+            let e = AgentError::from(LeaseError::new(kind, "install the sanlock package"));
+            let api = ApiError::from(e);
+            assert_eq!(api.code, want, "{kind}");
+            assert!(api.message.contains("install the sanlock package"));
+        }
+        let e = AgentError::from(StorageError::DomainType("x".into()));
+        assert_eq!(ApiError::from(e).code, ErrorCode::StorageDomainTypeError);
+    }
 
     #[test]
     fn message_carries_the_errno_text_once() {

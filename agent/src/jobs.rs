@@ -2,9 +2,13 @@
 //!
 //! ```text
 //! pending ──► running ──► done | failed
-//!    │           └──abort──► (aborting, shown as running) ──► aborted
+//!    │           └──abort──► aborting ──► aborted
 //!    └──abort──► aborted
 //! ```
+//! (`aborting` is how the wire shows a running job whose abort was accepted, as VDSM does.)
+//! Every job that ends, and every pending job that is aborted, is announced on
+//! [`Jobs::events`] (the STOMP side publishes it as VDSM's `|jobs|status|<id>` event), and
+//! every change of state is counted in `crate::metrics`.
 //! A job is registered before its verb returns (so a duplicate id is refused at once), waits
 //! for one of the agent's job slots, then runs its work on a blocking thread; the data path
 //! gives each operation its own ring there. Progress is read from the job's
@@ -17,12 +21,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sdm_proto::{ApiError, ErrorCode, JobInfo, JobMap, JobResult, JobStatus, Uuid};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{broadcast, watch, Semaphore};
+
+use crate::metrics;
 
 /// Most jobs kept at once (finished ones are evicted oldest first beyond this).
 pub const MAX_JOBS: usize = 10_000;
 /// Metadata-only jobs (fencing) that run at once.
 pub const MAX_METADATA_JOBS: usize = 16;
+/// Job events buffered for a slow listener of [`Jobs::events`] before it misses some.
+const EVENT_BUFFER: usize = 4096;
 
 /// Job registry errors.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +64,8 @@ struct State {
     error: Option<ApiError>,
     result: Option<JobResult>,
     finished_at: Option<Instant>,
+    /// When the work began (the job left pending).
+    running_since: Option<Instant>,
 }
 
 /// One job.
@@ -69,6 +79,8 @@ pub struct Job {
     children: Mutex<Vec<Arc<sdm_io::Control>>>,
     /// Bytes the whole job will process, when known before its sub-operations start.
     planned_total: std::sync::atomic::AtomicU64,
+    /// Set once when a lease the job holds is lost: the job's error from then on.
+    fenced: std::sync::OnceLock<ApiError>,
     state: Mutex<State>,
     /// Bumped on every state change; subscriptions wait on it.
     changes: watch::Sender<u64>,
@@ -82,6 +94,7 @@ impl Job {
             ctl: Arc::new(sdm_io::Control::new()),
             children: Mutex::new(Vec::new()),
             planned_total: 0.into(),
+            fenced: std::sync::OnceLock::new(),
             state: Mutex::new(State {
                 status: JobStatus::Pending,
                 aborting: false,
@@ -89,6 +102,7 @@ impl Job {
                 error: None,
                 result: None,
                 finished_at: None,
+                running_since: None,
             }),
             changes: watch::channel(0).0,
         }
@@ -105,6 +119,11 @@ impl Job {
     /// The job id.
     pub fn id(&self) -> &Uuid {
         &self.id
+    }
+
+    /// What the job does (its verb, e.g. "copy_data").
+    pub fn description(&self) -> &str {
+        &self.description
     }
 
     /// The data-path control block (progress counters, abort flag, bandwidth limit).
@@ -126,6 +145,22 @@ impl Job {
         }
         children.push(c.clone());
         c
+    }
+
+    /// Stops the job because a lease it holds is lost: every control is aborted (the data path
+    /// stops before its next request), and the job fails with `why` (AcquireLockFailure), not
+    /// as aborted. The first reason sticks.
+    pub fn fence(&self, why: ApiError) {
+        if self.fenced.set(why).is_ok() {
+            tracing::warn!(job = %self.id, reason = %self.fenced.get().map(|e| e.message.as_str()).unwrap_or(""), "lease lost: stopping the job");
+            self.abort_controls();
+            self.bump();
+        }
+    }
+
+    /// Why the job was fenced, if it was.
+    pub fn fenced(&self) -> Option<&ApiError> {
+        self.fenced.get()
     }
 
     /// Declares how many bytes the job will process in all, before its parts start.
@@ -194,9 +229,14 @@ impl Job {
         let active = st.status.is_active();
         let eta_s = (active && p.rate_bps > 0 && p.bytes_total >= p.bytes_done)
             .then(|| (p.bytes_total - p.bytes_done) as f64 / p.rate_bps as f64);
+        // VDSM shows a running job whose abort was accepted as "aborting".
+        let status = match st.status {
+            JobStatus::Running if st.aborting => JobStatus::Aborting,
+            s => s,
+        };
         JobInfo {
             id: self.id.clone(),
-            status: st.status,
+            status,
             description: self.description.clone(),
             job_type: "storage".into(),
             progress,
@@ -216,6 +256,13 @@ impl Job {
             Ok(result) => {
                 st.status = JobStatus::Done;
                 st.result = result;
+            }
+            // Whatever the failure looked like where it surfaced (an abort of the data path, a
+            // lock wait given up), a lost lease is the reason: the job failed, the engine
+            // decides from the volume (which the job left ILLEGAL).
+            Err(_) if self.fenced.get().is_some() => {
+                st.status = JobStatus::Failed;
+                st.error = self.fenced.get().cloned();
             }
             Err(e) if e.code == ErrorCode::ActionStopped || st.aborting => {
                 st.status = JobStatus::Aborted;
@@ -262,6 +309,7 @@ pub struct Jobs {
     max_running: usize,
     autodelete: Option<Duration>,
     shutting_down: std::sync::atomic::AtomicBool,
+    events: broadcast::Sender<JobInfo>,
 }
 
 /// The work of a job; runs on a blocking thread.
@@ -279,7 +327,25 @@ impl Jobs {
             max_running,
             autodelete,
             shutting_down: false.into(),
+            events: broadcast::channel(EVENT_BUFFER).0,
         })
+    }
+
+    /// Jobs that end (done, failed, aborted) and pending jobs that are aborted, as their info
+    /// at that moment. A listener that falls more than a few thousand events behind misses
+    /// the oldest ones (`RecvError::Lagged`).
+    pub fn events(&self) -> broadcast::Receiver<JobInfo> {
+        self.events.subscribe()
+    }
+
+    /// Accounts for a job that ended (metrics) and announces it.
+    fn ended(&self, job: &Job, from: JobStatus) {
+        let info = job.info();
+        let ran = job.state().running_since.map(|t| t.elapsed());
+        metrics::job_state(&job.description, Some(from), Some(info.status));
+        metrics::job_finished(&job.description, info.status, ran, info.bytes_done);
+        // No listener is fine: nobody subscribed to events.
+        let _ = self.events.send(info);
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Job>>> {
@@ -312,20 +378,38 @@ impl Jobs {
                 .map(|(_, id)| id);
             match oldest {
                 Some(old) => {
-                    map.remove(&old);
+                    if let Some(j) = map.remove(&old) {
+                        metrics::job_state(&j.description, Some(j.status()), None);
+                    }
                 }
                 None => return Err(JobsError::TooMany(map.len())),
             }
         }
         let job = Arc::new(Job::new(id.clone(), description));
         map.insert(id.clone(), job.clone());
+        metrics::job_state(description, None, Some(JobStatus::Pending));
         Ok(job)
+    }
+
+    /// Registers a job whose work is already done (`Volume.create` answers the id of one, as
+    /// VDSM answers the id of the task that created the volume). It is reported like any
+    /// finished job and deleted after the autodelete delay; no event is sent (it never ran).
+    /// Needs a tokio runtime (a blocking thread of one will do) for the autodelete.
+    pub fn record_done(self: &Arc<Self>, id: &Uuid, description: &str) -> Result<Uuid, JobsError> {
+        let job = self.register(id, description)?;
+        job.finish(Ok(None));
+        metrics::job_state(description, Some(JobStatus::Pending), Some(JobStatus::Done));
+        metrics::job_finished(description, JobStatus::Done, None, 0);
+        self.schedule_autodelete(&job);
+        Ok(id.clone())
     }
 
     /// Removes a job that was registered but could not be started (the verb failed after
     /// registering).
     pub fn unregister(&self, id: &Uuid) {
-        self.map().remove(id);
+        if let Some(j) = self.map().remove(id) {
+            metrics::job_state(&j.description, Some(j.status()), None);
+        }
     }
 
     /// Starts a registered job: it waits for a slot, then runs `work` on a blocking thread.
@@ -358,7 +442,13 @@ impl Jobs {
                     return;
                 }
                 st.status = JobStatus::Running;
+                st.running_since = Some(Instant::now());
             }
+            metrics::job_state(
+                &job.description,
+                Some(JobStatus::Pending),
+                Some(JobStatus::Running),
+            );
             job.bump();
             tracing::info!(job = %job.id, description = %job.description, "job running");
             let j = job.clone();
@@ -371,6 +461,7 @@ impl Jobs {
             };
             drop(permit);
             job.finish(outcome);
+            jobs.ended(&job, JobStatus::Running);
             jobs.schedule_autodelete(&job);
         });
     }
@@ -385,6 +476,7 @@ impl Jobs {
                 let mut map = jobs.map();
                 if map.get(&job.id).is_some_and(|j| Arc::ptr_eq(j, &job)) {
                     map.remove(&job.id);
+                    metrics::job_state(&job.description, Some(job.status()), None);
                 }
             }
         });
@@ -400,7 +492,12 @@ impl Jobs {
 
     /// `Host.getJobs`.
     pub fn infos(&self, filter: &JobFilter) -> JobMap {
-        if filter.job_type.as_deref().is_some_and(|t| t != "storage") {
+        // An empty type filters nothing, as in VDSM.
+        if filter
+            .job_type
+            .as_deref()
+            .is_some_and(|t| !t.is_empty() && t != "storage")
+        {
             return JobMap::new();
         }
         let jobs: Vec<Arc<Job>> = match &filter.job_ids {
@@ -417,7 +514,7 @@ impl Jobs {
     pub fn abort(&self, id: &Uuid) -> Result<(), JobsError> {
         let job = self.get(id)?;
         let mut st = job.state();
-        match st.status {
+        let was_pending = match st.status {
             JobStatus::Pending => {
                 st.status = JobStatus::Aborted;
                 st.error = Some(ApiError::new(
@@ -425,16 +522,21 @@ impl Jobs {
                     "job aborted before it started",
                 ));
                 st.finished_at = Some(Instant::now());
+                true
             }
             JobStatus::Running => {
                 st.aborting = true;
                 job.abort_controls();
+                false
             }
             _ => return Err(JobsError::NotActive(id.clone())),
-        }
+        };
         drop(st);
         tracing::info!(job = %id, "abort requested");
         job.bump();
+        if was_pending {
+            self.ended(&job, JobStatus::Pending);
+        }
         Ok(())
     }
 
@@ -444,10 +546,13 @@ impl Jobs {
         let job = map
             .get(id)
             .ok_or_else(|| JobsError::NoSuchJob(id.clone()))?;
-        if job.status().is_active() {
+        let status = job.status();
+        if status.is_active() {
             return Err(JobsError::NotDone(id.clone()));
         }
-        map.remove(id);
+        if let Some(j) = map.remove(id) {
+            metrics::job_state(&j.description, Some(status), None);
+        }
         Ok(())
     }
 
@@ -574,6 +679,79 @@ mod tests {
         let info = wait_status(&jobs, &a, JobStatus::Aborted).await;
         assert_eq!(info.error.unwrap().code, 443);
         assert!(jobs.wait_idle(Duration::from_secs(1)).await);
+    }
+
+    #[tokio::test]
+    async fn a_fenced_job_fails_with_the_fence_reason_not_as_aborted() {
+        let jobs = Jobs::new(1, None);
+        let a = id();
+        let job = jobs.register(&a, "copy").unwrap();
+        let j = job.clone();
+        jobs.start(
+            job,
+            Box::new(|j| {
+                while !j.is_aborting() {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(ApiError::new(ErrorCode::ActionStopped, "data path aborted"))
+            }),
+        );
+        wait_status(&jobs, &a, JobStatus::Running).await;
+        j.fence(ApiError::new(ErrorCode::AcquireLockFailure, "lease lost"));
+        // A later abort by the user does not turn it into an abort either.
+        let _ = jobs.abort(&a);
+        j.fence(ApiError::new(
+            ErrorCode::AcquireLockFailure,
+            "second reason",
+        ));
+        let info = wait_status(&jobs, &a, JobStatus::Failed).await;
+        let e = info.error.unwrap();
+        assert_eq!((e.code, e.message.as_str()), (651, "lease lost"));
+    }
+
+    #[tokio::test]
+    async fn aborting_is_reported_and_ends_are_announced() {
+        let jobs = Jobs::new(1, None);
+        let mut events = jobs.events();
+        let a = id();
+        let job = jobs.register(&a, "slow").unwrap();
+        jobs.start(
+            job,
+            Box::new(|j| {
+                while !j.is_aborting() {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                Err(ApiError::new(ErrorCode::ActionStopped, "stopped"))
+            }),
+        );
+        wait_status(&jobs, &a, JobStatus::Running).await;
+        // Pending behind it, then aborted: announced at once.
+        let b = id();
+        let jb = jobs.register(&b, "queued").unwrap();
+        jobs.start(jb, Box::new(|_| Ok(None)));
+        jobs.abort(&b).unwrap();
+        let ev = events.recv().await.unwrap();
+        assert_eq!((ev.id.clone(), ev.status), (b.clone(), JobStatus::Aborted));
+        // Running, then aborted: "aborting" (VDSM's word) until it ends.
+        jobs.abort(&a).unwrap();
+        let info = jobs.get(&a).unwrap().info();
+        assert_eq!(info.status, JobStatus::Aborting);
+        assert!(info.aborting && info.status.is_active());
+        let ev = events.recv().await.unwrap();
+        assert_eq!((ev.id.clone(), ev.status), (a.clone(), JobStatus::Aborted));
+        assert_eq!(ev.error.unwrap().code, 443);
+        // A job recorded as done: reported, never announced.
+        let c = id();
+        jobs.record_done(&c, "create_volume").unwrap();
+        assert_eq!(jobs.get(&c).unwrap().status(), JobStatus::Done);
+        assert!(events.try_recv().is_err());
+        // An empty type filters nothing.
+        let all = jobs.infos(&JobFilter {
+            job_type: Some(String::new()),
+            job_ids: None,
+        });
+        assert_eq!(all.len(), 3);
     }
 
     #[tokio::test]

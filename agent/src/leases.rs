@@ -3,26 +3,36 @@
 
 use std::sync::{Arc, Mutex};
 
-use sdm_lease::{LeaseBackend, LeaseError, LocalLeases, SanlockLeases, SanlockOptions};
+use sdm_lease::{
+    LeaseBackend, LeaseError, LocalLeases, LostSubscription, RegistrationLost, SanlockLeases,
+    SanlockOptions,
+};
 
 use crate::config::{LeaseBackendKind, LeasesConfig};
+
+/// What to call when this process loses a sanlock registration (on the lease crate's watcher
+/// thread: short, never blocking).
+pub type OnLost = Arc<dyn Fn(&RegistrationLost) + Send + Sync>;
 
 /// Backends by kind.
 pub struct LeaseBackends {
     host_id: u64,
     cfg: LeasesConfig,
     local: Arc<dyn LeaseBackend>,
-    sanlock: Mutex<Option<Arc<dyn LeaseBackend>>>,
+    sanlock: Mutex<Option<(Arc<dyn LeaseBackend>, LostSubscription)>>,
+    on_lost: OnLost,
 }
 
 impl LeaseBackends {
-    /// Backends for this host.
-    pub fn new(host_id: u64, cfg: LeasesConfig) -> LeaseBackends {
+    /// Backends for this host; `on_lost` is subscribed to registration losses as soon as
+    /// sanlock is in use.
+    pub fn new(host_id: u64, cfg: LeasesConfig, on_lost: OnLost) -> LeaseBackends {
         LeaseBackends {
             host_id,
             cfg,
             local: Arc::new(LocalLeases::new(host_id)),
             sanlock: Mutex::new(None),
+            on_lost,
         }
     }
 
@@ -32,16 +42,19 @@ impl LeaseBackends {
             LeaseBackendKind::Local => Ok(self.local.clone()),
             LeaseBackendKind::Sanlock => {
                 let mut slot = self.sanlock.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(b) = slot.as_ref() {
+                if let Some((b, _)) = slot.as_ref() {
                     return Ok(b.clone());
                 }
                 let opts = SanlockOptions {
                     io_timeout_s: self.cfg.sanlock_io_timeout_s,
                     run_dir: self.cfg.sanlock_run_dir.clone(),
                 };
-                let b: Arc<dyn LeaseBackend> = Arc::new(SanlockLeases::new(self.host_id, opts)?);
+                let s = SanlockLeases::new(self.host_id, opts)?;
+                let on_lost = self.on_lost.clone();
+                let sub = s.on_registration_lost(move |lost| on_lost(lost));
+                let b: Arc<dyn LeaseBackend> = Arc::new(s);
                 tracing::info!(host_id = self.host_id, "registered with the sanlock daemon");
-                *slot = Some(b.clone());
+                *slot = Some((b.clone(), sub));
                 Ok(b)
             }
         }
@@ -52,17 +65,18 @@ impl LeaseBackends {
         self.cfg.default_backend
     }
 
-    /// sanlock io_timeout for new lockspaces.
+    /// sanlock io_timeout: for new lockspaces, for joins, and for how long a job may go
+    /// without a confirmed lease (`ops::lease_watch`).
     pub fn io_timeout_s(&self) -> u32 {
         self.cfg.sanlock_io_timeout_s
     }
 
-    /// Kinds this agent can offer: local always, sanlock when its client library can reach a
-    /// daemon (checked without registering).
+    /// Kinds this agent can offer: local always, sanlock when libsanlock can be loaded and
+    /// its daemon's socket is there (checked without registering), or sanlock is in use.
     pub fn available(&self) -> Vec<String> {
         let mut v = vec!["local".to_string()];
         if self.sanlock.lock().map(|s| s.is_some()).unwrap_or(false)
-            || sanlock_daemon_present(&self.cfg)
+            || (sdm_lease::libsanlock_available() && sanlock_daemon_present(&self.cfg))
         {
             v.push("sanlock".to_string());
         }

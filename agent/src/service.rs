@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 
 use sdm_proto::api::{AttachDomainParams, CreateDomainParams, CreateVolumeParams};
 use sdm_proto::{
-    ApiError, Capabilities, Description, DomainInfo, HostStats, Legality, Size, Uuid, VolumeInfo,
+    ApiError, Capabilities, Description, DomainInfo, ErrorCode, HostStats, InvalidVolumeInfo,
+    Legality, Size, StorageDomainInfo, Uuid, VolumeInfoReply,
 };
 
 use crate::config::{Config, LeaseBackendKind};
 use crate::error::AgentError;
+use crate::holders::LeaseHolders;
 use crate::jobs::Jobs;
 use crate::leases::LeaseBackends;
 use crate::locks::{domain_key, image_key, LockManager, LockSet, Mode};
@@ -38,6 +40,8 @@ pub struct Agent {
     pub locks: Arc<LockManager>,
     /// Lease backends.
     pub leases: LeaseBackends,
+    /// Jobs holding sanlock leases, stopped when their registration is lost.
+    pub holders: Arc<LeaseHolders>,
     /// Data path.
     pub engine: sdm_io::Engine,
     started: Instant,
@@ -49,6 +53,8 @@ pub struct Agent {
 pub struct Attached {
     /// The domain's id.
     pub sd_id: Uuid,
+    /// Its lease backend, as its metadata records it.
+    pub lease_backend: LeaseBackendKind,
     /// The domain, when newly attached.
     pub fresh: Option<Arc<Domain>>,
 }
@@ -60,9 +66,19 @@ impl Agent {
     pub fn start(cfg: Config) -> Result<Arc<Agent>, AgentError> {
         std::fs::create_dir_all(&cfg.state_dir)
             .map_err(|e| StorageError::io("create state directory", &cfg.state_dir, e))?;
+        crate::durable::set_writer_host(cfg.host_id);
         let engine = sdm_io::Engine::new(engine_config(&cfg));
-        let leases = LeaseBackends::new(cfg.host_id, cfg.leases.clone());
+        let holders = Arc::new(LeaseHolders::default());
+        let table = holders.clone();
+        let leases = LeaseBackends::new(
+            cfg.host_id,
+            cfg.leases.clone(),
+            Arc::new(move |lost| {
+                table.registration_lost(lost);
+            }),
+        );
         let agent = Arc::new(Agent {
+            holders,
             registry: Registry::new(&cfg.state_dir),
             jobs: Jobs::new(cfg.io.max_running_jobs, cfg.autodelete()),
             locks: Arc::new(LockManager::default()),
@@ -76,19 +92,14 @@ impl Agent {
     }
 
     fn attach_at_start(&self) -> Result<(), AgentError> {
-        let mut wanted: Vec<(PathBuf, LeaseBackendKind)> = Vec::new();
+        // (path, expected lease backend, force): a domain attaches with the backend it was
+        // formatted for; only the config may expect one (and is refused when it differs).
+        let mut wanted: Vec<(PathBuf, Option<LeaseBackendKind>, bool)> = Vec::new();
         for a in self.registry.persisted()? {
-            let kind = match a.lease_backend.as_str() {
-                "sanlock" => LeaseBackendKind::Sanlock,
-                _ => LeaseBackendKind::Local,
-            };
-            wanted.push((a.path, kind));
+            wanted.push((a.path, None, a.force));
         }
         for d in &self.cfg.domains {
-            wanted.push((
-                d.path.clone(),
-                d.lease_backend.unwrap_or(self.leases.default_kind()),
-            ));
+            wanted.push((d.path.clone(), d.lease_backend, d.force));
         }
         if self.cfg.create_default_domains {
             let root = self.default_domain_root();
@@ -97,39 +108,26 @@ impl Agent {
                 // The default backend is local unless the config says otherwise (the fault
                 // suites run the same default domains over sanlock).
                 let kind = self.leases.default_kind();
-                let backend = self.leases.get(kind)?;
-                for n in 1..=2 {
-                    // Each under a root of its own, as each real file domain has its own
-                    // export: VDSM's discovery finds one domain per mounted directory.
-                    let own_root = root.join(n.to_string());
-                    std::fs::create_dir_all(&own_root)
-                        .map_err(|e| StorageError::io("mkdir", &own_root, e))?;
-                    let sd = Uuid::new_v4();
-                    let dir = Domain::create(
-                        DomainKind::File,
-                        &own_root,
-                        &sd,
-                        &format!("sdm local domain {n}"),
-                        backend.as_ref(),
-                        self.leases.io_timeout_s(),
-                    )?;
-                    tracing::info!(sd_id = %sd, path = %dir.display(), lease_backend = kind.as_str(), "created embedded domain");
-                    wanted.push((dir, kind));
+                match check_local_allowed(kind, &self.cfg.state_dir, false) {
+                    Ok(()) => wanted.extend(self.create_embedded(&root, kind)?),
+                    Err(e) => {
+                        let e = ApiError::from(AgentError::from(e));
+                        tracing::error!(error = %e.message, "not creating the embedded domains");
+                    }
                 }
             } else {
-                let kind = self.leases.default_kind();
-                wanted.extend(existing.into_iter().map(|p| (p, kind)));
+                wanted.extend(existing.into_iter().map(|p| (p, None, false)));
             }
         }
         let mut seen = std::collections::HashSet::new();
-        for (path, kind) in wanted {
+        for (path, expected, force) in wanted {
             let canon = path.canonicalize().unwrap_or(path.clone());
             if !seen.insert(canon) {
                 continue;
             }
-            match self.attach_path(&path, kind) {
+            match self.attach_path(&path, expected, force) {
                 Ok(a) => {
-                    tracing::info!(sd_id = %a.sd_id, path = %path.display(), lease_backend = kind.as_str(), "attached domain")
+                    tracing::info!(sd_id = %a.sd_id, path = %path.display(), lease_backend = a.lease_backend.as_str(), "attached domain")
                 }
                 Err(e) => {
                     let e = ApiError::from(e);
@@ -138,6 +136,36 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// Creates the embedded default's two domains with `kind` leases.
+    #[allow(clippy::type_complexity)]
+    fn create_embedded(
+        &self,
+        root: &Path,
+        kind: LeaseBackendKind,
+    ) -> Result<Vec<(PathBuf, Option<LeaseBackendKind>, bool)>, AgentError> {
+        let backend = self.leases.get(kind)?;
+        let mut out = Vec::new();
+        for n in 1..=2 {
+            // Each under a root of its own, as each real file domain has its own export:
+            // VDSM's discovery finds one domain per mounted directory.
+            let own_root = root.join(n.to_string());
+            std::fs::create_dir_all(&own_root)
+                .map_err(|e| StorageError::io("mkdir", &own_root, e))?;
+            let sd = Uuid::new_v4();
+            let dir = Domain::create(
+                DomainKind::File,
+                &own_root,
+                &sd,
+                &format!("sdm local domain {n}"),
+                backend.as_ref(),
+                self.leases.io_timeout_s(),
+            )?;
+            tracing::info!(sd_id = %sd, path = %dir.display(), lease_backend = kind.as_str(), "created embedded domain");
+            out.push((dir, Some(kind), false));
+        }
+        Ok(out)
     }
 
     fn default_domain_root(&self) -> PathBuf {
@@ -162,6 +190,7 @@ impl Agent {
 
     /// `Host.getCapabilities`.
     pub fn capabilities(&self) -> Capabilities {
+        let host = crate::hostinfo::capabilities();
         Capabilities {
             version: env!("CARGO_PKG_VERSION").to_string(),
             host_id: self.cfg.host_id,
@@ -174,6 +203,11 @@ impl Agent {
                 .into_iter()
                 .map(|(d, _)| d.sd_id.clone())
                 .collect(),
+            cpu_threads: host.cpu_threads,
+            online_cpus: host.online_cpus,
+            mem_size: host.mem_size,
+            kernel_args: host.kernel_args,
+            domain_versions: Some(vec![crate::storage::md::DOMAIN_VERSION]),
         }
     }
 
@@ -181,6 +215,8 @@ impl Agent {
     pub fn stats(&self) -> HostStats {
         let (running, pending) = self.jobs.counts();
         let rate = self.jobs.total_rate();
+        let host = crate::hostinfo::stats();
+        let uptime = self.started.elapsed().as_secs();
         HostStats {
             jobs_running: running,
             jobs_pending: pending,
@@ -189,32 +225,67 @@ impl Agent {
             read_bps: rate,
             write_bps: rate,
             max_running_jobs: self.jobs.max_running() as u64,
-            uptime_s: self.started.elapsed().as_secs(),
+            uptime_s: uptime,
             rss_bytes: proc_rss(),
             open_fds: std::fs::read_dir("/proc/self/fd")
                 .map(|d| d.count() as u64)
                 .unwrap_or(0),
+            cpu_load: host.cpu_load,
+            mem_free: host.mem_free,
+            mem_used: host.mem_used,
+            swap_total: host.swap_total,
+            swap_free: host.swap_free,
+            elapsed_time: Some(uptime.to_string()),
+            boot_time: host.boot_time,
         }
     }
 
     // --- domains --------------------------------------------------------------------------
 
-    fn attach_path(&self, path: &Path, kind: LeaseBackendKind) -> Result<Attached, AgentError> {
-        let leases = self.leases.get(kind)?;
-        let dom = Domain::open(DomainKind::File, path, leases)?;
+    /// Attaches the domain at `path` with the lease backend its metadata records. Refused
+    /// (StorageDomainTypeError, nothing changed) when `expected` names the other backend, and
+    /// when a local domain is on a shared file system unless `force`.
+    fn attach_path(
+        &self,
+        path: &Path,
+        expected: Option<LeaseBackendKind>,
+        force: bool,
+    ) -> Result<Attached, AgentError> {
+        let mut dom = Domain::open(
+            DomainKind::File,
+            path,
+            self.leases.get(LeaseBackendKind::Local)?,
+        )?;
+        let kind = dom.metadata.lease_backend()?;
+        if let Some(want) = expected.filter(|w| *w != kind) {
+            return Err(StorageError::DomainType(format!(
+                "domain {} at {} was formatted for {} leases (TYPE={}); attaching it with {} leases is refused: \
+                 hosts that disagree on the lease backend do not exclude each other",
+                dom.sd_id,
+                dom.path().display(),
+                kind.as_str(),
+                dom.metadata.get("TYPE").unwrap_or(""),
+                want.as_str()
+            ))
+            .into());
+        }
+        check_local_allowed(kind, dom.path(), force)?;
         if let Ok(existing) = self.registry.get(&dom.sd_id) {
             if existing.path() == dom.path() {
                 return Ok(Attached {
                     sd_id: dom.sd_id,
+                    lease_backend: kind,
                     fresh: None,
                 });
             }
         }
+        dom.leases = self.leases.get(kind)?;
         dom.join_lockspace()?;
         let dom = Arc::new(dom);
-        let fresh = self.registry.insert(dom.clone(), kind)?;
+        let fresh = self.registry.insert(dom.clone(), kind, force)?;
         Ok(Attached {
             sd_id: dom.sd_id.clone(),
+            lease_backend: kind,
             fresh: fresh.then_some(dom),
         })
     }
@@ -245,7 +316,12 @@ impl Agent {
         if self.registry.get(sd).is_ok() {
             return Err(StorageError::DomainExists(sd.to_string()).into());
         }
-        let kind = self.leases.default_kind();
+        let kind = p
+            .lease_backend
+            .map(LeaseBackendKind::from)
+            .unwrap_or(self.leases.default_kind());
+        let force = flag(p.force);
+        check_local_allowed(kind, &canon, force)?;
         let leases = self.leases.get(kind)?;
         let dir = Domain::create(
             DomainKind::File,
@@ -255,15 +331,20 @@ impl Agent {
             leases.as_ref(),
             self.leases.io_timeout_s(),
         )?;
-        tracing::info!(sd_id = %sd, path = %dir.display(), "created domain");
-        self.attach_path(&dir, kind)
+        tracing::info!(sd_id = %sd, path = %dir.display(), lease_backend = kind.as_str(), "created domain");
+        self.attach_path(&dir, Some(kind), force)
     }
 
-    /// `StorageDomain.attach`.
+    /// `StorageDomain.attach`: with the lease backend the domain records (never the host's
+    /// default: two hosts must agree on it).
     pub fn attach_domain(&self, p: &AttachDomainParams) -> Result<Attached, AgentError> {
         let dir = absolute(&p.path)?;
-        let a = self.attach_path(&dir, self.leases.default_kind())?;
-        tracing::info!(sd_id = %a.sd_id, path = %dir.display(), "attached domain");
+        let a = self.attach_path(
+            &dir,
+            p.lease_backend.map(LeaseBackendKind::from),
+            flag(p.force),
+        )?;
+        tracing::info!(sd_id = %a.sd_id, path = %dir.display(), lease_backend = a.lease_backend.as_str(), "attached domain");
         Ok(a)
     }
 
@@ -314,21 +395,48 @@ impl Agent {
         Ok(self.registry.get(sd)?)
     }
 
+    /// `StorageDomain.getInfo`.
+    pub fn domain_info(&self, sd: &Uuid) -> Result<StorageDomainInfo, AgentError> {
+        Ok(crate::storage::domain_info::domain_info(
+            self.domain(sd)?.as_ref(),
+        ))
+    }
+
     /// `StorageDomain.getImages`.
     pub fn get_images(&self, sd: &Uuid) -> Result<Vec<Uuid>, AgentError> {
         Ok(self.domain(sd)?.backend.list_images()?)
     }
 
-    /// `Image.getVolumes`.
+    /// `Image.getVolumes`: `[]` for an image the domain does not have, as VDSM answers.
     pub fn get_volumes(&self, sd: &Uuid, img: &Uuid) -> Result<Vec<Uuid>, AgentError> {
-        Ok(self.domain(sd)?.backend.list_volumes(img)?)
+        match self.domain(sd)?.backend.list_volumes(img) {
+            Err(StorageError::ImageNotFound { .. }) => Ok(Vec::new()),
+            r => Ok(r?),
+        }
     }
 
     // --- volumes --------------------------------------------------------------------------
 
-    /// `Volume.create`.
-    pub fn create_volume(&self, p: &CreateVolumeParams) -> Result<(), AgentError> {
+    /// `Volume.create`: creates the volume at once and answers the id of a job registered as
+    /// done, which stands for the task VDSM would answer.
+    pub fn create_volume(&self, p: &CreateVolumeParams) -> Result<Uuid, AgentError> {
         let (sd, img) = (&p.sd_id, &p.img_id);
+        let unsupported = |what: &str| -> AgentError {
+            ApiError::new(ErrorCode::UnsupportedOperation, what.to_string()).into()
+        };
+        if p.parent_img_id
+            .as_ref()
+            .is_some_and(|i| !i.is_blank() && i != img)
+        {
+            return Err(unsupported(
+                "a parent in another image (srcImgUUID, a template) is not supported",
+            ));
+        }
+        if p.add_bitmaps.is_some_and(|f| f.get()) || p.bitmap.is_some() {
+            return Err(unsupported(
+                "bitmaps (addBitmaps, bitmap) are not supported",
+            ));
+        }
         let dom = self.domain(sd)?;
         let _locks = self.lock_sync(&[
             (domain_key(sd.as_str()), Mode::Shared),
@@ -340,27 +448,85 @@ impl Agent {
             capacity: p.capacity.get(),
             format: p.format,
             allocation: p.preallocate,
-            parent: p.parent_vol_id.clone(),
+            parent: p.parent_vol_id.clone().filter(|v| !v.is_blank()),
             description: p
                 .description
                 .as_ref()
                 .map(Description::as_str)
                 .unwrap_or("")
                 .to_string(),
-            legality: Legality::Legal,
-            disktype: "DATA".into(),
+            legality: if p.legal.is_none_or(|l| l.get()) {
+                Legality::Legal
+            } else {
+                Legality::Illegal
+            },
+            disktype: p
+                .disk_type
+                .map(|d| d.as_str())
+                .unwrap_or("DATA")
+                .to_string(),
             sequence: p.sequence.map_or(0, sdm_proto::Sequence::get),
         };
         volume::create(&dom, &req)?;
         tracing::info!(sd_id = %sd, img_id = %img, vol_id = %p.vol_id, capacity = req.capacity, format = %p.format, "created volume");
-        Ok(())
+        Ok(self.jobs.record_done(&Uuid::new_v4(), "create_volume")?)
     }
 
-    /// `Volume.getInfo`.
-    pub fn volume_info(&self, sd: &Uuid, img: &Uuid, vol: &Uuid) -> Result<VolumeInfo, AgentError> {
+    /// `Volume.getInfo`: VDSM's INVALID answer when the volume's metadata or sizes cannot be
+    /// read (a missing volume is VolumeDoesNotExist, as in VDSM).
+    pub fn volume_info(
+        &self,
+        sd: &Uuid,
+        img: &Uuid,
+        vol: &Uuid,
+    ) -> Result<VolumeInfoReply, AgentError> {
         let dom = self.domain(sd)?;
-        Ok(volume::info(&dom, img, vol)?)
+        match volume::info(&dom, img, vol) {
+            Ok(i) => Ok(VolumeInfoReply::Info(Box::new(i))),
+            Err(e @ StorageError::VolumeNotFound { .. }) => Err(e.into()),
+            // VDSM looks for the volume only: VolumeDoesNotExist, also when its image is missing.
+            Err(StorageError::ImageNotFound { .. }) => Err(StorageError::VolumeNotFound {
+                sd: sd.to_string(),
+                img: img.to_string(),
+                vol: vol.to_string(),
+            }
+            .into()),
+            Err(
+                e @ (StorageError::BadMetadata(_)
+                | StorageError::Io { .. }
+                | StorageError::Durable(_)
+                | StorageError::QemuImg(_)),
+            ) => {
+                tracing::warn!(sd_id = %sd, img_id = %img, vol_id = %vol, error = %crate::error::chain_message(&e), "volume metadata cannot be read: INVALID");
+                Ok(VolumeInfoReply::Invalid(InvalidVolumeInfo::new()))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
+}
+
+/// Local leases on a file system other hosts may mount are refused unless forced: OFD locks
+/// do not reach other hosts, so two of them could write one volume at once.
+fn check_local_allowed(
+    kind: LeaseBackendKind,
+    path: &Path,
+    force: bool,
+) -> Result<(), StorageError> {
+    if kind != LeaseBackendKind::Local || force {
+        return Ok(());
+    }
+    match crate::storage::fstype::shared_fs(path)? {
+        None => Ok(()),
+        Some(fs) => Err(StorageError::DomainType(format!(
+            "{} is on {fs}, which other hosts can mount: local leases (OFD locks) do not exclude \
+             them; use a sanlock domain there, or force it if this host alone ever uses it",
+            path.display()
+        ))),
+    }
+}
+
+fn flag(f: Option<sdm_proto::Flag>) -> bool {
+    f.is_some_and(sdm_proto::Flag::get)
 }
 
 fn engine_config(cfg: &Config) -> sdm_io::EngineConfig {

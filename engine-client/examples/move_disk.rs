@@ -7,11 +7,12 @@
 //!
 //! It creates a small disk (a RAW base and a COW layer) on the first domain of the first agent,
 //! moves it to the second domain, and prints what happened. Run it twice with an agent killed
-//! in between to see `resume` at work.
+//! in between to see `resume` at work. `SDM_JOURNAL=postgres://…` keeps the journal in a
+//! database shared with other engines instead of a local file.
 
 use std::sync::Arc;
 
-use sdm_client::{Disks, Event, HostPool, Journal, MovePolicy, SdmApiClient, Via};
+use sdm_client::{Disks, Event, HostPool, Journal, JournalOptions, MovePolicy, SdmApiClient, Via};
 use sdm_proto::{Capacity, Preallocation, Size, Uuid, VolumeFormat};
 
 #[tokio::main]
@@ -23,9 +24,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 1. The hosts, and the journal that makes operations survive an engine crash.
     let pool = Arc::new(HostPool::new(&urls)?);
-    let journal = Arc::new(Journal::open(
-        std::env::temp_dir().join("sdm-example.journal"),
-    )?);
+    let journal_url = std::env::var("SDM_JOURNAL").unwrap_or_else(|_| {
+        let path = std::env::temp_dir().join("sdm-example.journal");
+        format!("file:{}", path.display())
+    });
+    let journal = Arc::new(Journal::open_url(&journal_url, &JournalOptions::default()).await?);
     let disks = Disks::new(pool.clone(), journal);
 
     // 2. An engine starts by finishing what its previous run left unfinished.
@@ -51,7 +54,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Preallocation::Sparse,
             None,
             None,
-            None,
         )
         .await
         .via(&c)?;
@@ -64,7 +66,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             VolumeFormat::Cow,
             Preallocation::Sparse,
             Some(base),
-            None,
             None,
         )
         .await

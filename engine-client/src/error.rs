@@ -38,6 +38,17 @@ pub enum Error {
         /// Destination digest.
         dst: String,
     },
+    /// Another operation on the same image is unfinished and owned by another engine (a
+    /// shared journal refused the new one).
+    #[error("image {image} is already in progress by engine {owner} (operation {op})")]
+    InProgress {
+        /// The image.
+        image: Uuid,
+        /// The operation in progress.
+        op: Uuid,
+        /// The engine that owns it.
+        owner: String,
+    },
     /// A disk operation ended without success; the message says how and why.
     #[error("{0}")]
     Operation(String),

@@ -4,8 +4,8 @@
 //! Layers, bottom up:
 //!
 //! * [`AgentClient`]: a typed client of one agent, generated from `sdm-proto`'s API trait (every
-//!   verb is a method of [`SdmApiClient`] on [`AgentClient::api`] over HTTP, or on
-//!   [`AgentClient::websocket`]), with request timeouts, retries of idempotent reads
+//!   verb is a method of [`SdmApiClient`] on [`AgentClient::api`] over HTTP or STOMP
+//!   ([`stomp`], VDSM's transport), or on [`AgentClient::websocket`]), with request timeouts, retries of idempotent reads
 //!   ([`AgentClient::read`]) and idempotent job submission ([`AgentClient::submit`]).
 //! * [`pool::HostPool`]: the agents an engine knows, their health and domains, and host choice
 //!   through a [`pool::PlacementPolicy`] (least loaded by default).
@@ -13,8 +13,9 @@
 //!   its host answers, the destination volume's lease and generation when it does not, fencing
 //!   when neither decides.
 //! * [`journal::Journal`]: the durable record of every phase of a disk operation, kept by a
-//!   [`journal::JournalStore`] (the file journal by default); the operation types it records
-//!   are in [`op`].
+//!   [`journal::JournalStore`]: the file journal by default, or PostgreSQL shared by several
+//!   engines that take over each other's operations ([`journal::PgStore`]); the operation
+//!   types it records are in [`op`].
 //! * [`disk::Disks`]: `copy_disk`, `move_disk`, `delete_disk` and `resume`, built on the above.
 //!
 //! `docs/engine-guide.md` walks through them with a runnable example.
@@ -35,15 +36,16 @@ pub mod journal;
 pub mod op;
 pub mod placement;
 pub mod pool;
+pub mod stomp;
 pub mod tls;
 
 pub use sdm_proto::{self as proto, ApiError, ErrorCode, SdmApiClient};
 
-pub use client::{job_outcome, ping, AgentClient, ClientOptions, Via, DEFAULT_AGENT};
+pub use client::{job_outcome, ping, AgentClient, Api, ClientOptions, Via, DEFAULT_AGENT};
 pub use disk::{Disks, Event, EventSink, NoEvents, OpReport, Phase};
 pub use error::Error;
 pub use follow::{CopyTicket, Decision, FollowOptions, Verdict, VolumeId};
-pub use journal::{FileStore, Journal, JournalError, JournalStore};
+pub use journal::{FileStore, Journal, JournalError, JournalOptions, JournalStore, PgStore};
 pub use op::{DeletePolicy, MovePolicy, OpKind, Outcome, VolumeSpec};
 pub use pool::{
     Health, HostPool, HostView, LeastLoaded, PlacementPolicy, PlacementRequest, PoolOptions,

@@ -27,6 +27,8 @@ pub struct Progress {
 #[derive(Debug)]
 pub struct Control {
     aborted: AtomicBool,
+    /// Nanoseconds since `epoch` after which the operation counts as aborted; 0: none.
+    deadline: AtomicU64,
     /// Bytes per second; 0 means unlimited.
     limit: AtomicU64,
     done: AtomicU64,
@@ -50,6 +52,7 @@ impl Control {
     pub fn new() -> Control {
         Control {
             aborted: AtomicBool::new(false),
+            deadline: AtomicU64::new(0),
             limit: AtomicU64::new(0),
             done: AtomicU64::new(0),
             total: AtomicU64::new(0),
@@ -66,9 +69,32 @@ impl Control {
         self.aborted.store(true, Relaxed);
     }
 
-    /// Whether [`Control::abort`] was called.
+    /// Whether [`Control::abort`] was called, or the deadline set with
+    /// [`Control::set_deadline`] has passed.
     pub fn is_aborted(&self) -> bool {
-        self.aborted.load(Relaxed)
+        self.aborted.load(Relaxed) || self.deadline_passed()
+    }
+
+    /// Makes the operation stop, as an abort does, once `at` has passed unless the deadline is
+    /// moved on before (None: no deadline). The owner of a lease sets it a little after each
+    /// successful check of the lease, so an operation whose process was frozen past that (and
+    /// whose lease may have been taken over meanwhile) stops before its next request, without
+    /// waiting for any other thread to run first.
+    pub fn set_deadline(&self, at: Option<Instant>) {
+        let ns = match at {
+            // Never 0, which means "none".
+            Some(at) => (at.saturating_duration_since(self.epoch).as_nanos() as u64).max(1),
+            None => 0,
+        };
+        self.deadline.store(ns, Relaxed);
+    }
+
+    /// Whether a deadline is set and has passed.
+    pub fn deadline_passed(&self) -> bool {
+        match self.deadline.load(Relaxed) {
+            0 => false,
+            d => self.now_ns() >= d,
+        }
     }
 
     /// Limit the operation's IO to `bytes_per_sec` (None: unlimited). Takes effect at once.
@@ -268,6 +294,22 @@ mod tests {
         );
         c.abort();
         assert_eq!(t.admit(&c, 1, true), Admit::Aborted);
+    }
+
+    #[test]
+    fn a_passed_deadline_aborts_and_can_be_moved_on() {
+        let c = Control::new();
+        assert!(!c.is_aborted());
+        c.set_deadline(Some(Instant::now() + Duration::from_secs(60)));
+        assert!(!c.is_aborted() && !c.deadline_passed());
+        c.set_deadline(Some(Instant::now()));
+        assert!(c.is_aborted() && c.deadline_passed());
+        let mut t = Throttle::new();
+        assert_eq!(t.admit(&c, 1, false), Admit::Aborted);
+        c.set_deadline(Some(Instant::now() + Duration::from_secs(60)));
+        assert!(!c.is_aborted());
+        c.set_deadline(None);
+        assert!(!c.is_aborted());
     }
 
     #[test]

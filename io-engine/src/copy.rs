@@ -261,6 +261,12 @@ impl Copier<'_> {
                     return Err(IoError::at("read from", &self.src.path, off + n, e));
                 }
                 self.report.bytes_read += len;
+                // Checked again between a read and its writes: after the process was frozen
+                // (a deadline passed meanwhile) or aborted while the read was in flight, the
+                // data is not written.
+                if self.ctl.is_aborted() {
+                    return Err(IoError::aborted(OP, &self.dst.path));
+                }
                 let mut runs = std::mem::take(&mut self.runs);
                 zero_runs(
                     &io.buf(slot)[..len as usize],

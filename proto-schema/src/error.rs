@@ -58,6 +58,10 @@ error_codes! {
     JobNotActive = 84,
     /// Anything unexpected, including IO errors (the message says what and carries the errno text).
     GeneralException = 100,
+    /// `Task.*` of an id that is not a job of this agent.
+    UnknownTask = 401,
+    /// `Task.clear` of a job that has not finished.
+    TaskStateError = 410,
     /// The volume does not exist.
     VolumeDoesNotExist = 201,
     /// Volume metadata could not be written or made durable.
@@ -78,6 +82,9 @@ error_codes! {
     StorageDomainDoesNotExist = 358,
     /// A storage domain with this id is already attached or exists at the path.
     StorageDomainAlreadyExists = 365,
+    /// The domain's type does not allow this use: a lease backend other than the one the
+    /// domain was formatted with, or local leases on a network file system (without force).
+    StorageDomainTypeError = 372,
     /// Wiping (zeroing) a volume failed; its data is still there.
     VolumesZeroingError = 374,
     /// The storage domain ran out of space (ENOSPC).

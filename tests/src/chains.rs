@@ -34,7 +34,6 @@ pub async fn make_volume(
             prealloc,
             parent.map(|p| p.vol.clone()),
             None,
-            None,
         )
         .await
         .via(c)

@@ -3,7 +3,13 @@
 
 pub mod chains;
 pub mod cluster;
+pub mod engines;
+pub mod fencing;
 pub mod hostile;
+pub mod journals;
+pub mod postgres;
+pub mod scale;
+pub mod stomp_py;
 pub mod volumes;
 
 pub use volumes::*;
@@ -105,9 +111,13 @@ impl AgentProc {
     }
 
     fn spawn(&mut self) {
+        self.spawn_on("127.0.0.1:0")
+    }
+
+    fn spawn_on(&mut self, listen: &str) {
         let mut cmd = Command::new(bin("sdm-agent"));
         cmd.arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--state-dir")
             .arg(&self.state_dir);
         if let Some(extra) = &self.opts.config {
@@ -200,6 +210,14 @@ impl AgentProc {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
+    }
+
+    /// Starts the agent again on the same state directory and the same address, so that
+    /// clients holding its URL reach it again (after a kill).
+    pub fn restart_same_port(&mut self) {
+        self.kill9();
+        let addr = self.addr.to_string();
+        self.spawn_on(&addr);
     }
 }
 
@@ -376,6 +394,19 @@ pub fn raw_post(addr: SocketAddr, body: &[u8]) -> (u16, String) {
     );
     s.write_all(head.as_bytes()).unwrap();
     let _ = s.write_all(body);
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let (status, body) = status_and_body(&resp);
+    (status, dechunk(&body))
+}
+
+/// Sends one raw HTTP GET of `path` and returns (status code, response body).
+pub fn raw_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(head.as_bytes()).unwrap();
     let mut resp = Vec::new();
     let _ = s.read_to_end(&mut resp);
     let (status, body) = status_and_body(&resp);

@@ -108,7 +108,6 @@ pub async fn create_volume(
             Preallocation::Sparse,
             parent,
             description,
-            None,
         )
         .await
         .via(c)

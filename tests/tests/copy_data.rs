@@ -443,13 +443,19 @@ async fn sanlock_two_hosts_lease_contention_and_crash() {
     let c2 = h2.client();
     let sd = uuid();
     c1.api()
-        .create_domain(sd.clone(), shared.path().to_string_lossy().into(), None)
+        .create_domain(
+            sd.clone(),
+            shared.path().to_string_lossy().into(),
+            None,
+            None,
+            None,
+        )
         .await
         .via(&c1)
         .unwrap();
     let dir = shared.path().join(sd.as_str());
     c2.api()
-        .attach_domain(dir.to_string_lossy().into())
+        .attach_domain(dir.to_string_lossy().into(), None, None)
         .await
         .via(&c2)
         .unwrap();

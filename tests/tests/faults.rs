@@ -64,7 +64,7 @@ async fn enospc_case(agent: &AgentProc, root: &Path) {
     let (sd1, _, _, _) = default_domains(&c).await;
     let sd = uuid();
     c.api()
-        .create_domain(sd.clone(), root.to_string_lossy().into(), None)
+        .create_domain(sd.clone(), root.to_string_lossy().into(), None, None, None)
         .await
         .via(&c)
         .unwrap();
@@ -98,7 +98,7 @@ async fn second_host(doms: &[&Path]) -> AgentProc {
     let cb = b.client();
     for d in doms {
         cb.api()
-            .attach_domain(d.to_string_lossy().into())
+            .attach_domain(d.to_string_lossy().into(), None, None)
             .await
             .via(&cb)
             .unwrap();

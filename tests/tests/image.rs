@@ -52,7 +52,6 @@ async fn delete_with_wipe(c: &AgentClient, img: &Uuid, sd: &Uuid) -> Uuid {
         .await
         .via(c)
         .unwrap()
-        .uuid
 }
 
 async fn move_image(
@@ -76,7 +75,7 @@ async fn move_image(
         )
         .await
         .via(c)?;
-    Ok(wait_job(c, &r.uuid).await)
+    Ok(wait_job(c, &r).await)
 }
 
 #[tokio::test]
@@ -312,7 +311,7 @@ async fn delete_with_wipe_overwrites_file_volumes() {
         .await
         .via(&c)
         .unwrap();
-    assert_eq!(wait_job(&c, &r.uuid).await.status, JobStatus::Done);
+    assert_eq!(wait_job(&c, &r).await.status, JobStatus::Done);
     assert!(!dom1
         .join("images")
         .join(format!("_remove_me_{img}"))
@@ -659,4 +658,40 @@ async fn another_agent_attaching_leaves_a_live_deletion_alone() {
     );
     let done = wait_job(&ca, &job).await;
     assert_eq!(done.status, JobStatus::Done, "{done:?}");
+}
+
+/// An image deleted while `StorageDomain.check` scans the domain (an engine's delete beside
+/// its check) is simply not reported: the scan never fails because something vanished.
+#[tokio::test]
+async fn check_while_images_vanish_never_fails() {
+    let agent = AgentProc::start(AgentOptions::default());
+    let c = agent.client();
+    let (sd1, _, dom1, _) = default_domains(&c).await;
+    let mut imgs = Vec::new();
+    for _ in 0..120 {
+        let (img, vol) = (uuid(), uuid());
+        create(&c, &sd1, &img, &vol, MIB, VolumeFormat::Raw, None).await;
+        imgs.push(img);
+    }
+    // Remove the images one by one from under the agent, as a deletion on another host would,
+    // while the checks run.
+    let dirs: Vec<PathBuf> = imgs.iter().map(|i| img_dir(&dom1, i)).collect();
+    let remover = std::thread::spawn(move || {
+        for d in dirs {
+            std::fs::remove_dir_all(&d).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    let mut checks = 0;
+    while !remover.is_finished() || checks == 0 {
+        let fixes = c.api().check_domain(sd1.clone()).await.via(&c);
+        let fixes = fixes.unwrap_or_else(|e| panic!("check failed after {checks} scans: {e:?}"));
+        assert!(
+            fixes.iter().all(|f| f.data["kind"] != "bad_metadata"),
+            "a vanished volume was reported as bad metadata: {fixes:?}"
+        );
+        checks += 1;
+    }
+    remover.join().unwrap();
+    assert!(checks > 1, "the checks did not overlap the removals");
 }

@@ -76,7 +76,7 @@ async fn an_ovirt_written_domain_attaches_and_works() {
     let sd = Uuid::parse(SD).unwrap();
     let r = c
         .api()
-        .attach_domain(dom.to_string_lossy().into())
+        .attach_domain(dom.to_string_lossy().into(), None, None)
         .await
         .via(&c)
         .unwrap();
@@ -161,7 +161,7 @@ async fn an_ovirt_written_domain_attaches_and_works() {
     let meta = std::fs::read_to_string(dom.join("images").join(IMG4).join(format!("{VOL4}.meta")))
         .unwrap();
     assert!(
-        // V4 has no SEQ: it reads 0 and a write keeps it (it is chain order, not a counter).
+        // V4 metadata has no SEQ: it reads as 0, and writes keep it (CONTRACT, as VDSM).
         meta.contains("CAP=4194304\n") && meta.contains("SEQ=0\n") && !meta.contains("SIZE="),
         "rewritten as V5: {meta}"
     );
@@ -186,7 +186,7 @@ async fn a_broken_seal_is_refused_clearly() {
     .unwrap();
     let e = c
         .api()
-        .attach_domain(dom.to_string_lossy().into())
+        .attach_domain(dom.to_string_lossy().into(), None, None)
         .await
         .via(&c)
         .unwrap_err();

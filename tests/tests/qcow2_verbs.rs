@@ -239,26 +239,26 @@ async fn sequence_is_chain_order_not_a_write_counter() {
     let (sd1, sd2, _, _) = default_domains(&c).await;
     let img = uuid();
     let (base, top) = (uuid(), uuid());
-    for (vol, parent, seq) in [
-        (&base, None, None),
-        (&top, Some(base.clone()), Some(Sequence(3))),
-    ] {
-        c.api()
-            .create_volume(
-                sd1.clone(),
-                img.clone(),
-                vol.clone(),
-                Capacity(Size(4 * MIB)),
-                VolumeFormat::Cow,
-                Preallocation::Sparse,
-                parent,
-                None,
-                seq,
-            )
-            .await
-            .via(&c)
-            .unwrap();
-    }
+    create_volume(
+        &c,
+        &sd1,
+        &img,
+        &base,
+        4 * MIB,
+        VolumeFormat::Cow,
+        None,
+        None,
+    )
+    .await;
+    // `sequence` is a server-side parameter (VDSM's); sent as VDSM may, a decimal string.
+    let r = raw_call(
+        agent.addr,
+        "Volume.create",
+        json!({"sd_id": sd1, "img_id": img, "vol_id": top, "capacity": 4 * MIB,
+               "format": "COW", "preallocate": "SPARSE", "parent_vol_id": base,
+               "sequence": "3"}),
+    );
+    assert!(r.get("error").is_none(), "{r}");
     let seq = |v: VolumeInfo| v.sequence;
     // Default 0; the parent became INTERNAL (a metadata write) and kept it.
     assert_eq!(seq(volume_info(&c, &sd1, &img, &base).await), 0);

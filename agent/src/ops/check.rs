@@ -30,6 +30,7 @@ use crate::storage::backend::Leftover;
 use crate::storage::domain::Domain;
 use crate::storage::qemu;
 use crate::storage::volume::read_metadata;
+use crate::storage::StorageError;
 
 /// `StorageDomain.check`.
 pub fn check(agent: &Agent, sd: &Uuid) -> Result<Vec<Fix>, AgentError> {
@@ -54,8 +55,18 @@ pub fn check(agent: &Agent, sd: &Uuid) -> Result<Vec<Fix>, AgentError> {
         });
     }
     for img in dom.backend.list_images()? {
-        let vols = dom.backend.list_volumes(&img)?;
-        for name in dom.backend.orphans(&img)? {
+        // A deletion running beside the scan may remove an image between the listing and the
+        // look inside it: what is gone has nothing left to report.
+        let listed = dom
+            .backend
+            .list_volumes(&img)
+            .and_then(|vols| Ok((vols, dom.backend.orphans(&img)?)));
+        let (vols, orphans) = match listed {
+            Ok(v) => v,
+            Err(_) if !dom.backend.image_exists(&img) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for name in orphans {
             fixes.push(Fix {
                 fix_type: FixType::Clean,
                 description: format!("images/{img}/{name} belongs to no volume"),
@@ -73,6 +84,8 @@ pub fn check(agent: &Agent, sd: &Uuid) -> Result<Vec<Fix>, AgentError> {
 fn check_volume(agent: &Agent, dom: &Domain, img: &Uuid, vol: &Uuid, fixes: &mut Vec<Fix>) {
     let md = match read_metadata(dom, img, vol) {
         Ok(md) => md,
+        // Removed since the listing (a deletion beside the scan).
+        Err(StorageError::VolumeNotFound { .. } | StorageError::ImageNotFound { .. }) => return,
         Err(e) => {
             fixes.push(Fix {
                 fix_type: FixType::Mend,

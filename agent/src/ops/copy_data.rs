@@ -6,11 +6,13 @@
 //! 2. the destination's volume lease, exclusive, never waiting for another holder (651);
 //! 3. generation check on the destination (911, nothing changed yet);
 //! 4. source legality (227), the destination's capacity (at least the source's) and formats;
-//! 5. destination ILLEGAL, durably, before any data byte is written;
+//! 5. destination ILLEGAL, durably, before any data byte is written — right after confirming
+//!    the lease on storage and re-reading the generation;
 //! 6. the copy — or the conversion to the destination's format, collapsing the source's chain
 //!    when the destination has no parent (`ops::convert`) — ending durable (and an optional
-//!    verify);
-//! 7. one metadata write: LEGAL and generation+1 together;
+//!    verify), while a watcher stops the job if the lease is lost (`lease_watch`);
+//! 7. the source re-read: still LEGAL at the same generation; then one metadata write: LEGAL
+//!    and generation+1 together;
 //! 8. release the lease, then the locks.
 //!
 //! A failure, abort or crash anywhere after 5 leaves the destination ILLEGAL with its old
@@ -22,6 +24,8 @@ use std::sync::Arc;
 use sdm_proto::api::CopyDataParams;
 use sdm_proto::{ApiError, Endpoint, ErrorCode, Generation, JobResult, Legality, Size};
 
+use super::lease_watch::with_watch;
+use super::outcome::{before_first_write, source_unchanged, write_legal};
 use super::{check_abort, convert, flag, lock_for_job, spawn_job};
 use crate::error::AgentError;
 use crate::jobs::Job;
@@ -75,48 +79,75 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
     // Step 2 before step 1: the destination's lease comes first and never waits, so a second
     // writer of the same volume fails at once with AcquireLockFailure, here or on any other
     // host. The in-process locks after it may wait (another job on the same image), but never
-    // for this volume.
-    let dst_md = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id)?;
+    // for this volume. The read before it only refuses a missing volume early; nothing it
+    // says is used.
+    read_metadata(&dst_dom, &dst.img_id, &dst.vol_id)?;
     fail::fail_point!("sdm::copy_data::before_lease");
     let held = dst_dom.acquire_volume_lease(&dst.img_id, &dst.vol_id)?;
     fail::fail_point!("sdm::copy_data::after_lease");
-    let _locks = lock_for_job(agent, job, &wanted_locks(src, dst))?;
-    check_abort(job)?;
+    // From here until the release, a lost lease stops the job (`lease_watch`).
+    with_watch(agent, job, job.control(), &[&held], || {
+        let _locks = lock_for_job(agent, job, &wanted_locks(src, dst))?;
+        check_abort(job)?;
 
-    // Re-read under the lease: another host may have written it while we waited.
-    let mut dst_md = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id).unwrap_or(dst_md);
-    let start_gen = check_generation(dst, &dst_md)?;
-    let src_md = read_metadata(&src_dom, &src.img_id, &src.vol_id)?;
-    check_source(src, &src_md, &dst_md)?;
-    check_abort(job)?;
+        // Re-read under the lease: another host may have written it while we waited. A failed
+        // read fails the job; the read before the lease is never a stand-in for it.
+        let dst_md = reread_under_lease(&dst_dom, dst)?;
+        let start_gen = check_generation(dst, &dst_md)?;
+        let src_md = read_metadata(&src_dom, &src.img_id, &src.vol_id)?;
+        check_source(src, &src_md, &dst_md)?;
+        check_abort(job)?;
 
-    // Both volumes made usable before anything is written (the backend refuses links planted
-    // in a domain that lead outside it).
-    let src_data = src_dom.backend.prepare(&src.img_id, &src.vol_id)?;
-    let dst_data = dst_dom.backend.prepare(&dst.img_id, &dst.vol_id)?;
+        // Both volumes made usable before anything is written (the backend refuses links
+        // planted in a domain that lead outside it).
+        let src_data = src_dom.backend.prepare(&src.img_id, &src.vol_id)?;
+        let dst_data = dst_dom.backend.prepare(&dst.img_id, &dst.vol_id)?;
 
-    // From here on the destination's content is not to be trusted until the final write.
-    dst_md.legality = Legality::Illegal;
-    update_metadata(&dst_dom, &dst.img_id, &dst.vol_id, &mut dst_md)?;
-    fail::fail_point!("sdm::copy_data::after_illegal");
+        // From here on the destination's content is not to be trusted until the final write.
+        // The first write: only with the lease confirmed on storage, and at the generation
+        // checked (the wait for locks may have been long).
+        let mut dst_md = before_first_write(&dst_dom, dst, start_gen, &held)?;
+        dst_md.legality = Legality::Illegal;
+        update_metadata(&dst_dom, &dst.img_id, &dst.vol_id, &mut dst_md)?;
+        fail::fail_point!("sdm::copy_data::after_illegal");
 
-    copy_bytes(
-        agent,
-        job,
-        req,
-        &dst_dom,
-        (&src_data, &src_md),
-        (&dst_data, &dst_md),
-    )?;
-    fail::fail_point!("sdm::copy_data::before_legal");
-    check_abort(job)?;
+        copy_bytes(
+            agent,
+            job,
+            req,
+            &dst_dom,
+            (&src_data, &src_md),
+            (&dst_data, &dst_md),
+        )?;
+        fail::fail_point!("sdm::copy_data::before_legal");
+        check_abort(job)?;
+        // The source must still be what was copied (step 7 only declares that copy good).
+        source_unchanged(&src_dom, src, &src_md)?;
 
-    mark_legal(&dst_dom, dst, start_gen, &held)?;
+        mark_legal(&dst_dom, dst, start_gen, &held)
+    })?;
     fail::fail_point!("sdm::copy_data::after_legal");
     if let Err(e) = held.release() {
         tracing::warn!(error = %e, "releasing the destination lease failed");
     }
     Ok(None)
+}
+
+/// The destination's metadata, read again now that the lease is held.
+fn reread_under_lease(dom: &Domain, dst: &Endpoint) -> Result<VolumeMetadata, AgentError> {
+    fail::fail_point!("sdm::copy_data::reread", |arg| Err(
+        crate::storage::StorageError::io(
+            "read",
+            dom.backend.path(),
+            std::io::Error::from_raw_os_error(if arg.as_deref() == Some("ENOENT") {
+                libc::ENOENT
+            } else {
+                libc::EIO
+            })
+        )
+        .into()
+    ));
+    Ok(read_metadata(dom, &dst.img_id, &dst.vol_id)?)
 }
 
 /// Step 1: both domains shared, the destination image exclusive, the source image shared
@@ -223,7 +254,8 @@ fn copy_bytes(
 /// Step 7: the data is durable; make the outcome durable in one write, LEGAL and generation+1
 /// together. Re-checks first that nobody fenced the volume meanwhile (a fence needs this lease,
 /// so this is belt and braces), and that the lease is still ours: only its holder may declare
-/// the data good.
+/// the data good. A failed directory fsync after the write landed is settled by what the disk
+/// says (`outcome::write_legal`).
 fn mark_legal(
     dst_dom: &Domain,
     dst: &Endpoint,
@@ -244,8 +276,7 @@ fn mark_legal(
     held.verify()?;
     now.legality = Legality::Legal;
     now.generation = Generation(start_gen).next().get();
-    update_metadata(dst_dom, &dst.img_id, &dst.vol_id, &mut now)?;
-    Ok(())
+    write_legal(dst_dom, &dst.img_id, &dst.vol_id, &mut now)
 }
 
 fn nonzero(v: u64) -> Option<u64> {

@@ -9,6 +9,7 @@
 //! start-up (`main`, after `Agent::start`) and the `StorageDomain.attach` / `create` verbs.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sdm_proto::{ApiError, Uuid};
 
@@ -30,6 +31,8 @@ pub struct GcReport {
     pub failed: usize,
     /// Leftovers another job or host is deleting right now (left to it).
     pub busy: usize,
+    /// Temporary metadata files of dead writers removed.
+    pub temp_files: usize,
 }
 
 /// Collects the leftovers of every attached domain (at start-up, before serving).
@@ -47,9 +50,20 @@ pub fn after_attach(agent: &Arc<Agent>, attached: &Attached) {
     }
 }
 
+/// Temporary metadata files older than this are left by writers that died (a write takes
+/// milliseconds); garbage collection removes them.
+pub const STALE_TEMP_AGE: Duration = Duration::from_secs(600);
+
 /// Collects the leftovers of `dom`.
 pub fn collect_garbage(agent: &Arc<Agent>, dom: &Domain) -> GcReport {
     let mut report = GcReport::default();
+    match dom.backend.remove_stale_temp_files(STALE_TEMP_AGE) {
+        Ok(n) => report.temp_files = n,
+        Err(e) => {
+            report.failed += 1;
+            tracing::error!(sd_id = %dom.sd_id, error = %e, "cannot remove stale temporary metadata files");
+        }
+    }
     let leftovers = match dom.backend.list_leftovers() {
         Ok(l) => l,
         Err(e) => {
@@ -106,7 +120,7 @@ pub fn collect_garbage(agent: &Arc<Agent>, dom: &Domain) -> GcReport {
         }
     }
     if report != GcReport::default() {
-        tracing::info!(sd_id = %dom.sd_id, removed = report.removed, wipes_scheduled = report.wipes_scheduled, busy = report.busy, failed = report.failed, "garbage collection done");
+        tracing::info!(sd_id = %dom.sd_id, removed = report.removed, temp_files = report.temp_files, wipes_scheduled = report.wipes_scheduled, busy = report.busy, failed = report.failed, "garbage collection done");
     }
     report
 }

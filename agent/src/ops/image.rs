@@ -10,10 +10,12 @@ use std::sync::Arc;
 
 use sdm_proto::api::{DeleteImageParams, MoveImageParams};
 use sdm_proto::{
-    ApiError, ErrorCode, ImageOperation, JobResult, Legality, Preallocation, TaskRef, Uuid,
+    ApiError, Endpoint, ErrorCode, ImageOperation, JobResult, Legality, Preallocation, Uuid,
     VolumeFormat, VolumeRole,
 };
 
+use super::lease_watch::with_watch;
+use super::outcome::{source_unchanged, write_legal};
 use super::purge::purge;
 use super::{check_abort, flag, lock_for_job, run_parallel, spawn_job};
 use crate::error::AgentError;
@@ -30,7 +32,7 @@ use crate::storage::StorageError;
 // Image.delete
 
 /// `Image.delete`: validates, marks, renames, and starts the purge job.
-pub fn delete(agent: &Arc<Agent>, p: DeleteImageParams) -> Result<TaskRef, AgentError> {
+pub fn delete(agent: &Arc<Agent>, p: DeleteImageParams) -> Result<Uuid, AgentError> {
     let (sd, img) = (&p.sd_id, &p.image_id);
     let (wipe, discard) = (flag(p.post_zero), flag(p.discard));
     let dom = agent.domain(sd)?;
@@ -53,6 +55,13 @@ pub fn delete(agent: &Arc<Agent>, p: DeleteImageParams) -> Result<TaskRef, Agent
     if vols.is_empty() {
         return Err(not_found());
     }
+    fail::fail_point!("sdm::image_delete::before_lease");
+    // Every lease must be free: a volume being written elsewhere is not deleted under its writer.
+    let mut held = Vec::new();
+    for v in &vols {
+        held.push(dom.acquire_volume_lease(img, v)?);
+    }
+    // Read under the leases: what another host wrote before we took them is what we mark.
     let mut mds = Vec::new();
     for v in &vols {
         let md = read_metadata(&dom, img, v)?;
@@ -61,13 +70,11 @@ pub fn delete(agent: &Arc<Agent>, p: DeleteImageParams) -> Result<TaskRef, Agent
         }
         mds.push((v.clone(), md));
     }
-    // Every lease must be free: a volume being written elsewhere is not deleted under its writer.
-    let mut held = Vec::new();
-    for v in &vols {
-        held.push(dom.acquire_volume_lease(img, v)?);
-    }
     let job = agent.jobs.register(&job_id, "delete_image")?;
     let marked = (|| -> Result<Leftover, AgentError> {
+        for h in &held {
+            h.verify()?;
+        }
         for (v, md) in &mut mds {
             if md.legality != Legality::Illegal {
                 md.legality = Legality::Illegal;
@@ -93,7 +100,7 @@ pub fn delete(agent: &Arc<Agent>, p: DeleteImageParams) -> Result<TaskRef, Agent
         job,
         super::work(move |job| purge(&agent2, job, &dom2, &leftover, discard, held)),
     );
-    Ok(TaskRef { uuid: job_id })
+    Ok(job_id)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -115,7 +122,7 @@ pub struct MoveRequest {
 }
 
 /// `Image.move`: validates and starts the copy job.
-pub fn move_image(agent: &Arc<Agent>, p: MoveImageParams) -> Result<TaskRef, AgentError> {
+pub fn move_image(agent: &Arc<Agent>, p: MoveImageParams) -> Result<Uuid, AgentError> {
     let req = MoveRequest {
         img: p.image_id,
         src: p.src_sd_id,
@@ -154,7 +161,7 @@ pub fn move_image(agent: &Arc<Agent>, p: MoveImageParams) -> Result<TaskRef, Age
     spawn_job(agent, &job_id, "move_image", move |job| {
         run_move(&agent2, job, &req)
     })?;
-    Ok(TaskRef { uuid: job_id })
+    Ok(job_id)
 }
 
 fn dst_image_is_legal(dom: &Domain, img: &Uuid) -> bool {
@@ -271,7 +278,7 @@ fn run_move(
 
 fn copy_one(
     agent: &Agent,
-    job: &Job,
+    job: &Arc<Job>,
     src_dom: &Domain,
     dst_dom: &Domain,
     img: &Uuid,
@@ -293,13 +300,20 @@ fn copy_one(
             .reads_zeros_when_new(src_md.format, target_allocation(dst_dom, src_md)),
         ..Default::default()
     };
-    agent.engine.copy(src.path(), dst.path(), &opts, &ctl)?;
-    let mut md = read_metadata(dst_dom, img, v)?;
-    held.verify()?;
-    md.legality = Legality::Legal;
-    md.role = src_md.role;
-    md.generation = src_md.generation;
-    update_metadata(dst_dom, img, v, &mut md)?;
+    with_watch(agent, job, &ctl, &[&held], || {
+        // The first write to this volume is its data: only with the lease confirmed.
+        held.verify()?;
+        agent.engine.copy(src.path(), dst.path(), &opts, &ctl)?;
+        check_abort(job)?;
+        let src_ep = Endpoint::div(src_dom.sd_id.clone(), img.clone(), v.clone(), None);
+        source_unchanged(src_dom, &src_ep, src_md)?;
+        let mut md = read_metadata(dst_dom, img, v)?;
+        held.verify()?;
+        md.legality = Legality::Legal;
+        md.role = src_md.role;
+        md.generation = src_md.generation;
+        write_legal(dst_dom, img, v, &mut md)
+    })?;
     if let Err(e) = held.release() {
         tracing::warn!(error = %e, "releasing a destination lease failed");
     }

@@ -17,7 +17,9 @@ pub mod convert;
 pub mod copy_data;
 pub mod gc;
 pub mod image;
+pub mod lease_watch;
 pub mod merge;
+pub mod outcome;
 pub mod purge;
 pub mod sparsify;
 pub mod update_volume;
@@ -103,9 +105,12 @@ pub fn flag(f: Option<Flag>) -> bool {
     f.is_some_and(Flag::get)
 }
 
-/// Fails with ActionStopped if the job was aborted.
+/// Fails with ActionStopped if the job was aborted, with the fence reason (AcquireLockFailure)
+/// if it was stopped because a lease it holds was lost.
 pub fn check_abort(job: &Job) -> Result<(), ApiError> {
-    if job.is_aborting() {
+    if let Some(why) = job.fenced() {
+        Err(why.clone())
+    } else if job.is_aborting() {
         Err(ApiError::new(ErrorCode::ActionStopped, "job aborted"))
     } else {
         Ok(())

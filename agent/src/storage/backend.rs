@@ -297,6 +297,17 @@ pub trait DomainBackend: Send + Sync + fmt::Debug {
 
     /// Removes a leftover and all it holds, durably.
     fn purge(&self, l: &Leftover) -> Result<(), StorageError>;
+
+    /// Removes the temporary files of metadata writers that died before their rename
+    /// (`crate::durable::is_temp_name`, nothing else) older than `older_than`; returns how
+    /// many. A backend whose metadata writes leave no such files has none.
+    fn remove_stale_temp_files(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<usize, StorageError> {
+        let _ = older_than;
+        Ok(0)
+    }
 }
 
 #[cfg(test)]

@@ -101,8 +101,17 @@ impl Domain {
 
     /// Takes a volume's lease, never waiting for another holder.
     pub fn acquire_lease(&self, vol: &Uuid, at: &LeaseLocation) -> Result<Lease, LeaseError> {
-        self.leases
-            .acquire(self.sd_id.as_str(), vol.as_str(), &at.path, at.offset)
+        let started = std::time::Instant::now();
+        let r = self
+            .leases
+            .acquire(self.sd_id.as_str(), vol.as_str(), &at.path, at.offset);
+        crate::metrics::lease_acquired(
+            started.elapsed(),
+            r.as_ref()
+                .err()
+                .map(|e| crate::metrics::lease_failure(e.kind())),
+        );
+        r
     }
 
     /// Takes the lease of a volume of a live image, never waiting for another holder.
@@ -164,6 +173,21 @@ mod tests {
         assert_eq!(d.sd_id, sd);
         assert_eq!(d.description(), "test domain");
         assert_eq!(d.metadata.get("TYPE"), Some("LOCALFS"));
+        assert_eq!(
+            d.metadata.lease_backend().unwrap(),
+            crate::config::LeaseBackendKind::Local
+        );
+        let mut md = d.metadata.clone();
+        for (t, want) in [
+            ("NFS", Some(crate::config::LeaseBackendKind::Sanlock)),
+            ("POSIXFS", Some(crate::config::LeaseBackendKind::Sanlock)),
+            ("GLUSTERFS", Some(crate::config::LeaseBackendKind::Sanlock)),
+            ("LOCALFS", Some(crate::config::LeaseBackendKind::Local)),
+            ("FLOPPY", None),
+        ] {
+            md.set("TYPE", t);
+            assert_eq!(md.lease_backend().ok(), want, "{t}");
+        }
         assert!(matches!(
             Domain::create(
                 DomainKind::File,

@@ -12,6 +12,7 @@ use sdm_proto::{
 use sha1::{Digest, Sha1};
 
 use super::StorageError;
+use crate::config::LeaseBackendKind;
 
 /// Key of the checksum line in domain metadata.
 pub const CHECKSUM_KEY: &str = "_SHA_CKSUM";
@@ -128,6 +129,23 @@ impl DomainMetadata {
         md
     }
 
+    /// The lease backend the domain was formatted for, from its TYPE, as VDSM decides it
+    /// (`localFsSD`: LOCALFS domains take local locks; every shared type, file or block, takes
+    /// sanlock). sdm writes LOCALFS for local domains and POSIXFS for sanlock ones.
+    pub fn lease_backend(&self) -> Result<LeaseBackendKind, StorageError> {
+        match self.get("TYPE").map(str::trim) {
+            Some("LOCALFS") => Ok(LeaseBackendKind::Local),
+            Some("NFS" | "POSIXFS" | "GLUSTERFS" | "CIFS" | "SHAREDFS" | "FCP" | "ISCSI") => {
+                Ok(LeaseBackendKind::Sanlock)
+            }
+            other => Err(StorageError::DomainType(format!(
+                "domain {} has TYPE {:?}, from which sdm cannot tell its lease backend",
+                self.get("SDUUID").unwrap_or(""),
+                other.unwrap_or("")
+            ))),
+        }
+    }
+
     /// Checks that this is the metadata of data domain `name` (found at `path`) in the format
     /// sdm handles.
     pub fn check_opens(&self, name: &str, path: &Path) -> Result<(), StorageError> {
@@ -190,8 +208,7 @@ pub struct VolumeMetadata {
     pub legality: Legality,
     /// Parent volume or BLANK.
     pub parent: String,
-    /// Chain order (SEQ: a newer volume has a higher number), set at creation and written
-    /// back unchanged by every later write.
+    /// The volume's place in its chain (SEQ): set at creation, kept by every later write.
     pub sequence: u64,
     /// SPARSE or PREALLOCATED.
     pub allocation: Preallocation,

@@ -7,7 +7,9 @@
 
 pub mod backend;
 pub mod domain;
+pub mod domain_info;
 pub mod file;
+pub mod fstype;
 pub mod md;
 pub mod qcow2;
 pub mod qemu;
@@ -80,6 +82,10 @@ pub enum StorageError {
     /// The domain is in use.
     #[error("{0}")]
     Busy(String),
+    /// The domain's type forbids this use: a lease backend other than the one it was
+    /// formatted with, or local leases on a shared file system without force.
+    #[error("{0}")]
+    DomainType(String),
     /// A system call failed.
     #[error("{op} {path} failed")]
     Io {

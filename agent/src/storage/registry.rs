@@ -20,6 +20,9 @@ pub struct Attached {
     pub path: PathBuf,
     /// Lease backend.
     pub lease_backend: String,
+    /// Attached with force (a local domain on a shared file system).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -27,10 +30,13 @@ struct StateFile {
     domains: Vec<Attached>,
 }
 
+/// An attached domain, its lease backend, and whether it was attached with force.
+type Entry = (Arc<Domain>, LeaseBackendKind, bool);
+
 /// Attached domains.
 pub struct Registry {
     state_file: PathBuf,
-    domains: RwLock<BTreeMap<Uuid, (Arc<Domain>, LeaseBackendKind)>>,
+    domains: RwLock<BTreeMap<Uuid, Entry>>,
 }
 
 impl Registry {
@@ -55,16 +61,14 @@ impl Registry {
         }
     }
 
-    fn persist(
-        &self,
-        map: &BTreeMap<Uuid, (Arc<Domain>, LeaseBackendKind)>,
-    ) -> Result<(), StorageError> {
+    fn persist(&self, map: &BTreeMap<Uuid, Entry>) -> Result<(), StorageError> {
         let state = StateFile {
             domains: map
                 .values()
-                .map(|(d, k)| Attached {
+                .map(|(d, k, force)| Attached {
                     path: d.path().to_path_buf(),
                     lease_backend: k.as_str().to_string(),
+                    force: *force,
                 })
                 .collect(),
         };
@@ -73,11 +77,16 @@ impl Registry {
         Ok(())
     }
 
-    /// Adds an opened domain. Attaching the same domain (same directory) again is a no-op;
-    /// another directory with the same id is refused.
-    pub fn insert(&self, dom: Arc<Domain>, kind: LeaseBackendKind) -> Result<bool, StorageError> {
+    /// Adds an opened domain (`force`: attached with force). Attaching the same domain (same
+    /// directory) again is a no-op; another directory with the same id is refused.
+    pub fn insert(
+        &self,
+        dom: Arc<Domain>,
+        kind: LeaseBackendKind,
+        force: bool,
+    ) -> Result<bool, StorageError> {
         let mut map = self.domains.write().unwrap_or_else(|e| e.into_inner());
-        if let Some((existing, _)) = map.get(&dom.sd_id) {
+        if let Some((existing, _, _)) = map.get(&dom.sd_id) {
             if existing.path() == dom.path() {
                 return Ok(false);
             }
@@ -87,7 +96,7 @@ impl Registry {
                 existing.path().display()
             )));
         }
-        map.insert(dom.sd_id.clone(), (dom, kind));
+        map.insert(dom.sd_id.clone(), (dom, kind, force));
         self.persist(&map)?;
         Ok(true)
     }
@@ -95,7 +104,7 @@ impl Registry {
     /// Removes a domain.
     pub fn remove(&self, sd: &Uuid) -> Result<Arc<Domain>, StorageError> {
         let mut map = self.domains.write().unwrap_or_else(|e| e.into_inner());
-        let (dom, _) = map
+        let (dom, _, _) = map
             .remove(sd)
             .ok_or_else(|| StorageError::DomainNotAttached(sd.to_string()))?;
         self.persist(&map)?;
@@ -108,7 +117,7 @@ impl Registry {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(sd)
-            .map(|(d, _)| d.clone())
+            .map(|(d, _, _)| d.clone())
             .ok_or_else(|| StorageError::DomainNotAttached(sd.to_string()))
     }
 
@@ -118,7 +127,7 @@ impl Registry {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .cloned()
+            .map(|(d, k, _)| (d.clone(), *k))
             .collect()
     }
 }

@@ -4,7 +4,7 @@
 //! data, metadata and lease live is the backend's ([`super::backend::DomainBackend`]).
 
 use sdm_proto::{
-    LeaseInfo, Legality, Preallocation, Size, Uuid, VolumeFormat, VolumeInfo, VolumeRole,
+    LeaseInfo, Legality, Preallocation, Size, Timestamp, Uuid, VolumeFormat, VolumeInfo, VolumeRole,
 };
 
 use super::backend::Creation;
@@ -33,7 +33,7 @@ pub struct NewVolume {
     pub legality: Legality,
     /// Disk type (DATA unless copying another volume's).
     pub disktype: String,
-    /// Chain order (VDSM's SEQ); written once, here.
+    /// Place in the chain (SEQ), newer volumes higher; copies keep their source's.
     pub sequence: u64,
 }
 
@@ -42,9 +42,10 @@ pub fn read_metadata(dom: &Domain, img: &Uuid, vol: &Uuid) -> Result<VolumeMetad
     dom.backend.read_metadata(img, vol)
 }
 
-/// Writes a changed volume's metadata atomically and durably. The sequence number is written
-/// back as read: it is the volume's place in its chain (VDSM's SEQ), set at creation, not a
-/// write counter. The caller holds the image lock.
+/// Writes a changed volume's metadata atomically and durably. The sequence number (SEQ, the
+/// volume's place in its chain) is written back as read: as in VDSM, only creation sets it
+/// (CONTRACT: never changed by metadata writes, copies or moves). The caller holds the image
+/// lock.
 pub fn update_metadata(
     dom: &Domain,
     img: &Uuid,
@@ -74,8 +75,18 @@ pub fn create(dom: &Domain, req: &NewVolume) -> Result<(), StorageError> {
         .checked_next_multiple_of(CAPACITY_ALIGN)
         .filter(|c| *c <= i64::MAX as u64)
         .ok_or_else(|| StorageError::Invalid(format!("capacity {} is too large", req.capacity)))?;
-    let parent_md = match &req.parent {
-        Some(p) if p.is_blank() => None,
+    // The parent's metadata is rewritten below (LEAF → INTERNAL): like every metadata writer,
+    // this holds the parent's lease around the read and the write, never waiting for another
+    // holder (651). Its existence is checked first, so a missing parent stays a clear error.
+    let parent = req.parent.as_ref().filter(|p| !p.is_blank());
+    let parent_lease = match parent {
+        Some(p) => {
+            parent_metadata(dom, req, p, capacity)?;
+            Some(dom.acquire_volume_lease(&req.img, p)?)
+        }
+        None => None,
+    };
+    let parent_md = match parent {
         Some(p) => Some((p.clone(), parent_metadata(dom, req, p, capacity)?)),
         None => None,
     };
@@ -97,6 +108,9 @@ pub fn create(dom: &Domain, req: &NewVolume) -> Result<(), StorageError> {
         allocation: req.allocation,
         role: VolumeRole::Leaf,
     };
+    if let Some(lease) = &parent_lease {
+        lease.verify()?;
+    }
     let creation = Creation {
         img: &req.img,
         vol: &req.vol,
@@ -104,10 +118,14 @@ pub fn create(dom: &Domain, req: &NewVolume) -> Result<(), StorageError> {
         parent: parent_md.as_ref().map(|(p, pmd)| (p, pmd)),
     };
     dom.backend.create_volume(dom.leases.as_ref(), &creation)?;
-    if let Some((p, mut pmd)) = parent_md {
+    if let (Some((p, mut pmd)), Some(lease)) = (parent_md, parent_lease) {
         if pmd.role == VolumeRole::Leaf {
+            lease.verify()?;
             pmd.role = VolumeRole::Internal;
             update_metadata(dom, &req.img, &p, &mut pmd)?;
+        }
+        if let Err(e) = lease.release() {
+            tracing::warn!(vol_id = %p, error = %e, "releasing the parent's lease failed");
         }
     }
     Ok(())
@@ -174,7 +192,10 @@ pub fn info(dom: &Domain, img: &Uuid, vol: &Uuid) -> Result<VolumeInfo, StorageE
         parent: Uuid::parse(&md.parent).unwrap_or_else(|_| Uuid::blank()),
         description: md.description,
         disktype: md.disktype,
-        ctime: md.ctime,
+        ctime: Timestamp(md.ctime),
+        mtime: Timestamp(0),
+        pool: String::new(),
+        children: Vec::new(),
         legality: md.legality,
         generation: md.generation,
         sequence: md.sequence,
@@ -220,6 +241,21 @@ mod tests {
             disktype: "DATA".into(),
             sequence: 0,
         }
+    }
+
+    #[test]
+    fn sequence_is_set_at_creation_and_kept_by_metadata_writes() {
+        let (_t, d) = domain();
+        let img = Uuid::new_v4();
+        let mut req = new(&img, VolumeFormat::Raw, None);
+        req.sequence = 7;
+        create(&d, &req).unwrap();
+        let mut md = read_metadata(&d, &img, &req.vol).unwrap();
+        assert_eq!(md.sequence, 7);
+        md.legality = Legality::Illegal;
+        update_metadata(&d, &img, &req.vol, &mut md).unwrap();
+        let i = info(&d, &img, &req.vol).unwrap();
+        assert_eq!((i.sequence, i.legality), (7, Legality::Illegal));
     }
 
     #[test]

@@ -15,6 +15,12 @@ pub struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Call the (first) agent over STOMP, VDSM's transport, on the same port (`stomp://` for
+    /// an `http://` agent, `stomps://` with mutual TLS for `https://`). An agent URL may also
+    /// say `stomp://HOST:PORT` or `stomps://HOST:PORT` itself. Jobs are then followed by
+    /// polling over STOMP; commands over several agents stay on HTTP.
+    #[arg(long, global = true, env = "SDM_STOMP")]
+    pub stomp: bool,
     /// CA certificate that signed the agents' certificates (mutual TLS, `https://` agents).
     #[arg(long, global = true, env = "SDM_CA")]
     pub ca: Option<PathBuf>,
@@ -98,13 +104,30 @@ pub enum DomainCmd {
         sd_id: Option<String>,
         #[arg(long, default_value = "")]
         description: String,
+        /// Lease backend to format it for: local or sanlock (default: the agent's).
+        #[arg(long)]
+        lease_backend: Option<String>,
+        /// Allow local leases on a network file system.
+        #[arg(long)]
+        force: bool,
     },
-    /// Attach the existing domain directory PATH (.../<sd_id>).
-    Attach { path: String },
+    /// Attach the existing domain directory PATH (.../<sd_id>), with the lease backend it
+    /// was formatted for.
+    Attach {
+        path: String,
+        /// Refuse unless the domain uses this lease backend: local or sanlock.
+        #[arg(long)]
+        lease_backend: Option<String>,
+        /// Allow a local domain on a network file system.
+        #[arg(long)]
+        force: bool,
+    },
     /// Detach a domain.
     Detach { sd_id: String },
     /// Images of a domain.
     Images { sd_id: String },
+    /// A domain as VDSM describes it (StorageDomain.getInfo).
+    Info { sd_id: String },
     /// Leftovers and inconsistencies.
     Check { sd_id: String },
     /// Repair one finding of `domain check` (pass it as JSON, e.g. from `domain check --json`).
@@ -324,34 +347,73 @@ pub struct TransferArgs {
     pub j: JournalArgs,
 }
 
-/// Where the engine journal lives.
+/// Where the engine journal lives, and how this engine holds operations in a shared one.
 #[derive(Args, Debug, Clone)]
 pub struct JournalArgs {
-    /// Journal file (default: $SDM_JOURNAL, else $XDG_STATE_HOME/sdm/sdmctl.journal, else
-    /// ~/.local/state/sdm/sdmctl.journal).
+    /// Journal: a file (`PATH` or `file:PATH`) or a shared PostgreSQL journal
+    /// (`postgres://USER:PASSWORD@HOST:PORT/DB`, plain TCP). Default: $SDM_JOURNAL, else
+    /// $XDG_STATE_HOME/sdm/sdmctl.journal, else ~/.local/state/sdm/sdmctl.journal.
     #[arg(long, env = "SDM_JOURNAL")]
-    pub journal: Option<PathBuf>,
+    pub journal: Option<String>,
+    /// Shared journal: seconds an operation stays this engine's without renewal.
+    #[arg(long, env = "SDM_JOURNAL_LEASE", default_value_t = 10.0)]
+    pub journal_lease: f64,
+    /// Shared journal: seconds between renewals (at most half the lease).
+    #[arg(long, env = "SDM_JOURNAL_RENEW", default_value_t = 3.0)]
+    pub journal_renew: f64,
+    /// Shared journal: this engine's id, recorded as the owner of its operations (default:
+    /// host name, pid and a random suffix). Never give two live processes the same id.
+    #[arg(long, env = "SDM_ENGINE_ID")]
+    pub engine_id: Option<String>,
 }
 
 impl JournalArgs {
-    pub fn path(&self) -> PathBuf {
-        if let Some(p) = &self.journal {
-            return p.clone();
+    /// The journal URL (or path) to open.
+    pub fn url(&self) -> String {
+        if let Some(u) = &self.journal {
+            return u.clone();
         }
         let base = std::env::var_os("XDG_STATE_HOME")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
             .unwrap_or_else(|| PathBuf::from("."));
-        base.join("sdm").join("sdmctl.journal")
+        base.join("sdm")
+            .join("sdmctl.journal")
+            .display()
+            .to_string()
+    }
+
+    /// The shared journal's settings.
+    pub fn options(&self) -> anyhow::Result<sdm_client::journal::JournalOptions> {
+        let secs = |v: f64, what: &str| {
+            std::time::Duration::try_from_secs_f64(v)
+                .map_err(|_| anyhow::anyhow!("{what}: {v} is not a duration in seconds"))
+        };
+        Ok(sdm_client::journal::JournalOptions {
+            owner: self.engine_id.clone(),
+            lease: secs(self.journal_lease, "--journal-lease")?,
+            renew_every: secs(self.journal_renew, "--journal-renew")?,
+            ..Default::default()
+        })
     }
 }
 
 /// `sdmctl resume`.
 #[derive(Args, Debug)]
 pub struct ResumeArgs {
-    /// Only list the unfinished operations.
-    #[arg(long)]
+    /// Only list the unfinished operations (with their owners in a shared journal).
+    #[arg(long, conflicts_with = "watch")]
     pub list: bool,
+    /// Run as a takeover daemon: every --interval, take up the operations whose owner's lease
+    /// expired and drive them to their end; stops on SIGTERM or SIGINT.
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between looks for operations to take up (--watch).
+    #[arg(long, default_value_t = 2.0)]
+    pub interval: f64,
+    /// Operations driven at once (--watch).
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
     #[command(flatten)]
     pub j: JournalArgs,
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use sdm_client::journal::{read_entries, replay};
+use sdm_client::journal::{read_entries, replay, JournalUrl};
 use sdm_client::{DeletePolicy, Disks, Journal, MovePolicy, OpKind, OpReport, Outcome};
 use sdm_proto::Uuid;
 
@@ -13,10 +13,23 @@ use crate::ctx::Ctx;
 use crate::fleet::Ui;
 use crate::output::human_bytes;
 
-fn open_journal(j: &JournalArgs) -> anyhow::Result<Arc<Journal>> {
-    let path = j.path();
-    let journal = Journal::open(&path).with_context(|| format!("journal {}", path.display()))?;
+async fn open_journal(j: &JournalArgs) -> anyhow::Result<Arc<Journal>> {
+    let url = j.url();
+    let journal = Journal::open_url(&url, &j.options()?)
+        .await
+        .with_context(|| format!("journal {}", redacted(&url)))?;
     Ok(Arc::new(journal))
+}
+
+/// A journal URL without its password, for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
 }
 
 /// `sdmctl disk ...`; returns the outcome for the exit code.
@@ -52,7 +65,7 @@ pub async fn run(ctx: &Ctx, cmd: DiskCmd) -> anyhow::Result<Outcome> {
             )
         }
     };
-    let disks = Disks::new(ctx.pool()?, open_journal(&journal)?);
+    let disks = Disks::new(ctx.pool()?, open_journal(&journal).await?);
     let ui = Ui::new(json);
     let dst = dst.unwrap_or_else(Uuid::blank);
     let report = match kind {
@@ -102,32 +115,12 @@ fn policy(t: &TransferArgs, wipe: bool, discard: bool) -> anyhow::Result<MovePol
 pub async fn resume(ctx: &Ctx, args: ResumeArgs) -> anyhow::Result<Outcome> {
     let json = ctx.json;
     if args.list {
-        let entries = read_entries(args.j.path())?;
-        let ops: Vec<_> = replay(&entries)
-            .into_iter()
-            .filter(|o| o.unfinished())
-            .collect();
-        if json {
-            println!("{}", serde_json::to_string_pretty(&ops)?);
-        } else if ops.is_empty() {
-            println!("nothing to resume");
-        } else {
-            for o in &ops {
-                let stage = if o.rollback.is_some() {
-                    "rolling back"
-                } else if o.committed() {
-                    "committed, deleting source"
-                } else if o.cloned {
-                    "copying"
-                } else {
-                    "begun"
-                };
-                println!("{} {} image {} ({stage})", o.op, o.kind, o.image);
-            }
-        }
-        return Ok(Outcome::Committed);
+        return list(json, &args).await;
     }
-    let disks = Disks::new(ctx.pool()?, open_journal(&args.j)?);
+    let disks = Disks::new(ctx.pool()?, open_journal(&args.j).await?);
+    if args.watch {
+        return watch(&disks, json, args.interval, args.parallel).await;
+    }
     let ui = Ui::new(json);
     let reports = disks.resume(&ui).await;
     ui.clear();
@@ -143,6 +136,122 @@ pub async fn resume(ctx: &Ctx, args: ResumeArgs) -> anyhow::Result<Outcome> {
         .find(|o| !o.is_success())
         .unwrap_or(Outcome::Committed);
     Ok(worst)
+}
+
+/// `sdmctl resume --list`: the file journal is read without taking its lock (an engine may be
+/// running); a shared journal is asked for every unfinished operation and its owner.
+async fn list(json: bool, args: &ResumeArgs) -> anyhow::Result<Outcome> {
+    let url = args.j.url();
+    let (owners, ops) = match JournalUrl::parse(&url)? {
+        JournalUrl::File(path) => {
+            let entries = read_entries(path)?;
+            (Vec::new(), replay(&entries))
+        }
+        JournalUrl::Postgres(_) => open_journal(&args.j).await?.list().await?,
+    };
+    let ops: Vec<_> = ops.into_iter().filter(|o| o.unfinished()).collect();
+    if json {
+        let out: Vec<serde_json::Value> = ops
+            .iter()
+            .map(|o| {
+                let mut v = serde_json::to_value(o).unwrap_or_default();
+                if let Some(l) = owners.iter().find(|l| l.op == o.op) {
+                    v["owner"] = serde_json::to_value(l).unwrap_or_default();
+                }
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if ops.is_empty() {
+        println!("nothing to resume");
+    } else {
+        for o in &ops {
+            let stage = if o.rollback.is_some() {
+                "rolling back"
+            } else if o.committed() {
+                "committed, deleting source"
+            } else if o.cloned {
+                "copying"
+            } else {
+                "begun"
+            };
+            let owner = match owners.iter().find(|l| l.op == o.op) {
+                Some(l) => match (&l.owner, l.expires_in_ms) {
+                    (Some(w), Some(ms)) if ms > 0 => {
+                        format!(
+                            ", owner {w} epoch {} for {:.1}s",
+                            l.epoch,
+                            ms as f64 / 1000.0
+                        )
+                    }
+                    (Some(w), _) => format!(", owner {w} epoch {} EXPIRED", l.epoch),
+                    _ => String::new(),
+                },
+                None => String::new(),
+            };
+            println!("{} {} image {} ({stage}{owner})", o.op, o.kind, o.image);
+        }
+    }
+    Ok(Outcome::Committed)
+}
+
+/// `sdmctl resume --watch`: a small takeover daemon. Every `interval` it takes up what it may
+/// (expired or released operations) and drives each to its end, logging what it decided, until
+/// SIGTERM or SIGINT; an operation it is driving then is released for another engine.
+async fn watch(
+    disks: &Disks,
+    json: bool,
+    interval: f64,
+    parallel: usize,
+) -> anyhow::Result<Outcome> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let interval = std::time::Duration::try_from_secs_f64(interval)
+        .map_err(|_| anyhow::anyhow!("--interval: {interval} is not a duration in seconds"))?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let ui = Ui::new(json);
+    eprintln!(
+        "watch: engine {} on journal {}, every {:.1}s",
+        disks.journal().owner(),
+        disks.journal().location(),
+        interval.as_secs_f64()
+    );
+    loop {
+        let round = async {
+            match disks.resume_parallel(&ui, parallel).await {
+                Ok(reports) => {
+                    for r in &reports {
+                        eprintln!(
+                            "watch: operation {} ({} of image {}) {}{}",
+                            r.op,
+                            r.kind,
+                            r.image,
+                            r.outcome,
+                            r.message
+                                .as_deref()
+                                .map(|m| format!(": {m}"))
+                                .unwrap_or_default()
+                        );
+                    }
+                    if json && !reports.is_empty() {
+                        let _ = summary(true, &reports);
+                    }
+                }
+                Err(e) => eprintln!("watch: {:#}", anyhow::Error::from(e)),
+            }
+            tokio::time::sleep(interval).await;
+        };
+        tokio::select! {
+            _ = round => {}
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    ui.clear();
+    // What was being driven is released by its dropped driver: give those updates a moment.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    eprintln!("watch: stopped");
+    Ok(Outcome::Committed)
 }
 
 fn summary(json: bool, reports: &[OpReport]) -> anyhow::Result<()> {

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use sdm_client::Via;
-use sdm_proto::{Description, Fix, FixType, SdmApiClient};
+use sdm_proto::{Description, Fix, FixType, Flag, LeaseBackendName, SdmApiClient};
 
 use crate::cli::{uuid, uuid_or_new, DomainCmd};
 use crate::ctx::Ctx;
@@ -35,19 +35,35 @@ pub async fn run(ctx: &Ctx, cmd: DomainCmd) -> anyhow::Result<()> {
             path,
             sd_id,
             description,
+            lease_backend,
+            force,
         } => {
             let sd = uuid_or_new(&sd_id, "sd id")?;
             let desc = Description::parse(&description).map_err(anyhow::Error::msg)?;
             c.api()
-                .create_domain(sd.clone(), path.clone(), Some(desc))
+                .create_domain(
+                    sd.clone(),
+                    path.clone(),
+                    Some(desc),
+                    backend(lease_backend)?,
+                    force.then_some(Flag(true)),
+                )
                 .await
                 .via(c)?;
             print(json, &serde_json::json!({"sd_id": sd}), |_| {
                 println!("{sd}")
             })?;
         }
-        DomainCmd::Attach { path } => {
-            let r = c.api().attach_domain(path).await.via(c)?;
+        DomainCmd::Attach {
+            path,
+            lease_backend,
+            force,
+        } => {
+            let r = c
+                .api()
+                .attach_domain(path, backend(lease_backend)?, force.then_some(Flag(true)))
+                .await
+                .via(c)?;
             print(json, &r, |r| println!("{}", r.sd_id))?;
         }
         DomainCmd::Detach { sd_id } => {
@@ -59,6 +75,24 @@ pub async fn run(ctx: &Ctx, cmd: DomainCmd) -> anyhow::Result<()> {
             let sd = uuid(&sd_id, "sd id")?;
             let l = c.api().get_images(sd).await.via(c)?;
             print(json, &l, |l| l.iter().for_each(|i| println!("{i}")))?;
+        }
+        DomainCmd::Info { sd_id } => {
+            let sd = uuid(&sd_id, "sd id")?;
+            let i = c.api().get_domain_info(sd).await.via(c)?;
+            print(json, &i, |i| {
+                println!("uuid:       {}", i.uuid);
+                println!("name:       {}", i.name);
+                println!("type:       {} ({})", i.storage_type, i.kind);
+                println!("class/role: {}/{}", i.class, i.role);
+                println!("version:    {}", i.version);
+                println!("block size: {} (alignment {})", i.block_size, i.alignment);
+                if let Some(p) = &i.remote_path {
+                    println!("path:       {p}");
+                }
+                if let Some(v) = &i.vguuid {
+                    println!("vg uuid:    {v}");
+                }
+            })?;
         }
         DomainCmd::Check { sd_id } => {
             let sd = uuid(&sd_id, "sd id")?;
@@ -105,4 +139,10 @@ impl FixJson for Fix {
     fn data_json(&self) -> String {
         serde_json::to_string(&self.data).unwrap_or_default()
     }
+}
+
+/// `--lease-backend local|sanlock`.
+fn backend(name: Option<String>) -> anyhow::Result<Option<LeaseBackendName>> {
+    name.map(|n| n.parse().map_err(anyhow::Error::msg))
+        .transpose()
 }

@@ -35,6 +35,10 @@ pub fn report(e: &anyhow::Error) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(3)
         }
+        Some(Error::InProgress { .. }) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
         Some(Error::Api(api)) => {
             eprintln!(
                 "error: {} ({}): {}",

@@ -145,6 +145,11 @@ impl EventSink for Ui {
                     st.total = Some(t);
                 }
             }
+            Event::TakenOver { op, from, epoch } => {
+                self.say(format!(
+                    "operation {op}: taken over from engine {from} (epoch {epoch})"
+                ));
+            }
             Event::Phase { phase, .. } => {
                 if let Some(t) = &st.total {
                     t.set_message(phase.to_string());

@@ -31,6 +31,7 @@ use crate::cli::{Cli, Cmd};
 use crate::ctx::Ctx;
 
 fn main() -> ExitCode {
+    sdm_client::journal::failpoints_from_env();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -49,7 +50,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let ctx = Ctx::new(&cli)?;
+    let ctx = Ctx::new(&cli).await?;
     match cli.cmd {
         Cmd::Certs(c) => certs::run(ctx.json, c),
         Cmd::Host(h) => host::run(&ctx, h).await,

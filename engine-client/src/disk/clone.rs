@@ -29,6 +29,27 @@ impl Disks {
             .map_err(|e| Stop::Later(e.to_string()))?;
         let (dst_ref, img) = (&dst, &st.image);
         for spec in &st.volumes {
+            // Created before a crash (and maybe marked ILLEGAL already, which would make the
+            // agent refuse a child's creation over it): keep it; it is checked below.
+            let vol = volume_on(&dst, st, &spec.vol_id);
+            let v = &vol;
+            match call!(
+                c,
+                get_volume_info(v.sd_id.clone(), v.img_id.clone(), v.vol_id.clone())
+            )
+            .await
+            {
+                Ok(_) => continue,
+                Err(Error::Api(e))
+                    if matches!(
+                        e.code,
+                        ErrorCode::VolumeDoesNotExist | ErrorCode::ImageDoesNotExistInSD
+                    ) => {}
+                Err(Error::Api(e)) => {
+                    return Err(Stop::Abandon(format!("destination volume {vol}: {e}")))
+                }
+                Err(e) => return Err(Stop::Later(e.to_string())),
+            }
             let parent = &(!spec.parent.is_blank()).then(|| spec.parent.clone());
             let description = &Description::parse(&spec.description).ok();
             let r = call!(
@@ -42,7 +63,6 @@ impl Disks {
                     spec.allocation,
                     parent.clone(),
                     description.clone(),
-                    None,
                 )
             )
             .await;
@@ -61,7 +81,22 @@ impl Disks {
         }
         for spec in &st.volumes {
             let vol = volume_on(&dst, st, &spec.vol_id);
-            let info = self.volume_info(&c, &vol).await?;
+            let v = &vol;
+            let info = match call!(
+                c,
+                get_volume_info(v.sd_id.clone(), v.img_id.clone(), v.vol_id.clone())
+            )
+            .await
+            {
+                Ok(info) => info,
+                // An agent that died creating it cleaned the half-made volume away on restart:
+                // the next attempt creates it again.
+                Err(Error::Api(e)) if e.code == ErrorCode::VolumeDoesNotExist => {
+                    return Err(Stop::Later(format!("destination volume {vol}: {e}")))
+                }
+                Err(Error::Api(e)) => return Err(Stop::Abandon(format!("volume {vol}: {e}"))),
+                Err(e) => return Err(Stop::Later(e.to_string())),
+            };
             if info.format != spec.format || info.capacity.get() != spec.capacity {
                 return Err(Stop::Abandon(format!(
                     "destination volume {} exists as {} of {} bytes, the source is {} of {}",
@@ -115,6 +150,17 @@ impl Disks {
             Ok(()) => Ok(()),
             // Already ILLEGAL.
             Err(Error::Api(e)) if e.code == ErrorCode::InvalidVolumeUpdate => Ok(()),
+            // The agent restarted and forgot the job: the volume tells whether it ran.
+            Err(Error::Api(e)) if e.code == ErrorCode::NoSuchJob => {
+                match self.volume_info(c, vol).await {
+                    Ok(info) if info.legality == Legality::Illegal => Ok(()),
+                    Ok(_) => Err(Stop::Later(format!(
+                        "marking volume {vol} ILLEGAL: its job was lost ({e}); retried later"
+                    ))),
+                    Err(Stop::Abandon(m)) => Err(Stop::Later(m)),
+                    Err(s) => Err(s),
+                }
+            }
             Err(Error::Api(e)) if e.code == ErrorCode::AcquireLockFailure => {
                 Err(Stop::Later(format!("volume {vol} is in use: {e}")))
             }

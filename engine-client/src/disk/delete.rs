@@ -112,7 +112,7 @@ impl Disks {
                     follow::follow_plain(&c, &d.job, &self.follow, self.lost_after(), &on).await
                 {
                     if info.status == JobStatus::Done {
-                        return self.clean_leftovers(run, sd).await;
+                        return self.deleted(run, sd).await;
                     }
                 }
             }
@@ -172,11 +172,14 @@ impl Disks {
                 }
             }
             match follow::follow_plain(&c, &job, &self.follow, self.lost_after(), &on).await {
-                Ok(info) => {
-                    if let Err(e) = job_outcome(&info) {
+                Ok(info) => match job_outcome(&info) {
+                    // The job removed everything: no leftovers to look for (a domain check
+                    // reads the whole domain, which costs seconds on a full one).
+                    Ok(()) => return self.deleted(run, sd).await,
+                    Err(e) => {
                         tracing::warn!(op = %run.op, sd = %sd, job = %job, error = %e, "image deletion job failed; finishing its leftovers");
                     }
-                }
+                },
                 // The host went silent while deleting: its job may still be wiping. Finishing the
                 // leftovers elsewhere now would race it, so the deletion waits for `resume`, which
                 // first asks that host again.
@@ -195,6 +198,17 @@ impl Disks {
             "image {img} on {sd} could not be deleted: {}",
             rounds.last_error()
         )))
+    }
+
+    /// Records a deletion that ended with the image gone, and announces it.
+    async fn deleted(&self, run: &Run<'_>, sd: &Uuid) -> Step {
+        let rec = Record::DeleteEnd {
+            op: run.op.clone(),
+            sd: sd.clone(),
+            done: true,
+            error: None,
+        };
+        self.record_and_announce(run, rec, "").await
     }
 
     /// Finishes `_remove_me_` leftovers of the operation's image on `sd` (an interrupted or
@@ -229,13 +243,7 @@ impl Disks {
                         .is_some_and(|n| names.iter().any(|m| m == n))
             });
             let Some(fix) = leftover else {
-                let rec = Record::DeleteEnd {
-                    op: run.op.clone(),
-                    sd: sd.clone(),
-                    done: true,
-                    error: None,
-                };
-                return self.record_and_announce(run, rec, "").await;
+                return self.deleted(run, sd).await;
             };
             let job = Uuid::new_v4();
             let rec = Record::DeleteSubmit {

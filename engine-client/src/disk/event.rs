@@ -64,6 +64,16 @@ pub enum Event {
         /// Taken up from the journal by `resume`.
         resumed: bool,
     },
+    /// The operation was taken over from another engine, whose lease had expired or which
+    /// released it (`resume` with a shared journal).
+    TakenOver {
+        /// Operation id.
+        op: Uuid,
+        /// The engine that held it.
+        from: String,
+        /// The ownership epoch this engine now holds.
+        epoch: u64,
+    },
     /// A phase begins.
     Phase {
         /// Operation id.

@@ -57,7 +57,7 @@ use sdm_proto::{ApiError, ErrorCode, Legality, SdmApiClient, Uuid};
 
 use crate::error::Error;
 use crate::follow::FollowOptions;
-use crate::journal::{Journal, OpState, Record};
+use crate::journal::{Journal, JournalError, Record};
 use crate::op::parents_first;
 use crate::pool::HostPool;
 
@@ -138,6 +138,13 @@ impl Disks {
         events: &dyn EventSink,
     ) -> Result<OpReport, Error> {
         let volumes = self.read_source(image, sd, false).await?;
+        // The agent lists no volumes for an image it does not have (as VDSM).
+        if volumes.is_empty() {
+            return Err(Error::Api(ApiError::new(
+                ErrorCode::ImageDoesNotExistInSD,
+                format!("image {image} has no volumes on domain {sd}"),
+            )));
+        }
         let policy = MovePolicy {
             wipe: policy.wipe,
             discard: policy.discard,
@@ -155,44 +162,110 @@ impl Disks {
         self.start(begin, events).await
     }
 
-    /// Takes up every unfinished operation of the journal (except those this `Disks` is running
-    /// now) and drives it to its end: forward before the commit, forward after it, or on with a
-    /// recorded rollback. Idempotent: an operation that ends is not taken up again, and one that
-    /// stays pending (a source still not deletable) is retried by the next call.
+    /// Takes up every unfinished operation of the journal that this engine may take up
+    /// (except those this `Disks` is running now) and drives it to its end: forward before the
+    /// commit, forward after it, or on with a recorded rollback. Idempotent: an operation that
+    /// ends is not taken up again, and one that stays pending (a source still not deletable)
+    /// is retried by the next call.
+    ///
+    /// With a shared journal, "may take up" means: its owner's lease expired (the owner died,
+    /// froze or lost the database) or the owner released it. Each is claimed first, with a
+    /// higher epoch ([`Event::TakenOver`] when it came from another engine); one that another
+    /// engine claims first, or whose owner renews after all, is skipped.
     pub async fn resume(&self, events: &dyn EventSink) -> Result<Vec<OpReport>, Error> {
-        let ops: Vec<OpState> = {
-            let active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-            self.journal
-                .unfinished()
-                .into_iter()
-                .filter(|o| !active.contains(&o.op))
-                .collect()
-        };
-        if ops.is_empty() {
+        self.resume_parallel(events, 1).await
+    }
+
+    /// [`resume`](Self::resume), driving up to `parallel` operations at once (a takeover
+    /// daemon that finds the operations of a dead engine should not finish them one by one).
+    /// Reports come in the order operations end.
+    pub async fn resume_parallel(
+        &self,
+        events: &dyn EventSink,
+        parallel: usize,
+    ) -> Result<Vec<OpReport>, Error> {
+        use futures::StreamExt;
+        let ids = self.journal.claimable().await?;
+        if ids.is_empty() {
             return Ok(Vec::new());
         }
         self.pool.refresh().await;
+        let mut runs = futures::stream::iter(ids)
+            .map(|op| async move { self.resume_op(&op, events).await })
+            .buffer_unordered(parallel.max(1));
         let mut reports = Vec::new();
-        for st in ops {
-            tracing::info!(op = %st.op, kind = %st.kind, image = %st.image, "resuming operation");
-            reports.push(self.drive(&st.op, events, true).await?);
+        let mut failed = None;
+        while let Some(r) = runs.next().await {
+            match r {
+                Ok(Some(report)) => reports.push(report),
+                Ok(None) => {}
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
         }
-        Ok(reports)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(reports),
+        }
+    }
+
+    /// Takes up one unfinished operation, if this engine may (see [`resume`](Self::resume)),
+    /// and drives it to its end or to a stop. None: not taken up (this `Disks` runs it already,
+    /// another engine holds it, or it ended).
+    pub async fn resume_op(
+        &self,
+        op: &Uuid,
+        events: &dyn EventSink,
+    ) -> Result<Option<OpReport>, Error> {
+        let Some(active) = self.activate(op) else {
+            return Ok(None);
+        };
+        let claim = match self.journal.claim(op).await {
+            Ok(c) => c,
+            Err(e @ (JournalError::Busy { .. } | JournalError::UnknownOp(_))) => {
+                tracing::info!(op = %op, reason = %e, "not taking up the operation");
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(st) = self.journal.op(op) else {
+            return Ok(None);
+        };
+        if let Some(from) = &claim.previous_owner {
+            tracing::info!(op = %op, kind = %st.kind, image = %st.image, from = %from, epoch = claim.epoch, "taking over operation");
+            events.event(&Event::TakenOver {
+                op: op.clone(),
+                from: from.clone(),
+                epoch: claim.epoch,
+            });
+        } else {
+            tracing::info!(op = %op, kind = %st.kind, image = %st.image, "resuming operation");
+        }
+        self.drive(active, events, true).await.map(Some)
     }
 
     /// One unfinished operation per image: a second one would take the first one's half-built
-    /// destination for its own.
-    fn refuse_busy(&self, image: &Uuid) -> Result<(), Error> {
-        match self
+    /// destination for its own. Asked before anything is read, so that the answer names the
+    /// operation; a shared journal's unique constraint decides at `begin` anyway.
+    async fn refuse_busy(&self, image: &Uuid) -> Result<(), Error> {
+        if let Some(o) = self
             .journal
             .unfinished()
             .into_iter()
             .find(|o| &o.image == image)
         {
-            Some(o) => Err(Error::Usage(format!(
+            return Err(Error::Usage(format!(
                 "image {image} has an unfinished {} operation {} in the journal; resume it first",
                 o.kind, o.op
-            ))),
+            )));
+        }
+        match self.journal.in_progress(image).await? {
+            Some(l) => Err(Error::InProgress {
+                image: image.clone(),
+                op: l.op,
+                owner: l.owner.unwrap_or_default(),
+            }),
             None => Ok(()),
         }
     }
@@ -251,7 +324,7 @@ impl Disks {
         sd: &Uuid,
         legal_only: bool,
     ) -> Result<Vec<VolumeSpec>, Error> {
-        self.refuse_busy(image)?;
+        self.refuse_busy(image).await?;
         self.pool.refresh().await;
         let c = self.reader(sd).await?;
         let vols = call!(c, get_volumes(sd.clone(), image.clone())).await?;
@@ -272,32 +345,38 @@ impl Disks {
     /// Records a new operation's `begin`, then drives the operation.
     async fn start(&self, begin: Record, events: &dyn EventSink) -> Result<OpReport, Error> {
         let op = begin.op().clone();
+        let active = self
+            .activate(&op)
+            .ok_or_else(|| Error::Usage(format!("operation {op} is already running")))?;
         match self.record(begin).await {
             Ok(()) => {}
             Err(Stop::Fatal(e)) => return Err(e),
             Err(_) => return Err(Error::Operation("cannot record the operation".into())),
         }
-        self.drive(&op, events, false).await
+        self.drive(active, events, false).await
+    }
+
+    /// Marks `op` as driven by this `Disks` (None: it already is).
+    fn activate(&self, op: &Uuid) -> Option<Active> {
+        let mut set = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        set.insert(op.clone()).then(|| Active {
+            set: self.active.clone(),
+            op: op.clone(),
+            journal: self.journal.clone(),
+        })
     }
 
     // --- the driver ---------------------------------------------------------------------
 
+    /// Drives the operation `active` marks to its end or to a stop; an operation that did not
+    /// end is released when `active` drops.
     async fn drive(
         &self,
-        op: &Uuid,
+        active: Active,
         events: &dyn EventSink,
         resumed: bool,
     ) -> Result<OpReport, Error> {
-        {
-            let mut set = self.active.lock().unwrap_or_else(|e| e.into_inner());
-            if !set.insert(op.clone()) {
-                return Err(Error::Usage(format!("operation {op} is already running")));
-            }
-        }
-        let _active = Active {
-            set: self.active.clone(),
-            op: op.clone(),
-        };
+        let op = &active.op.clone();
         let run = Run {
             op: op.clone(),
             events,

@@ -32,7 +32,12 @@ pub(super) enum Stop {
 
 impl From<JournalError> for Stop {
     fn from(e: JournalError) -> Stop {
-        Stop::Fatal(Error::Journal(e))
+        match e {
+            JournalError::InProgress { image, op, owner } => {
+                Stop::Fatal(Error::InProgress { image, op, owner })
+            }
+            e => Stop::Fatal(Error::Journal(e)),
+        }
     }
 }
 
@@ -85,10 +90,12 @@ impl Run<'_> {
 }
 
 /// Removes an operation from the active set when its driver ends (also when its future is
-/// dropped).
+/// dropped), and releases it if it did not end: with a shared journal, others may take up at
+/// once what this engine stopped driving.
 pub(super) struct Active {
     pub(super) set: Arc<Mutex<HashSet<Uuid>>>,
     pub(super) op: Uuid,
+    pub(super) journal: Arc<Journal>,
 }
 
 impl Drop for Active {
@@ -97,6 +104,12 @@ impl Drop for Active {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.op);
+        if self.journal.op(&self.op).is_some_and(|st| st.unfinished()) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let (journal, op) = (self.journal.clone(), self.op.clone());
+                rt.spawn(async move { journal.release(&op).await });
+            }
+        }
     }
 }
 

@@ -48,7 +48,7 @@ use super::codec::{encode_line, parse, Line};
 use super::error::JournalError;
 use super::record::{Entry, Record};
 use super::state::replay;
-use super::store::{JournalStore, Stored};
+use super::store::{Claim, JournalStore, Listed, Listing, Stored};
 
 /// A journal longer than this is compacted when an operation ends.
 #[cfg(not(test))]
@@ -207,12 +207,70 @@ impl JournalStore for FileStore {
         })
     }
 
+    fn owner(&self) -> String {
+        format!("pid {}", std::process::id())
+    }
+
     fn load(&self) -> BoxFuture<'_, Result<Vec<Entry>, JournalError>> {
         let path = self.path.clone();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || Ok(unfinished(read_entries(&path)?).1))
                 .await
                 .map_err(|e| JournalError::Writer(e.to_string()))?
+        })
+    }
+
+    /// Every unfinished operation: the `flock` makes this process the owner of all of them.
+    fn claimable(&self) -> BoxFuture<'_, Result<Vec<Uuid>, JournalError>> {
+        let open: Vec<Uuid> = {
+            let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            inner.open.iter().cloned().collect()
+        };
+        Box::pin(async move { Ok(open) })
+    }
+
+    /// Nothing to take over: the journal's memory is current.
+    fn claim<'a>(&'a self, op: &'a Uuid) -> BoxFuture<'a, Result<Claim, JournalError>> {
+        let known = {
+            let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            inner.open.contains(op)
+        };
+        Box::pin(async move {
+            if !known {
+                return Err(JournalError::UnknownOp(op.clone()));
+            }
+            Ok(Claim {
+                previous_owner: None,
+                epoch: 0,
+                entries: None,
+            })
+        })
+    }
+
+    fn release<'a>(&'a self, _op: &'a Uuid) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
+    fn in_progress<'a>(
+        &'a self,
+        _image: &'a Uuid,
+    ) -> BoxFuture<'a, Result<Option<Listed>, JournalError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Listing, JournalError>> {
+        Box::pin(async move {
+            let entries = self.load().await?;
+            let listed = replay(&entries)
+                .into_iter()
+                .map(|o| Listed {
+                    op: o.op,
+                    owner: None,
+                    epoch: 0,
+                    expires_in_ms: None,
+                })
+                .collect();
+            Ok((listed, entries))
         })
     }
 }

@@ -4,15 +4,24 @@
 //!
 //! * `record.rs`: what is written ([`Record`], one per phase, stored as an [`Entry`]);
 //! * `state.rs`: what the records add up to ([`OpState`]), replayed by pure logic;
-//! * `store.rs`: where entries are kept ([`JournalStore`]). [`FileStore`] (`file.rs`, with its
-//!   line format in `codec.rs`) is the embedded default; another store (a database shared by
-//!   several engines) implements the same two calls and plugs in with [`Journal::with_store`];
+//! * `store.rs`: where entries are kept and who may write them ([`JournalStore`]).
+//!   [`FileStore`] (`file.rs`, with its line format in `codec.rs`) is the embedded default, for
+//!   one engine process; [`PgStore`] (`pg.rs`, with its connection in `pg_conn.rs` and its
+//!   schema in `pg_schema.rs`, its listings in `pg_read.rs`) is shared by several engines, each operation owned by one of
+//!   them under a lease with an epoch that fences its writes. [`Journal::open_url`] picks
+//!   the store from a URL (`options.rs`); any store plugs in with [`Journal::with_store`];
 //! * this file: [`Journal`], what the disk operations use: appends through its store, keeps the
-//!   replayed state of every operation current in memory; `error.rs`: [`JournalError`].
+//!   replayed state of the operations it drives current in memory; `error.rs`:
+//!   [`JournalError`].
 
 mod codec;
 mod error;
 mod file;
+mod options;
+mod pg;
+mod pg_conn;
+mod pg_read;
+mod pg_schema;
 mod record;
 mod state;
 mod store;
@@ -24,9 +33,12 @@ use sdm_proto::Uuid;
 pub use codec::crc32;
 pub use error::JournalError;
 pub use file::{read_entries, FileStore, COMPACT_AT_BYTES};
+pub use options::{JournalOptions, JournalUrl, DEFAULT_LEASE, DEFAULT_RENEW_EVERY};
+pub use pg::PgStore;
+pub use pg_schema::SCHEMA_VERSION;
 pub use record::{now_ms, Entry, Record, JOURNAL_VERSION};
 pub use state::{replay, AttemptState, CopyState, DeleteState, OpState};
-pub use store::{JournalStore, Stored};
+pub use store::{Claim, JournalStore, Listed, Listing, Stored};
 
 use state::Ops;
 
@@ -58,12 +70,37 @@ impl Shared {
             return Err(JournalError::UnknownOp(entry.rec.op().clone()));
         }
         let stored = self.store.append(&entry).await?;
-        let mut ops = self.ops();
-        ops.apply(&entry);
-        if stored == Stored::Compacted {
-            ops.forget_ended(KEEP_ENDED_IN_MEMORY);
+        {
+            let mut ops = self.ops();
+            ops.apply(&entry);
+            if stored == Stored::Compacted {
+                ops.forget_ended(KEEP_ENDED_IN_MEMORY);
+            }
         }
+        failpoint_after(entry.rec.name());
         Ok(())
+    }
+}
+
+/// `sdm_client::journal::after_<record>`: lets the engine fault tests stop an engine right
+/// after a record is stored (feature `failpoints`).
+#[cfg(feature = "failpoints")]
+fn failpoint_after(name: &str) {
+    fail::eval(&format!("sdm_client::journal::after_{name}"), |_| ());
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn failpoint_after(_name: &str) {}
+
+/// Reads `FAILPOINTS` from the environment once per process (feature `failpoints`; without
+/// it, nothing). Binaries built on `sdm-client` call it at start so that the engine fault
+/// tests can stop them at a chosen record.
+pub fn failpoints_from_env() {
+    #[cfg(feature = "failpoints")]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        // The scenario holds fail's global lock for the process's life, on purpose.
+        ONCE.call_once(|| std::mem::forget(fail::FailScenario::setup()));
     }
 }
 
@@ -87,6 +124,19 @@ impl Journal {
     pub fn open(path: impl AsRef<std::path::Path>) -> Result<Journal, JournalError> {
         let (store, entries) = FileStore::open(path)?;
         Ok(Journal::over(Box::new(store), &entries))
+    }
+
+    /// Opens the journal named by `url` (see [`JournalUrl`]): `file:PATH` or a plain path opens
+    /// the file journal ([`Journal::open`]); `postgres://…` connects to the shared journal
+    /// ([`PgStore::connect`]: schema migrated, leases renewed with `opts`).
+    pub async fn open_url(url: &str, opts: &JournalOptions) -> Result<Journal, JournalError> {
+        match JournalUrl::parse(url)? {
+            JournalUrl::File(path) => Journal::open(path),
+            JournalUrl::Postgres(url) => {
+                let store = PgStore::connect(&url, opts).await?;
+                Journal::with_store(Box::new(store)).await
+            }
+        }
     }
 
     /// A journal kept in `store`, starting from what it holds.
@@ -125,9 +175,58 @@ impl Journal {
         self.shared.ops().get(op)
     }
 
-    /// Every operation with something left to do, in order of beginning.
+    /// Every operation with something left to do that this journal knows, in order of
+    /// beginning (with a shared store: those this engine began or claimed).
     pub fn unfinished(&self) -> Vec<OpState> {
         self.shared.ops().unfinished()
+    }
+
+    /// Who this journal writes as (the engine instance id).
+    pub fn owner(&self) -> String {
+        self.shared.store.owner()
+    }
+
+    /// Unfinished operations this engine may take up now (see [`JournalStore::claimable`]),
+    /// those known in memory in their order of beginning first.
+    pub async fn claimable(&self) -> Result<Vec<Uuid>, JournalError> {
+        let mut ids = self.shared.store.claimable().await?;
+        let order: Vec<Uuid> = self
+            .shared
+            .ops()
+            .unfinished()
+            .into_iter()
+            .map(|o| o.op)
+            .collect();
+        ids.sort_by_key(|id| order.iter().position(|o| o == id).unwrap_or(usize::MAX));
+        Ok(ids)
+    }
+
+    /// Takes up `op` (see [`JournalStore::claim`]) and replays what the store holds of it.
+    pub async fn claim(&self, op: &Uuid) -> Result<Claim, JournalError> {
+        let _turn = self.shared.writer.lock().await;
+        let claim = self.shared.store.claim(op).await?;
+        if let Some(entries) = &claim.entries {
+            self.shared.ops().replace(op, entries);
+        }
+        Ok(claim)
+    }
+
+    /// Stops holding `op` (see [`JournalStore::release`]).
+    pub async fn release(&self, op: &Uuid) {
+        self.shared.store.release(op).await
+    }
+
+    /// The unfinished operation of `image` the store knows beyond this journal's memory (one
+    /// another engine holds), if any.
+    pub async fn in_progress(&self, image: &Uuid) -> Result<Option<Listed>, JournalError> {
+        self.shared.store.in_progress(image).await
+    }
+
+    /// Every unfinished operation in the store with its owner, and their replayed states (for
+    /// inspection; takes nothing up).
+    pub async fn list(&self) -> Result<(Vec<Listed>, Vec<OpState>), JournalError> {
+        let (listed, entries) = self.shared.store.list().await?;
+        Ok((listed, replay(&entries)))
     }
 }
 

@@ -293,6 +293,20 @@ impl Ops {
         }
     }
 
+    /// Replaces what is known of `op` by the replay of `entries` (its records as a shared
+    /// store holds them after a claim).
+    pub(super) fn replace(&mut self, op: &Uuid, entries: &[Entry]) {
+        let fresh = replay(entries).into_iter().find(|o| &o.op == op);
+        match (self.ops.iter().position(|o| &o.op == op), fresh) {
+            (Some(i), Some(st)) => self.ops[i] = st,
+            (Some(i), None) => {
+                self.ops.remove(i);
+            }
+            (None, Some(st)) => self.ops.push(st),
+            (None, None) => {}
+        }
+    }
+
     /// The operation `op`, if known.
     pub(super) fn get(&self, op: &Uuid) -> Option<OpState> {
         self.ops.iter().find(|o| &o.op == op).cloned()
@@ -495,6 +509,28 @@ mod tests {
         });
         assert!(ops.get(&a).unwrap().end.is_some(), "ended, still readable");
         assert_eq!(ops.unfinished().len(), 1);
+    }
+
+    #[test]
+    fn a_claimed_operation_replaces_what_memory_had() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut ops = Ops::unfinished_of(&entries(vec![begin(&a)]));
+        // Another engine went on with `a`; its records replace the stale state.
+        let stored = entries(vec![
+            begin(&a),
+            Record::Cloned { op: a.clone() },
+            Record::Commit { op: a.clone() },
+        ]);
+        ops.replace(&a, &stored);
+        let st = ops.get(&a).unwrap();
+        assert!(st.cloned && st.committed());
+        assert_eq!(ops.unfinished().len(), 1);
+        // An operation first seen by its claim is added.
+        ops.replace(&b, &entries(vec![begin(&b)]));
+        assert!(ops.knows(&b));
+        // Records of another operation only do not add one.
+        ops.replace(&Uuid::new_v4(), &stored);
+        assert_eq!(ops.unfinished().len(), 2);
     }
 
     #[test]

@@ -355,6 +355,36 @@ impl JsonSchema for Capacity {
     }
 }
 
+/// A time in seconds since the epoch, sent as a decimal string as VDSM sends `ctime` and
+/// `mtime`; accepted as an integer or a decimal string.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub u64);
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        Size::deserialize(d).map(|s| Timestamp(s.0))
+    }
+}
+
+impl JsonSchema for Timestamp {
+    fn schema_name() -> Cow<'static, str> {
+        "Timestamp".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "Seconds since the epoch, as a decimal string",
+            "type": "string",
+            "pattern": "^[0-9]{1,19}$"
+        })
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Generation
 
@@ -435,7 +465,7 @@ impl JsonSchema for Generation {
 // Free text
 
 /// A description: any text without control characters (it is stored as one metadata line).
-/// Volume metadata keeps at most [`MAX_DESCRIPTION_CHARS`](super::MAX_DESCRIPTION_CHARS) characters of it.
+/// Volume metadata keeps at most [`MAX_DESCRIPTION_CHARS`] characters of it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
 #[schemars(transparent)]
 pub struct Description(pub String);

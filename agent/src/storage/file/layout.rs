@@ -160,6 +160,47 @@ pub fn discover(root: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// Removes the temporary files of [`durable::replace`] in `dir` (by name, nothing else) whose
+/// last change is older than `older_than`. A writer still alive after that long whose file is
+/// removed fails its rename and leaves the target as it was; it never tears it.
+pub fn remove_stale_temp_files_in(
+    dir: &Path,
+    older_than: std::time::Duration,
+) -> Result<usize, StorageError> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(StorageError::io("list", dir, e)),
+    };
+    let mut removed = 0;
+    for e in rd {
+        let e = e.map_err(|e| StorageError::io("list", dir, e))?;
+        let name = e.file_name();
+        if !name.to_str().is_some_and(durable::is_temp_name) {
+            continue;
+        }
+        let Ok(md) = fs::symlink_metadata(e.path()) else {
+            continue; // gone meanwhile: renamed by its writer
+        };
+        let old = md
+            .modified()
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= older_than);
+        if md.is_file() && old {
+            match fs::remove_file(e.path()) {
+                Ok(()) => removed += 1,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(StorageError::io("remove", e.path(), err)),
+            }
+        }
+    }
+    if removed > 0 {
+        durable::sync_dir(dir)?;
+    }
+    Ok(removed)
+}
+
 /// Size and free space of the file system holding `path`.
 pub fn statvfs_space(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
@@ -232,4 +273,44 @@ fn write_xleases(path: &Path, sd_id: &Uuid) -> Result<(), StorageError> {
     f.write_all(&index)
         .map_err(|e| StorageError::io("write", path, e))?;
     f.sync_all().map_err(|e| StorageError::io("fsync", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn only_old_temp_files_of_sdm_are_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("0f6b3e0a-1111-4222-8333-444455556666.meta");
+        durable::replace(&meta, b"A=1\n").unwrap();
+        let old = durable::temp_path(&meta);
+        let young = durable::temp_path(&meta);
+        let foreign = dir
+            .path()
+            .join("0f6b3e0a-1111-4222-8333-444455556666.meta.new");
+        for p in [&old, &young, &foreign] {
+            fs::write(p, b"x").unwrap();
+        }
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        for p in [&old, &foreign] {
+            fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(hour_ago)
+                .unwrap();
+        }
+        let n = remove_stale_temp_files_in(dir.path(), Duration::from_secs(600)).unwrap();
+        assert_eq!(n, 1);
+        assert!(!old.exists());
+        assert!(young.exists(), "a live writer's file stays");
+        assert!(foreign.exists(), "not sdm's name pattern: left alone");
+        assert!(meta.exists());
+        assert_eq!(
+            remove_stale_temp_files_in(&dir.path().join("missing"), Duration::ZERO).unwrap(),
+            0
+        );
+    }
 }

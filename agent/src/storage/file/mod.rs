@@ -14,11 +14,14 @@ pub mod volume;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use sdm_lease::{Lease, LeaseBackend};
 use sdm_proto::{Preallocation, Uuid, VolumeFormat};
 
-use self::paths::{is_volume_file_name, list_volumes_in, volume_paths_in, VolumePaths};
+use self::paths::{
+    is_temp_file_name, is_volume_file_name, list_volumes_in, volume_paths_in, VolumePaths,
+};
 use super::backend::{
     Creation, DomainBackend, DomainKind, LeaseLocation, Leftover, Prepared, VolumeSize,
 };
@@ -190,7 +193,7 @@ impl DomainBackend for FileDomain {
             let name = entry.file_name().to_string_lossy().into_owned();
             let stem = name.split('.').next().unwrap_or("");
             let owned = Uuid::parse(stem).is_ok_and(|u| vols.contains(&u));
-            let is_temp = name.ends_with(".new");
+            let is_temp = is_temp_file_name(&name);
             if (!owned || is_temp) && is_volume_file_name(&name) {
                 out.push(name);
             }
@@ -208,7 +211,7 @@ impl DomainBackend for FileDomain {
         }
         let dir = self.image_dir(img);
         let stem = Uuid::parse(&name[..36]).map_err(StorageError::Invalid)?;
-        let is_temp = name.ends_with(".new");
+        let is_temp = is_temp_file_name(name);
         if !is_temp && list_volumes_in(&dir)?.contains(&stem) {
             return Err(StorageError::Invalid(format!(
                 "{name} belongs to a volume now"
@@ -353,7 +356,7 @@ impl DomainBackend for FileDomain {
             let name = e.file_name();
             let name = name.to_string_lossy();
             // Anything that is not metadata, a lease or a temporary file holds data.
-            if name.ends_with(".meta") || name.ends_with(".lease") || name.ends_with(".new") {
+            if name.ends_with(".meta") || name.ends_with(".lease") || is_temp_file_name(&name) {
                 continue;
             }
             // A link that leads outside the domain (other than to a block device) is not ours
@@ -381,5 +384,25 @@ impl DomainBackend for FileDomain {
         fs::remove_dir_all(&dir).map_err(|e| StorageError::io("remove", &dir, e))?;
         durable::sync_dir(&self.images_dir())?;
         Ok(())
+    }
+
+    fn remove_stale_temp_files(&self, older_than: Duration) -> Result<usize, StorageError> {
+        let mut dirs = vec![self.dir.join("dom_md")];
+        let images = self.images_dir();
+        for e in fs::read_dir(&images).map_err(|e| StorageError::io("list", &images, e))? {
+            let e = e.map_err(|e| StorageError::io("list", &images, e))?;
+            // Real directories only: a link planted in the domain is not followed.
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(e.path());
+            }
+        }
+        let mut removed = 0;
+        for dir in dirs {
+            removed += layout::remove_stale_temp_files_in(&dir, older_than)?;
+        }
+        if removed > 0 {
+            tracing::info!(sd_id = %self.sd_id, removed, "removed temporary files of metadata writers that died");
+        }
+        Ok(removed)
     }
 }

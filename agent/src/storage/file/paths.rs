@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use sdm_proto::{is_canonical_uuid, Uuid};
 
+use crate::durable;
 use crate::storage::StorageError;
 
 /// Files of one volume.
@@ -50,5 +51,13 @@ pub fn list_volumes_in(dir: &Path) -> Result<Vec<Uuid>, StorageError> {
 /// A name a piece of a volume can have: `<uuid>`, `.meta`, `.lease`, or a temporary file.
 pub fn is_volume_file_name(name: &str) -> bool {
     let stem = name.get(..36).unwrap_or("");
-    is_canonical_uuid(stem) && matches!(&name[36..], "" | ".meta" | ".lease" | ".meta.new" | ".new")
+    is_canonical_uuid(stem)
+        && (matches!(&name[36..], "" | ".meta" | ".lease" | ".meta.new" | ".new")
+            || is_temp_file_name(name))
+}
+
+/// A temporary metadata file: one of [`durable::replace`]'s (`<vol>.meta.sdm-tmp-…`), or the
+/// `.new` name older writers (and VDSM) use.
+pub fn is_temp_file_name(name: &str) -> bool {
+    name.ends_with(".new") || durable::is_temp_name(name)
 }
