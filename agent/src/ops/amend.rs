@@ -9,7 +9,7 @@ use sdm_proto::api::AmendVolumeParams;
 use sdm_proto::{ApiError, ErrorCode, JobResult, Legality, VolumeFormat, VolumeRef, VolumeRole};
 
 use super::chain::{chain_of, prepare_chain};
-use super::volume_job::{begin, Target};
+use super::volume_job::{with_volume, Target};
 use super::{check_abort, spawn_metadata_job};
 use crate::error::AgentError;
 use crate::jobs::Job;
@@ -65,15 +65,17 @@ fn run(
     v: &VolumeRef,
     compat: sdm_proto::Qcow2Compat,
 ) -> Result<Option<JobResult>, AgentError> {
-    let held = begin(agent, job, Target::of(v))?;
-    require_writable_cow(v, &held.md, "amend")?;
-    // qemu-img amend opens the whole chain.
-    let chain = chain_of(&held.dom, &v.img_id, &v.vol_id, &held.md)?;
-    let prepared = prepare_chain(&held.dom, &v.img_id, &chain)?;
-    check_abort(job)?;
-    job.mark_started();
-    qcow2::amend_compat(&prepared.layers[0].path, compat.as_str())?;
-    held.finish()?;
+    with_volume(agent, job, Target::of(v), &[], |held| {
+        require_writable_cow(v, &held.md, "amend")?;
+        // qemu-img amend opens the whole chain.
+        let chain = chain_of(&held.dom, &v.img_id, &v.vol_id, &held.md)?;
+        let prepared = prepare_chain(&held.dom, &v.img_id, &chain)?;
+        check_abort(job)?;
+        job.mark_started();
+        held.before_write()?;
+        qcow2::amend_compat(&prepared.layers[0].path, compat.as_str())?;
+        held.finish()
+    })?;
     tracing::info!(sd_id = %v.sd_id, vol_id = %v.vol_id, compat = %compat, "volume amended");
     Ok(None)
 }

@@ -14,7 +14,7 @@ use sdm_proto::api::{AddBitmapParams, ClearBitmapsParams, RemoveBitmapParams};
 use sdm_proto::{ApiError, BitmapName, ErrorCode, JobResult, VolumeFormat, VolumeRef, VolumeRole};
 
 use super::chain::{chain_of, prepare_chain};
-use super::volume_job::{begin, Target};
+use super::volume_job::{with_volume, Target};
 use super::{check_abort, spawn_metadata_job};
 use crate::error::{chain_message, AgentError};
 use crate::jobs::Job;
@@ -74,66 +74,68 @@ fn run(
     v: &VolumeRef,
     a: &Action,
 ) -> Result<Option<JobResult>, AgentError> {
-    let held = begin(agent, job, Target::of(v))?;
-    if held.md.format != VolumeFormat::Cow {
-        return Err(error(
-            ErrorCode::UnsupportedOperation,
-            format!("{}: volume {} is RAW: bitmaps need COW", a.name(), v.vol_id),
-        ));
-    }
-    if matches!(a, Action::Clear) && held.md.role == VolumeRole::Shared {
-        return Err(error(
-            ErrorCode::UnsupportedOperation,
-            format!("cannot remove bitmaps from shared volume {}", v.vol_id),
-        ));
-    }
-    let chain = chain_of(&held.dom, &v.img_id, &v.vol_id, &held.md)?;
-    let prepared = prepare_chain(&held.dom, &v.img_id, &chain)?;
-    let path = prepared.layers[0].path.clone();
-    check_abort(job)?;
-    job.mark_started();
-    match a {
-        Action::Add(name) => {
-            let name = name.as_str();
-            let cow_depth = chain
-                .iter()
-                .take_while(|c| c.md.format == VolumeFormat::Cow)
-                .count();
-            let chain_bitmaps = qcow2::chain_bitmaps(&path)?;
-            if chain_bitmaps
-                .iter()
-                .take(cow_depth)
-                .flatten()
-                .any(|b| b.name == name)
-            {
-                return Err(error(
-                    ErrorCode::AddBitmapError,
-                    format!(
-                        "the chain of volume {} already has bitmap {name:?}",
-                        v.vol_id
-                    ),
-                ));
-            }
-            qcow2::add_bitmap(&path, name, None)
-                .map_err(|e| error(ErrorCode::AddBitmapError, chain_message(&e)))?;
+    with_volume(agent, job, Target::of(v), &[], |held| {
+        if held.md.format != VolumeFormat::Cow {
+            return Err(error(
+                ErrorCode::UnsupportedOperation,
+                format!("{}: volume {} is RAW: bitmaps need COW", a.name(), v.vol_id),
+            ));
         }
-        Action::Remove(name) => {
-            let name = name.as_str();
-            if qcow2::bitmaps(&path)?.iter().any(|b| b.name == name) {
-                qcow2::remove_bitmap(&path, name)
-                    .map_err(|e| error(ErrorCode::RemoveBitmapError, chain_message(&e)))?;
-            } else {
-                tracing::warn!(bitmap = %name, vol_id = %v.vol_id, "no such bitmap: counted as removed");
+        if matches!(a, Action::Clear) && held.md.role == VolumeRole::Shared {
+            return Err(error(
+                ErrorCode::UnsupportedOperation,
+                format!("cannot remove bitmaps from shared volume {}", v.vol_id),
+            ));
+        }
+        let chain = chain_of(&held.dom, &v.img_id, &v.vol_id, &held.md)?;
+        let prepared = prepare_chain(&held.dom, &v.img_id, &chain)?;
+        let path = prepared.layers[0].path.clone();
+        check_abort(job)?;
+        job.mark_started();
+        held.before_write()?;
+        match a {
+            Action::Add(name) => {
+                let name = name.as_str();
+                let cow_depth = chain
+                    .iter()
+                    .take_while(|c| c.md.format == VolumeFormat::Cow)
+                    .count();
+                let chain_bitmaps = qcow2::chain_bitmaps(&path)?;
+                if chain_bitmaps
+                    .iter()
+                    .take(cow_depth)
+                    .flatten()
+                    .any(|b| b.name == name)
+                {
+                    return Err(error(
+                        ErrorCode::AddBitmapError,
+                        format!(
+                            "the chain of volume {} already has bitmap {name:?}",
+                            v.vol_id
+                        ),
+                    ));
+                }
+                qcow2::add_bitmap(&path, name, None)
+                    .map_err(|e| error(ErrorCode::AddBitmapError, chain_message(&e)))?;
+            }
+            Action::Remove(name) => {
+                let name = name.as_str();
+                if qcow2::bitmaps(&path)?.iter().any(|b| b.name == name) {
+                    qcow2::remove_bitmap(&path, name)
+                        .map_err(|e| error(ErrorCode::RemoveBitmapError, chain_message(&e)))?;
+                } else {
+                    tracing::warn!(bitmap = %name, vol_id = %v.vol_id, "no such bitmap: counted as removed");
+                }
+            }
+            Action::Clear => {
+                for b in qcow2::bitmaps(&path)? {
+                    qcow2::remove_bitmap(&path, &b.name)
+                        .map_err(|e| error(ErrorCode::RemoveBitmapError, chain_message(&e)))?;
+                }
             }
         }
-        Action::Clear => {
-            for b in qcow2::bitmaps(&path)? {
-                qcow2::remove_bitmap(&path, &b.name)
-                    .map_err(|e| error(ErrorCode::RemoveBitmapError, chain_message(&e)))?;
-            }
-        }
-    }
-    held.finish()?;
+        held.finish()
+    })?;
     tracing::info!(sd_id = %v.sd_id, vol_id = %v.vol_id, action = a.name(), "bitmaps changed");
     Ok(None)
 }

@@ -2,7 +2,8 @@
 //!
 //! What VDSM splits between the SPM's `prepareMerge` and the `SDM.merge` job happens here in
 //! one job (reference: VDSM's `storage/merge.py` and `sdm/api/merge.py`):
-//! 1. the base's lease (never waiting), the domain shared and the image exclusive, the base's
+//! 1. the base's and the top's leases (never waiting; watched until the job ends), the domain
+//!    shared and the image exclusive, both volumes re-read under the leases, the base's
 //!    generation checked against `base_generation` (911);
 //! 2. the subchain validated: both volumes in the image (VolumeIsNotInChain 920), the base the
 //!    top's parent (WrongParentVolume 921), neither SHARED (219), the top LEGAL (227);
@@ -30,7 +31,7 @@ use sdm_proto::{
 };
 
 use super::chain::{chain_of, image_format, layer_path, parent_of, prepare_chain};
-use super::volume_job::{begin, Target};
+use super::volume_job::{with_volume, Held, Target};
 use super::{check_abort, flag, spawn_job};
 use crate::error::AgentError;
 use crate::jobs::Job;
@@ -77,17 +78,46 @@ fn run(
             e => e,
         }
     };
+    // Only refuse missing volumes early, each under its own name; nothing read here is used.
+    for vol in [&s.base_id, &s.top_id] {
+        let dom = agent.domain(&s.sd_id)?;
+        read_metadata(&dom, &s.img_id, vol)
+            .map_err(AgentError::from)
+            .map_err(missing(vol))?;
+    }
     let target = Target {
         sd: s.sd_id.clone(),
         img: s.img_id.clone(),
         vol: s.base_id.clone(),
         generation: s.base_generation,
     };
-    let mut held = begin(agent, job, target).map_err(missing(&s.base_id))?;
+    // The top is not written, but it must not change under the merge: its lease too.
+    with_volume(
+        agent,
+        job,
+        target,
+        std::slice::from_ref(&s.top_id),
+        |held| merge_held(agent, job, s, merge_bitmaps, held),
+    )?;
+    tracing::info!(sd_id = %s.sd_id, base = %s.base_id, top = %s.top_id, "merged");
+    Ok(None)
+}
+
+/// The merge itself, with both leases held and watched and the base re-read under them.
+fn merge_held(
+    agent: &Agent,
+    job: &Arc<Job>,
+    s: &SubchainInfo,
+    merge_bitmaps: bool,
+    held: &mut Held<'_>,
+) -> Result<(), AgentError> {
     let dom = held.dom.clone();
-    let top_md = read_metadata(&dom, &s.img_id, &s.top_id)
-        .map_err(AgentError::from)
-        .map_err(missing(&s.top_id))?;
+    let top_md = read_metadata(&dom, &s.img_id, &s.top_id).map_err(|e| match e {
+        StorageError::VolumeNotFound { .. } | StorageError::ImageNotFound { .. } => {
+            not_in_chain(s, &s.top_id)
+        }
+        e => e.into(),
+    })?;
     if parent_of(&top_md)?.as_ref() != Some(&s.base_id) {
         return Err(ApiError::new(
             ErrorCode::WrongParentVolume,
@@ -123,6 +153,8 @@ fn run(
     let base_path = below.layers[0].path.clone();
     let base_format = held.md.format;
     if base_format == VolumeFormat::Cow {
+        // Pruning writes the base: only with the leases confirmed.
+        held.before_write()?;
         prune_stale_bitmaps(&base_path, &top_path)?;
     }
 
@@ -157,9 +189,7 @@ fn run(
         merge_top_bitmaps(&base_path, &top_path, base_parent)?;
     }
     check_abort(job)?;
-    held.finish()?;
-    tracing::info!(sd_id = %s.sd_id, base = %s.base_id, top = %s.top_id, "merged");
-    Ok(None)
+    held.finish()
 }
 
 fn bitmap_error(code: ErrorCode, e: StorageError) -> AgentError {

@@ -15,7 +15,7 @@ use sdm_proto::api::SparsifyVolumeParams;
 use sdm_proto::{ApiError, ErrorCode, JobResult, Legality, VolumeRef, VolumeRole};
 
 use super::chain::{image_format, layer_path};
-use super::volume_job::{begin, Target};
+use super::volume_job::{with_volume, Target};
 use super::{check_abort, spawn_job};
 use crate::error::AgentError;
 use crate::jobs::Job;
@@ -31,37 +31,38 @@ pub fn schedule(agent: &Arc<Agent>, p: SparsifyVolumeParams) -> Result<(), Agent
 }
 
 fn run(agent: &Agent, job: &Arc<Job>, v: &VolumeRef) -> Result<Option<JobResult>, AgentError> {
-    let mut held = begin(agent, job, Target::of(v))?;
-    if held.md.role == VolumeRole::Shared {
-        return Err(ApiError::new(
-            ErrorCode::SharedVolumeNonWritable,
-            format!("volume {} is shared (a template)", v.vol_id),
-        )
-        .into());
-    }
-    if held.md.legality != Legality::Legal {
-        return Err(ApiError::new(
-            ErrorCode::prepareIllegalVolumeError,
-            format!("volume {} is {}", v.vol_id, held.md.legality),
-        )
-        .into());
-    }
-    let data = held.dom.backend.prepare(&v.img_id, &v.vol_id)?;
-    check_abort(job)?;
-    held.mark_illegal(|_| {})?;
-    fail::fail_point!("sdm::sparsify::after_illegal");
-    let ctl = job.control();
-    ctl.set_bandwidth_limit(
-        (agent.cfg.io.bandwidth_limit > 0).then_some(agent.cfg.io.bandwidth_limit),
-    );
-    job.mark_started();
-    let layer = sdm_io::Layer {
-        path: layer_path(&held.dom, &v.img_id, &v.vol_id, &data),
-        format: image_format(held.md.format),
-    };
-    let r = agent.engine.sparsify(&layer, ctl)?;
-    tracing::info!(job = %job.id(), converter = ?r.converter, given_back = r.bytes_given_back, before = r.allocated_before, after = r.allocated_after, "sparsified");
-    check_abort(job)?;
-    held.finish()?;
+    with_volume(agent, job, Target::of(v), &[], |held| {
+        if held.md.role == VolumeRole::Shared {
+            return Err(ApiError::new(
+                ErrorCode::SharedVolumeNonWritable,
+                format!("volume {} is shared (a template)", v.vol_id),
+            )
+            .into());
+        }
+        if held.md.legality != Legality::Legal {
+            return Err(ApiError::new(
+                ErrorCode::prepareIllegalVolumeError,
+                format!("volume {} is {}", v.vol_id, held.md.legality),
+            )
+            .into());
+        }
+        let data = held.dom.backend.prepare(&v.img_id, &v.vol_id)?;
+        check_abort(job)?;
+        held.mark_illegal(|_| {})?;
+        fail::fail_point!("sdm::sparsify::after_illegal");
+        let ctl = job.control();
+        ctl.set_bandwidth_limit(
+            (agent.cfg.io.bandwidth_limit > 0).then_some(agent.cfg.io.bandwidth_limit),
+        );
+        job.mark_started();
+        let layer = sdm_io::Layer {
+            path: layer_path(&held.dom, &v.img_id, &v.vol_id, &data),
+            format: image_format(held.md.format),
+        };
+        let r = agent.engine.sparsify(&layer, ctl)?;
+        tracing::info!(job = %job.id(), converter = ?r.converter, given_back = r.bytes_given_back, before = r.allocated_before, after = r.allocated_after, "sparsified");
+        check_abort(job)?;
+        held.finish()
+    })?;
     Ok(None)
 }

@@ -1,26 +1,33 @@
 //! The discipline every job that writes one volume in place shares (`SDM.merge` on its base,
 //! `SDM.amend_volume`, `SDM.sparsify_volume`, the bitmap verbs), as VDSM's `VolumeInfo` jobs
-//! and `Volume.operation` make it:
+//! and `Volume.operation` make it, with the fencing rules of `SDM.copy_data`:
 //!
-//! 1. the volume's lease, exclusive, never waiting (651 when another job or host holds it);
-//! 2. in-process locks: the domain shared, the image exclusive;
-//! 3. the generation check when one is given (911 before anything changes);
-//! 4. optionally ILLEGAL, durably, before the first write into the volume's data (a crash or
-//!    failure then leaves it ILLEGAL with its old generation);
-//! 5. the work;
-//! 6. one metadata write: generation+1 (and LEGAL when step 4 ran), after checking that the
-//!    generation did not move and the lease is still ours;
-//! 7. the lease released, then the locks.
+//! 1. the volume's lease (and those of any other volume the job must keep still: a merge's
+//!    top), exclusive, never waiting (651 when another job or host holds one);
+//! 2. from here until the release, a watcher stops the job when a lease is lost
+//!    (`lease_watch`, through the job's Control);
+//! 3. in-process locks: the domain shared, the image exclusive;
+//! 4. the metadata re-read under the lease, and the generation check when one is given (911
+//!    before anything changes);
+//! 5. right before the first write (ILLEGAL, durably, for jobs whose crash must leave the volume
+//!    unusable; or the first change of a qcow2 file), the lease confirmed on storage and the
+//!    generation re-read;
+//! 6. the work;
+//! 7. one metadata write: generation+1 (and LEGAL when step 5 marked ILLEGAL), after checking
+//!    that the generation did not move and the leases are still ours (`outcome::write_legal`);
+//! 8. the leases released, then the locks.
 
 use std::sync::Arc;
 
 use sdm_lease::Lease;
 use sdm_proto::{ApiError, ErrorCode, Generation, Legality, Uuid};
 
+use super::lease_watch::with_watch;
+use super::outcome::write_legal;
 use super::{check_abort, lock_for_job};
 use crate::error::AgentError;
 use crate::jobs::Job;
-use crate::locks::{domain_key, image_key, LockSet, Mode};
+use crate::locks::{domain_key, image_key, Mode};
 use crate::service::Agent;
 use crate::storage::domain::Domain;
 use crate::storage::md::VolumeMetadata;
@@ -51,8 +58,9 @@ impl Target {
     }
 }
 
-/// A volume held for writing: lease and locks taken, generation checked.
-pub struct Held {
+/// A volume held for writing: leases and locks taken, metadata re-read under the lease,
+/// generation checked.
+pub struct Held<'a> {
     /// The domain.
     pub dom: Arc<Domain>,
     /// The volume.
@@ -61,57 +69,112 @@ pub struct Held {
     pub md: VolumeMetadata,
     start_gen: u16,
     set_illegal: bool,
-    lease: Lease,
-    _locks: LockSet,
+    /// The target's lease first, then the others the job holds.
+    leases: &'a [Lease],
 }
 
-/// Steps 1–3.
-pub fn begin(agent: &Agent, job: &Job, t: Target) -> Result<Held, AgentError> {
+/// Steps 1–8: runs `work` on the volume `t` held for writing, with the leases of `also`
+/// (other volumes of the same image the job must keep still) held and watched as well.
+/// `work` calls [`Held::mark_illegal`] or [`Held::before_write`] before its first write and
+/// [`Held::finish`] last.
+pub fn with_volume<T>(
+    agent: &Agent,
+    job: &Arc<Job>,
+    t: Target,
+    also: &[Uuid],
+    work: impl FnOnce(&mut Held<'_>) -> Result<T, AgentError>,
+) -> Result<T, AgentError> {
     let dom = agent.domain(&t.sd)?;
+    // Only refuses a missing volume before any lease exists; nothing it says is used.
     read_metadata(&dom, &t.img, &t.vol)?;
-    let lease = dom.acquire_volume_lease(&t.img, &t.vol)?;
-    let locks = lock_for_job(
-        agent,
-        job,
-        &[
-            (domain_key(t.sd.as_str()), Mode::Shared),
-            (image_key(t.sd.as_str(), t.img.as_str()), Mode::Exclusive),
-        ],
-    )?;
-    check_abort(job)?;
-    let md = read_metadata(&dom, &t.img, &t.vol)?;
-    if let Some(want) = t.generation {
-        if want.get() != md.generation {
+    let mut leases = vec![dom.acquire_volume_lease(&t.img, &t.vol)?];
+    for vol in also {
+        leases.push(dom.acquire_volume_lease(&t.img, vol)?);
+    }
+    let watched: Vec<&Lease> = leases.iter().collect();
+    let out = with_watch(agent, job, job.control(), &watched, || {
+        let _locks = lock_for_job(
+            agent,
+            job,
+            &[
+                (domain_key(t.sd.as_str()), Mode::Shared),
+                (image_key(t.sd.as_str(), t.img.as_str()), Mode::Exclusive),
+            ],
+        )?;
+        check_abort(job)?;
+        // Another host may have written the volume while we waited for the lease: only what is
+        // read under it counts.
+        let md = read_metadata(&dom, &t.img, &t.vol)?;
+        check_expected(&t, md.generation)?;
+        let mut held = Held {
+            dom: dom.clone(),
+            start_gen: md.generation,
+            md,
+            target: t.clone(),
+            set_illegal: false,
+            leases: &leases,
+        };
+        work(&mut held)
+    })?;
+    for l in leases {
+        if let Err(e) = l.release() {
+            tracing::warn!(error = %e, "releasing a volume lease failed");
+        }
+    }
+    Ok(out)
+}
+
+fn check_expected(t: &Target, generation: u16) -> Result<(), AgentError> {
+    match t.generation {
+        Some(want) if want.get() != generation => Err(ApiError::new(
+            ErrorCode::GenerationMismatch,
+            format!(
+                "volume {} generation is {generation}, requested {}",
+                t.vol,
+                want.get()
+            ),
+        )
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+impl Held<'_> {
+    fn verify_leases(&self) -> Result<(), AgentError> {
+        for l in self.leases {
+            l.verify()?;
+        }
+        Ok(())
+    }
+
+    /// Step 5 for a job that writes without marking the volume ILLEGAL: the leases confirmed on
+    /// storage and the generation still the one checked (the wait for locks may have been
+    /// long). Refreshes `md`.
+    pub fn before_write(&mut self) -> Result<(), AgentError> {
+        self.verify_leases()?;
+        let t = &self.target;
+        let md = read_metadata(&self.dom, &t.img, &t.vol)?;
+        if md.generation != self.start_gen {
             return Err(ApiError::new(
                 ErrorCode::GenerationMismatch,
                 format!(
-                    "volume {} generation is {}, requested {}",
-                    t.vol,
-                    md.generation,
-                    want.get()
+                    "volume {} generation changed to {} before the job wrote it",
+                    t.vol, md.generation
                 ),
             )
             .into());
         }
+        self.md = md;
+        Ok(())
     }
-    Ok(Held {
-        dom,
-        start_gen: md.generation,
-        md,
-        target: t,
-        set_illegal: false,
-        lease,
-        _locks: locks,
-    })
-}
 
-impl Held {
-    /// Step 4: ILLEGAL, durably, with `change` applied to the metadata in the same write (a
-    /// merge grows the base's capacity there).
+    /// Step 5: ILLEGAL, durably, with `change` applied to the metadata in the same write (a
+    /// merge grows the base's capacity there), after [`Held::before_write`]'s checks.
     pub fn mark_illegal(
         &mut self,
         change: impl FnOnce(&mut VolumeMetadata),
     ) -> Result<(), AgentError> {
+        self.before_write()?;
         self.md.legality = Legality::Illegal;
         change(&mut self.md);
         update_metadata(&self.dom, &self.target.img, &self.target.vol, &mut self.md)?;
@@ -119,8 +182,8 @@ impl Held {
         Ok(())
     }
 
-    /// Steps 6–7.
-    pub fn finish(self) -> Result<(), AgentError> {
+    /// Step 7.
+    pub fn finish(&mut self) -> Result<(), AgentError> {
         let t = &self.target;
         let mut now = read_metadata(&self.dom, &t.img, &t.vol)?;
         if now.generation != self.start_gen {
@@ -133,15 +196,13 @@ impl Held {
             )
             .into());
         }
-        self.lease.verify()?;
+        self.verify_leases()?;
         if self.set_illegal {
             now.legality = Legality::Legal;
         }
         now.generation = Generation(self.start_gen).next().get();
-        update_metadata(&self.dom, &t.img, &t.vol, &mut now)?;
-        if let Err(e) = self.lease.release() {
-            tracing::warn!(error = %e, "releasing the volume lease failed");
-        }
+        write_legal(&self.dom, &t.img, &t.vol, &mut now)?;
+        self.md = now;
         Ok(())
     }
 }
