@@ -69,7 +69,11 @@ async fn every_direction_and_allocation() {
                         "1.1"
                     );
                 }
-                if pre == Preallocation::Sparse {
+                if (sf, df, pre) == (VolumeFormat::Cow, VolumeFormat::Cow, Preallocation::Sparse) {
+                    // The same shape: the qcow2 file is copied as it is (what an engine
+                    // verifying a move by checksums needs), zero-filled data clusters included.
+                    assert_eq!(sha256sum(&dst.path), before, "COW->COW copied as is");
+                } else if pre == Preallocation::Sparse {
                     // 1 MiB + 64 KiB + 4 KiB of data; zeros (written or not) are no data.
                     let data = own_data_bytes(&dst.path, df);
                     assert!(data <= MIB + 192 * KIB, "{sf}->{df}: {data} bytes of data");

@@ -11,7 +11,8 @@
 //! - holes and zero clusters are never read or written as data, and a destination known to
 //!   read zeros (the backend's `reads_zeros_when_new`) gets holes.
 //!
-//! RAW to RAW stays a plain copy (`Engine::copy`); everything else goes through
+//! RAW to RAW stays a plain copy (`Engine::copy`), and so does COW to COW of the same shape
+//! (`copies_as_is`); everything else goes through
 //! `Engine::convert` (native, or `qemu-img convert` with VDSM's flags where it must, e.g. to
 //! copy bitmaps).
 
@@ -29,8 +30,8 @@ use crate::service::Agent;
 use crate::storage::backend::Prepared;
 use crate::storage::domain::Domain;
 use crate::storage::md::VolumeMetadata;
-use crate::storage::qemu;
 use crate::storage::volume::read_metadata;
+use crate::storage::{qcow2, qemu};
 
 /// `copy_bitmaps` is for COW to COW only: refused (UnsupportedOperation) before a job is made
 /// when the metadata of both volumes says otherwise. Metadata that cannot be read now is left
@@ -84,6 +85,38 @@ pub fn check_shapes(
 /// Whether the copy converts (anything but RAW to RAW).
 pub fn converts(src_md: &VolumeMetadata, dst_md: &VolumeMetadata) -> bool {
     !(src_md.format == VolumeFormat::Raw && dst_md.format == VolumeFormat::Raw)
+}
+
+/// Whether a COW to COW copy may copy the source's qcow2 file as it is, as issue 4's copy did:
+/// the same capacity and allocation policy, the same parent (its backing file already names the same bare UUID), the
+/// compat level the destination's domain creates, no bitmaps unless they are to be copied, and
+/// nothing a byte copy could get wrong (encryption, an external data file, a corrupt image).
+/// The result is what VDSM's `convert -n -B PARENT` would give — only the source's own
+/// clusters, zero clusters kept, the same backing name — and it is the source's file byte for
+/// byte, which an engine that verifies a disk move by `Volume.checksum` of both files relies
+/// on (sdm-client does). The one difference from a conversion: clusters the source stores as
+/// data that happen to hold zeros are copied as such, not turned into zero clusters.
+pub fn copies_as_is(
+    src: &Side<'_>,
+    dst: &Side<'_>,
+    copy_bitmaps: bool,
+) -> Result<bool, AgentError> {
+    let (s, d) = (src.md, dst.md);
+    if s.format != VolumeFormat::Cow
+        || d.format != VolumeFormat::Cow
+        || s.capacity != d.capacity
+        || s.allocation != d.allocation
+        || parent_of(s)? != parent_of(d)?
+    {
+        return Ok(false);
+    }
+    let path = layer_path(src.dom, &src.ep.img_id, &src.ep.vol_id, src.data);
+    let h = qcow2::summary(&path)?;
+    Ok(
+        h.compat == qcow2_compat(dst.dom).as_str()
+            && (copy_bitmaps || !h.has_bitmaps)
+            && !h.unusual,
+    )
 }
 
 /// One side of a conversion.

@@ -204,10 +204,11 @@ fn check_source(
     convert::check_shapes(src_md, dst_md, false)
 }
 
-/// Step 6: the bytes, through the data path, ending durable. RAW to RAW is a plain copy (with
-/// a read-back when asked) after which a larger destination grows to its capacity; any other
-/// pair is converted to the destination's format, collapsing the source's chain when the
-/// destination has no parent (`ops::convert`).
+/// Step 6: the bytes, through the data path, ending durable. RAW to RAW, and COW to COW of the
+/// same shape (`convert::copies_as_is`), is a plain copy (with a read-back when asked) after
+/// which a larger RAW destination grows to its capacity; any other pair is converted to the
+/// destination's format, collapsing the source's chain when the destination has no parent
+/// (`ops::convert`).
 fn copy_bytes(
     agent: &Agent,
     job: &Job,
@@ -226,15 +227,15 @@ fn copy_bytes(
     if convert::converts(src_md, dst_md) {
         let src_dom = agent.domain(&req.source.sd_id)?;
         let side = |dom, ep, md, data| convert::Side { dom, ep, md, data };
-        convert::convert(
-            agent,
-            job,
+        let (s, d) = (
             side(&src_dom, &req.source, src_md, src_data),
             side(dst_dom, dst, dst_md, dst_data),
-            req.verify,
-            req.copy_bitmaps,
-        )?;
-        return Ok(());
+        );
+        if !convert::copies_as_is(&s, &d, req.copy_bitmaps)? {
+            convert::convert(agent, job, s, d, req.verify, req.copy_bitmaps)?;
+            return Ok(());
+        }
+        tracing::info!(job = %job.id(), "COW to COW of the same shape: the qcow2 file is copied as it is");
     }
     let opts = sdm_io::CopyOptions {
         verify: req.verify,

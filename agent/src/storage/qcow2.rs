@@ -119,15 +119,44 @@ pub fn amend_compat(path: &Path, compat: &str) -> Result<(), StorageError> {
     qemu::run(&mut cmd).map(drop)
 }
 
-/// The compat level of a qcow2 (`"0.10"` or `"1.1"`).
-pub fn compat(path: &Path) -> Result<String, StorageError> {
+/// `qemu-img info` of one qcow2 (its backing file is not opened).
+fn info(path: &Path) -> Result<serde_json::Value, StorageError> {
     let mut cmd = in_dir(path);
     cmd.args(["info", "--output=json", "-f", "qcow2"]).arg(path);
     let out = qemu::run(&mut cmd)?;
-    let v: serde_json::Value = serde_json::from_str(&out)
-        .map_err(|e| StorageError::QemuImg(format!("unexpected qemu-img info output: {e}")))?;
-    Ok(v["format-specific"]["data"]["compat"]
+    serde_json::from_str(&out)
+        .map_err(|e| StorageError::QemuImg(format!("unexpected qemu-img info output: {e}")))
+}
+
+/// The compat level of a qcow2 (`"0.10"` or `"1.1"`).
+pub fn compat(path: &Path) -> Result<String, StorageError> {
+    Ok(info(path)?["format-specific"]["data"]["compat"]
         .as_str()
         .unwrap_or_default()
         .to_string())
+}
+
+/// What decides whether a qcow2 file may be copied as it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// `"0.10"` or `"1.1"`.
+    pub compat: String,
+    /// It has persistent bitmaps.
+    pub has_bitmaps: bool,
+    /// Its data is encrypted, lives in an external data file, or qemu marks it corrupt.
+    pub unusual: bool,
+}
+
+/// The [`Summary`] of one qcow2.
+pub fn summary(path: &Path) -> Result<Summary, StorageError> {
+    let v = info(path)?;
+    let data = &v["format-specific"]["data"];
+    Ok(Summary {
+        compat: data["compat"].as_str().unwrap_or_default().to_string(),
+        has_bitmaps: data["bitmaps"].as_array().is_some_and(|b| !b.is_empty()),
+        unusual: v["encrypted"] == true
+            || !data["data-file"].is_null()
+            || !data["encrypt"].is_null()
+            || data["corrupt"] == true,
+    })
 }
