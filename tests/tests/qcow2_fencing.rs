@@ -1,7 +1,7 @@
 //! Fencing of the in-place qcow2 jobs (issue 12's rules applied to issue 14's verbs): a merge
 //! holds the base's and the top's leases, so it is refused (651, nothing changed) while another
 //! job or host holds the top's; and a merge whose sanlock registration is lost stops before it
-//! writes the base, which stays ILLEGAL at its old generation.
+//! writes the base, which stays ILLEGAL at its old generation (and a sparsify likewise).
 
 use std::time::Duration;
 
@@ -155,4 +155,61 @@ async fn a_merge_that_loses_its_registration_writes_nothing_more() {
     );
     let bi = base.info(&cb).await;
     assert_eq!((bi.legality, bi.generation), (Legality::Illegal, 0));
+}
+
+/// The same for `SDM.sparsify_volume`: a lost registration after the ILLEGAL mark stops the
+/// job before it rewrites a byte of the qcow2 file.
+#[tokio::test]
+async fn a_sparsify_that_loses_its_registration_writes_nothing_more() {
+    if !sanlock_or_skip("a_sparsify_that_loses_its_registration_writes_nothing_more") {
+        return;
+    }
+    let mut h = TwoHosts::start(
+        "sreg",
+        &[("FAILPOINTS", "sdm::sparsify::after_illegal=sleep(3000)")],
+        &[],
+    )
+    .await;
+    let ca = h.a.agent.client();
+    let cb = h.b.agent.client();
+    let v = make_volume(
+        &ca,
+        &h.sd,
+        &uuid(),
+        8 * MIB,
+        VolumeFormat::Cow,
+        Preallocation::Sparse,
+        None,
+    )
+    .await;
+    // Zeros stored as data: what sparsify gives back.
+    qemu_io(
+        &v.path,
+        "qcow2",
+        &["write -P 0 0 4M", "write -P 0x5a 4M 1M"],
+    );
+    let before = sha256sum(&v.path);
+    let job = uuid();
+    ca.api()
+        .sparsify_volume(job.clone(), v.vref(Some(0)))
+        .await
+        .via(&ca)
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { (v.info(&cb).await.legality == Legality::Illegal).then_some(()) },
+    )
+    .await
+    .expect("the sparsify marked the volume ILLEGAL");
+    h.a.daemon.kill().unwrap();
+    let r = wait_job(&ca, &job).await;
+    assert_eq!(failed_with(&r), 651, "{r:?}");
+    assert_eq!(
+        sha256sum(&v.path),
+        before,
+        "the fenced sparsify rewrote the file"
+    );
+    let i = v.info(&cb).await;
+    assert_eq!((i.legality, i.generation), (Legality::Illegal, 0));
 }
