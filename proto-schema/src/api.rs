@@ -394,6 +394,9 @@ sdm_api! {
     /// A job seen as VDSM's SPM task (the id `Image.move`, `Image.delete` or `Volume.create`
     /// answered): state, result, code and message (UnknownTask 401).
     "Task.getStatus" => fn get_task_status / TaskStatusParams(task_id as "taskID": Uuid) -> TaskStatus;
+    /// Every job answered as a task id (`Image.move`, `Image.delete`, `Volume.create`) that is
+    /// still known, with its `Task.getStatus` status; other jobs are in `Host.getJobs` only.
+    "Host.getAllTasksStatuses" => fn get_all_tasks_statuses / AllTasksStatusesParams() -> TaskStatusMap;
     /// A job's id and the VDSM verb it carries out (UnknownTask 401).
     "Task.getInfo" => fn get_task_info / TaskInfoParams(task_id as "taskID": Uuid) -> TaskInfo;
     /// Forgets a finished job (UnknownTask 401, TaskStateError 410 while it runs).

@@ -180,12 +180,16 @@ fn engine_session_over_stomp_py() {
         &json!({"taskID": moved, "taskState": "finished",
         "taskResult": "success", "code": 0, "message": "1 jobs completed successfully"})
     );
+    let all = py.call("a", REPLIES, "Host.getAllTasksStatuses", json!({}));
+    assert_eq!(result(&all)[moved.as_str()], *result(&s), "{all}");
     let i = py.call("a", REPLIES, "Task.getInfo", json!({"taskID": moved}));
     assert_eq!(result(&i), &json!({"id": moved, "verb": "moveImage"}));
     let c = py.call("a", REPLIES, "Task.clear", json!({"taskID": moved}));
     assert_eq!(result(&c), &json!(true));
     let gone = py.call("a", REPLIES, "Task.getStatus", json!({"taskID": moved}));
     assert_eq!(code(&gone), 401, "{gone}");
+    let all = py.call("a", REPLIES, "Host.getAllTasksStatuses", json!({}));
+    assert!(result(&all).get(moved.as_str()).is_none(), "{all}");
     let vols = py.call(
         "a",
         REPLIES,

@@ -431,6 +431,10 @@ impl SdmApiServer for Rpc {
         Ok(tasks::get_status(&self.agent.jobs, &task_id)?)
     }
 
+    async fn get_all_tasks_statuses(&self) -> RpcResult<TaskStatusMap> {
+        Ok(tasks::all_statuses(&self.agent.jobs))
+    }
+
     async fn get_task_info(&self, task_id: Uuid) -> RpcResult<TaskInfo> {
         Ok(tasks::get_info(&self.agent.jobs, &task_id)?)
     }

@@ -7,7 +7,8 @@
 //! the job's error.
 
 use sdm_proto::{
-    ApiError, ErrorCode, JobInfo, JobStatus, TaskInfo, TaskResult, TaskState, TaskStatus, Uuid,
+    ApiError, ErrorCode, JobInfo, JobStatus, TaskInfo, TaskResult, TaskState, TaskStatus,
+    TaskStatusMap, Uuid,
 };
 
 use crate::error::AgentError;
@@ -47,15 +48,30 @@ pub fn status_of(info: &JobInfo) -> TaskStatus {
     }
 }
 
+/// The jobs VDSM would have run as SPM tasks, by description, with VDSM's verb name.
+const TASK_VERBS: [(&str, &str); 3] = [
+    ("move_image", "moveImage"),
+    ("delete_image", "deleteImage"),
+    ("create_volume", "createVolume"),
+];
+
 /// VDSM's name of the verb a job carries out.
 fn verb_of(description: &str) -> String {
-    match description {
-        "move_image" => "moveImage",
-        "delete_image" => "deleteImage",
-        "create_volume" => "createVolume",
-        other => other,
-    }
-    .to_string()
+    TASK_VERBS
+        .iter()
+        .find(|(d, _)| *d == description)
+        .map_or(description, |(_, v)| v)
+        .to_string()
+}
+
+/// `Host.getAllTasksStatuses`: the jobs an engine knows as tasks. `SDM.*` jobs are VDSM's
+/// host jobs, which its task manager never lists, so they stay out here too.
+pub fn all_statuses(jobs: &Jobs) -> TaskStatusMap {
+    jobs.infos(&Default::default())
+        .into_values()
+        .filter(|info| TASK_VERBS.iter().any(|(d, _)| *d == info.description))
+        .map(|info| (info.id.clone(), status_of(&info)))
+        .collect()
 }
 
 /// `Task.getStatus`.
@@ -108,6 +124,14 @@ mod tests {
             (TaskState::Finished, TaskResult::Success, 0)
         );
         assert_eq!(get_info(&jobs, &done).unwrap().verb, "createVolume");
+        jobs.record_done(&Uuid::new_v4(), "copy_data").unwrap();
+        let all = all_statuses(&jobs);
+        assert_eq!(
+            all.keys().collect::<Vec<_>>(),
+            vec![&done],
+            "only task-like jobs"
+        );
+        assert_eq!(all[&done].task_result, TaskResult::Success);
         let other = Uuid::new_v4();
         let e = ApiError::from(get_status(&jobs, &other).unwrap_err());
         assert_eq!(e.code, ErrorCode::UnknownTask);

@@ -414,6 +414,10 @@ pub struct ResumeArgs {
     /// Operations driven at once (--watch).
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
+    /// Only forget operations that ended more than DAYS ago (a shared journal keeps them for
+    /// audit until then; unfinished ones are never touched). Fractions allowed.
+    #[arg(long, value_name = "DAYS", conflicts_with_all = ["list", "watch"])]
+    pub prune: Option<f64>,
     #[command(flatten)]
     pub j: JournalArgs,
 }

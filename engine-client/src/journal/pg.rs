@@ -537,6 +537,10 @@ impl JournalStore for PgStore {
     fn list(&self) -> BoxFuture<'_, Result<Listing, JournalError>> {
         Box::pin(self.inner.list())
     }
+
+    fn prune(&self, older_than: std::time::Duration) -> BoxFuture<'_, Result<u64, JournalError>> {
+        Box::pin(self.inner.prune(older_than))
+    }
 }
 
 #[cfg(test)]

@@ -380,3 +380,7 @@ pub struct Fix {
 
 /// Result map of `Host.getJobs`.
 pub type JobMap = BTreeMap<Uuid, JobInfo>;
+
+/// Result map of `Host.getAllTasksStatuses`: the status of every job that was answered as a
+/// task id, by that id.
+pub type TaskStatusMap = BTreeMap<Uuid, TaskStatus>;
