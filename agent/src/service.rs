@@ -574,7 +574,7 @@ impl Agent {
                 .map(|d| d.as_str())
                 .unwrap_or("DATA")
                 .to_string(),
-            sequence: p.sequence.map(u64::from).unwrap_or(0),
+            sequence: p.sequence.map_or(0, sdm_proto::Sequence::get),
         };
         volume::create(&dom, &req)?;
         tracing::info!(sd_id = %sd, img_id = %img, vol_id = %p.vol_id, capacity = req.capacity, format = %p.format, "created volume");

@@ -119,6 +119,10 @@ pub struct VolumeSpec {
     pub description: String,
     /// Bytes of the volume's file (what a copy moves at most).
     pub bytes: u64,
+    /// Place in its chain (SEQ), which the destination volume keeps. Journals written before
+    /// it was recorded read 0, what those moves created the destination with.
+    #[serde(default)]
+    pub sequence: u64,
 }
 
 impl From<&VolumeInfo> for VolumeSpec {
@@ -131,6 +135,7 @@ impl From<&VolumeInfo> for VolumeSpec {
             capacity: info.capacity.get(),
             description: info.description.clone(),
             bytes: info.apparentsize.get(),
+            sequence: info.sequence,
         }
     }
 }
@@ -166,6 +171,7 @@ mod tests {
             capacity: 1 << 20,
             description: String::new(),
             bytes: 1 << 16,
+            sequence: 0,
         }
     }
 
@@ -185,5 +191,13 @@ mod tests {
         let p: MovePolicy = serde_json::from_str("{\"wipe\":true}").unwrap();
         assert!(p.wipe && p.verify && p.max_attempts == 3);
         assert_eq!(MovePolicy::default(), serde_json::from_str("{}").unwrap());
+    }
+
+    #[test]
+    fn a_volume_recorded_without_its_sequence_reads_0() {
+        let mut v = serde_json::to_value(spec(&Uuid::new_v4(), &Uuid::blank())).unwrap();
+        v.as_object_mut().unwrap().remove("sequence");
+        let back: VolumeSpec = serde_json::from_value(v).unwrap();
+        assert_eq!(back.sequence, 0);
     }
 }

@@ -164,6 +164,14 @@ impl Lent {
         // it, and Io outlives every Lent (the hasher thread is scoped inside Io's lifetime).
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
+
+    /// The lent bytes to fill (a decoder thread writes a window into them).
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`; besides, the pool is a private read-write mapping and,
+        // while the slot is LENT, neither Io, the kernel nor any other Lent touches these
+        // bytes, so this Lent (borrowed mutably) is their only user.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut u8, self.len) }
+    }
 }
 
 impl Io {

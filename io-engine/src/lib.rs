@@ -92,8 +92,9 @@ mod zero;
 
 pub use control::{Control, Progress};
 pub use convert::{
-    Allocation, BackingFile, ConvertDest, ConvertOptions, ConvertReport, Converter, DestFormat,
-    ImageFormat, Layer, MapExtent, Measure, Qcow2Compat, Qcow2Options,
+    Allocation, BackingFile, CommitOptions, CommitReport, ConvertDest, ConvertOptions,
+    ConvertReport, Converter, DestFormat, ImageFormat, Layer, MapExtent, Measure, Qcow2Compat,
+    Qcow2Options, SparsifyReport,
 };
 pub use error::{IoError, IoErrorKind};
 pub use sys::PageBuf;

@@ -286,8 +286,9 @@ sdm_api! {
         /// VDSM: `desc`.
         description | "desc": Option<Description>,
     ) + server (
-        /// The volume's place in its chain, newer volumes higher (default 0).
-        sequence: Option<u32>,
+        /// Chain order (VDSM's SEQ: a newer volume has a higher number; default 0, at most
+        /// 2^32-1). Kept as given: no later write, copy or move changes it.
+        sequence: Option<Sequence>,
         /// The parent's image (VDSM: `srcImgUUID`): absent, BLANK or the volume's own image; a
         /// parent in another image (a template) is UnsupportedOperation.
         parent_img_id | "srcImgUUID": Option<Uuid>,
@@ -319,12 +320,14 @@ sdm_api! {
         algorithm: Option<ChecksumAlgorithm>,
     ) -> bool;
 
-    /// Copies a volume's data into another volume of the same format, as a job.
+    /// Copies a volume's data into another volume, as a job, converting to the destination's
+    /// format (RAW/COW); a destination with a parent gets only what the source volume itself
+    /// holds, one without a parent the source's whole chain (collapse). Capacity may grow.
     "SDM.copy_data" => fn copy_data / CopyDataParams(
         job_id: Uuid,
         source: Endpoint,
         destination: Endpoint,
-        /// Must be false.
+        /// Copy persistent bitmaps too (COW to COW only; else UnsupportedOperation).
         copy_bitmaps: Option<Flag>,
         /// Read the destination back and compare.
         verify: Option<Flag>,
@@ -336,6 +339,46 @@ sdm_api! {
         job_id: Uuid,
         vol_info: VolumeRef,
         vol_attr: VolumeAttributes,
+    ) -> bool;
+    /// Cold merge, as a job: commits `top_id` into its parent `base_id` (growing the base to
+    /// the top's capacity); the base is ILLEGAL while written, then LEGAL with generation+1.
+    /// The chain is not changed (removing the top is the engine's next step).
+    "SDM.merge" => fn merge / MergeParams(
+        job_id: Uuid,
+        subchain_info: SubchainInfo,
+        /// Also add and merge the top's valid persistent bitmaps into a COW base.
+        merge_bitmaps: Option<Flag>,
+    ) -> bool;
+    /// Upgrades a COW volume's qcow2 compat level (0.10 to 1.1), as a job; generation+1.
+    "SDM.amend_volume" => fn amend_volume / AmendVolumeParams(
+        job_id: Uuid,
+        vol_info: VolumeRef,
+        qcow2_attr: Qcow2Attributes,
+    ) -> bool;
+    /// Gives back every all-zero range of a volume (holes in RAW files, zero clusters in COW
+    /// volumes) without changing what it reads, as a job; generation+1. Not a guest file
+    /// system trim (virt-sparsify): see docs/qcow2.md.
+    "SDM.sparsify_volume" => fn sparsify_volume / SparsifyVolumeParams(
+        job_id: Uuid,
+        vol_info: VolumeRef,
+    ) -> bool;
+    /// Adds an enabled persistent bitmap to a COW volume, as a job; generation+1.
+    "SDM.add_bitmap" => fn add_bitmap / AddBitmapParams(
+        job_id: Uuid,
+        vol_info: VolumeRef,
+        bitmap: BitmapName,
+    ) -> bool;
+    /// Removes a persistent bitmap from a COW volume (a missing one is not an error), as a
+    /// job; generation+1.
+    "SDM.remove_bitmap" => fn remove_bitmap / RemoveBitmapParams(
+        job_id: Uuid,
+        vol_info: VolumeRef,
+        bitmap: BitmapName,
+    ) -> bool;
+    /// Removes every persistent bitmap of a COW volume, as a job; generation+1.
+    "SDM.clear_bitmaps" => fn clear_bitmaps / ClearBitmapsParams(
+        job_id: Uuid,
+        vol_info: VolumeRef,
     ) -> bool;
 
     /// Copies every volume of an image to another domain (operation 1/"copy" only); answers

@@ -68,6 +68,8 @@ error_codes! {
     VolumeMetadataWriteError = 208,
     /// A volume with this id already exists.
     VolumeAlreadyExists = 212,
+    /// A shared (template) volume cannot be written (merge, amend, sparsify, bitmaps).
+    SharedVolumeNonWritable = 219,
     /// The volume is shared (a template) and cannot be deleted.
     CannotDeleteSharedVolume = 223,
     /// The source volume is ILLEGAL and cannot be read from.
@@ -111,9 +113,20 @@ error_codes! {
     MetaDataSealIsBroken = 752,
     /// The requested generation is not the volume's generation.
     GenerationMismatch = 911,
+    /// `SDM.merge`: a volume of the subchain is not in the image.
+    VolumeIsNotInChain = 920,
+    /// `SDM.merge`: the base is not the top's parent.
+    WrongParentVolume = 921,
     /// A malformed or out-of-range parameter (bad UUID, size, enum, missing or mistyped field).
     InvalidParameterException = 1000,
-    /// The operation is not supported (for example Image.move with operation MOVE, or format conversion).
+    /// Adding a persistent bitmap failed (also: the chain has a bitmap of that name).
+    AddBitmapError = 1620,
+    /// Merging persistent bitmaps failed.
+    MergeBitmapError = 1621,
+    /// Removing a persistent bitmap failed.
+    RemoveBitmapError = 1622,
+    /// The operation is not supported (for example Image.move with operation MOVE, bitmaps on
+    /// a RAW volume, `copy_bitmaps` between other formats than qcow2).
     UnsupportedOperation = 2009,
 }
 

@@ -285,7 +285,16 @@ pub async fn create_disk(
     for layer in 0..cow_layers {
         let parent = vols.last().cloned();
         let v = Uuid::new_v4();
-        create_volume(&c, sd, &img, &v, size, VolumeFormat::Cow, parent, None).await;
+        // Each layer one higher in the chain order (SEQ), which moves and copies keep
+        // (`sequence` is a parameter sdm's typed client does not send).
+        let r = crate::raw_call(
+            cluster.agents[0].addr,
+            "Volume.create",
+            serde_json::json!({"sd_id": sd, "img_id": img, "vol_id": v, "capacity": size,
+                "format": "COW", "preallocate": "SPARSE", "parent_vol_id": parent,
+                "sequence": layer + 1}),
+        );
+        assert!(r.get("error").is_none(), "Volume.create: {r}");
         let p = cluster.volume_path(sd, &img, &v);
         let offset = (layer as u64 * 3 + 1) << 18;
         let out = Command::new("qemu-io")
@@ -652,6 +661,12 @@ pub async fn assert_moved(cluster: &Cluster, disk: &TestDisk, src: &Uuid, dst: &
             v.vol
         );
         assert_eq!(info.parent, parent, "volume {} keeps its parent", v.vol);
+        assert_eq!(
+            info.sequence as usize,
+            disk.volumes.iter().position(|x| x.vol == v.vol).unwrap(),
+            "volume {} keeps its place in the chain (SEQ)",
+            v.vol
+        );
         parent = v.vol.clone();
         let got = crate::sha256sum(&cluster.volume_path(dst, &disk.img, &v.vol));
         assert_eq!(got, v.sha256, "volume {} has the source's bytes", v.vol);

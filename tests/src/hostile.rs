@@ -438,6 +438,12 @@ pub fn decode(method: &str, params: &str) -> Result<(), String> {
         "SDM.update_volume" => de!(UpdateVolumeParams, params),
         "Image.move" => de!(MoveImageParams, params),
         "Image.delete" => de!(DeleteImageParams, params),
+        "SDM.merge" => de!(MergeParams, params),
+        "SDM.amend_volume" => de!(AmendVolumeParams, params),
+        "SDM.sparsify_volume" => de!(SparsifyVolumeParams, params),
+        "SDM.add_bitmap" => de!(AddBitmapParams, params),
+        "SDM.remove_bitmap" => de!(RemoveBitmapParams, params),
+        "SDM.clear_bitmaps" => de!(ClearBitmapsParams, params),
         other => panic!("hostile.rs has no decoder for {other}: add its parameter type"),
     }
 }
@@ -488,6 +494,12 @@ pub fn roundtrip(method: &str, params: &str) -> Result<bool, String> {
         "SDM.update_volume" => roundtrip!(UpdateVolumeParams, params),
         "Image.move" => roundtrip!(MoveImageParams, params),
         "Image.delete" => roundtrip!(DeleteImageParams, params),
+        "SDM.merge" => roundtrip!(MergeParams, params),
+        "SDM.amend_volume" => roundtrip!(AmendVolumeParams, params),
+        "SDM.sparsify_volume" => roundtrip!(SparsifyVolumeParams, params),
+        "SDM.add_bitmap" => roundtrip!(AddBitmapParams, params),
+        "SDM.remove_bitmap" => roundtrip!(RemoveBitmapParams, params),
+        "SDM.clear_bitmaps" => roundtrip!(ClearBitmapsParams, params),
         _ => Ok(false),
     }
 }

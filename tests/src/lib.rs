@@ -2,6 +2,7 @@
 //! directories, killed by pid when the test ends (also when it fails).
 
 pub mod block;
+pub mod chains;
 pub mod cluster;
 pub mod engines;
 pub mod fencing;

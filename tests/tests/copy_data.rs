@@ -97,11 +97,13 @@ async fn copy_raw_and_cow_succeeds_legal_with_next_generation() {
         "qemu-img check of the destination"
     );
 
-    // Format conversion is refused (as a job error), the destination left as it was.
-    let job = copy_volume(&c, &src, &cdst, None, None).await;
-    let f = wait_job(&c, &job).await;
-    assert_eq!(f.error.unwrap().code, 2009);
-    assert_eq!(cdst.info(&c).await.legality, Legality::Legal);
+    // RAW into COW converts (issue 14; the refusal with 2009 this asserted before is gone).
+    let conv = new_volume(&c, &sd2, 64 * MIB, VolumeFormat::Cow).await;
+    let job = copy_volume(&c, &src, &conv, Some(0), None).await;
+    assert_eq!(wait_job(&c, &job).await.status, JobStatus::Done);
+    assert_eq!(conv.info(&c).await.generation, 1);
+    assert!(qemu_img_compare(&src.path, &conv.path));
+    assert!(qemu_img_check(&conv.path));
 }
 
 #[tokio::test]

@@ -1,8 +1,9 @@
-//! Crash matrix: kill -9 the agent at named points of copy_data, Image.move, Image.delete with
-//! wipe, update_volume and domain attach (a failpoint holds the job there), and at random
-//! moments, then restart and check every invariant of CONTRACT §4, with local leases and with
-//! sanlock. Quick form (10 + 4 trials) in the normal run; `SDM_FULL=1` runs 200 + 60. Prints a
-//! table of outcomes and violations (which must be 0).
+//! Crash matrix: kill -9 the agent at named points of copy_data (a plain copy and a COW to RAW
+//! conversion), SDM.merge, Image.move, Image.delete with wipe, update_volume and domain attach
+//! (a failpoint holds the job there), and at random moments, then restart and check every
+//! invariant of CONTRACT §4, with local leases and with sanlock. Quick form (one trial per
+//! point + 4) in the normal run; `SDM_FULL=1` runs 200 + 60. Prints a table of outcomes and
+//! violations (which must be 0).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -19,6 +20,10 @@ const MIB: u64 = 1 << 20;
 #[derive(Clone, Copy, Debug)]
 enum Op {
     Copy,
+    /// copy_data from a COW source into a RAW destination.
+    Convert,
+    /// SDM.merge of a COW top into its RAW base.
+    Merge,
     Move,
     DeleteWipe,
     Update,
@@ -37,6 +42,12 @@ const POINTS: &[(Op, Option<&str>)] = &[
     (Op::DeleteWipe, None),
     (Op::Update, Some("sdm::update_volume::before_write")),
     (Op::Update, Some("sdm::update_volume::after_write")),
+    (Op::Convert, Some("sdm::copy_data::after_illegal")),
+    (Op::Convert, Some("sdm::copy_data::before_legal")),
+    (Op::Convert, None),
+    (Op::Merge, Some("sdm::merge::after_illegal")),
+    (Op::Merge, Some("sdm::merge::before_legal")),
+    (Op::Merge, None),
 ];
 
 struct Rng(u64);
@@ -90,17 +101,50 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng, sanlock: Option<&
 
     // Set-up happens before the failpoint can matter (volume creation and metadata writes
     // would hit the durable failpoints too, so those trials arm them only for the operation).
-    create_volume(&c, &sd1, &img, &src, size, VolumeFormat::Raw, None, None).await;
-    write_pattern(
-        &volume_path(&dom1, &img, &src),
-        0,
-        size as usize,
-        rng.next(),
-    );
+    let src_fmt = if matches!(op, Op::Convert) {
+        VolumeFormat::Cow
+    } else {
+        VolumeFormat::Raw
+    };
+    create_volume(&c, &sd1, &img, &src, size, src_fmt, None, None).await;
+    if src_fmt == VolumeFormat::Cow {
+        let byte = format!("write -P {} 0 3M", rng.next() % 200 + 1);
+        chains::qemu_io(&volume_path(&dom1, &img, &src), "qcow2", &[&byte]);
+    } else {
+        write_pattern(
+            &volume_path(&dom1, &img, &src),
+            0,
+            size as usize,
+            rng.next(),
+        );
+    }
     let src_sum = sha256sum(&volume_path(&dom1, &img, &src));
     let dimg = uuid();
     let mut dst_sum = String::new();
-    if matches!(op, Op::Copy) {
+    // Merge: a COW top on the RAW source; `want` is what the base must read once merged.
+    let top = uuid();
+    let mut top_sum = String::new();
+    let want = state.path().join("want.raw");
+    if matches!(op, Op::Merge) {
+        create_volume(
+            &c,
+            &sd1,
+            &img,
+            &top,
+            size,
+            VolumeFormat::Cow,
+            Some(src.clone()),
+            None,
+        )
+        .await;
+        let tp = volume_path(&dom1, &img, &top);
+        let byte = format!("write -P {} 512k 2M", rng.next() % 200 + 1);
+        chains::qemu_io(&tp, "qcow2", &[&byte, "write -z 3M 256k"]);
+        top_sum = sha256sum(&tp);
+        let (t, w) = (tp.display().to_string(), want.display().to_string());
+        chains::qemu_img(&["convert", "-f", "qcow2", "-O", "raw", &t, &w]);
+    }
+    if matches!(op, Op::Copy | Op::Convert) {
         create_volume(&c, &sd2, &dimg, &dst, size, VolumeFormat::Raw, None, None).await;
         write_pattern(
             &volume_path(&dom2, &dimg, &dst),
@@ -114,12 +158,29 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng, sanlock: Option<&
 
     let job = uuid();
     match op {
-        Op::Copy => {
+        Op::Copy | Op::Convert => {
             let (from, to) = (
                 endpoint(&sd1, &img, &src, None),
                 endpoint(&sd2, &dimg, &dst, Some(0)),
             );
             start_copy(&c, from, to, None).await;
+        }
+        Op::Merge => {
+            c.api()
+                .merge(
+                    job.clone(),
+                    SubchainInfo {
+                        sd_id: sd1.clone(),
+                        img_id: img.clone(),
+                        top_id: top.clone(),
+                        base_id: src.clone(),
+                        base_generation: Some(Generation(0)),
+                    },
+                    None,
+                )
+                .await
+                .via(&c)
+                .unwrap();
         }
         Op::Move => {
             c.api()
@@ -192,11 +253,17 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng, sanlock: Option<&
     }
     let outcome: &'static str;
     match op {
-        Op::Copy | Op::Move => {
+        Op::Merge => {
+            outcome = merge_outcome(&c, &mut v, (&sd1, &img, &src, &top), &dom1, &want).await;
+            if sha256sum(&volume_path(&dom1, &img, &top)) != top_sum {
+                v.push("top modified".into());
+            }
+        }
+        Op::Copy | Op::Convert | Op::Move => {
             if sha256sum(&volume_path(&dom1, &img, &src)) != src_sum {
                 v.push("source modified".into());
             }
-            let (dimg, dvol) = if matches!(op, Op::Copy) {
+            let (dimg, dvol) = if matches!(op, Op::Copy | Op::Convert) {
                 (&dimg, &dst)
             } else {
                 (&img, &src)
@@ -206,9 +273,15 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng, sanlock: Option<&
                     if !i.lease.owners.is_empty() {
                         v.push(format!("lease still held: {:?}", i.lease.owners));
                     }
-                    let want_gen = if matches!(op, Op::Copy) { 1 } else { 0 };
+                    let want_gen = if matches!(op, Op::Copy | Op::Convert) {
+                        1
+                    } else {
+                        0
+                    };
                     match i.legality {
-                        Legality::Legal if i.generation == 0 && matches!(op, Op::Copy) => {
+                        Legality::Legal
+                            if i.generation == 0 && matches!(op, Op::Copy | Op::Convert) =>
+                        {
                             // Killed before the destination was marked: nothing was written.
                             outcome = "untouched (LEGAL, old)";
                             if sha256sum(&volume_path(&dom2, dimg, dvol)) != dst_sum {
@@ -223,7 +296,20 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng, sanlock: Option<&
                                     i.generation
                                 ));
                             }
-                            if sha256sum(&volume_path(&dom2, dimg, dvol)) != src_sum {
+                            let (sp, dp) = (
+                                volume_path(&dom1, &img, &src),
+                                volume_path(&dom2, dimg, dvol),
+                            );
+                            let same = if src_fmt == VolumeFormat::Cow {
+                                let (a, b) = (sp.display().to_string(), dp.display().to_string());
+                                std::process::Command::new("qemu-img")
+                                    .args(["compare", "-q", "-f", "qcow2", "-F", "raw", &a, &b])
+                                    .status()
+                                    .is_ok_and(|st| st.success())
+                            } else {
+                                sha256sum(&dp) == src_sum
+                            };
+                            if !same {
                                 v.push("LEGAL destination differs from the source".into());
                             }
                         }
@@ -307,10 +393,68 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng, sanlock: Option<&
     }
 }
 
+/// After a kill -9 during SDM.merge of `top` into `base` (RAW): the base is untouched (LEGAL,
+/// generation 0), merged (LEGAL, 1, reading `want`), or ILLEGAL with generation 0 — and then a
+/// retry with the same base_generation must merge it.
+async fn merge_outcome(
+    c: &sdm_client::AgentClient,
+    v: &mut Vec<String>,
+    (sd, img, base, top): (&Uuid, &Uuid, &Uuid, &Uuid),
+    dom: &Path,
+    want: &Path,
+) -> &'static str {
+    let bp = volume_path(dom, img, base);
+    let reads_want = || {
+        let (w, b) = (want.display().to_string(), bp.display().to_string());
+        std::process::Command::new("qemu-img")
+            .args(["compare", "-q", "-f", "raw", "-F", "raw", &w, &b])
+            .status()
+            .is_ok_and(|st| st.success())
+    };
+    let Ok(i) = try_volume_info(c, sd, img, base).await else {
+        v.push("base volume gone".into());
+        return "base gone";
+    };
+    if !i.lease.owners.is_empty() {
+        v.push(format!("base lease still held: {:?}", i.lease.owners));
+    }
+    match (i.legality, i.generation) {
+        (Legality::Legal, 0) => "untouched (LEGAL, old)",
+        (Legality::Legal, 1) => {
+            if !reads_want() {
+                v.push("merged base does not read the chain's data".into());
+            }
+            "merged (LEGAL, new generation)"
+        }
+        (Legality::Illegal, 0) => {
+            let job = uuid();
+            let sub = SubchainInfo {
+                sd_id: sd.clone(),
+                img_id: img.clone(),
+                top_id: top.clone(),
+                base_id: base.clone(),
+                base_generation: Some(Generation(0)),
+            };
+            c.api().merge(job.clone(), sub, None).await.via(c).unwrap();
+            let done = wait_job(c, &job).await;
+            if done.status != JobStatus::Done {
+                v.push(format!("retry of the merge failed: {:?}", done.error));
+            } else if !reads_want() {
+                v.push("retried merge does not read the chain's data".into());
+            }
+            "ILLEGAL, old generation; retry merged"
+        }
+        (l, g) => {
+            v.push(format!("base is {l} with generation {g}"));
+            "unexpected"
+        }
+    }
+}
+
 #[tokio::test]
 async fn crash_matrix_local_leases() {
     let full = std::env::var_os("SDM_FULL").is_some();
-    matrix(if full { 200 } else { 10 }, full, None).await;
+    matrix(if full { 200 } else { POINTS.len() }, full, None).await;
 }
 
 #[tokio::test]

@@ -26,6 +26,7 @@ fn begin(op: &Uuid, image: &Uuid) -> Record {
             capacity: 1 << 20,
             description: "d".into(),
             bytes: 1 << 20,
+            sequence: 0,
         }],
     }
 }

@@ -381,6 +381,70 @@ async fn exercise(check: &mut Check, wire: &mut Wire, sd1: &str, sd2: &str, root
         .await;
     check.verb(wire, "Host.getCapabilities", json!({})).await;
     check.verb(wire, "Host.getStats", json!({})).await;
+    exercise_qcow2(check, wire, sd1).await;
+}
+
+/// Runs `verb` (a job verb answering `true`) to its end and checks that `Host.getJobs` names
+/// the job with VDSM's description.
+async fn job_verb(check: &mut Check, wire: &mut Wire, verb: &str, params: Value) {
+    let job = params["job_id"].as_str().unwrap().to_string();
+    check.verb(wire, verb, params).await;
+    wait_jobs_done(wire, &[&job]).await;
+    let r = wire.call("Host.getJobs", &json!({"job_ids": [job]})).await;
+    assert_eq!(
+        r["result"][&job]["description"], check.fx["verbs"][verb]["job"]["description"],
+        "{verb}: {r}"
+    );
+}
+
+/// The SDM jobs on qcow2 volumes, with VDSM's parameter shapes (`vol_info`, `subchain_info`,
+/// `qcow2_attr`, `bitmap`, `merge_bitmaps`).
+async fn exercise_qcow2(check: &mut Check, wire: &mut Wire, sd: &str) {
+    let (img, base, top) = (uuid().to_string(), uuid().to_string(), uuid().to_string());
+    let size = (1u64 << 20).to_string();
+    for (vol, parent) in [(&base, BLANK), (&top, base.as_str())] {
+        check
+            .verb(
+                wire,
+                "Volume.create",
+                json!({"volumeID": vol, "storagepoolID": POOL,
+                "storagedomainID": sd, "imageID": img, "size": size, "volFormat": 4,
+                "preallocate": 2, "diskType": "DATA", "desc": "qcow2 shapes",
+                "srcImgUUID": img, "srcVolUUID": parent, "initialSize": null,
+                "addBitmaps": false, "legal": true, "sequence": 1}),
+            )
+            .await;
+    }
+    let vol_info = |vol: &str, generation: u32| json!({"sd_id": sd, "img_id": img, "vol_id": vol, "generation": generation});
+    let bitmap = uuid().to_string();
+    for (verb, params) in [
+        (
+            "SDM.add_bitmap",
+            json!({"vol_info": vol_info(&top, 0), "bitmap": bitmap}),
+        ),
+        (
+            "SDM.remove_bitmap",
+            json!({"vol_info": vol_info(&top, 1), "bitmap": bitmap}),
+        ),
+        ("SDM.clear_bitmaps", json!({"vol_info": vol_info(&top, 2)})),
+        (
+            "SDM.amend_volume",
+            json!({"vol_info": vol_info(&top, 3), "qcow2_attr": {"compat": "1.1"}}),
+        ),
+        (
+            "SDM.sparsify_volume",
+            json!({"vol_info": vol_info(&top, 4)}),
+        ),
+        (
+            "SDM.merge",
+            json!({"subchain_info": {"sd_id": sd, "img_id": img,
+            "top_id": top, "base_id": base, "base_generation": 0}, "merge_bitmaps": false}),
+        ),
+    ] {
+        let mut params = params;
+        params["job_id"] = json!(uuid().to_string());
+        job_verb(check, wire, verb, params).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,11 +5,12 @@
 //!    shared when it differs;
 //! 2. the destination's volume lease, exclusive, never waiting for another holder (651);
 //! 3. generation check on the destination (911, nothing changed yet);
-//! 4. source legality (227) and format checks;
+//! 4. source legality (227), the destination's capacity (at least the source's) and formats;
 //! 5. destination ILLEGAL, durably, before any data byte is written — right after confirming
 //!    the lease on storage and re-reading the generation;
-//! 6. the copy through the data path, ending in fdatasync (and an optional read-back verify),
-//!    while a watcher stops the job if the lease is lost (`lease_watch`);
+//! 6. the copy — or the conversion to the destination's format, collapsing the source's chain
+//!    when the destination has no parent (`ops::convert`) — ending durable (and an optional
+//!    verify), while a watcher stops the job if the lease is lost (`lease_watch`);
 //! 7. the source re-read: still LEGAL at the same generation; then one metadata write: LEGAL
 //!    and generation+1 together;
 //! 8. release the lease, then the locks.
@@ -18,17 +19,14 @@
 //! generation; after 7 it is LEGAL with the new one. An engine that lost the job reads exactly
 //! that (and the lease) to decide.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use sdm_proto::api::CopyDataParams;
-use sdm_proto::{
-    ApiError, Endpoint, ErrorCode, Generation, JobResult, Legality, Size, VolumeFormat,
-};
+use sdm_proto::{ApiError, Endpoint, ErrorCode, Generation, JobResult, Legality, Size};
 
 use super::lease_watch::with_watch;
 use super::outcome::{before_first_write, source_unchanged, write_legal};
-use super::{check_abort, flag, lock_for_job, spawn_job};
+use super::{check_abort, convert, flag, lock_for_job, spawn_job};
 use crate::error::AgentError;
 use crate::jobs::Job;
 use crate::locks::{domain_key, image_key, Mode};
@@ -36,7 +34,6 @@ use crate::service::Agent;
 use crate::storage::backend::Prepared;
 use crate::storage::domain::Domain;
 use crate::storage::md::VolumeMetadata;
-use crate::storage::qemu;
 use crate::storage::volume::{read_metadata, update_metadata};
 
 /// Validated `SDM.copy_data` request.
@@ -50,27 +47,24 @@ pub struct CopyRequest {
     pub verify: bool,
     /// Bytes per second (None: the agent's default).
     pub bandwidth_limit: Option<u64>,
+    /// Copy persistent bitmaps (COW to COW only).
+    pub copy_bitmaps: bool,
 }
 
 /// Validates and schedules a copy.
 pub fn schedule(agent: &Arc<Agent>, p: CopyDataParams) -> Result<(), AgentError> {
+    let (s, d) = (&p.source, &p.destination);
+    if s.sd_id == d.sd_id && s.img_id == d.img_id && s.vol_id == d.vol_id {
+        return Err(ApiError::invalid("source and destination are the same volume").into());
+    }
+    let copy_bitmaps = convert::check_copy_bitmaps(agent, &p)?;
     let req = CopyRequest {
         source: p.source,
         destination: p.destination,
         verify: flag(p.verify),
         bandwidth_limit: p.bandwidth_limit.map(Size::get).filter(|v| *v > 0),
+        copy_bitmaps,
     };
-    let (s, d) = (&req.source, &req.destination);
-    if s.sd_id == d.sd_id && s.img_id == d.img_id && s.vol_id == d.vol_id {
-        return Err(ApiError::invalid("source and destination are the same volume").into());
-    }
-    if flag(p.copy_bitmaps) {
-        return Err(ApiError::new(
-            ErrorCode::UnsupportedOperation,
-            "copy_bitmaps is not supported: sdm copies the volume container as is",
-        )
-        .into());
-    }
     let agent2 = agent.clone();
     spawn_job(agent, &p.job_id, "copy_data", move |job| {
         run(&agent2, job, &req)
@@ -198,8 +192,8 @@ fn check_generation(dst: &Endpoint, dst_md: &VolumeMetadata) -> Result<u16, Agen
     }
 }
 
-/// Step 4: the source is LEGAL (227 otherwise), and the formats and sizes allow a copy of the
-/// container as it is.
+/// Step 4: the source is LEGAL (227 otherwise), and the destination can hold it (its
+/// capacity is at least the source's; formats may differ, see `ops::convert`).
 fn check_source(
     src: &Endpoint,
     src_md: &VolumeMetadata,
@@ -212,41 +206,14 @@ fn check_source(
         )
         .into());
     }
-    if src_md.format != dst_md.format {
-        return Err(ApiError::new(
-            ErrorCode::UnsupportedOperation,
-            format!("conversion {} to {} is not supported: create the destination in the source's format", src_md.format, dst_md.format),
-        ).into());
-    }
-    match src_md.format {
-        VolumeFormat::Raw if dst_md.capacity < src_md.capacity => Err(ApiError::invalid(format!(
-            "destination capacity {} is smaller than the source's {}",
-            dst_md.capacity, src_md.capacity
-        ))
-        .into()),
-        VolumeFormat::Cow if dst_md.capacity != src_md.capacity => Err(ApiError::new(
-            ErrorCode::UnsupportedOperation,
-            "COW copies need equal capacities (the qcow2 container is copied as is)",
-        )
-        .into()),
-        VolumeFormat::Cow
-            if dst_md.parent != src_md.parent
-                && src_md.parent != sdm_proto::BLANK_UUID
-                && dst_md.parent == sdm_proto::BLANK_UUID =>
-        {
-            Err(ApiError::new(
-                ErrorCode::UnsupportedOperation,
-                "collapsing a COW chain into a volume without a parent is not supported",
-            )
-            .into())
-        }
-        _ => Ok(()),
-    }
+    convert::check_shapes(src_md, dst_md, false)
 }
 
-/// Step 6: the bytes, through the data path (ending in fdatasync, and a read-back when asked),
-/// then what makes the destination whole: a RAW destination larger than the source grows to
-/// its capacity, a COW copy points at the destination's own parent.
+/// Step 6: the bytes, through the data path, ending durable. RAW to RAW, and COW to COW of the
+/// same shape (`convert::copies_as_is`), is a plain copy (with a read-back when asked) after
+/// which a larger RAW destination grows to its capacity; any other pair is converted to the
+/// destination's format, collapsing the source's chain when the destination has no parent
+/// (`ops::convert`).
 fn copy_bytes(
     agent: &Agent,
     job: &Job,
@@ -262,6 +229,19 @@ fn copy_bytes(
             .or_else(|| nonzero(agent.cfg.io.bandwidth_limit)),
     );
     job.mark_started();
+    if convert::converts(src_md, dst_md) {
+        let src_dom = agent.domain(&req.source.sd_id)?;
+        let side = |dom, ep, md, data| convert::Side { dom, ep, md, data };
+        let (s, d) = (
+            side(&src_dom, &req.source, src_md, src_data),
+            side(dst_dom, dst, dst_md, dst_data),
+        );
+        if !convert::copies_as_is(&s, &d, req.copy_bitmaps)? {
+            convert::convert(agent, job, s, d, req.verify, req.copy_bitmaps)?;
+            return Ok(());
+        }
+        tracing::info!(job = %job.id(), "COW to COW of the same shape: the qcow2 file is copied as it is");
+    }
     let opts = sdm_io::CopyOptions {
         verify: req.verify,
         ..Default::default()
@@ -269,13 +249,10 @@ fn copy_bytes(
     agent
         .engine
         .copy(src_data.path(), dst_data.path(), &opts, ctl)?;
-    if src_md.format == VolumeFormat::Raw && dst_md.capacity > src_md.capacity {
+    if dst_md.capacity > src_md.capacity {
         dst_dom
             .backend
             .grow_raw(&dst.img_id, &dst.vol_id, dst_md.capacity)?;
-    }
-    if src_md.format == VolumeFormat::Cow && dst_md.parent != src_md.parent {
-        rebase_header(dst_data.path(), &dst_md.parent, dst_dom, &dst.img_id)?;
     }
     Ok(())
 }
@@ -310,21 +287,4 @@ fn mark_legal(
 
 fn nonzero(v: u64) -> Option<u64> {
     (v > 0).then_some(v)
-}
-
-/// Points a copied qcow2 at the destination's own parent (header only; the data is the same).
-fn rebase_header(
-    path: &Path,
-    parent: &str,
-    dom: &Domain,
-    img: &sdm_proto::Uuid,
-) -> Result<(), AgentError> {
-    let backing = if parent == sdm_proto::BLANK_UUID {
-        None
-    } else {
-        let pid = sdm_proto::Uuid::parse(parent).map_err(ApiError::invalid)?;
-        Some((parent, read_metadata(dom, img, &pid)?.format))
-    };
-    qemu::rebase(path, &dom.backend.chain_dir(img), backing)?;
-    Ok(())
 }

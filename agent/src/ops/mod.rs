@@ -1,20 +1,29 @@
-//! Data operations that run as host jobs: `SDM.copy_data`, `SDM.update_volume`,
-//! `Volume.checksum`, and (with the image verbs) garbage collection of deletion leftovers.
+//! Data operations that run as host jobs: `SDM.copy_data` (with format conversion),
+//! `SDM.update_volume`, `SDM.merge`, `SDM.amend_volume`, `SDM.sparsify_volume`, the bitmap
+//! verbs, `Volume.checksum`, and (with the image verbs) garbage collection of deletion
+//! leftovers.
 //!
 //! Each verb validates its parameters and registers its job before returning, so a malformed
 //! request registers nothing and a duplicate job id is refused at once; everything that depends
 //! on the state of storage (generation, legality, leases) is checked inside the job and fails
 //! the job, as VDSM does.
 
+pub mod amend;
+pub mod bitmaps;
+pub mod chain;
 pub mod check;
 pub mod checksum;
+pub mod convert;
 pub mod copy_data;
 pub mod gc;
 pub mod image;
 pub mod lease_watch;
+pub mod merge;
 pub mod outcome;
 pub mod purge;
+pub mod sparsify;
 pub mod update_volume;
+pub mod volume_job;
 
 use std::sync::Arc;
 use std::time::Duration;

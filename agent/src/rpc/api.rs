@@ -8,6 +8,10 @@ use jsonrpsee::core::{async_trait, SubscriptionResult};
 use jsonrpsee::server::PendingSubscriptionSink;
 use jsonrpsee::types::ErrorObjectOwned;
 use sdm_proto::api::{
+    AddBitmapParams, AmendVolumeParams, ClearBitmapsParams, MergeParams, RemoveBitmapParams,
+    SparsifyVolumeParams,
+};
+use sdm_proto::api::{
     AttachDomainParams, ChecksumVolumeParams, CopyDataParams, CreateDomainParams,
     CreateVolumeParams, DeleteImageParams, FixDomainParams, MoveImageParams, UpdateVolumeParams,
 };
@@ -219,7 +223,7 @@ impl SdmApiServer for Rpc {
         preallocate: Preallocation,
         parent_vol_id: Option<Uuid>,
         description: Option<Description>,
-        sequence: Option<u32>,
+        sequence: Option<Sequence>,
         parent_img_id: Option<Uuid>,
         disk_type: Option<DiskType>,
         initial_size: Option<Size>,
@@ -310,6 +314,78 @@ impl SdmApiServer for Rpc {
             vol_attr,
         };
         ops::update_volume::schedule(&self.agent, p)?;
+        Ok(true)
+    }
+
+    async fn merge(
+        &self,
+        job_id: Uuid,
+        subchain_info: SubchainInfo,
+        merge_bitmaps: Option<Flag>,
+    ) -> RpcResult<bool> {
+        let p = MergeParams {
+            job_id,
+            subchain_info,
+            merge_bitmaps,
+        };
+        ops::merge::schedule(&self.agent, p)?;
+        Ok(true)
+    }
+
+    async fn amend_volume(
+        &self,
+        job_id: Uuid,
+        vol_info: VolumeRef,
+        qcow2_attr: Qcow2Attributes,
+    ) -> RpcResult<bool> {
+        let p = AmendVolumeParams {
+            job_id,
+            vol_info,
+            qcow2_attr,
+        };
+        ops::amend::schedule(&self.agent, p)?;
+        Ok(true)
+    }
+
+    async fn sparsify_volume(&self, job_id: Uuid, vol_info: VolumeRef) -> RpcResult<bool> {
+        let p = SparsifyVolumeParams { job_id, vol_info };
+        ops::sparsify::schedule(&self.agent, p)?;
+        Ok(true)
+    }
+
+    async fn add_bitmap(
+        &self,
+        job_id: Uuid,
+        vol_info: VolumeRef,
+        bitmap: BitmapName,
+    ) -> RpcResult<bool> {
+        let p = AddBitmapParams {
+            job_id,
+            vol_info,
+            bitmap,
+        };
+        ops::bitmaps::schedule_add(&self.agent, p)?;
+        Ok(true)
+    }
+
+    async fn remove_bitmap(
+        &self,
+        job_id: Uuid,
+        vol_info: VolumeRef,
+        bitmap: BitmapName,
+    ) -> RpcResult<bool> {
+        let p = RemoveBitmapParams {
+            job_id,
+            vol_info,
+            bitmap,
+        };
+        ops::bitmaps::schedule_remove(&self.agent, p)?;
+        Ok(true)
+    }
+
+    async fn clear_bitmaps(&self, job_id: Uuid, vol_info: VolumeRef) -> RpcResult<bool> {
+        let p = ClearBitmapsParams { job_id, vol_info };
+        ops::bitmaps::schedule_clear(&self.agent, p)?;
         Ok(true)
     }
 

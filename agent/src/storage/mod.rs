@@ -15,6 +15,7 @@ pub mod domain_info;
 pub mod file;
 pub mod fstype;
 pub mod md;
+pub mod qcow2;
 pub mod qemu;
 pub mod registry;
 pub mod volume;

@@ -1,5 +1,6 @@
 //! Volumes, the rules every kind of domain shares: `Volume.create` (parents, capacity,
-//! legality), metadata reads and updates (the sequence number), and `Volume.getInfo`. Where the
+//! legality, the chain-order sequence number), metadata reads and updates, and
+//! `Volume.getInfo`. Where the
 //! data, metadata and lease live is the backend's ([`super::backend::DomainBackend`]).
 
 use sdm_proto::{
@@ -302,16 +303,22 @@ mod tests {
         let img = Uuid::new_v4();
         let base = new(&img, VolumeFormat::Cow, None);
         create(&d, &base).unwrap();
-        let top = new(&img, VolumeFormat::Cow, Some(base.vol.clone()));
+        let mut top = new(&img, VolumeFormat::Cow, Some(base.vol.clone()));
+        top.sequence = 7;
         create(&d, &top).unwrap();
         assert_eq!(
             info(&d, &img, &base.vol).unwrap().voltype,
             VolumeRole::Internal
         );
+        // Making the parent INTERNAL is a metadata write; it keeps the chain order.
+        assert_eq!(info(&d, &img, &base.vol).unwrap().sequence, 0);
         let ti = info(&d, &img, &top.vol).unwrap();
         assert_eq!(ti.parent, base.vol);
-        // Making the parent INTERNAL wrote its metadata: its sequence stayed.
-        assert_eq!(info(&d, &img, &base.vol).unwrap().sequence, 0);
+        assert_eq!(ti.sequence, 7);
+        let mut md = read_metadata(&d, &img, &top.vol).unwrap();
+        md.generation = 5;
+        update_metadata(&d, &img, &top.vol, &mut md).unwrap();
+        assert_eq!(info(&d, &img, &top.vol).unwrap().sequence, 7);
         let out = Command::new("qemu-img")
             .args(["info", "--output=json"])
             .arg(d.backend.prepare(&img, &top.vol).unwrap().path())

@@ -2,8 +2,11 @@
 //! and marked ILLEGAL, so that an empty destination never looks usable. Also the volume reads
 //! and the ILLEGAL marking that later phases reuse.
 
+use jsonrpsee::core::client::ClientT;
+use jsonrpsee::core::params::ObjectParams;
+use sdm_proto::api::CreateVolumeParams;
 use sdm_proto::{
-    Capacity, Description, ErrorCode, Generation, Legality, Size, Uuid, VolumeAttributes,
+    Capacity, Description, ErrorCode, Generation, Legality, Sequence, Size, Uuid, VolumeAttributes,
     VolumeInfo,
 };
 
@@ -52,20 +55,34 @@ impl Disks {
             }
             let parent = &(!spec.parent.is_blank()).then(|| spec.parent.clone());
             let description = &Description::parse(&spec.description).ok();
-            let r = call!(
-                c,
-                create_volume(
-                    dst_ref.clone(),
-                    img.clone(),
-                    spec.vol_id.clone(),
-                    Capacity(Size(spec.capacity)),
-                    spec.format,
-                    spec.allocation,
-                    parent.clone(),
-                    description.clone(),
-                )
-            )
-            .await;
+            let p = CreateVolumeParams {
+                sd_id: dst_ref.clone(),
+                img_id: img.clone(),
+                vol_id: spec.vol_id.clone(),
+                capacity: Capacity(Size(spec.capacity)),
+                format: spec.format,
+                preallocate: spec.allocation,
+                parent_vol_id: parent.clone(),
+                description: description.clone(),
+                sequence: Sequence::new(spec.sequence).ok(),
+                parent_img_id: None,
+                disk_type: None,
+                initial_size: None,
+                legal: None,
+                add_bitmaps: None,
+                bitmap: None,
+            };
+            let params = named_params(&p)
+                .map_err(|e| Stop::Abandon(format!("encoding Volume.create: {e}")))?;
+            let r = c
+                .read(|h| {
+                    let params = params.clone();
+                    async move {
+                        h.request::<serde_json::Value, _>("Volume.create", params)
+                            .await
+                    }
+                })
+                .await;
             match r {
                 Ok(_) => {}
                 // Created by an earlier attempt whose answer was lost, or before a crash.
@@ -168,4 +185,18 @@ impl Disks {
             Err(e) => Err(Stop::Later(e.to_string())),
         }
     }
+}
+
+/// `params` as named JSON-RPC parameters. `Volume.create` goes out this way rather than through
+/// the typed client because `sequence` is one of the parameters the typed client does not send
+/// (`+ server` in the method table): a moved volume keeps its place in the chain, as VDSM's
+/// copies do.
+fn named_params(params: &CreateVolumeParams) -> Result<ObjectParams, serde_json::Error> {
+    let mut out = ObjectParams::new();
+    if let serde_json::Value::Object(m) = serde_json::to_value(params)? {
+        for (k, v) in m {
+            out.insert(&k, v)?;
+        }
+    }
+    Ok(out)
 }

@@ -202,6 +202,7 @@ pub(super) fn sample_begin(op: &Uuid) -> Record {
             capacity: 1 << 20,
             description: "d".into(),
             bytes: 1 << 20,
+            sequence: 2,
         }],
     }
 }

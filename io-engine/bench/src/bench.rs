@@ -158,7 +158,11 @@ impl Bench {
                     Some(b) => pretouch(&self.exe, b),
                     None => drop_caches(),
                 }
-                let smp = run_measured(&t.argv, &log)?;
+                let extra_before = t.extra_cpu_pid.map(process_cpu);
+                let mut smp = run_measured(&t.argv, &log)?;
+                if let (Some(pid), Some(before)) = (t.extra_cpu_pid, extra_before) {
+                    smp.cpu += process_cpu(pid) - before;
+                }
                 eprintln!(
                     "   round {round} {:<34} {:8.3} s  cpu {:7.3} s  rss {:6.1} MiB",
                     t.name, smp.wall, smp.cpu, smp.rss_mib
@@ -209,6 +213,20 @@ fn check_output(case: &str, t: &Tool, logical: u64, check: Option<&Path>) -> Res
             bail!("{case}: {} left non-zero data", t.name);
         }
     }
+    if let Some(v) = &t.verify {
+        let out = Command::new(&v[0]).args(&v[1..]).output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => bail!(
+                "{case}: {} output does not verify ({}): {}{}",
+                t.name,
+                v.join(" "),
+                String::from_utf8_lossy(&o.stdout).trim(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => bail!("{case}: running {}: {e}", v.join(" ")),
+        }
+    }
     if t.sdm {
         if let (Some(src), Some(d)) = (check, t.outputs.first()) {
             let ok = Command::new("cmp")
@@ -222,4 +240,19 @@ fn check_output(case: &str, t: &Tool, logical: u64, check: Option<&Path>) -> Res
         }
     }
     Ok(())
+}
+
+/// User + system CPU seconds a process has used so far (`/proc/PID/stat`), 0 if it is gone.
+fn process_cpu(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name may hold spaces: fields are counted after its closing parenthesis.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // SAFETY: sysconf has no memory arguments.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15; what follows the name starts at field 3.
+    (ticks(11) + ticks(12)) / hz
 }

@@ -1,14 +1,18 @@
 //! The engine under test, run by the bench as a child process of itself so that it is timed
 //! (wall, CPU, peak RSS) exactly like the peer tools.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use sdm_io::{BackendChoice, Control, CopyOptions, Engine, EngineConfig, WipeOptions};
+use sdm_io::{
+    BackendChoice, BackingFile, CommitOptions, Control, ConvertDest, ConvertOptions, CopyOptions,
+    DestFormat, Engine, EngineConfig, ImageFormat, Layer, Qcow2Options, WipeOptions,
+};
 
 use crate::ceiling::ceiling;
-use crate::cli::{Backend, Child, EngineArgs};
+use crate::cli::{Backend, Child, EngineArgs, Fmt};
 
 pub fn run(child: Child) -> Result<()> {
     let mode = child.name();
@@ -27,14 +31,30 @@ pub fn run(child: Child) -> Result<()> {
             (engine, Op::Multi(pairs))
         }
         Child::Wipe { engine, path } => (engine, Op::Wipe(path)),
+        Child::Convert {
+            engine,
+            to,
+            backing,
+            dst,
+            layers,
+        } => (engine, Op::Convert(convert_job(to, backing, dst, &layers)?)),
+        Child::Commit {
+            engine,
+            base_format,
+            top,
+            base,
+        } => (engine, Op::Commit(top, base, base_format)),
+        Child::AgentCopy { url, params } => return crate::agent::copy(&url, &params),
         Child::Checksum { engine, path } => (engine, Op::Checksum(path)),
     };
     let (cfg, wipe) = config(&engine_args)?;
     let engine = Engine::new(cfg);
     let started = Instant::now();
     let r = op.run(&engine, &wipe);
-    // Goes to the tool log: the operation's own time, without process start-up.
-    eprintln!(
+    // Goes to the tool log: the operation's own time, without process start-up. Not
+    // eprintln!, which panics when the log cannot be written (a full disk).
+    let _ = writeln!(
+        std::io::stderr(),
         "{mode}: {:.6} s in the engine",
         started.elapsed().as_secs_f64()
     );
@@ -63,6 +83,8 @@ fn config(a: &EngineArgs) -> Result<(EngineConfig, WipeOptions)> {
 
 enum Op {
     Copy(PathBuf, PathBuf),
+    Convert(Box<(Vec<Layer>, ConvertDest)>),
+    Commit(PathBuf, PathBuf, Fmt),
     Multi(Vec<(PathBuf, PathBuf)>),
     Wipe(PathBuf),
     Checksum(PathBuf),
@@ -79,6 +101,27 @@ impl Op {
             }
             Op::Wipe(p) => {
                 engine.wipe(&p, wipe, &ctl).map_err(io)?;
+            }
+            Op::Convert(job) => {
+                let (layers, dst) = *job;
+                let r = engine
+                    .convert(&layers, &dst, &ConvertOptions::default(), &ctl)
+                    .map_err(io)?;
+                let _ = writeln!(std::io::stderr(), "__convert: {:?}", r.converter);
+            }
+            Op::Commit(top, base, base_format) => {
+                let top = Layer {
+                    path: top,
+                    format: ImageFormat::Qcow2,
+                };
+                let base = Layer {
+                    path: base,
+                    format: base_format.image(),
+                };
+                let r = engine
+                    .commit(&top, &base, &CommitOptions::default(), &ctl)
+                    .map_err(io)?;
+                let _ = writeln!(std::io::stderr(), "__commit: {:?}", r.converter);
             }
             Op::Checksum(p) => {
                 let sum = engine.checksum(&p, &ctl).map_err(io)?;
@@ -102,6 +145,52 @@ impl Op {
         }
         Ok(())
     }
+}
+
+/// The chain and destination of `__convert`: layers `FMT:PATH`, top first; with a backing
+/// file DST exists already (top-only), without one it is made anew.
+fn convert_job(
+    to: Fmt,
+    backing: Option<String>,
+    dst: PathBuf,
+    layers: &[String],
+) -> Result<Box<(Vec<Layer>, ConvertDest)>> {
+    let layers = layers
+        .iter()
+        .map(|l| {
+            let (f, p) = l
+                .split_once(':')
+                .with_context(|| format!("layer {l:?} is not FMT:PATH"))?;
+            let format = match f {
+                "raw" => ImageFormat::Raw,
+                "qcow2" => ImageFormat::Qcow2,
+                _ => bail!("layer format {f:?} is not raw or qcow2"),
+            };
+            Ok(Layer {
+                path: p.into(),
+                format,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let create = backing.is_none();
+    let format = match to {
+        Fmt::Raw => DestFormat::Raw,
+        Fmt::Qcow2 => DestFormat::Qcow2(Qcow2Options {
+            backing: backing.map(|name| BackingFile {
+                name,
+                format: ImageFormat::Qcow2,
+            }),
+            ..Default::default()
+        }),
+    };
+    let dst = ConvertDest {
+        path: dst,
+        format,
+        size: None,
+        create,
+        reads_zero: true,
+    };
+    Ok(Box::new((layers, dst)))
 }
 
 /// An engine error as its message, which already includes its cause.

@@ -95,6 +95,35 @@ pub enum Child {
         #[arg(required = true, num_args = 2.., value_name = "SRC DST")]
         pairs: Vec<PathBuf>,
     },
+    /// Convert LAYERs (`raw:PATH` or `qcow2:PATH`, top first) into DST with the engine.
+    #[command(name = "__convert", hide = true)]
+    Convert {
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// Format of DST.
+        #[arg(long, value_enum)]
+        to: Fmt,
+        /// DST is an existing qcow2 on this backing file (a qcow2 next to it): top-only.
+        #[arg(long)]
+        backing: Option<String>,
+        dst: PathBuf,
+        #[arg(required = true, value_name = "LAYER")]
+        layers: Vec<String>,
+    },
+    /// Commit TOP (a qcow2 on BASE) into BASE with the engine.
+    #[command(name = "__commit", hide = true)]
+    Commit {
+        #[command(flatten)]
+        engine: EngineArgs,
+        #[arg(long, value_enum)]
+        base_format: Fmt,
+        top: PathBuf,
+        base: PathBuf,
+    },
+    /// `SDM.copy_data` through the agent at URL (PARAMS: the call's JSON parameters), until
+    /// the job is done.
+    #[command(name = "__agent_copy", hide = true)]
+    AgentCopy { url: String, params: String },
     /// The IO ceiling: read SRC while writing as many bytes to DST.
     #[command(name = "__ceiling", hide = true)]
     Ceiling { src: PathBuf, dst: PathBuf },
@@ -114,6 +143,9 @@ impl Child {
             Child::Wipe { .. } => "__wipe",
             Child::Checksum { .. } => "__checksum",
             Child::Multi { .. } => "__multi",
+            Child::Convert { .. } => "__convert",
+            Child::Commit { .. } => "__commit",
+            Child::AgentCopy { .. } => "__agent_copy",
             Child::Ceiling { .. } => "__ceiling",
             Child::Pretouch { .. } => "__pretouch",
         }
@@ -132,6 +164,22 @@ pub struct EngineArgs {
     /// Bytes per BLKZEROOUT request of a wipe.
     #[arg(long, value_parser = size_bytes)]
     pub step: Option<u64>,
+}
+
+/// An image format.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fmt {
+    Raw,
+    Qcow2,
+}
+
+impl Fmt {
+    pub fn image(self) -> sdm_io::ImageFormat {
+        match self {
+            Fmt::Raw => sdm_io::ImageFormat::Raw,
+            Fmt::Qcow2 => sdm_io::ImageFormat::Qcow2,
+        }
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

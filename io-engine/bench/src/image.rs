@@ -49,6 +49,33 @@ pub fn size_of(path: &Path) -> Result<u64> {
         .with_context(|| path.display().to_string())
 }
 
+/// Writes a `len`-byte image of data that zlib compresses to about half: random bytes with
+/// four bits of entropy each. qemu-img stores its clusters compressed (`convert -c`).
+pub fn make_compressible(path: &Path, len: u64, seed: u64) -> Result<()> {
+    let ctx = || path.display().to_string();
+    let _ = std::fs::remove_file(path);
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .with_context(ctx)?;
+    f.set_len(len).with_context(ctx)?;
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut buf = PageBuf::new(MIB as usize).context("image buffer")?;
+    let mut off = 0;
+    while off < len {
+        rng.fill_bytes(buf.as_mut_slice());
+        for b in buf.as_mut_slice() {
+            *b &= 0x0f;
+        }
+        f.write_all_at(buf.as_slice(), off).with_context(ctx)?;
+        off = off.checked_add(MIB).context("image size overflows")?;
+    }
+    f.sync_all().with_context(ctx)
+}
+
 /// A loop device (direct IO), detached on drop.
 pub struct Loop(pub String);
 

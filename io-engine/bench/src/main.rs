@@ -21,6 +21,7 @@
 //! in `cases/mod.rs`), `sweep.rs`, `ceiling.rs` (the IO ceiling), `measure.rs` (wait4, caches),
 //! `image.rs` (images, loop devices), `report.rs` (tables and targets).
 
+mod agent;
 mod bench;
 mod cases;
 mod ceiling;

@@ -22,6 +22,11 @@ pub struct Tool {
     pub check_zero: Option<PathBuf>,
     /// Bytes one run moves, when not the case's (the concurrent run copies eight images).
     pub bytes: Option<u64>,
+    /// After the first run this command must succeed (e.g. `qemu-img compare` of an image
+    /// output with its source), for sdm's runs and the peers' alike.
+    pub verify: Option<Vec<String>>,
+    /// A process outside the tool whose CPU time counts for it (the agent serving an RPC).
+    pub extra_cpu_pid: Option<u32>,
 }
 
 impl Tool {
@@ -37,6 +42,8 @@ impl Tool {
             setup: None,
             check_zero: None,
             bytes: None,
+            verify: None,
+            extra_cpu_pid: None,
         }
     }
 }

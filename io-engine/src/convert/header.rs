@@ -39,6 +39,10 @@ pub(crate) struct Header {
     pub(crate) crypt_method: u32,
     pub(crate) nb_snapshots: u32,
     pub(crate) incompatible: u64,
+    /// Autoclear feature bits (bit 0: persistent bitmaps are consistent).
+    pub(crate) autoclear: u64,
+    /// log2 of the refcount width in bits (4 = 16-bit, the default; v2 is always 4).
+    pub(crate) refcount_order: u32,
     /// 0 = zlib (also the only value a v2 image or a short v3 header can have).
     pub(crate) compression_type: u8,
     pub(crate) backing_file: Option<String>,
@@ -78,6 +82,7 @@ impl Header {
             size: be64(b, 24),
             crypt_method: be32(b, 32),
             nb_snapshots: be32(b, 60),
+            refcount_order: 4,
             ..Header::default()
         };
         if h.version != 2 && h.version != 3 {
@@ -90,6 +95,8 @@ impl Header {
                 return Err("truncated v3 header".into());
             }
             h.incompatible = be64(b, 72);
+            h.autoclear = be64(b, 88);
+            h.refcount_order = be32(b, 96);
             let header_len = be32(b, 100) as usize;
             if header_len < V3_HEADER_MIN_LEN || header_len > b.len() {
                 return Err(format!("invalid header length {header_len}"));
@@ -175,6 +182,30 @@ impl Header {
         }
         if self.compression_type != 0 {
             return Some(format!("compression type {}", self.compression_type));
+        }
+        None
+    }
+
+    /// Why the native path may not write into this image in place (a commit into it, a
+    /// sparsify of it), if it may not: what `native_blocker` names, and what imago's writer
+    /// would change or not handle exactly — it clears autoclear bits when it opens an image
+    /// for writing (persistent bitmaps would be lost), shares clusters only through qemu's
+    /// internal snapshots, and has no zero clusters in version 2.
+    pub(crate) fn writer_blocker(&self) -> Option<String> {
+        if let Some(why) = self.native_blocker() {
+            return Some(why);
+        }
+        if self.version != 3 {
+            return Some("qcow2 version 2 (compat 0.10) has no zero clusters".into());
+        }
+        if self.autoclear != 0 {
+            return Some(format!(
+                "autoclear feature bits {:#x} (persistent bitmaps)",
+                self.autoclear
+            ));
+        }
+        if self.nb_snapshots != 0 {
+            return Some(format!("{} internal snapshots", self.nb_snapshots));
         }
         None
     }

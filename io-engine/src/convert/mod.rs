@@ -22,17 +22,23 @@
 //! converted by `qemu-img convert` with VDSM's flags; [`ConvertReport::converter`] says why.
 
 mod chain;
+mod commit;
+mod decode;
 mod header;
 mod layout;
+mod mover;
 mod pipeline;
 mod plan;
 mod qemu_img;
 mod run;
 mod scan;
+mod sparsify;
 
 use std::path::PathBuf;
 
+pub use commit::{CommitOptions, CommitReport};
 pub use scan::{Allocation, MapExtent};
+pub use sparsify::SparsifyReport;
 
 use crate::BackendKind;
 

@@ -9,7 +9,11 @@
 
 use std::os::fd::RawFd;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use super::chain::Chain;
+use super::decode::{self, Decoders};
 use super::layout::ClusterMap;
 use super::plan::{Qcow2Plan, RawPlan, Src, Step, Window};
 use super::ClusterState;
@@ -94,6 +98,8 @@ pub(crate) struct Exec<'a> {
     free: Vec<usize>,
     slots: Vec<SlotState>,
     runs: Vec<(usize, usize, bool)>,
+    /// Decoder threads of a run with qcow2 layers (None: compressed clusters decode inline).
+    decoders: Option<Decoders>,
     pub(crate) counts: Counts,
 }
 
@@ -120,17 +126,72 @@ impl<'a> Exec<'a> {
             free: (0..slots).rev().collect(),
             slots: (0..slots).map(|_| SlotState::default()).collect(),
             runs: Vec::new(),
+            decoders: None,
             counts: Counts::default(),
         }
     }
 
     pub(crate) fn run(&mut self, io: &mut Io) -> Result<(), IoError> {
+        let workers = if self.chain.layers.iter().any(|l| l.qcow2.is_some()) {
+            decode::threads()
+        } else {
+            0
+        };
+        if workers <= 1 {
+            return self.run_checked(io);
+        }
+        let (decoders, jobs, done) = decode::channels();
+        let stop = AtomicBool::new(false);
+        let chain = self.chain;
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                let (jobs, done, stop) = (&jobs, done.clone(), &stop);
+                s.spawn(move || decode::worker(chain, jobs, done, stop));
+            }
+            drop(done);
+            self.decoders = Some(decoders);
+            let r = self.run_checked(io);
+            // Every window out with a worker comes back before the pool may go away.
+            stop.store(true, Ordering::Relaxed);
+            let d = self.decoders.take().expect("set above");
+            for lent in d.finish() {
+                io.reclaim(lent);
+            }
+            r
+        })
+    }
+
+    fn run_checked(&mut self, io: &mut Io) -> Result<(), IoError> {
         let r = self.run_inner(io);
         if r.is_err() {
             // Reap before the error leaves: the buffers must not outlive their requests.
             let _ = io.drain();
         }
         r
+    }
+
+    /// Takes decoded windows back (waiting when nothing else can make progress) and reads
+    /// the rest of each.
+    fn collect_decoded(&mut self, io: &mut Io, wait: bool) -> Result<(), IoError> {
+        loop {
+            let Some(d) = self.decoders.as_mut() else {
+                return Ok(());
+            };
+            let timeout = (wait && d.outstanding > 0).then_some(Duration::from_millis(50));
+            let Some(got) = d.recv(timeout) else {
+                return Ok(());
+            };
+            io.reclaim(got.lent);
+            self.counts.read += got.result?;
+            self.submit_reads(io, got.slot)?;
+            if wait {
+                return Ok(());
+            }
+        }
+    }
+
+    fn decoding(&self) -> bool {
+        self.decoders.as_ref().is_some_and(|d| d.outstanding > 0)
     }
 
     fn run_inner(&mut self, io: &mut Io) -> Result<(), IoError> {
@@ -140,7 +201,12 @@ impl<'a> Exec<'a> {
                 return Err(IoError::aborted(OP, self.dst_path));
             }
             self.fill(io)?;
+            self.collect_decoded(io, false)?;
             if io.inflight() == 0 {
+                if self.decoding() {
+                    self.collect_decoded(io, true)?;
+                    continue;
+                }
                 if self.planned_all && self.zero_idle() && self.free.len() == self.slots.len() {
                     return Ok(());
                 }
@@ -227,24 +293,43 @@ impl<'a> Exec<'a> {
     fn start(&mut self, io: &mut Io, win: Window) -> Result<(), IoError> {
         let slot = self.free.pop().expect("caller checked for a free slot");
         let buf = io.buf_mut(slot);
+        let mut compressed = Vec::new();
         for p in &win.pieces {
-            let part = &mut buf[p.pos..p.pos + p.len];
             match p.src {
-                Src::Zero => part.fill(0),
-                Src::Decode { layer, guest } => {
-                    let l = &self.chain.layers[layer];
-                    let q = l
-                        .qcow2
-                        .as_ref()
-                        .expect("compressed data is in a qcow2 layer");
-                    q.read(part, guest).map_err(|e| {
-                        IoError::image(&l.path, format!("decoding offset {guest}: {e}"))
-                    })?;
-                    self.counts.read += p.len as u64;
-                }
+                Src::Zero => buf[p.pos..p.pos + p.len].fill(0),
+                Src::Decode { layer, guest } => compressed.push((p.pos, p.len, layer, guest)),
                 Src::Read { .. } => {}
             }
         }
+        let len = win.len;
+        let st = &mut self.slots[slot];
+        st.win = Some(win);
+        st.reads = 0;
+        st.writes = 0;
+        st.short.clear();
+        if compressed.is_empty() {
+            return self.submit_reads(io, slot);
+        }
+        match self.decoders.as_mut() {
+            Some(d) => {
+                let lent = io.lend(slot, len);
+                d.send(decode::Job {
+                    slot,
+                    lent,
+                    pieces: compressed,
+                });
+                Ok(())
+            }
+            None => {
+                self.counts.read += decode::decode(self.chain, io.buf_mut(slot), &compressed)?;
+                self.submit_reads(io, slot)
+            }
+        }
+    }
+
+    /// Submits the reads of the window in `slot` (its other pieces are in place).
+    fn submit_reads(&mut self, io: &mut Io, slot: usize) -> Result<(), IoError> {
+        let win = self.slots[slot].win.take().expect("slot holds a window");
         let mut reads = 0;
         for p in &win.pieces {
             let Src::Read { layer, host } = p.src else {
@@ -270,8 +355,6 @@ impl<'a> Exec<'a> {
         let st = &mut self.slots[slot];
         st.win = Some(win);
         st.reads = reads;
-        st.writes = 0;
-        st.short.clear();
         if reads == 0 {
             self.filled(io, slot)?;
         }

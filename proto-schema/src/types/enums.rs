@@ -64,6 +64,13 @@ impl JobStatus {
 }
 
 wire_enum! {
+    /// qcow2 compatibility level (`qemu-img -o compat=`).
+    Qcow2Compat { /// Version 2 (no zero clusters, no feature bits).
+        V0_10 = "0.10", /// Version 3, what V5 domains create.
+        V1_1 = "1.1" }
+}
+
+wire_enum! {
     /// Lease backend of a domain's volumes. A domain has one, recorded in its metadata when it
     /// is formatted (VDSM's domain TYPE: LOCALFS uses local locks, the shared types sanlock).
     LeaseBackendName { /// OFD locks: one host only.

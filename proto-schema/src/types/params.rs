@@ -92,3 +92,27 @@ impl VolumeAttributes {
             && self.role.is_none()
     }
 }
+
+/// `SDM.merge`'s subchain: `top_id` is committed into `base_id`, its parent, in one image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SubchainInfo {
+    /// Storage domain.
+    pub sd_id: Uuid,
+    /// Image holding both volumes.
+    pub img_id: Uuid,
+    /// The volume whose data is committed (its parent must be `base_id`).
+    pub top_id: Uuid,
+    /// The volume written.
+    pub base_id: Uuid,
+    /// Expected generation of the base (checked before anything changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_generation: Option<Generation>,
+}
+
+/// What `SDM.amend_volume` changes in a qcow2 volume; unknown keys are refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Qcow2Attributes {
+    /// The qcow2 compatibility level to upgrade to ("1.1").
+    pub compat: Qcow2Compat,
+}

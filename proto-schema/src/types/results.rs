@@ -239,7 +239,7 @@ pub struct VolumeInfo {
     pub legality: Legality,
     /// Generation 0–999.
     pub generation: u16,
-    /// Metadata write sequence number.
+    /// Chain order as given at creation (VDSM's SEQ); no write changes it.
     pub sequence: u64,
     /// OK, or ILLEGAL when the legality is ILLEGAL, or INVALID.
     pub status: String,

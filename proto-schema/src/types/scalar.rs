@@ -506,3 +506,115 @@ impl<'de> Deserialize<'de> for Description {
         Description::parse(&s).map_err(de::Error::custom)
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Bitmap names
+
+/// The name of a persistent dirty bitmap (qcow2): 1 to 1023 bytes of text without control
+/// characters, not starting with '-' (it is passed to qemu-img as an argument).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(transparent)]
+pub struct BitmapName(pub String);
+
+/// Longest bitmap name qcow2 stores.
+pub const MAX_BITMAP_NAME_BYTES: usize = 1023;
+
+impl BitmapName {
+    /// Validates a bitmap name.
+    pub fn parse(s: &str) -> Result<BitmapName, String> {
+        if s.is_empty() || s.len() > MAX_BITMAP_NAME_BYTES {
+            return Err(format!(
+                "bitmap name must be 1 to {MAX_BITMAP_NAME_BYTES} bytes, got {}",
+                s.len()
+            ));
+        }
+        if s.starts_with('-') {
+            return Err("bitmap name must not start with '-'".into());
+        }
+        if let Some(c) = s.chars().find(|c| c.is_control()) {
+            return Err(format!("bitmap name contains the control character {c:?}"));
+        }
+        Ok(BitmapName(s.to_string()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for BitmapName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<BitmapName, D::Error> {
+        let s = String::deserialize(d)?;
+        BitmapName::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sequence
+
+/// The largest sequence number (VDSM's MAX_SEQUENCE).
+pub const MAX_SEQUENCE: u64 = u32::MAX as u64;
+
+/// A volume's place in its chain (VDSM's SEQ: a newer volume has a higher number), 0 to
+/// 2^32-1. Accepted as an integer or a decimal string.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Sequence(pub u64);
+
+impl Sequence {
+    /// Checks the range.
+    pub fn new(v: u64) -> Result<Sequence, String> {
+        if v > MAX_SEQUENCE {
+            Err(format!("sequence {v} is outside 0-{MAX_SEQUENCE}"))
+        } else {
+            Ok(Sequence(v))
+        }
+    }
+
+    /// The value.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Sequence {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Sequence, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Sequence;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a sequence number 0-{MAX_SEQUENCE}")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Sequence, E> {
+                Sequence::new(v).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Sequence, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(format!("sequence {v} is outside 0-{MAX_SEQUENCE}")))
+                    .and_then(|v| Sequence::new(v).map_err(E::custom))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Sequence, E> {
+                Err(E::custom(format!(
+                    "sequence {v} is not an integer 0-{MAX_SEQUENCE}"
+                )))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Sequence, E> {
+                let n = parse_size(v).map_err(|_| {
+                    E::custom(format!("invalid sequence {:?}", truncate_for_message(v)))
+                })?;
+                Sequence::new(n).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for Sequence {
+    fn schema_name() -> Cow<'static, str> {
+        "Sequence".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"type": "integer", "minimum": 0, "maximum": MAX_SEQUENCE,
+            "description": "Chain order of a volume (VDSM's SEQ): a newer volume has a higher number"})
+    }
+}

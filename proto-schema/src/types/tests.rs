@@ -160,3 +160,57 @@ fn job_info_omits_absent_progress_and_error() {
     };
     assert!(serde_json::to_value(&with).unwrap()["progress"].is_f64());
 }
+
+#[test]
+fn qcow2_attributes_refuse_unknown_keys_and_values() {
+    let ok: Qcow2Attributes = serde_json::from_value(serde_json::json!({"compat": "1.1"})).unwrap();
+    assert_eq!(ok.compat, Qcow2Compat::V1_1);
+    for bad in [
+        serde_json::json!({"compat": "1.1", "cluster_size": 65536}),
+        serde_json::json!({"compat": "2.0"}),
+        serde_json::json!({}),
+    ] {
+        assert!(
+            serde_json::from_value::<Qcow2Attributes>(bad.clone()).is_err(),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn bitmap_names() {
+    assert!(BitmapName::parse("b0").is_ok());
+    assert!(BitmapName::parse(&"x".repeat(1023)).is_ok());
+    for bad in ["", "-b", "a\nb", &"x".repeat(1024)] {
+        assert!(BitmapName::parse(bad).is_err(), "{bad:?}");
+    }
+    assert!(serde_json::from_value::<BitmapName>(serde_json::json!("--add")).is_err());
+}
+
+#[test]
+fn subchain_info_generation_is_optional() {
+    let s: SubchainInfo = serde_json::from_value(serde_json::json!({
+        "sd_id": BLANK_UUID, "img_id": BLANK_UUID, "top_id": BLANK_UUID, "base_id": BLANK_UUID
+    }))
+    .unwrap();
+    assert_eq!(s.base_generation, None);
+}
+
+#[test]
+fn sequence_range() {
+    assert_eq!(
+        serde_json::from_value::<Sequence>(json!(3)).unwrap(),
+        Sequence(3)
+    );
+    assert_eq!(
+        serde_json::from_value::<Sequence>(json!("7")).unwrap(),
+        Sequence(7)
+    );
+    assert!(serde_json::from_value::<Sequence>(json!(4294967295u64)).is_ok());
+    for bad in [json!(4294967296u64), json!(-1), json!(1.5), json!("x")] {
+        assert!(
+            serde_json::from_value::<Sequence>(bad.clone()).is_err(),
+            "{bad}"
+        );
+    }
+}

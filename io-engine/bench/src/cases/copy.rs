@@ -41,9 +41,16 @@ pub fn tmpfs(b: &mut Bench, fx: &Fixture) -> Result<()> {
     let src = b.shm.join("src.raw");
     let dst = b.shm.join("dst.raw");
     std::fs::copy(&fx.src_full, &src).context("copy to tmpfs")?;
-    let tools = copy_tools(b, &src, &dst, true);
+    let mut tools = copy_tools(b, &src, &dst, true);
+    // Kept alive until the case is done.
+    let mut agent = None;
+    if let Some((a, t)) = super::agent::tmpfs_tool(b, &src, fx.n)? {
+        tools.push(t);
+        agent = Some(a);
+    }
     let touch = fx.n.checked_mul(2).context("image size overflows")?;
     b.case_with("full copy (tmpfs)", fx.n, tools, Some(&src), Some(touch))?;
+    drop(agent);
     let _ = std::fs::remove_dir_all(&b.shm);
     Ok(())
 }

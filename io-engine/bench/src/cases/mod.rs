@@ -9,10 +9,12 @@ use anyhow::Result;
 use crate::bench::Bench;
 use crate::image::make_image;
 
+mod agent;
 mod checksum;
 mod concurrent;
 mod copy;
 mod lv;
+mod qcow2;
 mod wipe;
 
 /// Inputs shared by the cases.
@@ -94,6 +96,41 @@ pub const CASES: &[Case] = &[
         name: "concurrent",
         full_image: false,
         run: concurrent::run,
+    },
+    Case {
+        name: "raw2qcow2",
+        full_image: true,
+        run: qcow2::raw_to_qcow2,
+    },
+    Case {
+        name: "qcow22raw",
+        full_image: false,
+        run: qcow2::qcow2_to_raw,
+    },
+    Case {
+        name: "qcow2b",
+        full_image: false,
+        run: qcow2::top_only,
+    },
+    Case {
+        name: "chain",
+        full_image: false,
+        run: qcow2::chain,
+    },
+    Case {
+        name: "merge",
+        full_image: false,
+        run: qcow2::merge,
+    },
+    Case {
+        name: "zlib",
+        full_image: false,
+        run: qcow2::compressed,
+    },
+    Case {
+        name: "qcow2sparse",
+        full_image: false,
+        run: qcow2::sparse_qcow2,
     },
 ];
 
