@@ -97,21 +97,7 @@ pub async fn sanlock_cluster(n: usize) -> SanlockCluster {
         }
     });
     futures::future::join_all(attaches).await;
-    for a in &agents {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let caps = a.client().api().get_capabilities().await.via(&a.client());
-            if caps.is_ok_and(|c| c.domains.contains(&sd1) && c.domains.contains(&sd2)) {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "agent {} sees both domains",
-                a.url
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    wait_for_domains(&agents, &sd1, &sd2).await;
     SanlockCluster {
         cluster: Cluster {
             agents,
@@ -122,6 +108,51 @@ pub async fn sanlock_cluster(n: usize) -> SanlockCluster {
         },
         daemons,
         _root: root,
+    }
+}
+
+/// Waits until every agent has both domains attached.
+async fn wait_for_domains(agents: &[AgentProc], sd1: &Uuid, sd2: &Uuid) {
+    for a in agents {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let caps = a.client().api().get_capabilities().await.via(&a.client());
+            if caps.is_ok_and(|c| c.domains.contains(sd1) && c.domains.contains(sd2)) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "agent {} sees both domains",
+                a.url
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Restarts every agent once (SIGTERM, then start), as an operator restarting the service
+/// would, so that each collects what its killed incarnations left (start-up garbage
+/// collection), and waits until they are back with both domains and idle.
+pub async fn restart_agents(cluster: &mut Cluster) {
+    std::thread::scope(|s| {
+        for a in cluster.agents.iter_mut() {
+            s.spawn(move || a.restart_gracefully());
+        }
+    });
+    wait_for_domains(&cluster.agents, &cluster.sd1, &cluster.sd2).await;
+    // Garbage collection may have started wipes of deletion leftovers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while cluster
+        .jobs()
+        .await
+        .iter()
+        .any(|(_, j)| j.status.is_active())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agents still busy after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -204,7 +235,8 @@ pub struct Audit {
     pub moved_twice: Vec<String>,
     /// Operations that submitted a source deletion before their commit.
     pub deleted_before_commit: Vec<String>,
-    /// Findings of `StorageDomain.check` after the run (leftovers).
+    /// Findings of `StorageDomain.check` after the run and after every agent restarted once
+    /// (leftovers that garbage collection at start-up did not remove).
     pub leftovers: Vec<String>,
     /// Journal: operations committed, rolled back, other.
     pub ops_committed: i64,
@@ -225,8 +257,14 @@ fn intact(dir: &Path, disk: &TestDisk) -> bool {
     })
 }
 
-/// Audits the journal database `db` and the domains of `cluster` for `disks`.
-pub async fn audit(db: &tokio_postgres::Client, cluster: &Cluster, disks: &[TestDisk]) -> Audit {
+/// Audits the journal database `db` and the domains of `cluster` for `disks`. The domains
+/// are checked after every agent restarted once ([`restart_agents`]): "no leftovers after GC"
+/// means after the garbage collection a deployment runs.
+pub async fn audit(
+    db: &tokio_postgres::Client,
+    cluster: &mut Cluster,
+    disks: &[TestDisk],
+) -> Audit {
     let mut a = Audit::default();
     let row = db
         .query_one(
@@ -289,6 +327,7 @@ pub async fn audit(db: &tokio_postgres::Client, cluster: &Cluster, disks: &[Test
                 .push(format!("{}: {n} committed operations", d.img));
         }
     }
+    restart_agents(cluster).await;
     let c: AgentClient = cluster.live_client();
     for sd in [&cluster.sd1, &cluster.sd2] {
         let fixes = c

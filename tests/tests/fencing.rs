@@ -410,6 +410,86 @@ async fn creating_a_child_while_another_host_holds_the_parent_lease_fails_651() 
     );
 }
 
+/// A creation killed half-way on host A (between its metadata's temporary file and the rename,
+/// holding the new volume's lease): while A's creation runs, B can neither create that volume
+/// nor delete its image (651); once A is killed, A's restart removes its own dead writer's
+/// temporary file at once, and B's create of the same volume takes over the half-made one.
+#[tokio::test]
+async fn a_half_made_volume_is_taken_over_only_once_its_creator_is_gone() {
+    if !sanlock_or_skip("a_half_made_volume_is_taken_over_only_once_its_creator_is_gone") {
+        return;
+    }
+    let mut h = TwoHosts::start(
+        "halfmade",
+        &[(
+            "FAILPOINTS",
+            "sdm::durable::before_rename=return(60000:DESCRIPTION=half-made)",
+        )],
+        &[],
+    )
+    .await;
+    let (ca, cb) = (h.a.agent.client(), h.b.agent.client());
+    let (img, vol) = (uuid(), uuid());
+    let img_dir = h.dir.join("images").join(img.as_str());
+    let temp = create_held_before_rename(&ca, &h.sd, &img, &vol, &img_dir, "half-made").await;
+    let a_pid = h.a.agent.pid();
+    assert!(temp.contains(&format!(".sdm-tmp-h1-p{a_pid}-")), "{temp}");
+
+    // A is creating it: B must not touch it.
+    let create_on_b = || async {
+        cb.api()
+            .create_volume(
+                h.sd.clone(),
+                img.clone(),
+                vol.clone(),
+                Capacity(Size(MIB)),
+                VolumeFormat::Raw,
+                Preallocation::Sparse,
+                None,
+                Description::parse("by B").ok(),
+            )
+            .await
+            .via(&cb)
+    };
+    let e = create_on_b().await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::AcquireLockFailure), "{e:?}");
+    let e = cb
+        .api()
+        .delete_image(img.clone(), h.sd.clone(), None, None, None, None)
+        .await
+        .via(&cb)
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::AcquireLockFailure), "{e:?}");
+
+    h.a.agent.kill9();
+    let files = |n: &str| img_dir.join(n).exists();
+    assert!(files(&temp) && files(vol.as_str()) && files(&format!("{vol}.lease")));
+    assert!(!files(&format!("{vol}.meta")));
+    let fixes = cb.api().check_domain(h.sd.clone()).await.via(&cb).unwrap();
+    assert!(
+        fixes
+            .iter()
+            .any(|f| f.data["file"] == serde_json::json!(temp)),
+        "check reports the dead writer's file: {fixes:?}"
+    );
+    h.a.agent.restart_same_port();
+    assert!(
+        meta_temp_files(&img_dir, &vol).is_empty(),
+        "A's restart removed its dead writer's temporary file"
+    );
+    assert!(files(vol.as_str()) && files(&format!("{vol}.lease")));
+
+    create_on_b()
+        .await
+        .expect("B takes over the half-made volume");
+    let i = volume_info(&ca, &h.sd, &img, &vol).await;
+    assert_eq!(i.description, "by B");
+    assert_eq!(i.legality, Legality::Legal);
+    assert!(i.lease.owners.is_empty());
+    let fixes = ca.api().check_domain(h.sd.clone()).await.via(&ca).unwrap();
+    assert!(fixes.is_empty(), "{fixes:?}");
+}
+
 /// The source stays what it was: B changes the source while A copies it; A's copy fails and
 /// the destination stays ILLEGAL at its old generation.
 #[tokio::test]

@@ -615,6 +615,120 @@ async fn check_and_fix_orphans_illegal_volumes_and_sizes() {
     assert_eq!(e.code(), Some(ErrorCode::InvalidParameterException));
 }
 
+/// An agent killed while creating volumes (between a metadata file's temporary file and its
+/// rename) leaves half-made volumes and its temporary files. Its restart removes its own dead
+/// writer's temporary files at once; another host's stay until they are 10 minutes old (then
+/// garbage collection removes them), `StorageDomain.check` reports the young one and `fix`
+/// removes it. `Image.delete` removes an image whose only volume is half-made, and the
+/// half-made volume beside a complete one.
+#[tokio::test]
+async fn a_killed_creation_is_collected_at_restart_and_deleted_with_its_image() {
+    let mut agent = AgentProc::start(AgentOptions {
+        env: vec![(
+            "FAILPOINTS".into(),
+            "sdm::durable::before_rename=return(60000:DESCRIPTION=doomed)".into(),
+        )],
+        ..Default::default()
+    });
+    let c = agent.client();
+    let (sd1, _, dom1, _) = default_domains(&c).await;
+    let (img1, img2) = (uuid(), uuid());
+    let (v0, v1, v2) = (uuid(), uuid(), uuid());
+    let (dir1, dir2) = (img_dir(&dom1, &img1), img_dir(&dom1, &img2));
+    create(&c, &sd1, &img1, &v0, MIB, VolumeFormat::Raw, None).await;
+    create_held_before_rename(&c, &sd1, &img1, &v1, &dir1, "doomed").await;
+    create_held_before_rename(&c, &sd1, &img2, &v2, &dir2, "doomed").await;
+    // Files other hosts' writers left: one young, one an hour old.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let theirs = |host: u32| {
+        dir1.join(format!(
+            "{v0}.meta.sdm-tmp-h{host}-p{dead}-0123456789abcdef"
+        ))
+    };
+    let (young, old) = (theirs(2), theirs(3));
+    for p in [&young, &old] {
+        std::fs::write(p, b"DOMAIN=").unwrap();
+    }
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+
+    agent.kill9();
+    assert_eq!(meta_temp_files(&dir1, &v1).len(), 1);
+    agent.restart_same_port();
+    let c = agent.client();
+    assert!(
+        meta_temp_files(&dir1, &v1).is_empty(),
+        "ours, removed at restart"
+    );
+    assert!(
+        meta_temp_files(&dir2, &v2).is_empty(),
+        "ours, removed at restart"
+    );
+    assert!(!old.exists(), "another host's, 10 minutes old: removed");
+    assert!(
+        young.exists(),
+        "another host's, young: only that host can tell it is dead"
+    );
+
+    let fixes = c.api().check_domain(sd1.clone()).await.via(&c).unwrap();
+    let mut orphans: Vec<String> = fixes
+        .iter()
+        .filter(|f| f.data["kind"] == "orphan")
+        .map(|f| f.data["file"].as_str().unwrap().to_string())
+        .collect();
+    orphans.sort();
+    let young_name = young.file_name().unwrap().to_string_lossy().into_owned();
+    let mut want = vec![
+        v1.to_string(),
+        format!("{v1}.lease"),
+        v2.to_string(),
+        format!("{v2}.lease"),
+        young_name.clone(),
+    ];
+    want.sort();
+    assert_eq!(orphans, want, "{fixes:?}");
+    let fix = fixes
+        .into_iter()
+        .find(|f| f.data["file"] == young_name.as_str())
+        .unwrap();
+    let t = c
+        .api()
+        .fix_domain(sd1.clone(), fix, None)
+        .await
+        .via(&c)
+        .unwrap();
+    assert_eq!(wait_job(&c, &t.uuid).await.status, JobStatus::Done);
+    assert!(!young.exists());
+
+    // An image of half-made volumes only still exists, and Image.delete removes it.
+    let vols = c
+        .api()
+        .get_volumes(sd1.clone(), img2.clone())
+        .await
+        .via(&c)
+        .unwrap();
+    assert!(vols.is_empty());
+    for img in [&img2, &img1] {
+        let t = c
+            .api()
+            .delete_image(img.clone(), sd1.clone(), None, None, None, None)
+            .await
+            .via(&c)
+            .unwrap();
+        let done = wait_job(&c, &t.uuid).await;
+        assert_eq!(done.status, JobStatus::Done, "{done:?}");
+    }
+    assert!(!dir1.exists() && !dir2.exists());
+    let fixes = c.api().check_domain(sd1.clone()).await.via(&c).unwrap();
+    assert!(fixes.is_empty(), "{fixes:?}");
+}
+
 #[tokio::test]
 async fn another_agent_attaching_leaves_a_live_deletion_alone() {
     let a = AgentProc::start(AgentOptions {

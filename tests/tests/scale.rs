@@ -2,7 +2,8 @@
 //! processes (`sdm_scale_engine`, built on `sdm-client`) on one PostgreSQL journal, many moves
 //! of small multi-volume disks, and random kill -9 of agents and engines throughout. Then an
 //! audit over the journal and the domains: no disk lost, none moved twice, no source deleted
-//! before its destination committed, no leftovers.
+//! before its destination committed, no leftovers once every agent restarted (its start-up
+//! garbage collection ran).
 //!
 //! Quick form (CI): 3 agents, 60 moves. Full form: `SDM_FULL=1` — 8 agents, 500 moves.
 //! `SDM_SCALE_LEASES=local` uses the agents' local leases instead of sanlock daemons.
@@ -215,7 +216,7 @@ async fn scale_run_engines_and_agents_killed_at_random() {
         assert!(Instant::now() < deadline, "agents still busy");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let a = audit(&db, agents.cluster(), &disks).await;
+    let a = audit(&db, agents.cluster_mut(), &disks).await;
     let rollbacks: Vec<String> = db
         .query(
             "SELECT DISTINCT regexp_replace(entry->'rec'->>'reason', '[0-9a-f-]{36}', '<id>', 'g')

@@ -7,7 +7,8 @@
 
 use std::sync::Arc;
 
-use sdm_proto::{ApiError, ErrorCode, JobResult};
+use sdm_lease::LeaseErrorKind;
+use sdm_proto::{ApiError, ErrorCode, JobResult, Uuid};
 
 use super::{check_abort, lock_for_job, run_parallel};
 use crate::error::AgentError;
@@ -23,6 +24,23 @@ pub fn lease_leftover(dom: &Domain, l: &Leftover) -> Result<Vec<sdm_lease::Lease
     let mut held = Vec::new();
     for (v, at) in dom.backend.leftover_volumes(l)? {
         held.push(dom.acquire_lease(&v, &at)?);
+    }
+    Ok(held)
+}
+
+/// Takes the leases of a live image's half-made volumes (begun, never finished), never
+/// waiting: their creator holds it while it works (651 then). A lease that cannot be read as
+/// one (gone meanwhile, or not a lease at all) has no holder to wait for.
+pub fn lease_half_made(dom: &Domain, img: &Uuid) -> Result<Vec<sdm_lease::Lease>, AgentError> {
+    let mut held = Vec::new();
+    for (v, at) in dom.backend.half_made_volume_leases(img)? {
+        match dom.acquire_lease(&v, &at) {
+            Ok(l) => held.push(l),
+            Err(e) if matches!(e.kind(), LeaseErrorKind::NotFound | LeaseErrorKind::Invalid) => {
+                tracing::warn!(sd_id = %dom.sd_id, img_id = %img, vol_id = %v, error = %e, "a half-made volume's lease cannot be taken; nobody can hold it");
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(held)
 }
