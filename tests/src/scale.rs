@@ -248,6 +248,73 @@ pub struct Audit {
     pub takeovers: i64,
 }
 
+/// What the moves that are not done are at, for a run that did not finish: the work table's
+/// row, each operation's owner and records, and the image's files on both domains.
+pub async fn pending_report(db: &tokio_postgres::Client, cluster: &Cluster) -> String {
+    let rows = db
+        .query(
+            "SELECT q.image::text, q.state, q.tries, coalesce(q.note, ''), coalesce(q.taken_by, '')
+             FROM scale.queue q
+             WHERE NOT EXISTS (SELECT 1 FROM sdm.operations o
+                               WHERE o.image = q.image AND o.outcome = 'committed')
+                OR EXISTS (SELECT 1 FROM sdm.operations o WHERE o.image = q.image AND NOT o.ended)",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("{e}"));
+    let rows = match rows {
+        Ok(r) => r,
+        Err(e) => return format!("(no report: {e})"),
+    };
+    let mut out = String::new();
+    for r in rows {
+        let img: String = r.get(0);
+        out.push_str(&format!(
+            "image {img}: queue state {} (by {:?}), tries {}, note {:?}\n",
+            r.get::<_, String>(1),
+            r.get::<_, String>(4),
+            r.get::<_, i32>(2),
+            r.get::<_, String>(3)
+        ));
+        let ops = db
+            .query(
+                "SELECT o.op::text, o.owner, o.epoch, o.ended, coalesce(o.outcome, ''), o.takeovers,
+                        (SELECT string_agg(r.entry->'rec'->>'type' ||
+                                coalesce(' ' || (r.entry->'rec'->'error')::text, '') ||
+                                coalesce(' ' || (r.entry->'rec'->>'reason'), ''), ', ' ORDER BY r.seq)
+                         FROM sdm.records r WHERE r.op = o.op)
+                 FROM sdm.operations o WHERE o.image = $1::text::uuid",
+                &[&img],
+            )
+            .await
+            .unwrap_or_default();
+        for o in ops {
+            out.push_str(&format!(
+                "  op {} owner {} epoch {} ended {} outcome {:?} takeovers {}: {}\n",
+                o.get::<_, String>(0),
+                o.get::<_, String>(1),
+                o.get::<_, i64>(2),
+                o.get::<_, bool>(3),
+                o.get::<_, String>(4),
+                o.get::<_, i32>(5),
+                o.get::<_, Option<String>>(6).unwrap_or_default()
+            ));
+        }
+        for dir in [&cluster.dir1, &cluster.dir2] {
+            let mut files: Vec<String> = std::fs::read_dir(dir.join("images").join(&img))
+                .map(|rd| {
+                    rd.filter_map(Result::ok)
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            files.sort();
+            out.push_str(&format!("  {}: {files:?}\n", dir.display()));
+        }
+    }
+    out
+}
+
 /// True when every volume of `disk` is in `dir` as its image, LEGAL, with its bytes.
 fn intact(dir: &Path, disk: &TestDisk) -> bool {
     disk.volumes.iter().all(|v| {

@@ -659,3 +659,43 @@ async fn a_failed_directory_fsync_after_the_legal_write_reports_what_the_disk_sa
     );
     assert_eq!(sha256sum(&src.path), sha256sum(&dst.path));
 }
+
+/// A volume deleted with its image and created again, with the same ids, on the same host: the
+/// deletion's leases must not outlive the files they lived in (the scale run's rolled-back moves
+/// are tried again with the same ids).
+#[tokio::test]
+async fn a_volume_deleted_and_created_again_on_the_same_host() {
+    if !sanlock_or_skip("a_volume_deleted_and_created_again_on_the_same_host") {
+        return;
+    }
+    let h = TwoHosts::start("recreate", &[], &[]).await;
+    let ca = h.a.agent.client();
+    let v = new_volume(&ca, &h.sd, MIB, VolumeFormat::Raw).await;
+    for round in 0..2 {
+        let t = ca
+            .api()
+            .delete_image(v.img.clone(), h.sd.clone(), None, None, None, None)
+            .await
+            .via(&ca)
+            .unwrap();
+        let done = wait_job(&ca, &t.uuid).await;
+        assert_eq!(done.status, JobStatus::Done, "round {round}: {done:?}");
+        ca.api()
+            .create_volume(
+                h.sd.clone(),
+                v.img.clone(),
+                v.vol.clone(),
+                Capacity(Size(MIB)),
+                VolumeFormat::Raw,
+                Preallocation::Sparse,
+                None,
+                None,
+            )
+            .await
+            .via(&ca)
+            .unwrap_or_else(|e| panic!("round {round}: create again: {e:?}"));
+        // Its lease can be taken again (SDM.update_volume holds it).
+        let r = update_volume(&ca, v.vref(Some(0)), description("again")).await;
+        assert_eq!(r.status, JobStatus::Done, "round {round}: {r:?}");
+    }
+}

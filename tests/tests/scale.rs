@@ -14,7 +14,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sdm_tests::cluster::{create_disk, Cluster, TestDisk};
 use sdm_tests::journals::Backend;
-use sdm_tests::scale::{audit, sanlock_cluster, SanlockCluster, ScaleEngine, QUEUE_SCHEMA};
+use sdm_tests::scale::{
+    audit, pending_report, sanlock_cluster, SanlockCluster, ScaleEngine, QUEUE_SCHEMA,
+};
 
 struct Form {
     agents: usize,
@@ -41,9 +43,11 @@ const REQUEUE_ERRORS: &str = "UPDATE scale.queue q SET state = 'todo', tries = t
       AND (state IN ('error', 'done')
            OR (state = 'taken' AND EXISTS (SELECT 1 FROM sdm.operations o WHERE o.image = q.image)))";
 
-/// Items a killed engine had taken but not begun go back to the queue.
+/// Items killed engines had taken but not begun go back to the queue. Run on every round, not
+/// only right after a kill: a take the engine sent just before it was killed may still be
+/// committed by the server after that.
 const REQUEUE_DEAD: &str = "UPDATE scale.queue q SET state = 'todo'
-    WHERE state = 'taken' AND taken_by = $1
+    WHERE state = 'taken' AND taken_by = ANY($1)
       AND NOT EXISTS (SELECT 1 FROM sdm.operations o WHERE o.image = q.image)";
 
 enum Agents {
@@ -153,8 +157,12 @@ async fn scale_run_engines_and_agents_killed_at_random() {
     let mut down: Option<(bool, usize, Instant)> = None;
     let start = Instant::now();
     let mut next_kill = start + form.kill_every;
+    let mut dead_engines: Vec<String> = Vec::new();
     loop {
         db.execute(REQUEUE_ERRORS, &[]).await.expect("requeue");
+        db.execute(REQUEUE_DEAD, &[&dead_engines])
+            .await
+            .expect("requeue");
         let pending: i64 = db.query_one(PENDING, &[]).await.unwrap().get(0);
         let todo: i64 = db
             .query_one("SELECT count(*) FROM scale.queue WHERE state = 'todo'", &[])
@@ -180,7 +188,8 @@ async fn scale_run_engines_and_agents_killed_at_random() {
             if rng.random_bool(0.5) {
                 let i = rng.random_range(0..engines.len());
                 engines[i].kill9();
-                db.execute(REQUEUE_DEAD, &[&engines[i].id]).await.unwrap();
+                dead_engines.push(engines[i].id.clone());
+                db.execute(REQUEUE_DEAD, &[&dead_engines]).await.unwrap();
                 engine_kills += 1;
                 down = Some((true, i, Instant::now()));
             } else {
@@ -190,15 +199,17 @@ async fn scale_run_engines_and_agents_killed_at_random() {
                 down = Some((false, i, Instant::now()));
             }
         }
-        assert!(
-            start.elapsed() < form.limit,
-            "scale run not done after {:?}: {pending} pending, {todo} to do\n{}",
-            form.limit,
-            engines
-                .iter()
-                .map(|e| format!("--- {}\n{}", e.id, tail(&e.log_text())))
-                .collect::<String>()
-        );
+        if start.elapsed() >= form.limit {
+            let stuck = pending_report(&db, agents.cluster()).await;
+            panic!(
+                "scale run not done after {:?}: {pending} pending, {todo} to do\n{stuck}\n{}",
+                form.limit,
+                engines
+                    .iter()
+                    .map(|e| format!("--- {}\n{}", e.id, tail(&e.log_text())))
+                    .collect::<String>()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let elapsed = start.elapsed();
