@@ -699,3 +699,30 @@ async fn a_volume_deleted_and_created_again_on_the_same_host() {
         assert_eq!(r.status, JobStatus::Done, "round {round}: {r:?}");
     }
 }
+
+/// A deletion whose removal was killed half-way can leave a volume's `.meta` in the
+/// `_remove_me_` directory after its `.lease` is gone: finishing it must not need that lease.
+#[tokio::test]
+async fn a_leftover_whose_lease_files_are_gone_is_still_removed() {
+    if !sanlock_or_skip("a_leftover_whose_lease_files_are_gone_is_still_removed") {
+        return;
+    }
+    let h = TwoHosts::start("nolease", &[], &[]).await;
+    let ca = h.a.agent.client();
+    let v = new_volume(&ca, &h.sd, MIB, VolumeFormat::Raw).await;
+    let images = h.dir.join("images");
+    let leftover = images.join(format!("_remove_me_{}", v.img));
+    std::fs::rename(images.join(v.img.as_str()), &leftover).unwrap();
+    std::fs::remove_file(leftover.join(format!("{}.lease", v.vol))).unwrap();
+    let fixes = ca.api().check_domain(h.sd.clone()).await.via(&ca).unwrap();
+    assert_eq!(fixes.len(), 1, "{fixes:?}");
+    let t = ca
+        .api()
+        .fix_domain(h.sd.clone(), fixes[0].clone(), None)
+        .await
+        .via(&ca)
+        .unwrap();
+    let done = wait_job(&ca, &t.uuid).await;
+    assert_eq!(done.status, JobStatus::Done, "{done:?}");
+    assert!(!leftover.exists());
+}

@@ -201,8 +201,9 @@ async fn scale_run_engines_and_agents_killed_at_random() {
         }
         if start.elapsed() >= form.limit {
             let stuck = pending_report(&db, agents.cluster()).await;
+            let trail = unfinished_trail(&db, logs.path()).await;
             panic!(
-                "scale run not done after {:?}: {pending} pending, {todo} to do\n{stuck}\n{}",
+                "scale run not done after {:?}: {pending} pending, {todo} to do\n{stuck}\n{trail}\n{}",
                 form.limit,
                 engines
                     .iter()
@@ -293,6 +294,37 @@ async fn scale_run_engines_and_agents_killed_at_random() {
         a.moved,
         form.moves
     );
+}
+
+/// What every engine logged about the operations that have not ended.
+async fn unfinished_trail(db: &tokio_postgres::Client, logs: &std::path::Path) -> String {
+    let ops: Vec<String> = db
+        .query("SELECT op::text FROM sdm.operations WHERE NOT ended", &[])
+        .await
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default();
+    let mut lines = Vec::new();
+    for e in std::fs::read_dir(logs).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        for l in text
+            .lines()
+            .filter(|l| ops.iter().any(|op| l.contains(op.as_str())))
+        {
+            lines.push(format!("{name}: {l}"));
+        }
+    }
+    // Lines start with the time after the engine's name.
+    lines.sort_by(|a, b| {
+        a.split_once(": ")
+            .map(|x| x.1)
+            .cmp(&b.split_once(": ").map(|x| x.1))
+    });
+    let skip = lines.len().saturating_sub(60);
+    format!(
+        "--- engine lines about unfinished operations (last 60)\n{}",
+        lines[skip..].join("\n")
+    )
 }
 
 fn tail(log: &str) -> String {

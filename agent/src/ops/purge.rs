@@ -23,7 +23,15 @@ use crate::storage::domain::Domain;
 pub fn lease_leftover(dom: &Domain, l: &Leftover) -> Result<Vec<sdm_lease::Lease>, AgentError> {
     let mut held = Vec::new();
     for (v, at) in dom.backend.leftover_volumes(l)? {
-        held.push(dom.acquire_lease(&v, &at)?);
+        match dom.acquire_lease(&v, &at) {
+            Ok(h) => held.push(h),
+            // A removal of the leftover that was killed half-way may have taken a volume's
+            // lease file before its metadata: no lease is left for anyone to hold.
+            Err(e) if e.kind() == LeaseErrorKind::NotFound && !at.path.exists() => {
+                tracing::info!(sd_id = %dom.sd_id, leftover = %l.name(), vol_id = %v, "a deleted volume's lease is gone already");
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(held)
 }
