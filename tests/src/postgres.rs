@@ -226,9 +226,25 @@ impl PgServer {
 
     /// A connection for checks and set-up (its driver task runs on the current runtime).
     pub async fn client(&self, db: &str) -> tokio_postgres::Client {
-        let (c, conn) = tokio_postgres::connect(&self.url_for(db), tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("connect to test database {db}: {e}"));
+        // A loaded machine may still answer "the database system is starting up" (57P03)
+        // after the server logged that it is ready.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (c, conn) = loop {
+            match tokio_postgres::connect(&self.url_for(db), tokio_postgres::NoTls).await {
+                Ok(c) => break c,
+                Err(e)
+                    if e.code() == Some(&tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW)
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!(
+                    "connect to test database {db}: {e}: {:?}\n{}",
+                    e.as_db_error(),
+                    self.log_text()
+                ),
+            }
+        };
         tokio::spawn(async move {
             let _ = conn.await;
         });

@@ -201,7 +201,10 @@ async fn scale_run_engines_and_agents_killed_at_random() {
         }
         if start.elapsed() >= form.limit {
             let stuck = pending_report(&db, agents.cluster()).await;
-            let trail = unfinished_trail(&db, logs.path()).await;
+            let mut trail = unfinished_trail(&db, logs.path()).await;
+            if let Agents::Sanlock(s) = &agents {
+                trail.push_str(&lease_holders(&db, &s.daemons).await);
+            }
             panic!(
                 "scale run not done after {:?}: {pending} pending, {todo} to do\n{stuck}\n{trail}\n{}",
                 form.limit,
@@ -325,6 +328,42 @@ async fn unfinished_trail(db: &tokio_postgres::Client, logs: &std::path::Path) -
         "--- engine lines about unfinished operations (last 60)\n{}",
         lines[skip..].join("\n")
     )
+}
+
+/// What each host's sanlock daemon holds, and what its log says about the volumes of the
+/// operations that have not ended.
+async fn lease_holders(
+    db: &tokio_postgres::Client,
+    daemons: &[sdm_lease::test_support::SanlockDaemon],
+) -> String {
+    let vols: Vec<String> = db
+        .query(
+            "SELECT v->>'vol_id' FROM sdm.records r JOIN sdm.operations o ON o.op = r.op,
+                    jsonb_array_elements(r.entry->'rec'->'volumes') v
+             WHERE NOT o.ended AND r.seq = 0",
+            &[],
+        )
+        .await
+        .map(|rows| rows.iter().filter_map(|r| r.get(0)).collect())
+        .unwrap_or_default();
+    let mut out = format!("--- sanlock, volumes {vols:?}\n");
+    for (i, d) in daemons.iter().enumerate() {
+        let status = d
+            .client_command()
+            .args(["client", "status"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        out.push_str(&format!("host {}: status\n{status}", i + 1));
+        for l in d
+            .log()
+            .lines()
+            .filter(|l| vols.iter().any(|v| l.contains(v.as_str())))
+        {
+            out.push_str(&format!("host {}: {l}\n", i + 1));
+        }
+    }
+    out
 }
 
 fn tail(log: &str) -> String {
