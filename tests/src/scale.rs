@@ -238,6 +238,9 @@ pub struct Audit {
     /// Findings of `StorageDomain.check` after the run and after every agent restarted once
     /// (leftovers that garbage collection at start-up did not remove).
     pub leftovers: Vec<String>,
+    /// Findings of `StorageDomain.check` before the restart: what the running agents left for
+    /// their next start-up garbage collection (reported, not a failure).
+    pub leftovers_before_restart: Vec<String>,
     /// Journal: operations committed, rolled back, other.
     pub ops_committed: i64,
     /// Operations rolled back.
@@ -394,8 +397,16 @@ pub async fn audit(
                 .push(format!("{}: {n} committed operations", d.img));
         }
     }
+    a.leftovers_before_restart = check_domains(cluster).await;
     restart_agents(cluster).await;
+    a.leftovers = check_domains(cluster).await;
+    a
+}
+
+/// `StorageDomain.check` of both domains, one line per finding.
+async fn check_domains(cluster: &Cluster) -> Vec<String> {
     let c: AgentClient = cluster.live_client();
+    let mut out = Vec::new();
     for sd in [&cluster.sd1, &cluster.sd2] {
         let fixes = c
             .api()
@@ -403,11 +414,11 @@ pub async fn audit(
             .await
             .via(&c)
             .expect("check");
-        a.leftovers.extend(
+        out.extend(
             fixes
                 .iter()
                 .map(|f| format!("{sd}: {}", serde_json::to_string(f).unwrap_or_default())),
         );
     }
-    a
+    out
 }

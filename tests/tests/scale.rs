@@ -288,6 +288,12 @@ async fn scale_run_engines_and_agents_killed_at_random() {
         "deleted before commit: {:?}",
         a.deleted_before_commit
     );
+    if !a.leftovers_before_restart.is_empty() {
+        eprintln!(
+            "left for the agents' start-up garbage collection: {:#?}",
+            a.leftovers_before_restart
+        );
+    }
     assert!(a.leftovers.is_empty(), "leftovers: {:?}", a.leftovers);
     assert_eq!(a.ops_unfinished, 0);
     assert_eq!(a.moved + a.on_source, form.moves);
