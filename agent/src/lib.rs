@@ -10,12 +10,15 @@ pub mod conn;
 pub mod durable;
 pub mod error;
 pub mod holders;
+pub mod hostinfo;
 pub mod jobs;
 pub mod leases;
 pub mod locks;
+pub mod metrics;
 pub mod ops;
 pub mod rpc;
 pub mod service;
+pub mod stomp;
 pub mod storage;
 pub mod tls;
 

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use sdm_proto::api::{AttachDomainParams, CreateDomainParams, CreateVolumeParams};
 use sdm_proto::{
-    ApiError, Capabilities, Description, DomainInfo, HostStats, Legality, Size, Uuid, VolumeInfo,
+    ApiError, Capabilities, Description, DomainInfo, ErrorCode, HostStats, InvalidVolumeInfo,
+    Legality, Size, StorageDomainInfo, Uuid, VolumeInfoReply,
 };
 
 use crate::config::{Config, LeaseBackendKind};
@@ -189,6 +190,7 @@ impl Agent {
 
     /// `Host.getCapabilities`.
     pub fn capabilities(&self) -> Capabilities {
+        let host = crate::hostinfo::capabilities();
         Capabilities {
             version: env!("CARGO_PKG_VERSION").to_string(),
             host_id: self.cfg.host_id,
@@ -201,6 +203,11 @@ impl Agent {
                 .into_iter()
                 .map(|(d, _)| d.sd_id.clone())
                 .collect(),
+            cpu_threads: host.cpu_threads,
+            online_cpus: host.online_cpus,
+            mem_size: host.mem_size,
+            kernel_args: host.kernel_args,
+            domain_versions: Some(vec![crate::storage::md::DOMAIN_VERSION]),
         }
     }
 
@@ -208,6 +215,8 @@ impl Agent {
     pub fn stats(&self) -> HostStats {
         let (running, pending) = self.jobs.counts();
         let rate = self.jobs.total_rate();
+        let host = crate::hostinfo::stats();
+        let uptime = self.started.elapsed().as_secs();
         HostStats {
             jobs_running: running,
             jobs_pending: pending,
@@ -216,11 +225,18 @@ impl Agent {
             read_bps: rate,
             write_bps: rate,
             max_running_jobs: self.jobs.max_running() as u64,
-            uptime_s: self.started.elapsed().as_secs(),
+            uptime_s: uptime,
             rss_bytes: proc_rss(),
             open_fds: std::fs::read_dir("/proc/self/fd")
                 .map(|d| d.count() as u64)
                 .unwrap_or(0),
+            cpu_load: host.cpu_load,
+            mem_free: host.mem_free,
+            mem_used: host.mem_used,
+            swap_total: host.swap_total,
+            swap_free: host.swap_free,
+            elapsed_time: Some(uptime.to_string()),
+            boot_time: host.boot_time,
         }
     }
 
@@ -379,21 +395,48 @@ impl Agent {
         Ok(self.registry.get(sd)?)
     }
 
+    /// `StorageDomain.getInfo`.
+    pub fn domain_info(&self, sd: &Uuid) -> Result<StorageDomainInfo, AgentError> {
+        Ok(crate::storage::domain_info::domain_info(
+            self.domain(sd)?.as_ref(),
+        ))
+    }
+
     /// `StorageDomain.getImages`.
     pub fn get_images(&self, sd: &Uuid) -> Result<Vec<Uuid>, AgentError> {
         Ok(self.domain(sd)?.backend.list_images()?)
     }
 
-    /// `Image.getVolumes`.
+    /// `Image.getVolumes`: `[]` for an image the domain does not have, as VDSM answers.
     pub fn get_volumes(&self, sd: &Uuid, img: &Uuid) -> Result<Vec<Uuid>, AgentError> {
-        Ok(self.domain(sd)?.backend.list_volumes(img)?)
+        match self.domain(sd)?.backend.list_volumes(img) {
+            Err(StorageError::ImageNotFound { .. }) => Ok(Vec::new()),
+            r => Ok(r?),
+        }
     }
 
     // --- volumes --------------------------------------------------------------------------
 
-    /// `Volume.create`.
-    pub fn create_volume(&self, p: &CreateVolumeParams) -> Result<(), AgentError> {
+    /// `Volume.create`: creates the volume at once and answers the id of a job registered as
+    /// done, which stands for the task VDSM would answer.
+    pub fn create_volume(&self, p: &CreateVolumeParams) -> Result<Uuid, AgentError> {
         let (sd, img) = (&p.sd_id, &p.img_id);
+        let unsupported = |what: &str| -> AgentError {
+            ApiError::new(ErrorCode::UnsupportedOperation, what.to_string()).into()
+        };
+        if p.parent_img_id
+            .as_ref()
+            .is_some_and(|i| !i.is_blank() && i != img)
+        {
+            return Err(unsupported(
+                "a parent in another image (srcImgUUID, a template) is not supported",
+            ));
+        }
+        if p.add_bitmaps.is_some_and(|f| f.get()) || p.bitmap.is_some() {
+            return Err(unsupported(
+                "bitmaps (addBitmaps, bitmap) are not supported",
+            ));
+        }
         let dom = self.domain(sd)?;
         let _locks = self.lock_sync(&[
             (domain_key(sd.as_str()), Mode::Shared),
@@ -405,25 +448,60 @@ impl Agent {
             capacity: p.capacity.get(),
             format: p.format,
             allocation: p.preallocate,
-            parent: p.parent_vol_id.clone(),
+            parent: p.parent_vol_id.clone().filter(|v| !v.is_blank()),
             description: p
                 .description
                 .as_ref()
                 .map(Description::as_str)
                 .unwrap_or("")
                 .to_string(),
-            legality: Legality::Legal,
-            disktype: "DATA".into(),
+            legality: if p.legal.is_none_or(|l| l.get()) {
+                Legality::Legal
+            } else {
+                Legality::Illegal
+            },
+            disktype: p
+                .disk_type
+                .map(|d| d.as_str())
+                .unwrap_or("DATA")
+                .to_string(),
+            sequence: p.sequence.map(u64::from).unwrap_or(0),
         };
         volume::create(&dom, &req)?;
         tracing::info!(sd_id = %sd, img_id = %img, vol_id = %p.vol_id, capacity = req.capacity, format = %p.format, "created volume");
-        Ok(())
+        Ok(self.jobs.record_done(&Uuid::new_v4(), "create_volume")?)
     }
 
-    /// `Volume.getInfo`.
-    pub fn volume_info(&self, sd: &Uuid, img: &Uuid, vol: &Uuid) -> Result<VolumeInfo, AgentError> {
+    /// `Volume.getInfo`: VDSM's INVALID answer when the volume's metadata or sizes cannot be
+    /// read (a missing volume is VolumeDoesNotExist, as in VDSM).
+    pub fn volume_info(
+        &self,
+        sd: &Uuid,
+        img: &Uuid,
+        vol: &Uuid,
+    ) -> Result<VolumeInfoReply, AgentError> {
         let dom = self.domain(sd)?;
-        Ok(volume::info(&dom, img, vol)?)
+        match volume::info(&dom, img, vol) {
+            Ok(i) => Ok(VolumeInfoReply::Info(Box::new(i))),
+            Err(e @ StorageError::VolumeNotFound { .. }) => Err(e.into()),
+            // VDSM looks for the volume only: VolumeDoesNotExist, also when its image is missing.
+            Err(StorageError::ImageNotFound { .. }) => Err(StorageError::VolumeNotFound {
+                sd: sd.to_string(),
+                img: img.to_string(),
+                vol: vol.to_string(),
+            }
+            .into()),
+            Err(
+                e @ (StorageError::BadMetadata(_)
+                | StorageError::Io { .. }
+                | StorageError::Durable(_)
+                | StorageError::QemuImg(_)),
+            ) => {
+                tracing::warn!(sd_id = %sd, img_id = %img, vol_id = %vol, error = %crate::error::chain_message(&e), "volume metadata cannot be read: INVALID");
+                Ok(VolumeInfoReply::Invalid(InvalidVolumeInfo::new()))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

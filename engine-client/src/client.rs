@@ -1,9 +1,14 @@
 //! [`AgentClient`]: a typed client of one agent, with request timeouts, retries of idempotent
-//! reads and idempotent job submission.
+//! reads and idempotent job submission. Its typed API ([`AgentClient::api`]) runs over HTTP,
+//! or over STOMP for a `stomp://`/`stomps://` agent ([`AgentClient::connect`]).
 
 use std::time::Duration;
 
-use jsonrpsee::core::client::{ClientT, Error as RpcError};
+use jsonrpsee::core::client::{
+    BatchResponse, ClientT, Error as RpcError, Subscription, SubscriptionClientT,
+};
+use jsonrpsee::core::params::BatchRequestBuilder;
+use jsonrpsee::core::traits::ToRpcParams;
 use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
 use jsonrpsee::ws_client::{WsClient, WsClientBuilder};
 use sdm_proto::{ApiError, ErrorCode, JobInfo, JobStatus, SdmApiClient, Uuid};
@@ -34,11 +39,95 @@ impl Default for ClientOptions {
     }
 }
 
+/// The transport of an agent's typed API: JSON-RPC over HTTP, or over STOMP (VDSM's).
+/// Implements jsonrpsee's client traits, and so [`SdmApiClient`].
+#[derive(Clone, Debug)]
+pub enum Api {
+    /// HTTP POST.
+    Http(HttpClient),
+    /// STOMP 1.2 frames on a connection of this client's own.
+    Stomp(std::sync::Arc<crate::stomp::StompClient>),
+}
+
+impl ClientT for Api {
+    async fn notification<Params>(&self, method: &str, params: Params) -> Result<(), RpcError>
+    where
+        Params: ToRpcParams + Send,
+    {
+        match self {
+            Api::Http(c) => c.notification(method, params).await,
+            Api::Stomp(c) => c.notification(method, params).await,
+        }
+    }
+
+    async fn request<R, Params>(&self, method: &str, params: Params) -> Result<R, RpcError>
+    where
+        R: serde::de::DeserializeOwned,
+        Params: ToRpcParams + Send,
+    {
+        match self {
+            Api::Http(c) => c.request(method, params).await,
+            Api::Stomp(c) => c.request(method, params).await,
+        }
+    }
+
+    async fn batch_request<'a, R>(
+        &self,
+        batch: BatchRequestBuilder<'a>,
+    ) -> Result<BatchResponse<'a, R>, RpcError>
+    where
+        R: serde::de::DeserializeOwned + std::fmt::Debug + 'a,
+    {
+        match self {
+            Api::Http(c) => c.batch_request(batch).await,
+            Api::Stomp(c) => c.batch_request(batch).await,
+        }
+    }
+}
+
+impl SubscriptionClientT for Api {
+    async fn subscribe<'a, Notif, Params>(
+        &self,
+        subscribe_method: &'a str,
+        params: Params,
+        unsubscribe_method: &'a str,
+    ) -> Result<Subscription<Notif>, RpcError>
+    where
+        Params: ToRpcParams + Send,
+        Notif: serde::de::DeserializeOwned,
+    {
+        match self {
+            Api::Http(c) => {
+                c.subscribe(subscribe_method, params, unsubscribe_method)
+                    .await
+            }
+            Api::Stomp(c) => {
+                c.subscribe(subscribe_method, params, unsubscribe_method)
+                    .await
+            }
+        }
+    }
+
+    async fn subscribe_to_method<Notif>(
+        &self,
+        method: &str,
+    ) -> Result<Subscription<Notif>, RpcError>
+    where
+        Notif: serde::de::DeserializeOwned,
+    {
+        match self {
+            Api::Http(c) => c.subscribe_to_method(method).await,
+            Api::Stomp(c) => c.subscribe_to_method(method).await,
+        }
+    }
+}
+
 /// A client of one agent.
 #[derive(Clone, Debug)]
 pub struct AgentClient {
     url: String,
     http: HttpClient,
+    api: Api,
     opts: ClientOptions,
 }
 
@@ -60,7 +149,38 @@ impl AgentClient {
         let http = b
             .build(&url)
             .map_err(|e| Error::Usage(format!("bad agent URL {url}: {e}")))?;
-        Ok(AgentClient { url, http, opts })
+        Ok(AgentClient {
+            url,
+            api: Api::Http(http.clone()),
+            http,
+            opts,
+        })
+    }
+
+    /// A client of the agent at `url`: `http(s)://` as [`AgentClient::with_options`], or
+    /// `stomp://`/`stomps://`, whose typed API ([`AgentClient::api`]) then runs over a STOMP
+    /// connection made here (the retried reads and submissions, [`AgentClient::read`] and
+    /// [`AgentClient::submit`], stay on HTTP to the same port, which serves both).
+    pub async fn connect(url: &str, opts: ClientOptions) -> Result<AgentClient, Error> {
+        let Ok((host, port, tls)) = crate::stomp::parse_url(url) else {
+            return Self::with_options(url, opts);
+        };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        let scheme = if tls { "https" } else { "http" };
+        let mut c = Self::with_options(&format!("{scheme}://{host}:{port}"), opts)?;
+        let stomp = crate::stomp::connect(url, c.opts.tls.clone(), c.opts.request_timeout).await?;
+        c.api = Api::Stomp(std::sync::Arc::new(stomp));
+        c.url = url.trim_end_matches('/').to_string();
+        Ok(c)
+    }
+
+    /// True when the typed API runs over STOMP.
+    pub fn is_stomp(&self) -> bool {
+        matches!(self.api, Api::Stomp(_))
     }
 
     /// The agent's URL.
@@ -68,9 +188,10 @@ impl AgentClient {
         &self.url
     }
 
-    /// The typed API: every verb of the contract as a method ([`SdmApiClient`]).
-    pub fn api(&self) -> &HttpClient {
-        &self.http
+    /// The typed API: every verb of the contract as a method ([`SdmApiClient`]), over HTTP or
+    /// STOMP.
+    pub fn api(&self) -> &Api {
+        &self.api
     }
 
     /// Converts a jsonrpsee error into ours.
@@ -148,7 +269,7 @@ impl AgentClient {
     /// agent restarted).
     pub async fn job(&self, job_id: &Uuid) -> Result<Option<JobInfo>, Error> {
         let mut map = self
-            .http
+            .api
             .get_jobs(None, Some(vec![job_id.clone()]))
             .await
             .via(self)?;
@@ -177,7 +298,12 @@ impl AgentClient {
         job_id: &Uuid,
         mut on_update: impl FnMut(&JobInfo),
     ) -> Result<JobInfo, Error> {
-        if let Ok(ws) = self.websocket().await {
+        // A STOMP client follows jobs by polling over STOMP.
+        let ws = match self.api {
+            Api::Http(_) => self.websocket().await.ok(),
+            Api::Stomp(_) => None,
+        };
+        if let Some(ws) = ws {
             if let Ok(mut sub) = ws.subscribe_job(job_id.clone()).await {
                 while let Some(item) = sub.next().await {
                     match item {

@@ -4,8 +4,8 @@
 //! Layers, bottom up:
 //!
 //! * [`AgentClient`]: a typed client of one agent, generated from `sdm-proto`'s API trait (every
-//!   verb is a method of [`SdmApiClient`] on [`AgentClient::api`] over HTTP, or on
-//!   [`AgentClient::websocket`]), with request timeouts, retries of idempotent reads
+//!   verb is a method of [`SdmApiClient`] on [`AgentClient::api`] over HTTP or STOMP
+//!   ([`stomp`], VDSM's transport), or on [`AgentClient::websocket`]), with request timeouts, retries of idempotent reads
 //!   ([`AgentClient::read`]) and idempotent job submission ([`AgentClient::submit`]).
 //! * [`pool::HostPool`]: the agents an engine knows, their health and domains, and host choice
 //!   through a [`pool::PlacementPolicy`] (least loaded by default).
@@ -36,11 +36,12 @@ pub mod journal;
 pub mod op;
 pub mod placement;
 pub mod pool;
+pub mod stomp;
 pub mod tls;
 
 pub use sdm_proto::{self as proto, ApiError, ErrorCode, SdmApiClient};
 
-pub use client::{job_outcome, ping, AgentClient, ClientOptions, Via, DEFAULT_AGENT};
+pub use client::{job_outcome, ping, AgentClient, Api, ClientOptions, Via, DEFAULT_AGENT};
 pub use disk::{Disks, Event, EventSink, NoEvents, OpReport, Phase};
 pub use error::Error;
 pub use follow::{CopyTicket, Decision, FollowOptions, Verdict, VolumeId};

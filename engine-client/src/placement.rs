@@ -156,6 +156,7 @@ mod tests {
                 uptime_s: 1,
                 rss_bytes: 1,
                 open_fds: 1,
+                ..Default::default()
             }),
             placed_since_stats: placed,
             inflight: 0,

@@ -23,24 +23,69 @@ pub struct MethodDoc {
     pub params: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
     /// JSON Schema of its result.
     pub result: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
+    /// Other names a parameter is accepted under (VDSM's), as `(alias, parameter)`, per
+    /// parameter.
+    pub aliases: &'static [&'static [(&'static str, &'static str)]],
+    /// Parameters the agent accepts that sdm's typed client ([`SdmApiClient`]) does not send.
+    pub server_only: &'static [&'static str],
 }
 
+/// The wire name of a parameter: its rename if it has one, else its Rust name.
+macro_rules! wire_name {
+    ($arg:ident) => {
+        stringify!($arg)
+    };
+    ($arg:ident, $rename:literal) => {
+        $rename
+    };
+}
+
+/// `(alias, wire name)` for each alias of one parameter.
+macro_rules! alias_pairs {
+    ([$($alias:literal),*] $arg:ident) => {
+        &[$(($alias, stringify!($arg))),*]
+    };
+    ([$($alias:literal),*] $arg:ident, $rename:literal) => {
+        &[$(($alias, $rename)),*]
+    };
+}
+
+/// The result type sdm's typed client decodes: the method's own, unless the table names a
+/// narrower one (`-> Wire | client Narrow`).
+macro_rules! client_ret {
+    ($ret:ty) => {
+        $ret
+    };
+    ($ret:ty, $client:ty) => {
+        $client
+    };
+}
+
+/// The method table. Per parameter: `name [as "wire name"] [| "alias"]*: Type` (an alias is
+/// VDSM's name of the same parameter; when a request carries both, sdm's name wins). After the
+/// parameters, `+ server (...)` lists optional parameters the agent accepts (VDSM's) that the
+/// typed client does not send, so that adding them never changes the client's signature.
 macro_rules! sdm_api {
     ($(
         $(#[doc = $doc:literal])*
         $wire:literal => fn $fn_name:ident / $params:ident (
-            $( $(#[doc = $adoc:literal])* $arg:ident $(as $rename:literal)? : $ty:ty ),* $(,)?
-        ) -> $ret:ty;
+            $( $(#[doc = $adoc:literal])* $arg:ident $(as $rename:literal)? $(| $alias:literal)* : $ty:ty ),* $(,)?
+        ) $( + server (
+            $( $(#[doc = $sdoc:literal])* $sarg:ident $(as $srename:literal)? $(| $salias:literal)* : $sty:ty ),* $(,)?
+        ) )? -> $ret:ty $(| client $cret:ty)?;
     )*) => {
-        /// The sdm agent API. `SdmApiServer` is implemented by the agent; `SdmApiClient` is
-        /// implemented for every jsonrpsee client (HTTP and WebSocket). Parameters are sent by
-        /// name.
-        #[rpc(server, client)]
+        /// The sdm agent API as the agent serves it (`SdmApiServer`). Parameters are taken by
+        /// name. sdm's clients use [`SdmApiClient`], generated from the same table.
+        #[rpc(server)]
         pub trait SdmApi {
             $(
                 $(#[doc = $doc])*
                 #[method(name = $wire, param_kind = map)]
-                async fn $fn_name(&self, $( $(#[argument(rename = $rename)])? $arg: $ty ),*) -> RpcResult<$ret>;
+                async fn $fn_name(
+                    &self,
+                    $( $(#[argument(rename = $rename)])? $arg: $ty, )*
+                    $($( $(#[argument(rename = $srename)])? $sarg: $sty, )*)?
+                ) -> RpcResult<$ret>;
             )*
 
             /// Streams a job's info on every change; the last item is terminal (done, failed or
@@ -49,6 +94,31 @@ macro_rules! sdm_api {
             async fn subscribe_job(&self, job_id: Uuid) -> SubscriptionResult;
         }
 
+        /// The client side of the same table (its own module so that both traits are called
+        /// `SdmApi`, which names the generated `SdmApiServer` and `SdmApiClient`).
+        mod client_side {
+            use super::*;
+
+            /// The sdm agent API as sdm's clients call it: every method of the table with the
+            /// parameters sdm sends (named), decoding the result sdm uses. Implemented for every
+            /// jsonrpsee client (HTTP and WebSocket).
+            #[rpc(client)]
+            pub trait SdmApi {
+                $(
+                    $(#[doc = $doc])*
+                    #[method(name = $wire, param_kind = map)]
+                    async fn $fn_name(&self, $( $(#[argument(rename = $rename)])? $arg: $ty ),*)
+                        -> RpcResult<client_ret!($ret $(, $cret)?)>;
+                )*
+
+                /// Streams a job's info on every change; the last item is terminal (done, failed
+                /// or aborted). WebSocket only.
+                #[subscription(name = "Job.subscribe" => "Job.event", unsubscribe = "Job.unsubscribe", item = JobInfo, param_kind = map)]
+                async fn subscribe_job(&self, job_id: Uuid) -> SubscriptionResult;
+            }
+        }
+        pub use client_side::SdmApiClient;
+
         $(
             #[doc = concat!("Named parameters of `", $wire, "`.")]
             #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
@@ -56,8 +126,16 @@ macro_rules! sdm_api {
                 $(
                     $(#[doc = $adoc])*
                     $( #[serde(rename = $rename)] )?
+                    $( #[serde(alias = $alias)] )*
                     pub $arg: $ty,
                 )*
+                $($(
+                    $(#[doc = $sdoc])*
+                    $( #[serde(rename = $srename)] )?
+                    $( #[serde(alias = $salias)] )*
+                    #[serde(default, skip_serializing_if = "Option::is_none")]
+                    pub $sarg: $sty,
+                )*)?
             }
         )*
 
@@ -69,8 +147,26 @@ macro_rules! sdm_api {
                     doc: concat!($($doc, "\n"),*),
                     params: |g| g.subschema_for::<$params>(),
                     result: |g| g.subschema_for::<$ret>(),
+                    aliases: &[
+                        $( alias_pairs!([$($alias),*] $arg $(, $rename)?), )*
+                        $($( alias_pairs!([$($salias),*] $sarg $(, $srename)?), )*)?
+                    ],
+                    server_only: &[$($( wire_name!($sarg $(, $srename)?), )*)?],
                 },)*
             ]
+        }
+
+        /// The aliases of `method`'s parameters, as `(alias, parameter)`: VDSM's names, which
+        /// the agent renames before decoding (sdm's name wins when a request carries both).
+        pub fn param_aliases(method: &str) -> impl Iterator<Item = (&'static str, &'static str)> {
+            let per_param: &'static [&'static [(&'static str, &'static str)]] = match method {
+                $($wire => &[
+                    $( alias_pairs!([$($alias),*] $arg $(, $rename)?), )*
+                    $($( alias_pairs!([$($salias),*] $sarg $(, $srename)?), )*)?
+                ],)*
+                _ => &[],
+            };
+            per_param.iter().flat_map(|p| p.iter().copied())
         }
     };
 }
@@ -87,9 +183,10 @@ sdm_api! {
     "Host.getCapabilities" => fn get_capabilities / GetCapabilitiesParams() -> Capabilities;
     /// Load figures a scheduler uses to pick a host.
     "Host.getStats" => fn get_stats / GetStatsParams() -> HostStats;
-    /// Jobs by type and id (filters are AND-ed; no filter = all jobs).
+    /// Jobs by type and id (filters are AND-ed; no filter, an empty `job_type` or an empty
+    /// `job_ids` = all jobs; an id that is not a canonical UUID matches no job).
     "Host.getJobs" => fn get_jobs / GetJobsParams(
-        /// Only jobs of this type ("storage").
+        /// Only jobs of this type ("storage"; "" = any).
         job_type: Option<String>,
         /// Only these jobs.
         job_ids: Option<Vec<Uuid>>,
@@ -99,16 +196,30 @@ sdm_api! {
     /// Deletes a finished job (NoSuchJob 66, JobNotDone 68).
     "Job.delete" => fn delete_job / DeleteJobParams(job_id: Uuid) -> bool;
 
-    /// Formats a new file domain at `path/<sd_id>` and attaches it.
+    /// Formats a new file domain at `path/<sd_id>` and attaches it. VDSM's form is accepted
+    /// for local directories: `storagedomainID`, `domainType` 4 (LOCALFS) or 6 (POSIXFS),
+    /// `typeArgs` (the directory), `name`, `domainClass` 1 (Data), `version` 5, `blockSize` 512.
     "StorageDomain.create" => fn create_domain / CreateDomainParams(
-        sd_id: Uuid,
-        /// Directory that will hold the domain directory.
-        path: String,
-        description: Option<Description>,
+        sd_id | "storagedomainID": Uuid,
+        /// Directory that will hold the domain directory (VDSM: `typeArgs`).
+        path | "typeArgs": String,
+        /// The domain's name (VDSM: `name`).
+        description | "name": Option<Description>,
         /// Lease backend the domain is formatted for (default: the agent's `leases.default_backend`).
         lease_backend: Option<LeaseBackendName>,
         /// Allow `local` on a network file system (StorageDomainTypeError 372 without it).
         force: Option<Flag>,
+    ) + server (
+        /// VDSM's storage type code: 4 (LOCALFS) or 6 (POSIXFS); others are UnsupportedOperation.
+        domain_type as "domainType": Option<u32>,
+        /// VDSM's domain class code: 1 (Data) only.
+        domain_class as "domainClass": Option<u32>,
+        /// Domain format version: 5 only.
+        version: Option<u32>,
+        /// Sector size: 512 only.
+        block_size as "blockSize": Option<u64>,
+        /// Host slots VDSM reserves; sdm's lockspace always has 2000, which serves any value.
+        max_hosts as "maxHosts": Option<u64>,
     ) -> bool;
     /// Attaches the existing domain whose directory (`.../<sd_id>`) is `path`, with the lease
     /// backend its metadata records.
@@ -122,11 +233,13 @@ sdm_api! {
         force: Option<Flag>,
     ) -> AttachResult;
     /// Detaches a domain (refused while jobs use it).
-    "StorageDomain.detach" => fn detach_domain / DetachDomainParams(sd_id: Uuid) -> bool;
+    "StorageDomain.detach" => fn detach_domain / DetachDomainParams(sd_id | "storagedomainID": Uuid) -> bool;
     /// Attached domains.
     "StorageDomain.list" => fn list_domains / ListDomainsParams() -> Vec<DomainInfo>;
+    /// A domain as VDSM describes it (type, class, name, role, version, block size, ...).
+    "StorageDomain.getInfo" => fn get_domain_info / GetDomainInfoParams(sd_id | "storagedomainID": Uuid) -> StorageDomainInfo;
     /// Images of a domain (without `_remove_me_` leftovers).
-    "StorageDomain.getImages" => fn get_images / GetImagesParams(sd_id: Uuid) -> Vec<Uuid>;
+    "StorageDomain.getImages" => fn get_images / GetImagesParams(sd_id | "storagedomainID": Uuid) -> Vec<Uuid>;
     /// Findings about leftovers and inconsistencies in a domain.
     "StorageDomain.check" => fn check_domain / CheckDomainParams(sd_id: Uuid) -> Vec<Fix>;
     /// Runs one finding's fix as a job.
@@ -137,21 +250,53 @@ sdm_api! {
         job_id: Option<Uuid>,
     ) -> TaskRef;
 
-    /// Volumes of an image.
-    "Image.getVolumes" => fn get_volumes / GetVolumesParams(sd_id: Uuid, img_id: Uuid) -> Vec<Uuid>;
-    /// Creates a volume (COW with a parent uses the parent as backing file).
+    /// Volumes of an image (`[]` for an image the domain does not have).
+    "Image.getVolumes" => fn get_volumes / GetVolumesParams(
+        sd_id | "storagedomainID": Uuid,
+        img_id | "imageID": Uuid,
+    ) -> Vec<Uuid>;
+    /// Creates a volume (COW with a parent uses the parent as backing file), at once; answers
+    /// the id of a job registered as done (description `create_volume`), which `Task.*` and
+    /// `Host.getJobs` report, as VDSM answers the task that creates it.
     "Volume.create" => fn create_volume / CreateVolumeParams(
-        sd_id: Uuid,
-        img_id: Uuid,
-        vol_id: Uuid,
-        capacity: Capacity,
-        format: VolumeFormat,
+        sd_id | "storagedomainID": Uuid,
+        img_id | "imageID": Uuid,
+        vol_id | "volumeID": Uuid,
+        /// Virtual size in bytes (VDSM: `size`, a decimal string).
+        capacity | "size": Capacity,
+        /// RAW or COW (VDSM: `volFormat`, 5 or 4).
+        format | "volFormat": VolumeFormat,
+        /// SPARSE or PREALLOCATED (VDSM: 2 or 1).
         preallocate: Preallocation,
-        parent_vol_id: Option<Uuid>,
-        description: Option<Description>,
-    ) -> bool;
-    /// Volume metadata, sizes and lease state.
-    "Volume.getInfo" => fn get_volume_info / GetVolumeInfoParams(sd_id: Uuid, img_id: Uuid, vol_id: Uuid) -> VolumeInfo;
+        /// Parent volume in the same image; absent or the BLANK UUID = none (VDSM: `srcVolUUID`).
+        parent_vol_id | "srcVolUUID": Option<Uuid>,
+        /// VDSM: `desc`.
+        description | "desc": Option<Description>,
+    ) + server (
+        /// The volume's place in its chain, newer volumes higher (default 0).
+        sequence: Option<u32>,
+        /// The parent's image (VDSM: `srcImgUUID`): absent, BLANK or the volume's own image; a
+        /// parent in another image (a template) is UnsupportedOperation.
+        parent_img_id | "srcImgUUID": Option<Uuid>,
+        /// Disk content type (VDSM: `diskType`; default DATA).
+        disk_type | "diskType": Option<DiskType>,
+        /// Initial allocation of a COW volume (VDSM: `initialSize`); file volumes grow on write
+        /// and ignore it.
+        initial_size | "initialSize": Option<Size>,
+        /// False creates the volume ILLEGAL (default true).
+        legal: Option<Flag>,
+        /// True (copy the parent's bitmaps) is UnsupportedOperation (VDSM: `addBitmaps`).
+        add_bitmaps | "addBitmaps": Option<Flag>,
+        /// A bitmap to add is UnsupportedOperation.
+        bitmap: Option<Uuid>,
+    ) -> Uuid;
+    /// Volume metadata, sizes and lease state; status INVALID (with sizes "0") when the
+    /// volume's metadata cannot be read.
+    "Volume.getInfo" => fn get_volume_info / GetVolumeInfoParams(
+        sd_id | "storagedomainID": Uuid,
+        img_id | "imageID": Uuid,
+        vol_id | "volumeID": Uuid,
+    ) -> VolumeInfoReply | client VolumeInfo;
     /// SHA-256 of a volume's raw bytes, as a job; the finished job carries `result`.
     "Volume.checksum" => fn checksum_volume / ChecksumVolumeParams(
         job_id: Uuid,
@@ -180,7 +325,8 @@ sdm_api! {
         vol_attr: VolumeAttributes,
     ) -> bool;
 
-    /// Copies every volume of an image to another domain (operation 1/"copy" only).
+    /// Copies every volume of an image to another domain (operation 1/"copy" only); answers
+    /// the job's id.
     "Image.move" => fn move_image / MoveImageParams(
         image_id as "imageID": Uuid,
         src_sd_id as "storagedomainID": Uuid,
@@ -190,8 +336,9 @@ sdm_api! {
         force: Option<Flag>,
         discard: Option<Flag>,
         job_id: Option<Uuid>,
-    ) -> TaskRef;
-    /// Deletes an image: renamed `_remove_me_` at once, then (optionally wiped and) removed by a job.
+    ) -> Uuid;
+    /// Deletes an image: renamed `_remove_me_` at once, then (optionally wiped and) removed by
+    /// a job; answers the job's id.
     "Image.delete" => fn delete_image / DeleteImageParams(
         image_id as "imageID": Uuid,
         sd_id as "storagedomainID": Uuid,
@@ -199,5 +346,18 @@ sdm_api! {
         force: Option<Flag>,
         discard: Option<Flag>,
         job_id: Option<Uuid>,
-    ) -> TaskRef;
+    ) -> Uuid;
+
+    /// A job seen as VDSM's SPM task (the id `Image.move`, `Image.delete` or `Volume.create`
+    /// answered): state, result, code and message (UnknownTask 401).
+    "Task.getStatus" => fn get_task_status / TaskStatusParams(task_id as "taskID": Uuid) -> TaskStatus;
+    /// Every job answered as a task id (`Image.move`, `Image.delete`, `Volume.create`) that is
+    /// still known, with its `Task.getStatus` status; other jobs are in `Host.getJobs` only.
+    "Host.getAllTasksStatuses" => fn get_all_tasks_statuses / AllTasksStatusesParams() -> TaskStatusMap;
+    /// A job's id and the VDSM verb it carries out (UnknownTask 401).
+    "Task.getInfo" => fn get_task_info / TaskInfoParams(task_id as "taskID": Uuid) -> TaskInfo;
+    /// Forgets a finished job (UnknownTask 401, TaskStateError 410 while it runs).
+    "Task.clear" => fn clear_task / ClearTaskParams(task_id as "taskID": Uuid) -> bool;
+    /// Aborts a pending or running job; a finished one is left alone (UnknownTask 401).
+    "Task.stop" => fn stop_task / StopTaskParams(task_id as "taskID": Uuid) -> bool;
 }

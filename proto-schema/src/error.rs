@@ -58,6 +58,10 @@ error_codes! {
     JobNotActive = 84,
     /// Anything unexpected, including IO errors (the message says what and carries the errno text).
     GeneralException = 100,
+    /// `Task.*` of an id that is not a job of this agent.
+    UnknownTask = 401,
+    /// `Task.clear` of a job that has not finished.
+    TaskStateError = 410,
     /// The volume does not exist.
     VolumeDoesNotExist = 201,
     /// Volume metadata could not be written or made durable.

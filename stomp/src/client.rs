@@ -253,6 +253,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     pub fn get_ref(&self) -> &S {
         &self.stream
     }
+
+    /// Gives the connection up for another owner (a client that reads and writes from two
+    /// tasks): the stream, the bytes read from it that no frame has taken yet, and the decoder
+    /// (which may hold a frame begun in those bytes). Heart-beats are the new owner's duty.
+    pub fn into_parts(self) -> (S, BytesMut, Decoder) {
+        (self.stream, self.rbuf, self.decoder)
+    }
 }
 
 fn server_error(f: &Frame) -> ClientError {

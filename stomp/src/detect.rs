@@ -25,9 +25,10 @@ pub enum Protocol {
     Neither,
 }
 
-/// HTTP methods sdm's HTTP side may see.
+/// HTTP methods sdm's HTTP side may see, and `PRI`, which starts the HTTP/2 connection preface
+/// (`PRI * HTTP/2.0`) of a client that chose HTTP/2 (by TLS ALPN or prior knowledge).
 pub const HTTP_METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE",
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "PRI",
 ];
 
 /// No verdict ever needs more than this many bytes (`UNSUBSCRIBE\r\n`): with this many
@@ -111,6 +112,7 @@ mod tests {
         assert_eq!(detect(b"GET "), Protocol::Http);
         assert_eq!(detect(b"POST / HTTP/1.1\r\n"), Protocol::Http);
         assert_eq!(detect(b"PUT /x"), Protocol::Http);
+        assert_eq!(detect(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Protocol::Http);
         assert_eq!(detect(b"P"), Protocol::NeedMore);
         assert_eq!(detect(b"PU"), Protocol::NeedMore);
         assert_eq!(detect(b""), Protocol::NeedMore);

@@ -10,10 +10,15 @@
 //! with: a request whose parameters do not decode must get InvalidParameterException (1000);
 //! one that decodes must get a result or an error with a code of the contract's table.
 //!
+//! The STOMP mode ([`stomp`]) makes byte streams that break VDSM's STOMP dialect, and random
+//! mutations of a valid engine session.
+//!
 //! Instruments: a minimal WebSocket client (hand-made frames, so that broken ones can be sent),
 //! raw HTTP, process figures from `/proc` (RSS, high-water mark, fds, files open for writing),
 //! a file-system state with inode, size, times and content hash, and an inotify watch that sees
 //! any file opened for writing, created, renamed or deleted.
+
+pub mod stomp;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -149,6 +154,10 @@ pub enum Ty {
     Array(Box<Ty>),
     /// Anything (opaque JSON).
     Any,
+    /// A plain JSON integer (VDSM's integer parameters).
+    Int,
+    /// A plain JSON boolean.
+    Bool,
 }
 
 /// A parameter or object field.
@@ -261,6 +270,8 @@ impl Api {
             ("job_type", _) => json!("storage"),
             (_, Ty::Str) => json!("x"),
             (_, Ty::Any) => json!({}),
+            (_, Ty::Int) => json!(0),
+            (_, Ty::Bool) => json!(false),
             (_, Ty::Array(inner)) => json!([self.valid(field, inner)]),
             (_, Ty::Named(n)) => {
                 let fields = self.object_fields(n);
@@ -339,6 +350,12 @@ fn resolve(v: &Value) -> Ty {
     if types.contains(&"string") {
         return Ty::Str;
     }
+    if types.contains(&"integer") {
+        return Ty::Int;
+    }
+    if types.contains(&"boolean") {
+        return Ty::Bool;
+    }
     if types.is_empty() {
         return Ty::Any;
     }
@@ -361,13 +378,44 @@ macro_rules! de {
     };
 }
 
+/// What VDSM's rule for `Host.getJobs` (an id that is not a canonical UUID matches no job)
+/// makes of its parameter text, as the agent applies it before decoding.
+enum Relaxed {
+    /// Nothing to change.
+    Same,
+    /// Every id given was malformed: nothing can match, the answer is `{}`.
+    Nothing,
+    /// The text without the malformed ids.
+    Params(String),
+}
+
+fn relax_job_ids(params: &str) -> Relaxed {
+    let Ok(Value::Object(mut p)) = serde_json::from_str::<Value>(params) else {
+        return Relaxed::Same;
+    };
+    let Some(Value::Array(ids)) = p.get_mut("job_ids") else {
+        return Relaxed::Same;
+    };
+    let before = ids.len();
+    ids.retain(|v| v.as_str().is_some_and(sdm_proto::is_canonical_uuid));
+    match (before, ids.len()) {
+        (b, a) if a == b => Relaxed::Same,
+        (_, 0) => Relaxed::Nothing,
+        _ => Relaxed::Params(Value::Object(p).to_string()),
+    }
+}
+
 /// Decodes the parameter text of `method` as the agent does for named parameters (an object):
 /// Ok when it decodes. Methods without parameters never decode anything.
 pub fn decode(method: &str, params: &str) -> Result<(), String> {
     use sdm_proto::api::*;
     match method {
         "Host.getCapabilities" | "Host.getStats" | "StorageDomain.list" => Ok(()),
-        "Host.getJobs" => de!(GetJobsParams, params),
+        "Host.getJobs" => match relax_job_ids(params) {
+            Relaxed::Nothing => Ok(()),
+            Relaxed::Same => de!(GetJobsParams, params),
+            Relaxed::Params(p) => de!(GetJobsParams, &p),
+        },
         "Job.abort" => de!(AbortJobParams, params),
         "Job.delete" => de!(DeleteJobParams, params),
         "Job.subscribe" => de!(SubscribeJobParams, params),
@@ -375,6 +423,11 @@ pub fn decode(method: &str, params: &str) -> Result<(), String> {
         "StorageDomain.attach" => de!(AttachDomainParams, params),
         "StorageDomain.detach" => de!(DetachDomainParams, params),
         "StorageDomain.getImages" => de!(GetImagesParams, params),
+        "StorageDomain.getInfo" => de!(GetDomainInfoParams, params),
+        "Task.getStatus" => de!(TaskStatusParams, params),
+        "Task.getInfo" => de!(TaskInfoParams, params),
+        "Task.clear" => de!(ClearTaskParams, params),
+        "Task.stop" => de!(StopTaskParams, params),
         "StorageDomain.check" => de!(CheckDomainParams, params),
         "StorageDomain.fix" => de!(FixDomainParams, params),
         "Image.getVolumes" => de!(GetVolumesParams, params),
@@ -420,6 +473,11 @@ pub fn roundtrip(method: &str, params: &str) -> Result<bool, String> {
         "StorageDomain.attach" => roundtrip!(AttachDomainParams, params),
         "StorageDomain.detach" => roundtrip!(DetachDomainParams, params),
         "StorageDomain.getImages" => roundtrip!(GetImagesParams, params),
+        "StorageDomain.getInfo" => roundtrip!(GetDomainInfoParams, params),
+        "Task.getStatus" => roundtrip!(TaskStatusParams, params),
+        "Task.getInfo" => roundtrip!(TaskInfoParams, params),
+        "Task.clear" => roundtrip!(ClearTaskParams, params),
+        "Task.stop" => roundtrip!(StopTaskParams, params),
         "StorageDomain.check" => roundtrip!(CheckDomainParams, params),
         "StorageDomain.fix" => roundtrip!(FixDomainParams, params),
         "Image.getVolumes" => roundtrip!(GetVolumesParams, params),

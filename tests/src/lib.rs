@@ -8,6 +8,7 @@ pub mod hostile;
 pub mod journals;
 pub mod postgres;
 pub mod scale;
+pub mod stomp_py;
 pub mod volumes;
 
 pub use volumes::*;
@@ -403,6 +404,19 @@ pub fn raw_post(addr: SocketAddr, body: &[u8]) -> (u16, String) {
     );
     s.write_all(head.as_bytes()).unwrap();
     let _ = s.write_all(body);
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let (status, body) = status_and_body(&resp);
+    (status, dechunk(&body))
+}
+
+/// Sends one raw HTTP GET of `path` and returns (status code, response body).
+pub fn raw_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(head.as_bytes()).unwrap();
     let mut resp = Vec::new();
     let _ = s.read_to_end(&mut resp);
     let (status, body) = status_and_body(&resp);

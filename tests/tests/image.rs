@@ -52,7 +52,6 @@ async fn delete_with_wipe(c: &AgentClient, img: &Uuid, sd: &Uuid) -> Uuid {
         .await
         .via(c)
         .unwrap()
-        .uuid
 }
 
 async fn move_image(
@@ -76,7 +75,7 @@ async fn move_image(
         )
         .await
         .via(c)?;
-    Ok(wait_job(c, &r.uuid).await)
+    Ok(wait_job(c, &r).await)
 }
 
 #[tokio::test]
@@ -312,7 +311,7 @@ async fn delete_with_wipe_overwrites_file_volumes() {
         .await
         .via(&c)
         .unwrap();
-    assert_eq!(wait_job(&c, &r.uuid).await.status, JobStatus::Done);
+    assert_eq!(wait_job(&c, &r).await.status, JobStatus::Done);
     assert!(!dom1
         .join("images")
         .join(format!("_remove_me_{img}"))

@@ -292,3 +292,64 @@ async fn bad_urls_credentials_and_newer_schemas_are_refused_cleanly() {
         .collect();
     assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_operations_are_pruned_and_unfinished_ones_never() {
+    let Some(pg) = server_or_skip("ended_operations_are_pruned") else {
+        return;
+    };
+    let url = pg.create_db("prune").await;
+    let j = open(&url, "engine-p").await;
+    let (ended, open_op) = (Uuid::new_v4(), Uuid::new_v4());
+    j.append(begin(&ended, &Uuid::new_v4())).await.unwrap();
+    j.append(Record::End {
+        op: ended.clone(),
+        outcome: Outcome::Committed,
+        message: None,
+    })
+    .await
+    .unwrap();
+    j.append(begin(&open_op, &Uuid::new_v4())).await.unwrap();
+    let c = pg.client("prune").await;
+    let count = |sql: &'static str| {
+        let c = &c;
+        async move { c.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM sdm.operations").await, 2);
+
+    // Too young to go.
+    assert_eq!(j.prune(Duration::from_secs(86_400)).await.unwrap(), 0);
+    assert_eq!(count("SELECT count(*) FROM sdm.operations").await, 2);
+
+    // Through sdmctl, as an operator's cron job would: the ended one goes with its records.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let out = sdm_tests::sdmctl_cmd(&[])
+        .args(["--json", "resume", "--journal", &url, "--prune", "0"])
+        .output()
+        .unwrap();
+    sdm_tests::assert_success(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["pruned"], 1, "{v}");
+    assert_eq!(count("SELECT count(*) FROM sdm.operations").await, 1);
+    let left: Vec<Uuid> = c
+        .query("SELECT DISTINCT op FROM sdm.records", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| Uuid::parse(&r.get::<_, uuid::Uuid>(0).to_string()).unwrap())
+        .collect();
+    assert_eq!(
+        left,
+        vec![open_op.clone()],
+        "only the unfinished operation's records stay"
+    );
+    // The unfinished operation is still its owner's to finish.
+    j.append(Record::End {
+        op: open_op,
+        outcome: Outcome::Committed,
+        message: None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(j.prune(Duration::ZERO).await.unwrap(), 1);
+}

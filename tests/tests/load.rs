@@ -207,7 +207,7 @@ async fn mixed_jobs_on_one_agent() {
                 .await
                 .via(&c)
                 .unwrap();
-            assert_eq!(r.uuid, job);
+            assert_eq!(r, job);
             job
         }));
     }

@@ -22,6 +22,8 @@ pub struct Guarded<S> {
     /// upgrade that is jsonrpsee's tasks, not the task that accepted it.
     reg: Registration,
     wire: Wire,
+    /// Counts the connection by dialect (HTTP until it upgrades to a WebSocket).
+    gauge: Option<crate::metrics::ConnectionGauge>,
 }
 
 /// What flows on a connection, as far as counting requests and answers needs to know.
@@ -56,7 +58,14 @@ impl<S> Guarded<S> {
                 wrote: 0,
                 switching: None,
             },
+            gauge: None,
         }
+    }
+
+    /// Counts the connection in `gauge` from now on (its dialect follows an upgrade).
+    pub fn with_gauge(mut self, gauge: crate::metrics::ConnectionGauge) -> Guarded<S> {
+        self.gauge = Some(gauge);
+        self
     }
 
     fn state(&self) -> &ConnState {
@@ -123,6 +132,10 @@ impl<S> Guarded<S> {
                 return;
             }
             b = &b[end..];
+            self.state().websocket.store(true, Ordering::Relaxed);
+            if let Some(g) = self.gauge.as_mut() {
+                g.switch(crate::metrics::Dialect::WebSocket);
+            }
             self.wire = Wire::Ws {
                 inbound: Frames::default(),
                 outbound: Frames::default(),

@@ -21,6 +21,7 @@
 
 mod gates;
 mod guarded;
+mod rewind;
 mod table;
 mod wire;
 
@@ -29,4 +30,5 @@ pub use gates::{
     Upgrades,
 };
 pub use guarded::{Guarded, MAX_UNANSWERED};
+pub use rewind::Rewind;
 pub use table::{ConnState, Connections, Registration};

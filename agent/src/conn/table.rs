@@ -33,6 +33,8 @@ pub struct ConnState {
     pub(super) killed: AtomicBool,
     /// Signalled with `killed`, for the phase before the stream is wrapped (TLS handshake).
     pub kill: Notify,
+    /// The connection was upgraded to a WebSocket.
+    pub(super) websocket: AtomicBool,
 }
 
 impl ConnState {
@@ -42,6 +44,21 @@ impl ConnState {
         self.killed.store(true, Ordering::Release);
         self.kill.notify_one();
         self.wake_reader();
+    }
+
+    /// True once the connection was upgraded to a WebSocket.
+    pub fn is_websocket(&self) -> bool {
+        self.websocket.load(Ordering::Relaxed)
+    }
+
+    /// True once the connection was closed to make room (or by its own rules).
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+    }
+
+    /// Closes the connection (a STOMP session that broke a rule or fell behind).
+    pub fn close(&self) {
+        self.kill();
     }
 
     /// Wakes the connection's reader if it is paused.
@@ -159,6 +176,7 @@ impl Connections {
             read_waker: Mutex::new(None),
             killed: false.into(),
             kill: Notify::new(),
+            websocket: false.into(),
         });
         table.insert(id, state.clone());
         Some(Registration {

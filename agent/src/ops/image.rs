@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use sdm_proto::api::{DeleteImageParams, MoveImageParams};
 use sdm_proto::{
-    ApiError, Endpoint, ErrorCode, ImageOperation, JobResult, Legality, Preallocation, TaskRef,
-    Uuid, VolumeFormat, VolumeRole,
+    ApiError, Endpoint, ErrorCode, ImageOperation, JobResult, Legality, Preallocation, Uuid,
+    VolumeFormat, VolumeRole,
 };
 
 use super::lease_watch::with_watch;
@@ -32,7 +32,7 @@ use crate::storage::StorageError;
 // Image.delete
 
 /// `Image.delete`: validates, marks, renames, and starts the purge job.
-pub fn delete(agent: &Arc<Agent>, p: DeleteImageParams) -> Result<TaskRef, AgentError> {
+pub fn delete(agent: &Arc<Agent>, p: DeleteImageParams) -> Result<Uuid, AgentError> {
     let (sd, img) = (&p.sd_id, &p.image_id);
     let (wipe, discard) = (flag(p.post_zero), flag(p.discard));
     let dom = agent.domain(sd)?;
@@ -101,7 +101,7 @@ pub fn delete(agent: &Arc<Agent>, p: DeleteImageParams) -> Result<TaskRef, Agent
         job,
         super::work(move |job| purge(&agent2, job, &dom2, &leftover, discard, held)),
     );
-    Ok(TaskRef { uuid: job_id })
+    Ok(job_id)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -123,7 +123,7 @@ pub struct MoveRequest {
 }
 
 /// `Image.move`: validates and starts the copy job.
-pub fn move_image(agent: &Arc<Agent>, p: MoveImageParams) -> Result<TaskRef, AgentError> {
+pub fn move_image(agent: &Arc<Agent>, p: MoveImageParams) -> Result<Uuid, AgentError> {
     let req = MoveRequest {
         img: p.image_id,
         src: p.src_sd_id,
@@ -162,7 +162,7 @@ pub fn move_image(agent: &Arc<Agent>, p: MoveImageParams) -> Result<TaskRef, Age
     spawn_job(agent, &job_id, "move_image", move |job| {
         run_move(&agent2, job, &req)
     })?;
-    Ok(TaskRef { uuid: job_id })
+    Ok(job_id)
 }
 
 fn dst_image_is_legal(dom: &Domain, img: &Uuid) -> bool {
@@ -251,6 +251,7 @@ fn run_move(
             description: md.description.clone(),
             legality: Legality::Illegal,
             disktype: md.disktype.clone(),
+            sequence: md.sequence,
         };
         volume::create(&dst_dom, &nv)?;
     }

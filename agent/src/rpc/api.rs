@@ -13,6 +13,7 @@ use sdm_proto::api::{
 };
 use sdm_proto::*;
 
+use super::tasks;
 use crate::error::AgentError;
 use crate::jobs::JobFilter;
 use crate::ops;
@@ -42,6 +43,37 @@ where
             Err(ApiError::new(ErrorCode::GeneralException, format!("internal error: {e}")).into())
         }
     }
+}
+
+/// `StorageDomain.create` in VDSM's form: what sdm can do (a Data domain in a local
+/// directory, format 5, 512-byte sectors) is accepted, the rest refused before anything
+/// happens.
+fn check_vdsm_domain(p: &CreateDomainParams) -> Result<(), ErrorObjectOwned> {
+    let unsupported = |what: String| -> ErrorObjectOwned {
+        ApiError::new(ErrorCode::UnsupportedOperation, what).into()
+    };
+    if let Some(t) = p.domain_type.filter(|t| ![4, 6].contains(t)) {
+        return Err(unsupported(format!(
+            "domainType {t}: sdm formats file domains in a local directory (4 LOCALFS, 6 POSIXFS); mount remote storage first"
+        )));
+    }
+    if let Some(c) = p.domain_class.filter(|c| *c != 1) {
+        return Err(unsupported(format!(
+            "domainClass {c}: sdm formats Data domains (1)"
+        )));
+    }
+    if let Some(v) = p.version.filter(|v| *v != 5) {
+        return Err(unsupported(format!("version {v}: sdm formats version 5")));
+    }
+    if let Some(b) = p.block_size.filter(|b| ![0, 512].contains(b)) {
+        return Err(unsupported(format!(
+            "blockSize {b}: sdm formats 512-byte sectors"
+        )));
+    }
+    if let Some(m) = p.max_hosts.filter(|m| !(1..=2000).contains(m)) {
+        return Err(ApiError::invalid(format!("maxHosts {m} is outside 1-2000")).into());
+    }
+    Ok(())
 }
 
 // The wire verbs take their parameters by name, as many as the contract gives them.
@@ -83,6 +115,11 @@ impl SdmApiServer for Rpc {
         description: Option<Description>,
         lease_backend: Option<LeaseBackendName>,
         force: Option<Flag>,
+        domain_type: Option<u32>,
+        domain_class: Option<u32>,
+        version: Option<u32>,
+        block_size: Option<u64>,
+        max_hosts: Option<u64>,
     ) -> RpcResult<bool> {
         let a = self.agent.clone();
         let p = CreateDomainParams {
@@ -91,7 +128,13 @@ impl SdmApiServer for Rpc {
             description,
             lease_backend,
             force,
+            domain_type,
+            domain_class,
+            version,
+            block_size,
+            max_hosts,
         };
+        check_vdsm_domain(&p)?;
         blocking(move || {
             let attached = a.create_domain(&p)?;
             ops::gc::after_attach(&a, &attached);
@@ -132,6 +175,11 @@ impl SdmApiServer for Rpc {
         blocking(move || Ok(a.list_domains())).await
     }
 
+    async fn get_domain_info(&self, sd_id: Uuid) -> RpcResult<StorageDomainInfo> {
+        let a = self.agent.clone();
+        blocking(move || a.domain_info(&sd_id)).await
+    }
+
     async fn get_images(&self, sd_id: Uuid) -> RpcResult<Vec<Uuid>> {
         let a = self.agent.clone();
         blocking(move || a.get_images(&sd_id)).await
@@ -163,7 +211,14 @@ impl SdmApiServer for Rpc {
         preallocate: Preallocation,
         parent_vol_id: Option<Uuid>,
         description: Option<Description>,
-    ) -> RpcResult<bool> {
+        sequence: Option<u32>,
+        parent_img_id: Option<Uuid>,
+        disk_type: Option<DiskType>,
+        initial_size: Option<Size>,
+        legal: Option<Flag>,
+        add_bitmaps: Option<Flag>,
+        bitmap: Option<Uuid>,
+    ) -> RpcResult<Uuid> {
         let a = self.agent.clone();
         let p = CreateVolumeParams {
             sd_id,
@@ -174,12 +229,15 @@ impl SdmApiServer for Rpc {
             preallocate,
             parent_vol_id,
             description,
+            sequence,
+            parent_img_id,
+            disk_type,
+            initial_size,
+            legal,
+            add_bitmaps,
+            bitmap,
         };
-        blocking(move || {
-            a.create_volume(&p)?;
-            Ok(true)
-        })
-        .await
+        blocking(move || a.create_volume(&p)).await
     }
 
     async fn get_volume_info(
@@ -187,7 +245,7 @@ impl SdmApiServer for Rpc {
         sd_id: Uuid,
         img_id: Uuid,
         vol_id: Uuid,
-    ) -> RpcResult<VolumeInfo> {
+    ) -> RpcResult<VolumeInfoReply> {
         let a = self.agent.clone();
         blocking(move || a.volume_info(&sd_id, &img_id, &vol_id)).await
     }
@@ -257,7 +315,7 @@ impl SdmApiServer for Rpc {
         force: Option<Flag>,
         discard: Option<Flag>,
         job_id: Option<Uuid>,
-    ) -> RpcResult<TaskRef> {
+    ) -> RpcResult<Uuid> {
         let a = self.agent.clone();
         let p = MoveImageParams {
             image_id,
@@ -280,7 +338,7 @@ impl SdmApiServer for Rpc {
         force: Option<Flag>,
         discard: Option<Flag>,
         job_id: Option<Uuid>,
-    ) -> RpcResult<TaskRef> {
+    ) -> RpcResult<Uuid> {
         let a = self.agent.clone();
         let p = DeleteImageParams {
             image_id,
@@ -291,6 +349,26 @@ impl SdmApiServer for Rpc {
             job_id,
         };
         blocking(move || ops::image::delete(&a, p)).await
+    }
+
+    async fn get_task_status(&self, task_id: Uuid) -> RpcResult<TaskStatus> {
+        Ok(tasks::get_status(&self.agent.jobs, &task_id)?)
+    }
+
+    async fn get_all_tasks_statuses(&self) -> RpcResult<TaskStatusMap> {
+        Ok(tasks::all_statuses(&self.agent.jobs))
+    }
+
+    async fn get_task_info(&self, task_id: Uuid) -> RpcResult<TaskInfo> {
+        Ok(tasks::get_info(&self.agent.jobs, &task_id)?)
+    }
+
+    async fn clear_task(&self, task_id: Uuid) -> RpcResult<bool> {
+        Ok(tasks::clear(&self.agent.jobs, &task_id)?)
+    }
+
+    async fn stop_task(&self, task_id: Uuid) -> RpcResult<bool> {
+        Ok(tasks::stop(&self.agent.jobs, &task_id)?)
     }
 
     async fn subscribe_job(

@@ -1,9 +1,15 @@
 //! The listener: binds, accepts, registers each connection (`crate::conn`), wraps it (TLS,
-//! then `Guarded`) and serves it with the connection's own middleware.
+//! then `Guarded`), tells HTTP from STOMP by the first bytes (`sdm_stomp::detect`) and serves
+//! it with the connection's own middleware: jsonrpsee for HTTP and WebSocket, `crate::stomp`
+//! for STOMP. Anything else, and a peer silent for [`DETECT_TIMEOUT`], is closed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::BytesMut;
+use sdm_stomp::Protocol;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use jsonrpsee::core::middleware::RpcServiceBuilder;
 use jsonrpsee::server::{
@@ -13,8 +19,13 @@ use jsonrpsee::server::{
 use sdm_proto::SdmApiServer;
 
 use super::api::Rpc;
+use super::calls::{CountCallsLayer, Transport};
 use super::middleware::ParamErrorsLayer;
+use super::scrape::ScrapeLayer;
+use super::vdsm::VdsmNamesLayer;
+use crate::metrics::{ConnectionGauge, Dialect};
 use crate::service::Agent;
+use crate::stomp::Stomp;
 
 /// Binds the listener and starts serving: plain HTTP/WebSocket on loopback, mutual TLS when
 /// `[tls]` is configured (the configuration refuses a non-loopback address without it).
@@ -48,7 +59,15 @@ pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHand
     let listener = tokio::net::TcpListener::bind(agent.cfg.listen).await?;
     let addr = listener.local_addr()?;
     let builder = Server::builder().set_config(config).to_service_builder();
+    crate::metrics::io_backend(match agent.engine.backend() {
+        sdm_io::BackendKind::IoUring => "io_uring",
+        _ => "sync",
+    });
+    let jobs = agent.jobs.clone();
+    let max_response = s.max_response_body_bytes as usize;
+    let stomp_cfg = s.clone();
     let methods: Methods = Rpc::new(agent).into_rpc().into();
+    let stomp = Stomp::new(&stomp_cfg, &jobs);
     let (stop, handle) = stop_channel();
     let conns = crate::conn::Connections::new(max_connections as usize);
     tokio::spawn(async move {
@@ -79,14 +98,24 @@ pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHand
             let svc = builder
                 .clone()
                 .set_http_middleware(
-                    tower::ServiceBuilder::new().layer(crate::conn::UpgradeGateLayer::new(&reg)),
+                    tower::ServiceBuilder::new()
+                        .layer(ScrapeLayer)
+                        .layer(crate::conn::UpgradeGateLayer::new(&reg)),
                 )
                 .set_rpc_middleware(
                     RpcServiceBuilder::new()
                         .layer(crate::conn::CallGateLayer::new(&reg))
-                        .layer(param_errors),
+                        .layer(CountCallsLayer {
+                            transport: Transport::Http(reg.state.clone()),
+                            max_response,
+                        })
+                        .layer(param_errors)
+                        .layer(VdsmNamesLayer),
                 )
                 .build(methods.clone(), stop.clone());
+            let stomp = stomp.prepare(&reg, |id| {
+                super::direct::stomp_service(&methods, &reg, id as usize, max_response)
+            });
             let stop = stop.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
@@ -100,7 +129,11 @@ pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHand
                             {
                                 Ok(Ok(stream)) => {
                                     let stream = crate::conn::Guarded::new(stream, reg);
-                                    serve_with_graceful_shutdown(stream, svc, stop.shutdown()).await
+                                    let s = stop.clone();
+                                    serve_detected(stream, stomp, stop, move |io| {
+                                        serve_with_graceful_shutdown(io, svc, s.shutdown())
+                                    })
+                                    .await
                                 }
                                 Ok(Err(e)) => {
                                     tracing::info!(?peer, error = %e, "TLS handshake refused");
@@ -114,7 +147,11 @@ pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHand
                         }
                         None => {
                             let sock = crate::conn::Guarded::new(sock, reg);
-                            serve_with_graceful_shutdown(sock, svc, stop.shutdown()).await
+                            let s = stop.clone();
+                            serve_detected(sock, stomp, stop, move |io| {
+                                serve_with_graceful_shutdown(io, svc, s.shutdown())
+                            })
+                            .await
                         }
                     }
                 };
@@ -136,3 +173,59 @@ pub async fn serve(agent: Arc<Agent>) -> std::io::Result<(SocketAddr, ServerHand
 
 /// How long a client has to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client has to send enough bytes to tell its protocol (VDSM waits as long).
+pub const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads until the first bytes tell the protocol, then serves the connection in it: `http`
+/// gets the stream with those bytes put back.
+async fn serve_detected<S, F, Fut>(
+    mut stream: crate::conn::Guarded<S>,
+    stomp: crate::stomp::Pending<super::direct::StompRpc>,
+    stop: jsonrpsee::server::StopHandle,
+    http: F,
+) -> Result<(), jsonrpsee::core::BoxError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: FnOnce(crate::conn::Rewind<crate::conn::Guarded<S>>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), jsonrpsee::core::BoxError>>,
+{
+    let mut prefix = BytesMut::with_capacity(1024);
+    let verdict = tokio::time::timeout(DETECT_TIMEOUT, async {
+        loop {
+            match sdm_stomp::detect(&prefix) {
+                Protocol::NeedMore => {}
+                p => return Ok(p),
+            }
+            if stream.read_buf(&mut prefix).await? == 0 {
+                return Ok::<_, std::io::Error>(Protocol::Neither);
+            }
+        }
+    })
+    .await;
+    match verdict {
+        Ok(Ok(Protocol::Http)) => {
+            let stream = crate::conn::Rewind::new(
+                prefix,
+                stream.with_gauge(ConnectionGauge::new(Dialect::Http)),
+            );
+            http(stream).await
+        }
+        Ok(Ok(Protocol::Stomp)) => {
+            tokio::select! {
+                _ = stomp.serve(stream, prefix) => {}
+                _ = stop.shutdown() => {}
+            }
+            Ok(())
+        }
+        Ok(Ok(_)) => {
+            tracing::debug!("closing a connection that speaks neither HTTP nor STOMP");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(Box::new(e)),
+        Err(_) => {
+            tracing::debug!("closing a connection silent for {DETECT_TIMEOUT:?}");
+            Ok(())
+        }
+    }
+}

@@ -135,32 +135,7 @@ impl<S: RpcInner> RpcServiceT for ParamErrors<S> {
     fn batch<'a>(&self, batch: Batch<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
         // Each call of a batch goes through `call` above so the rewrite applies inside batches too.
         let this = self.clone();
-        async move {
-            let mut out = BatchResponseBuilder::new_with_limit(this.max_response);
-            let mut got_notification = false;
-            for entry in batch.into_iter() {
-                let rp = match entry {
-                    Ok(BatchEntry::Call(req)) => this.call(req).await,
-                    Ok(BatchEntry::Notification(n)) => {
-                        got_notification = true;
-                        this.inner.notification(n).await;
-                        continue;
-                    }
-                    Err(err) => {
-                        let (err, id) = err.into_parts();
-                        MethodResponse::error(id, err)
-                    }
-                };
-                if let Err(too_big) = out.append(rp) {
-                    return too_big;
-                }
-            }
-            if out.is_empty() && got_notification {
-                MethodResponse::notification()
-            } else {
-                MethodResponse::from_batch(out.finish())
-            }
-        }
+        async move { batch_by_call(&this, batch, this.max_response).await }
     }
 
     fn notification<'a>(
@@ -168,6 +143,47 @@ impl<S: RpcInner> RpcServiceT for ParamErrors<S> {
         n: Notification<'a>,
     ) -> impl Future<Output = MethodResponse> + Send + 'a {
         self.inner.notification(n)
+    }
+}
+
+/// Answers a batch by sending each of its calls through `svc.call` (and notifications through
+/// `svc.notification`), so that a middleware's per-call work applies inside batches too; the
+/// answers are gathered up to `max_response` bytes.
+pub(crate) async fn batch_by_call<S>(
+    svc: &S,
+    batch: Batch<'_>,
+    max_response: usize,
+) -> MethodResponse
+where
+    S: RpcServiceT<
+        MethodResponse = MethodResponse,
+        BatchResponse = MethodResponse,
+        NotificationResponse = MethodResponse,
+    >,
+{
+    let mut out = BatchResponseBuilder::new_with_limit(max_response);
+    let mut got_notification = false;
+    for entry in batch.into_iter() {
+        let rp = match entry {
+            Ok(BatchEntry::Call(req)) => svc.call(req).await,
+            Ok(BatchEntry::Notification(n)) => {
+                got_notification = true;
+                svc.notification(n).await;
+                continue;
+            }
+            Err(err) => {
+                let (err, id) = err.into_parts();
+                MethodResponse::error(id, err)
+            }
+        };
+        if let Err(too_big) = out.append(rp) {
+            return too_big;
+        }
+    }
+    if out.is_empty() && got_notification {
+        MethodResponse::notification()
+    } else {
+        MethodResponse::from_batch(out.finish())
     }
 }
 

@@ -101,8 +101,17 @@ impl Domain {
 
     /// Takes a volume's lease, never waiting for another holder.
     pub fn acquire_lease(&self, vol: &Uuid, at: &LeaseLocation) -> Result<Lease, LeaseError> {
-        self.leases
-            .acquire(self.sd_id.as_str(), vol.as_str(), &at.path, at.offset)
+        let started = std::time::Instant::now();
+        let r = self
+            .leases
+            .acquire(self.sd_id.as_str(), vol.as_str(), &at.path, at.offset);
+        crate::metrics::lease_acquired(
+            started.elapsed(),
+            r.as_ref()
+                .err()
+                .map(|e| crate::metrics::lease_failure(e.kind())),
+        );
+        r
     }
 
     /// Takes the lease of a volume of a live image, never waiting for another holder.

@@ -208,7 +208,7 @@ pub struct VolumeMetadata {
     pub legality: Legality,
     /// Parent volume or BLANK.
     pub parent: String,
-    /// Write sequence number; sdm increments it on every write (wrapping at 2^32).
+    /// The volume's place in its chain (SEQ): set at creation, kept by every later write.
     pub sequence: u64,
     /// SPARSE or PREALLOCATED.
     pub allocation: Preallocation,

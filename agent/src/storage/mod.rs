@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod domain;
+pub mod domain_info;
 pub mod file;
 pub mod fstype;
 pub mod md;

@@ -3,7 +3,7 @@
 //! data, metadata and lease live is the backend's ([`super::backend::DomainBackend`]).
 
 use sdm_proto::{
-    LeaseInfo, Legality, Preallocation, Size, Uuid, VolumeFormat, VolumeInfo, VolumeRole,
+    LeaseInfo, Legality, Preallocation, Size, Timestamp, Uuid, VolumeFormat, VolumeInfo, VolumeRole,
 };
 
 use super::backend::Creation;
@@ -32,6 +32,8 @@ pub struct NewVolume {
     pub legality: Legality,
     /// Disk type (DATA unless copying another volume's).
     pub disktype: String,
+    /// Place in the chain (SEQ), newer volumes higher; copies keep their source's.
+    pub sequence: u64,
 }
 
 /// Reads a volume's metadata.
@@ -39,15 +41,16 @@ pub fn read_metadata(dom: &Domain, img: &Uuid, vol: &Uuid) -> Result<VolumeMetad
     dom.backend.read_metadata(img, vol)
 }
 
-/// Writes a changed volume's metadata atomically and durably, bumping its sequence number (so
-/// every version on disk is distinguishable). The caller holds the image lock.
+/// Writes a changed volume's metadata atomically and durably. The sequence number (SEQ, the
+/// volume's place in its chain) is written back as read: as in VDSM, only creation sets it
+/// (CONTRACT: never changed by metadata writes, copies or moves). The caller holds the image
+/// lock.
 pub fn update_metadata(
     dom: &Domain,
     img: &Uuid,
     vol: &Uuid,
     md: &mut VolumeMetadata,
 ) -> Result<(), StorageError> {
-    md.sequence = (md.sequence + 1) % (1 << 32);
     dom.backend.write_metadata(img, vol, md)
 }
 
@@ -100,7 +103,7 @@ pub fn create(dom: &Domain, req: &NewVolume) -> Result<(), StorageError> {
             .as_ref()
             .map(|(p, _)| p.to_string())
             .unwrap_or_else(|| Uuid::blank().to_string()),
-        sequence: 0,
+        sequence: req.sequence,
         allocation: req.allocation,
         role: VolumeRole::Leaf,
     };
@@ -188,7 +191,10 @@ pub fn info(dom: &Domain, img: &Uuid, vol: &Uuid) -> Result<VolumeInfo, StorageE
         parent: Uuid::parse(&md.parent).unwrap_or_else(|_| Uuid::blank()),
         description: md.description,
         disktype: md.disktype,
-        ctime: md.ctime,
+        ctime: Timestamp(md.ctime),
+        mtime: Timestamp(0),
+        pool: String::new(),
+        children: Vec::new(),
         legality: md.legality,
         generation: md.generation,
         sequence: md.sequence,
@@ -232,7 +238,23 @@ mod tests {
             description: "d".into(),
             legality: Legality::Legal,
             disktype: "DATA".into(),
+            sequence: 0,
         }
+    }
+
+    #[test]
+    fn sequence_is_set_at_creation_and_kept_by_metadata_writes() {
+        let (_t, d) = domain();
+        let img = Uuid::new_v4();
+        let mut req = new(&img, VolumeFormat::Raw, None);
+        req.sequence = 7;
+        create(&d, &req).unwrap();
+        let mut md = read_metadata(&d, &img, &req.vol).unwrap();
+        assert_eq!(md.sequence, 7);
+        md.legality = Legality::Illegal;
+        update_metadata(&d, &img, &req.vol, &mut md).unwrap();
+        let i = info(&d, &img, &req.vol).unwrap();
+        assert_eq!((i.sequence, i.legality), (7, Legality::Illegal));
     }
 
     #[test]
@@ -345,6 +367,8 @@ mod tests {
         );
         let ti = info(&d, &img, &top.vol).unwrap();
         assert_eq!(ti.parent, base.vol);
+        // Making the parent INTERNAL wrote its metadata: its sequence stayed.
+        assert_eq!(info(&d, &img, &base.vol).unwrap().sequence, 0);
         let out = Command::new("qemu-img")
             .args(["info", "--output=json"])
             .arg(d.backend.prepare(&img, &top.vol).unwrap().path())

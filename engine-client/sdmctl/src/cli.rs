@@ -15,6 +15,12 @@ pub struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Call the (first) agent over STOMP, VDSM's transport, on the same port (`stomp://` for
+    /// an `http://` agent, `stomps://` with mutual TLS for `https://`). An agent URL may also
+    /// say `stomp://HOST:PORT` or `stomps://HOST:PORT` itself. Jobs are then followed by
+    /// polling over STOMP; commands over several agents stay on HTTP.
+    #[arg(long, global = true, env = "SDM_STOMP")]
+    pub stomp: bool,
     /// CA certificate that signed the agents' certificates (mutual TLS, `https://` agents).
     #[arg(long, global = true, env = "SDM_CA")]
     pub ca: Option<PathBuf>,
@@ -120,6 +126,8 @@ pub enum DomainCmd {
     Detach { sd_id: String },
     /// Images of a domain.
     Images { sd_id: String },
+    /// A domain as VDSM describes it (StorageDomain.getInfo).
+    Info { sd_id: String },
     /// Leftovers and inconsistencies.
     Check { sd_id: String },
     /// Repair one finding of `domain check` (pass it as JSON, e.g. from `domain check --json`).
@@ -406,6 +414,10 @@ pub struct ResumeArgs {
     /// Operations driven at once (--watch).
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
+    /// Only forget operations that ended more than DAYS ago (a shared journal keeps them for
+    /// audit until then; unfinished ones are never touched). Fractions allowed.
+    #[arg(long, value_name = "DAYS", conflicts_with_all = ["list", "watch"])]
+    pub prune: Option<f64>,
     #[command(flatten)]
     pub j: JournalArgs,
 }

@@ -22,9 +22,10 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Resolves the global options; fails on a bad URL or incomplete TLS settings.
-    pub fn new(cli: &Cli) -> anyhow::Result<Ctx> {
-        let agents = if cli.agents.is_empty() {
+    /// Resolves the global options; fails on a bad URL or incomplete TLS settings, and, over
+    /// STOMP, when the agent cannot be reached.
+    pub async fn new(cli: &Cli) -> anyhow::Result<Ctx> {
+        let given = if cli.agents.is_empty() {
             vec![DEFAULT_AGENT.to_string()]
         } else {
             cli.agents.clone()
@@ -34,7 +35,14 @@ impl Ctx {
             tls: tls.clone(),
             ..Default::default()
         };
-        let client = AgentClient::with_options(&agents[0], opts)?;
+        let first = if cli.stomp {
+            stomp_url(&given[0])
+        } else {
+            given[0].clone()
+        };
+        let client = AgentClient::connect(&first, opts).await?;
+        // Pools (commands over several agents) speak HTTP, also to an agent named stomp://.
+        let agents = given.iter().map(|a| http_url(a)).collect();
         Ok(Ctx {
             agents,
             json: cli.json,
@@ -54,6 +62,30 @@ impl Ctx {
             opts,
             Box::new(LeastLoaded),
         )?))
+    }
+}
+
+/// The STOMP URL of an agent URL (`http://` → `stomp://`, `https://` → `stomps://`).
+fn stomp_url(url: &str) -> String {
+    if let Some(rest) = url.strip_prefix("https://") {
+        format!("stomps://{rest}")
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        format!("stomp://{rest}")
+    } else if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("stomp://{url}")
+    }
+}
+
+/// The HTTP URL of an agent URL (`stomp://` → `http://`, `stomps://` → `https://`).
+fn http_url(url: &str) -> String {
+    if let Some(rest) = url.strip_prefix("stomps://") {
+        format!("https://{rest}")
+    } else if let Some(rest) = url.strip_prefix("stomp://") {
+        format!("http://{rest}")
+    } else {
+        url.to_string()
     }
 }
 

@@ -117,6 +117,9 @@ pub async fn resume(ctx: &Ctx, args: ResumeArgs) -> anyhow::Result<Outcome> {
     if args.list {
         return list(json, &args).await;
     }
+    if let Some(days) = args.prune {
+        return prune(json, &args, days).await;
+    }
     let disks = Disks::new(ctx.pool()?, open_journal(&args.j).await?);
     if args.watch {
         return watch(&disks, json, args.interval, args.parallel).await;
@@ -136,6 +139,23 @@ pub async fn resume(ctx: &Ctx, args: ResumeArgs) -> anyhow::Result<Outcome> {
         .find(|o| !o.is_success())
         .unwrap_or(Outcome::Committed);
     Ok(worst)
+}
+
+/// `sdmctl resume --prune DAYS`.
+async fn prune(json: bool, args: &ResumeArgs, days: f64) -> anyhow::Result<Outcome> {
+    let older_than = std::time::Duration::try_from_secs_f64(days * 86_400.0)
+        .map_err(|_| anyhow::anyhow!("--prune: {days} is not a number of days"))?;
+    let journal = open_journal(&args.j).await?;
+    let n = journal.prune(older_than).await?;
+    if json {
+        println!("{}", serde_json::json!({ "pruned": n }));
+    } else {
+        println!(
+            "pruned {n} operations that ended more than {days} days ago from {}",
+            journal.location()
+        );
+    }
+    Ok(Outcome::Committed)
 }
 
 /// `sdmctl resume --list`: the file journal is read without taking its lock (an engine may be

@@ -76,6 +76,24 @@ pub async fn run(ctx: &Ctx, cmd: DomainCmd) -> anyhow::Result<()> {
             let l = c.api().get_images(sd).await.via(c)?;
             print(json, &l, |l| l.iter().for_each(|i| println!("{i}")))?;
         }
+        DomainCmd::Info { sd_id } => {
+            let sd = uuid(&sd_id, "sd id")?;
+            let i = c.api().get_domain_info(sd).await.via(c)?;
+            print(json, &i, |i| {
+                println!("uuid:       {}", i.uuid);
+                println!("name:       {}", i.name);
+                println!("type:       {} ({})", i.storage_type, i.kind);
+                println!("class/role: {}/{}", i.class, i.role);
+                println!("version:    {}", i.version);
+                println!("block size: {} (alignment {})", i.block_size, i.alignment);
+                if let Some(p) = &i.remote_path {
+                    println!("path:       {p}");
+                }
+                if let Some(v) = &i.vguuid {
+                    println!("vg uuid:    {v}");
+                }
+            })?;
+        }
         DomainCmd::Check { sd_id } => {
             let sd = uuid(&sd_id, "sd id")?;
             let l = c.api().check_domain(sd).await.via(c)?;

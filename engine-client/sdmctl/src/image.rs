@@ -45,7 +45,7 @@ pub async fn run(ctx: &Ctx, cmd: ImageCmd) -> anyhow::Result<()> {
                 )
                 .await
                 .via(c)?;
-            follow(c, json, &r.uuid, &wait).await?;
+            follow(c, json, &r, &wait).await?;
         }
         ImageCmd::Delete {
             sd_id,
@@ -68,7 +68,7 @@ pub async fn run(ctx: &Ctx, cmd: ImageCmd) -> anyhow::Result<()> {
                 )
                 .await
                 .via(c)?;
-            follow(c, json, &r.uuid, &wait).await?;
+            follow(c, json, &r, &wait).await?;
         }
     }
     Ok(())

@@ -31,6 +31,7 @@ use crate::cli::{Cli, Cmd};
 use crate::ctx::Ctx;
 
 fn main() -> ExitCode {
+    init_logging();
     sdm_client::journal::failpoints_from_env();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -49,8 +50,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// What the library notices on its own (a journal database connection lost and retried, a
+/// host marked down, a renewal that found its operation taken over) goes to stderr, beside the
+/// command's output. Warnings and errors by default; `SDMCTL_LOG` takes a tracing filter
+/// (`info`, `sdm_client=debug`, ...).
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SDMCTL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let ctx = Ctx::new(&cli)?;
+    let ctx = Ctx::new(&cli).await?;
     match cli.cmd {
         Cmd::Certs(c) => certs::run(ctx.json, c),
         Cmd::Host(h) => host::run(&ctx, h).await,

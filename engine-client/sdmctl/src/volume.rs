@@ -40,7 +40,9 @@ pub async fn run(ctx: &Ctx, cmd: VolumeCmd) -> anyhow::Result<()> {
                 Preallocation::Sparse
             };
             let desc = Description::parse(&description).map_err(anyhow::Error::msg)?;
-            c.api()
+            // The agent answers the id of a job registered as done (VDSM's task id).
+            let task = c
+                .api()
                 .create_volume(
                     sd,
                     img,
@@ -53,9 +55,11 @@ pub async fn run(ctx: &Ctx, cmd: VolumeCmd) -> anyhow::Result<()> {
                 )
                 .await
                 .via(c)?;
-            print(json, &serde_json::json!({"vol_id": vol}), |_| {
-                println!("{vol}")
-            })?;
+            print(
+                json,
+                &serde_json::json!({"vol_id": vol, "task_id": task}),
+                |_| println!("{vol}"),
+            )?;
         }
         VolumeCmd::Info {
             sd_id,

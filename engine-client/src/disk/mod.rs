@@ -138,6 +138,13 @@ impl Disks {
         events: &dyn EventSink,
     ) -> Result<OpReport, Error> {
         let volumes = self.read_source(image, sd, false).await?;
+        // The agent lists no volumes for an image it does not have (as VDSM).
+        if volumes.is_empty() {
+            return Err(Error::Api(ApiError::new(
+                ErrorCode::ImageDoesNotExistInSD,
+                format!("image {image} has no volumes on domain {sd}"),
+            )));
+        }
         let policy = MovePolicy {
             wipe: policy.wipe,
             discard: policy.discard,

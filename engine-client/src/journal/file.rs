@@ -273,6 +273,12 @@ impl JournalStore for FileStore {
             Ok((listed, entries))
         })
     }
+
+    fn prune(&self, _older_than: std::time::Duration) -> BoxFuture<'_, Result<u64, JournalError>> {
+        // Compaction already dropped every ended operation it came across; the ones since
+        // then go with the next compaction, whose timing bounds the file's length.
+        Box::pin(async { Ok(0) })
+    }
 }
 
 /// Writes `line` (the encoding of `rec`) at the end of the file and syncs it; compacts when an

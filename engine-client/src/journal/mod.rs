@@ -228,6 +228,12 @@ impl Journal {
         let (listed, entries) = self.shared.store.list().await?;
         Ok((listed, replay(&entries)))
     }
+
+    /// Forgets operations that ended more than `older_than` ago (see [`JournalStore::prune`]);
+    /// answers how many went.
+    pub async fn prune(&self, older_than: std::time::Duration) -> Result<u64, JournalError> {
+        self.shared.store.prune(older_than).await
+    }
 }
 
 #[cfg(test)]

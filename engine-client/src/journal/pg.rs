@@ -43,7 +43,7 @@ use tokio_postgres::{Client, Config};
 
 use super::error::JournalError;
 use super::options::JournalOptions;
-use super::pg_conn::{connect_error, db_once, db_retrying, describe, Conn, Fail};
+use super::pg_conn::{connect_error, db_once, db_retrying, describe, session_limits, Conn, Fail};
 use super::pg_schema::{migrate, MigrateError, SCHEMA_VERSION};
 use super::record::{Entry, Record};
 use super::store::{Claim, JournalStore, Listed, Listing, Stored};
@@ -125,6 +125,12 @@ impl PgStore {
             cfg.connect_timeout(opts.connect_timeout);
         }
         cfg.application_name("sdm-client");
+        let limits = session_limits(opts);
+        let options = match cfg.get_options() {
+            Some(given) if !given.is_empty() => format!("{given} {limits}"),
+            _ => limits,
+        };
+        cfg.options(&options);
         let location = location_of(&cfg);
         let conn = Conn::new(cfg, location.clone(), opts.clone());
         let mut client = conn
@@ -530,6 +536,10 @@ impl JournalStore for PgStore {
 
     fn list(&self) -> BoxFuture<'_, Result<Listing, JournalError>> {
         Box::pin(self.inner.list())
+    }
+
+    fn prune(&self, older_than: std::time::Duration) -> BoxFuture<'_, Result<u64, JournalError>> {
+        Box::pin(self.inner.prune(older_than))
     }
 }
 

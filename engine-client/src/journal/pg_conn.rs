@@ -40,11 +40,35 @@ impl From<JournalError> for Fail {
     }
 }
 
+/// Server-side limits every session of the journal runs under (the `options` startup
+/// parameter). The client-side timeout alone is not enough: an engine partitioned in the
+/// middle of a transaction leaves its session open on the server, holding the row locks of
+/// the operations it was updating, until TCP gives up (hours by default). Every other engine
+/// wanting to take those operations over would queue behind the locks. So a transaction left
+/// idle is ended by the server, a statement waiting on a lock gives up (and is retried), and
+/// no statement outlives the client's patience.
+pub(super) fn session_limits(opts: &JournalOptions) -> String {
+    let idle = (opts.lease / 2)
+        .min(opts.statement_timeout)
+        .max(Duration::from_secs(1));
+    format!(
+        "-c idle_in_transaction_session_timeout={} -c lock_timeout={} -c statement_timeout={}",
+        idle.as_millis(),
+        idle.as_millis(),
+        opts.statement_timeout.as_millis()
+    )
+}
+
 /// Server states worth another attempt: connection exceptions (class 08), the server shutting
-/// down or starting up (57P01..57P03), and transaction conflicts (40001, 40P01).
+/// down or starting up (57P01..57P03), transaction conflicts (40001, 40P01), and the
+/// server-side limits of [`session_limits`]: a lock held by a stalled session (55P03) or a
+/// statement cancelled by its timeout (57014).
 fn retryable(code: &SqlState) -> bool {
     code.code().starts_with("08")
         || [
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::QUERY_CANCELED,
+            SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
             SqlState::ADMIN_SHUTDOWN,
             SqlState::CRASH_SHUTDOWN,
             SqlState::CANNOT_CONNECT_NOW,

@@ -1,5 +1,5 @@
 //! The PostgreSQL journal's reads that take nothing up: what may be claimed, what holds an
-//! image, and the listing for inspection.
+//! image, the listing for inspection; and the pruning of ended operations.
 
 use sdm_proto::Uuid;
 use tokio_postgres::types::Json;
@@ -71,5 +71,31 @@ impl Inner {
         })?;
         let entries = recs.iter().map(|r| r.get::<_, Json<Entry>>(0).0).collect();
         Ok((ops.iter().map(listed).collect(), entries))
+    }
+
+    /// Deletes operations that ended before `older_than` ago (the database's clock) and their
+    /// records, in one transaction: an ended operation never changes again, so nobody can be
+    /// writing to what goes.
+    pub(super) async fn prune(&self, older_than: std::time::Duration) -> Result<u64, JournalError> {
+        let secs = older_than.as_secs_f64();
+        db_retrying!(&self.conn, "pruning ended operations", |c| {
+            let tx = c.transaction().await?;
+            tx.execute(
+                "DELETE FROM sdm.records r USING sdm.operations o
+                 WHERE r.op = o.op AND o.ended
+                   AND o.updated_at < now() - make_interval(secs => $1)",
+                &[&secs],
+            )
+            .await?;
+            let n = tx
+                .execute(
+                    "DELETE FROM sdm.operations
+                     WHERE ended AND updated_at < now() - make_interval(secs => $1)",
+                    &[&secs],
+                )
+                .await?;
+            tx.commit().await?;
+            Ok(n)
+        })
     }
 }

@@ -101,4 +101,10 @@ pub trait JournalStore: Send + Sync + std::fmt::Debug {
     /// Every unfinished operation with its owner, and the entries of all of them, for
     /// inspection (`sdmctl resume --list`); takes nothing up.
     fn list(&self) -> BoxFuture<'_, Result<Listing, JournalError>>;
+
+    /// Forgets operations that ended more than `older_than` ago, with their records, and
+    /// answers how many. Unfinished operations are never touched. A shared store keeps ended
+    /// operations for audit until pruned; the file drops them itself when it compacts, so
+    /// there is nothing older to forget there.
+    fn prune(&self, older_than: std::time::Duration) -> BoxFuture<'_, Result<u64, JournalError>>;
 }

@@ -12,18 +12,18 @@ use super::scalar::truncate_for_message;
 // ---------------------------------------------------------------------------------------------
 // Enumerations
 
-wire_enum! {
-    /// Volume format.
+coded_wire_enum! {
+    /// Volume format (VDSM's codes: 5 RAW, 4 COW).
     VolumeFormat { /// Raw bytes.
-        Raw = "RAW", /// qcow2.
-        Cow = "COW" }
+        Raw = "RAW" / 5, /// qcow2.
+        Cow = "COW" / 4 }
 }
 
-wire_enum! {
-    /// Allocation policy of a new volume.
+coded_wire_enum! {
+    /// Allocation policy of a new volume (VDSM's codes: 2 SPARSE, 1 PREALLOCATED).
     Preallocation { /// Thin: space is allocated on write.
-        Sparse = "SPARSE", /// All space is allocated at creation.
-        Preallocated = "PREALLOCATED" }
+        Sparse = "SPARSE" / 2, /// All space is allocated at creation.
+        Preallocated = "PREALLOCATED" / 1 }
 }
 
 wire_enum! {
@@ -45,17 +45,21 @@ wire_enum! {
 wire_enum! {
     /// Public job states.
     JobStatus { /// Registered, not started.
-        Pending = "pending", /// Running (also while an abort is being carried out).
-        Running = "running", /// Finished successfully.
+        Pending = "pending", /// Running.
+        Running = "running", /// Running, winding down after `Job.abort` (as VDSM reports it).
+        Aborting = "aborting", /// Finished successfully.
         Done = "done", /// Finished with an error.
         Failed = "failed", /// Stopped by `Job.abort`.
         Aborted = "aborted" }
 }
 
 impl JobStatus {
-    /// True for pending and running jobs.
+    /// True for pending, running and aborting jobs.
     pub fn is_active(self) -> bool {
-        matches!(self, JobStatus::Pending | JobStatus::Running)
+        matches!(
+            self,
+            JobStatus::Pending | JobStatus::Running | JobStatus::Aborting
+        )
     }
 }
 
@@ -65,6 +69,39 @@ wire_enum! {
     LeaseBackendName { /// OFD locks: one host only.
         Local = "local", /// sanlock: shared storage, several hosts.
         Sanlock = "sanlock" }
+}
+
+wire_enum! {
+    /// Content of a volume, as VDSM's `diskType` names it (written as DISKTYPE).
+    DiskType { /// Data disk.
+        Data = "DATA", /// ISO image.
+        Isof = "ISOF", /// Memory dump.
+        Memd = "MEMD", /// Memory metadata.
+        Memm = "MEMM", /// OVF store.
+        Ovfs = "OVFS", /// Hosted engine VM disk.
+        Hevd = "HEVD", /// Hosted engine sanlock disk.
+        Hesd = "HESD", /// Hosted engine metadata disk.
+        Hemd = "HEMD", /// Hosted engine configuration image.
+        Heci = "HECI", /// VM backup scratch disk.
+        Scrd = "SCRD", /// Data disk of engines before 4.2.
+        LegacyData = "2", /// Data disk written by virt-v2v.
+        LegacyV2vData = "1" }
+}
+
+wire_enum! {
+    /// State of a VDSM SPM task, as `Task.getStatus` reports a job.
+    TaskState { /// Pending or running.
+        Running = "running", /// Winding down after `Task.stop`.
+        Aborting = "aborting", /// Ended (see `taskResult`).
+        Finished = "finished" }
+}
+
+wire_enum! {
+    /// Result of a VDSM SPM task.
+    TaskResult { /// Still running.
+        None = "", /// Done.
+        Success = "success", /// Failed or stopped, and cleaned up.
+        CleanSuccess = "cleanSuccess" }
 }
 
 wire_enum! {

@@ -44,6 +44,89 @@ macro_rules! wire_enum {
     };
 }
 
+/// A [`wire_enum!`] that VDSM also sends as integer codes (`volFormat` 4/5, `preallocate` 1/2):
+/// decoded from its words or its codes, always encoded as words.
+macro_rules! coded_wire_enum {
+    ($(#[doc = $doc:literal])* $name:ident { $($(#[doc = $vdoc:literal])* $variant:ident = $text:literal / $code:literal),* $(,)? }) => {
+        $(#[doc = $doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ::serde::Serialize)]
+        pub enum $name {
+            $( $(#[doc = $vdoc])* #[serde(rename = $text)] $variant, )*
+        }
+
+        impl $name {
+            /// The wire spelling.
+            pub const fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)* }
+            }
+
+            /// VDSM's integer code.
+            pub const fn code(self) -> u64 {
+                match self { $($name::$variant => $code,)* }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<$name, String> {
+                match s {
+                    $($text => Ok($name::$variant),)*
+                    _ => Err(format!(concat!("invalid ", stringify!($name), " {:?}"), s)),
+                }
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+
+        impl ::schemars::JsonSchema for $name {
+            fn schema_name() -> ::std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn json_schema(_: &mut ::schemars::SchemaGenerator) -> ::schemars::Schema {
+                ::schemars::json_schema!({
+                    "description": concat!($(stringify!($name), " ", $text, " = VDSM code ", $code, "; "),*),
+                    "oneOf": [
+                        {"type": "string", "enum": [$($text),*]},
+                        {"type": "integer", "enum": [$($code),*]}
+                    ]
+                })
+            }
+        }
+
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<$name, D::Error> {
+                struct V;
+                impl ::serde::de::Visitor<'_> for V {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                        f.write_str(concat!($("\"", $text, "\" or ", $code, ", "),*))
+                    }
+                    fn visit_u64<E: ::serde::de::Error>(self, v: u64) -> Result<$name, E> {
+                        match v {
+                            $($code => Ok($name::$variant),)*
+                            _ => Err(E::custom(format!(concat!("invalid ", stringify!($name), " code {}"), v))),
+                        }
+                    }
+                    fn visit_i64<E: ::serde::de::Error>(self, v: i64) -> Result<$name, E> {
+                        match u64::try_from(v) {
+                            Ok(v) => self.visit_u64(v),
+                            Err(_) => Err(E::custom(format!(concat!("invalid ", stringify!($name), " code {}"), v))),
+                        }
+                    }
+                    fn visit_str<E: ::serde::de::Error>(self, v: &str) -> Result<$name, E> {
+                        v.parse().map_err(E::custom)
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+    };
+}
+
 mod enums;
 mod params;
 mod results;

@@ -69,10 +69,37 @@ pub struct Capabilities {
     pub lease_backends: Vec<String>,
     /// Attached storage domains.
     pub domains: Vec<Uuid>,
+    /// Logical CPUs (VDSM's field, a decimal string).
+    #[serde(
+        rename = "cpuThreads",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu_threads: Option<String>,
+    /// Online logical CPUs, e.g. "0,1,2,3" (VDSM's field).
+    #[serde(
+        rename = "onlineCpus",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub online_cpus: Option<String>,
+    /// Memory installed, MiB (VDSM's field, a decimal string).
+    #[serde(rename = "memSize", default, skip_serializing_if = "Option::is_none")]
+    pub mem_size: Option<String>,
+    /// The running kernel's command line (VDSM's field).
+    #[serde(
+        rename = "kernelArgs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub kernel_args: Option<String>,
+    /// Storage domain format versions this agent serves (VDSM's field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_versions: Option<Vec<u32>>,
 }
 
 /// `Host.getStats` result: what a scheduler needs to pick a host.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct HostStats {
     /// Jobs running now.
     pub jobs_running: u64,
@@ -90,6 +117,31 @@ pub struct HostStats {
     pub rss_bytes: u64,
     /// Open file descriptors of the agent.
     pub open_fds: u64,
+    /// Load average over one minute (VDSM's field, a decimal string).
+    #[serde(rename = "cpuLoad", default, skip_serializing_if = "Option::is_none")]
+    pub cpu_load: Option<String>,
+    /// Memory available, MiB (VDSM's field).
+    #[serde(rename = "memFree", default, skip_serializing_if = "Option::is_none")]
+    pub mem_free: Option<u64>,
+    /// Memory in use, percent (VDSM's field, a decimal string).
+    #[serde(rename = "memUsed", default, skip_serializing_if = "Option::is_none")]
+    pub mem_used: Option<String>,
+    /// Swap space, MiB (VDSM's field).
+    #[serde(rename = "swapTotal", default, skip_serializing_if = "Option::is_none")]
+    pub swap_total: Option<u64>,
+    /// Free swap space, MiB (VDSM's field).
+    #[serde(rename = "swapFree", default, skip_serializing_if = "Option::is_none")]
+    pub swap_free: Option<u64>,
+    /// Seconds since the agent started (VDSM's field, a decimal string).
+    #[serde(
+        rename = "elapsedTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub elapsed_time: Option<String>,
+    /// When the host booted, seconds since the epoch (VDSM's field, a decimal string).
+    #[serde(rename = "bootTime", default, skip_serializing_if = "Option::is_none")]
+    pub boot_time: Option<String>,
 }
 
 /// `StorageDomain.list` entry.
@@ -120,7 +172,7 @@ pub struct AttachResult {
     pub sd_id: Uuid,
 }
 
-/// `Image.move` / `Image.delete` / `StorageDomain.fix` result.
+/// `StorageDomain.fix` result.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TaskRef {
     /// The job that carries the work.
@@ -168,8 +220,17 @@ pub struct VolumeInfo {
     pub description: String,
     /// Disk type (DATA, ...).
     pub disktype: String,
-    /// Creation time, seconds since the epoch.
-    pub ctime: u64,
+    /// Creation time, seconds since the epoch (a decimal string, as VDSM sends it).
+    pub ctime: Timestamp,
+    /// Always "0" (VDSM still sends this deprecated field).
+    #[serde(default)]
+    pub mtime: Timestamp,
+    /// Always "" (VDSM still sends this deprecated field).
+    #[serde(default)]
+    pub pool: String,
+    /// Always empty (VDSM never fills it).
+    #[serde(default)]
+    pub children: Vec<Uuid>,
     /// LEGAL, ILLEGAL or FAKE.
     pub legality: Legality,
     /// Generation 0–999.
@@ -180,6 +241,129 @@ pub struct VolumeInfo {
     pub status: String,
     /// Volume lease.
     pub lease: LeaseInfo,
+}
+
+/// What `Volume.getInfo` sends for a volume whose metadata cannot be read, as VDSM does:
+/// status INVALID, sizes "0", no other field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct InvalidVolumeInfo {
+    /// "0".
+    pub apparentsize: Size,
+    /// "0".
+    pub truesize: Size,
+    /// "INVALID".
+    pub status: String,
+    /// Always empty.
+    pub children: Vec<Uuid>,
+}
+
+impl InvalidVolumeInfo {
+    /// The answer for an unreadable volume.
+    pub fn new() -> InvalidVolumeInfo {
+        InvalidVolumeInfo {
+            apparentsize: Size(0),
+            truesize: Size(0),
+            status: "INVALID".into(),
+            children: Vec::new(),
+        }
+    }
+}
+
+impl Default for InvalidVolumeInfo {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `Volume.getInfo` result on the wire: the volume's info, or VDSM's INVALID answer when its
+/// metadata cannot be read. sdm's typed client decodes only the first (the second is then a
+/// decoding error).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum VolumeInfoReply {
+    /// The volume's info.
+    Info(Box<VolumeInfo>),
+    /// The metadata cannot be read.
+    Invalid(InvalidVolumeInfo),
+}
+
+/// `StorageDomain.getInfo` result: the domain as VDSM describes it, from its metadata.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StorageDomainInfo {
+    /// Domain id.
+    pub uuid: Uuid,
+    /// Storage type (`LOCALFS`, `POSIXFS`, `NFS`, ..., or `FCP`/`ISCSI` for block domains).
+    #[serde(rename = "type")]
+    pub storage_type: String,
+    /// `Data`.
+    pub class: String,
+    /// The domain's name (its description).
+    pub name: String,
+    /// `Regular` or `Master`.
+    pub role: String,
+    /// Storage pools the metadata names (sdm has none of its own: usually empty).
+    pub pool: Vec<String>,
+    /// Format version, a decimal string ("5").
+    pub version: String,
+    /// Sector size, bytes.
+    pub block_size: u64,
+    /// Lease alignment, bytes.
+    pub alignment: u64,
+    /// File domains: the directory that holds the domain directory.
+    #[serde(
+        rename = "remotePath",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub remote_path: Option<String>,
+    /// Block domains: the volume group's UUID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vguuid: Option<String>,
+    /// Block domains: the device holding the metadata volume.
+    #[serde(
+        rename = "metadataDevice",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub metadata_device: Option<String>,
+    /// Block domains: the device holding the volume group's metadata.
+    #[serde(
+        rename = "vgMetadataDevice",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub vg_metadata_device: Option<String>,
+    /// sdm's kind of domain ("file" or "block").
+    #[serde(default)]
+    pub kind: String,
+}
+
+/// `Task.getStatus` result: a job seen as one of VDSM's SPM tasks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskStatus {
+    /// The job's id.
+    #[serde(rename = "taskID")]
+    pub task_id: Uuid,
+    /// running (also pending), aborting or finished.
+    #[serde(rename = "taskState")]
+    pub task_state: TaskState,
+    /// "" until finished; success, or cleanSuccess for a failed or stopped job.
+    #[serde(rename = "taskResult")]
+    pub task_result: TaskResult,
+    /// 0, or the job's error code.
+    pub code: i32,
+    /// What the task is doing, or the job's error message.
+    pub message: String,
+}
+
+/// `Task.getInfo` result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskInfo {
+    /// The job's id.
+    pub id: Uuid,
+    /// The VDSM verb the job carries out (`moveImage`, `deleteImage`, `createVolume`), or the
+    /// job's description.
+    pub verb: String,
 }
 
 /// A `StorageDomain.check` finding; send it back unchanged to `StorageDomain.fix`.
@@ -196,3 +380,7 @@ pub struct Fix {
 
 /// Result map of `Host.getJobs`.
 pub type JobMap = BTreeMap<Uuid, JobInfo>;
+
+/// Result map of `Host.getAllTasksStatuses`: the status of every job that was answered as a
+/// task id, by that id.
+pub type TaskStatusMap = BTreeMap<Uuid, TaskStatus>;

@@ -355,6 +355,36 @@ impl JsonSchema for Capacity {
     }
 }
 
+/// A time in seconds since the epoch, sent as a decimal string as VDSM sends `ctime` and
+/// `mtime`; accepted as an integer or a decimal string.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub u64);
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        Size::deserialize(d).map(|s| Timestamp(s.0))
+    }
+}
+
+impl JsonSchema for Timestamp {
+    fn schema_name() -> Cow<'static, str> {
+        "Timestamp".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "Seconds since the epoch, as a decimal string",
+            "type": "string",
+            "pattern": "^[0-9]{1,19}$"
+        })
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Generation
 
