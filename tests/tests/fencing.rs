@@ -678,7 +678,7 @@ async fn a_volume_deleted_and_created_again_on_the_same_host() {
             .await
             .via(&ca)
             .unwrap();
-        let done = wait_job(&ca, &t.uuid).await;
+        let done = wait_job(&ca, &t).await;
         assert_eq!(done.status, JobStatus::Done, "round {round}: {done:?}");
         ca.api()
             .create_volume(

@@ -720,7 +720,7 @@ async fn a_killed_creation_is_collected_at_restart_and_deleted_with_its_image() 
             .await
             .via(&c)
             .unwrap();
-        let done = wait_job(&c, &t.uuid).await;
+        let done = wait_job(&c, &t).await;
         assert_eq!(done.status, JobStatus::Done, "{done:?}");
     }
     assert!(!dir1.exists() && !dir2.exists());
