@@ -145,6 +145,60 @@ async fn a_volume_deleted_and_created_again_on_the_same_host() {
     }
 }
 
+/// A create refused after its lease was made and taken (qemu-img refuses the size) leaves
+/// nothing: no half-made volume for `StorageDomain.check` to report. Its lease file goes before
+/// its sanlock lease is released, so the same host can create that volume right after and
+/// take its new lease.
+#[tokio::test]
+async fn a_refused_create_leaves_no_half_made_volume() {
+    if !sanlock_or_skip("a_refused_create_leaves_no_half_made_volume") {
+        return;
+    }
+    let h = TwoHosts::start("refused", &[], &[]).await;
+    let ca = h.a.agent.client();
+    let v = new_volume(&ca, &h.sd, MIB, VolumeFormat::Raw).await;
+    let (img, vol) = (v.img.clone(), uuid());
+    let create = |capacity: u64| {
+        let (ca, sd, img, vol, parent) = (&ca, &h.sd, &img, &vol, &v.vol);
+        async move {
+            ca.api()
+                .create_volume(
+                    sd.clone(),
+                    img.clone(),
+                    vol.clone(),
+                    Capacity(Size(capacity)),
+                    VolumeFormat::Cow,
+                    Preallocation::Sparse,
+                    Some(parent.clone()),
+                    None,
+                )
+                .await
+                .via(ca)
+        }
+    };
+    create(1 << 60)
+        .await
+        .expect_err("qemu-img refuses the size");
+    let names: Vec<String> = std::fs::read_dir(v.path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(vol.as_str()))
+        .collect();
+    assert!(names.is_empty(), "a refused create left {names:?}");
+    let fixes = ca.api().check_domain(h.sd.clone()).await.via(&ca).unwrap();
+    assert!(fixes.is_empty(), "{fixes:?}");
+
+    create(MIB).await.expect("created after the refusal");
+    let child = Vol {
+        sd: h.sd.clone(),
+        img: img.clone(),
+        vol: vol.clone(),
+        path: v.path.with_file_name(vol.as_str()),
+    };
+    let r = update_volume(&ca, child.vref(Some(0)), description("taken again")).await;
+    assert_eq!(r.status, JobStatus::Done, "{r:?}");
+}
+
 /// A deletion whose removal was killed half-way can leave a volume's `.meta` in the
 /// `_remove_me_` directory after its `.lease` is gone: finishing it must not need that lease.
 #[tokio::test]

@@ -300,6 +300,27 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_create_leaves_nothing_and_the_volume_can_be_created_after() {
+        let (_t, d) = domain();
+        let img = Uuid::new_v4();
+        let mut req = new(&img, VolumeFormat::Cow, None);
+        // qemu-img refuses a qcow2 this large (after the lease was made and taken).
+        req.capacity = 1 << 60;
+        assert!(create(&d, &req).is_err());
+        let dir = d.backend.path().join("images").join(img.as_str());
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "a refused create left {left:?}");
+        assert!(d.backend.half_made_volume_leases(&img).unwrap().is_empty());
+
+        req.capacity = 1 << 20;
+        create(&d, &req).unwrap();
+        assert_eq!(info(&d, &img, &req.vol).unwrap().capacity.0, 1 << 20);
+    }
+
+    #[test]
     fn create_takes_over_a_half_made_volume_only_with_its_lease_free() {
         let (_t, d) = domain();
         let img = Uuid::new_v4();

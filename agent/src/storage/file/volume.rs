@@ -71,16 +71,40 @@ pub fn create(
         tracing::info!(sd_id = %sd_id, vol_id = %c.vol, files = ?stale, "taking over a half-made volume whose creator is gone");
     }
     if let Err(e) = create_data(img_dir, &paths, c) {
-        let _ = fs::remove_file(&paths.data);
+        abandon(&paths, lease);
         return Err(e);
     }
     lease.verify()?;
-    store_metadata(&paths, c.md)?;
+    if let Err(e) = store_metadata(&paths, c.md) {
+        // No `.meta` (the write is atomic): the volume never existed, so nothing of it stays.
+        if !exists(&paths.meta) {
+            abandon(&paths, lease);
+        }
+        return Err(e);
+    }
     durable::sync_dir(img_dir)?;
     if let Err(e) = lease.release() {
         tracing::warn!(vol_id = %c.vol, error = %e, "releasing a new volume's lease failed");
     }
     Ok(())
+}
+
+/// Removes what a refused creation made — its data, then its lease file — while still
+/// holding the lease, then releases it: a refused `Volume.create` leaves no half-made volume
+/// behind (nothing would report it as anything but an orphan). The lease file goes before the
+/// release, so no other creator can take this lease and start on files we then remove; one
+/// that comes meanwhile makes a new lease file and works on its own.
+fn abandon(paths: &VolumePaths, lease: Lease) {
+    for p in [&paths.data, &paths.lease] {
+        if let Err(e) = fs::remove_file(p) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %p.display(), error = %e, "removing a refused creation's file failed; it stays as an orphan");
+            }
+        }
+    }
+    if let Err(e) = lease.release() {
+        tracing::warn!(path = %paths.lease.display(), error = %e, "releasing a refused creation's lease failed");
+    }
 }
 
 /// Makes `<vol>.lease` a valid lease unless it exists: initialized in a temporary file of this
