@@ -10,7 +10,9 @@
 //! The temporary file's name is unique per write (host id, pid, random: [`temp_path`]). With
 //! one shared name, two hosts writing the same file would truncate each other's temporary file
 //! and one of them could rename a half-written or empty file into place. A writer that dies
-//! leaves its temporary file behind; garbage collection removes old ones ([`is_temp_name`]).
+//! leaves its temporary file behind; garbage collection removes those of this host's dead
+//! writers at once ([`left_by_dead_writer_of_this_host`]) and other hosts' once they are old
+//! ([`is_temp_name`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -119,23 +121,67 @@ pub fn temp_path(path: &Path) -> PathBuf {
 /// Whether `name` is a temporary file name [`temp_path`] makes (and no other name): the part
 /// after [`TEMP_MARK`] is `h<digits>-p<digits>-<16 hex digits>`.
 pub fn is_temp_name(name: &str) -> bool {
-    let Some(at) = name.rfind(TEMP_MARK) else {
-        return false;
-    };
-    if at == 0 {
-        return false;
-    }
+    temp_name_parts(name).is_some()
+}
+
+/// The host id and pid digits of a temporary file name of [`temp_path`].
+fn temp_name_parts(name: &str) -> Option<(&str, &str)> {
+    let at = name.rfind(TEMP_MARK).filter(|at| *at > 0)?;
     let mut parts = name[at + TEMP_MARK.len()..].split('-');
-    let digits = |s: &str, prefix: char| {
+    let digits = |s: &'_ str, prefix: char| -> bool {
         s.strip_prefix(prefix)
             .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
     };
-    matches!(
-        (parts.next(), parts.next(), parts.next(), parts.next()),
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
         (Some(h), Some(p), Some(r), None)
-            if digits(h, 'h') && digits(p, 'p') && r.len() == 16
-                && r.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    )
+            if digits(h, 'h')
+                && digits(p, 'p')
+                && r.len() == 16
+                && r.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) =>
+        {
+            Some((&h[1..], &p[1..]))
+        }
+        _ => None,
+    }
+}
+
+/// The writer a temporary file name of [`temp_path`] names: (host id, pid).
+pub fn temp_writer(name: &str) -> Option<(u64, u32)> {
+    let (h, p) = temp_name_parts(name)?;
+    Some((h.parse().ok()?, p.parse().ok()?))
+}
+
+/// Whether `name` is a temporary file that a dead writer of this host left: it names this
+/// host's id (as [`set_writer_host`] set it), a pid other than this process's, and no process
+/// with that pid exists now.
+///
+/// Only this host can tell that its own writers are dead, and it can tell at once: one agent
+/// runs per host id (a sanlock host id belongs to one host, and a local domain has one host),
+/// so another pid of this host id is an earlier incarnation of this agent. Files of other
+/// hosts wait for garbage collection's age rule (`storage::file::layout`). A
+/// pid that exists (reused by another process, or a second agent wrongly given this host id)
+/// keeps the file until that rule too; and should a live writer's file be removed anyway, its
+/// rename fails and the target stays whole.
+pub fn left_by_dead_writer_of_this_host(name: &str) -> bool {
+    let host = WRITER_HOST.load(Ordering::Relaxed);
+    host != 0
+        && temp_writer(name)
+            .is_some_and(|(h, pid)| h == host && pid != std::process::id() && process_gone(pid))
+}
+
+/// Whether no process with id `pid` exists (in this pid namespace) now.
+fn process_gone(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        // 0 and negative ids name process groups in kill(2), not a process.
+        return false;
+    }
+    // SAFETY: signal 0 delivers nothing: kill(2) only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
 /// Atomically and durably replaces `path` with `data` (mode 0660 for new files).
@@ -164,6 +210,12 @@ pub fn replace(path: &Path, data: &[u8]) -> Result<(), DurableError> {
         // Ours alone, so removing it cannot hurt another writer.
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
+    }
+    #[cfg(feature = "failpoints")]
+    if let Some(Some(pause)) = fail::eval("sdm::durable::before_rename", |arg| {
+        injected_pause(data, arg)
+    }) {
+        std::thread::sleep(pause);
     }
     if let Err(source) = std::fs::rename(&tmp, path) {
         let _ = std::fs::remove_file(&tmp);
@@ -320,6 +372,27 @@ fn injected_dir_sync(data: &[u8], arg: Option<String>) -> Option<io::Error> {
     Some(injected_io(Some(errno)))
 }
 
+/// `sdm::durable::before_rename`: `return(MS)` holds every write for MS milliseconds between
+/// its synced temporary file and the rename; `return(MS:TEXT)` only writes whose content holds
+/// TEXT (a test kills the writer there, leaving its temporary file behind).
+#[cfg(feature = "failpoints")]
+fn injected_pause(data: &[u8], arg: Option<String>) -> Option<std::time::Duration> {
+    let arg = arg.unwrap_or_default();
+    let (ms, only) = match arg.split_once(':') {
+        Some((ms, text)) => (ms, Some(text)),
+        None => (arg.as_str(), None),
+    };
+    if let Some(text) = only {
+        if !data
+            .windows(text.len().max(1))
+            .any(|w| w == text.as_bytes())
+        {
+            return None;
+        }
+    }
+    ms.trim().parse().ok().map(std::time::Duration::from_millis)
+}
+
 #[cfg(feature = "failpoints")]
 fn injected(path: &Path, arg: Option<String>) -> DurableError {
     DurableError::Write {
@@ -371,6 +444,54 @@ mod tests {
             "x.sdm-tmp-h1-px-0123456789abcdef",
         ] {
             assert!(!is_temp_name(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn dead_writers_of_this_host_are_told_from_live_ones_and_other_hosts() {
+        // The same host id as the other tests of this process that set one.
+        set_writer_host(7);
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let name =
+            |host: u64, pid: u32| format!("v.meta{TEMP_MARK}h{host}-p{pid}-0123456789abcdef");
+        assert_eq!(temp_writer(&name(7, dead)), Some((7, dead)));
+        assert!(left_by_dead_writer_of_this_host(&name(7, dead)));
+        assert!(
+            !left_by_dead_writer_of_this_host(&name(8, dead)),
+            "another host's writer: only that host can tell"
+        );
+        assert!(
+            !left_by_dead_writer_of_this_host(&name(7, std::process::id())),
+            "this process's own writes"
+        );
+        let live = Reaped(
+            std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .unwrap(),
+        );
+        assert!(
+            !left_by_dead_writer_of_this_host(&name(7, live.0.id())),
+            "a live process with that pid"
+        );
+        for odd in [
+            "v.meta.new",
+            "v.meta.sdm-tmp-h7-p0-0123456789abcdef",
+            "v.meta.sdm-tmp-h7-p99999999999-0123456789abcdef",
+        ] {
+            assert!(!left_by_dead_writer_of_this_host(odd), "{odd}");
+        }
+    }
+
+    /// Kills and reaps the child when dropped (also when an assertion fails).
+    struct Reaped(std::process::Child);
+
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
     }
 

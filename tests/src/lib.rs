@@ -213,6 +213,17 @@ impl AgentProc {
         self.spawn();
     }
 
+    /// Stops the agent with SIGTERM, as a service manager restarting it does, and starts it
+    /// again on the same state directory and address (its start-up garbage collection runs).
+    pub fn restart_gracefully(&mut self) {
+        let addr = self.addr.to_string();
+        if self.child.is_some() {
+            let (status, _) = self.terminate();
+            assert!(status.success(), "sdm-agent stopped with {status}");
+        }
+        self.spawn_on(&addr);
+    }
+
     /// Starts the agent again on the same state directory and the same address, so that
     /// clients holding its URL reach it again (after a kill).
     pub fn restart_same_port(&mut self) {

@@ -226,9 +226,25 @@ impl PgServer {
 
     /// A connection for checks and set-up (its driver task runs on the current runtime).
     pub async fn client(&self, db: &str) -> tokio_postgres::Client {
-        let (c, conn) = tokio_postgres::connect(&self.url_for(db), tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("connect to test database {db}: {e}"));
+        // A loaded machine may still answer "the database system is starting up" (57P03)
+        // after the server logged that it is ready.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (c, conn) = loop {
+            match tokio_postgres::connect(&self.url_for(db), tokio_postgres::NoTls).await {
+                Ok(c) => break c,
+                Err(e)
+                    if e.code() == Some(&tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW)
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!(
+                    "connect to test database {db}: {e}: {:?}\n{}",
+                    e.as_db_error(),
+                    self.log_text()
+                ),
+            }
+        };
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -341,6 +357,10 @@ struct RelayState {
     /// Bumped by `sever`: pumps of older connections stop.
     generation: AtomicU64,
     conns: Mutex<Vec<TcpStream>>,
+    /// Bytes that freeze the relay when a client sends them ([`TcpRelay::freeze_when_sent`]).
+    trap: Mutex<Option<Vec<u8>>>,
+    /// Set when the trap caught a chunk (held, not forwarded, until `thaw`).
+    trapped: AtomicBool,
 }
 
 impl TcpRelay {
@@ -353,6 +373,8 @@ impl TcpRelay {
             closed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             conns: Mutex::new(Vec::new()),
+            trap: Mutex::new(None),
+            trapped: AtomicBool::new(false),
         });
         let st = state.clone();
         std::thread::spawn(move || {
@@ -370,12 +392,16 @@ impl TcpRelay {
                     conns.push(client.try_clone().unwrap());
                     conns.push(upstream.try_clone().unwrap());
                 }
-                for (from, to) in [
-                    (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
-                    (upstream, client),
+                for (from, to, from_client) in [
+                    (
+                        client.try_clone().unwrap(),
+                        upstream.try_clone().unwrap(),
+                        true,
+                    ),
+                    (upstream, client, false),
                 ] {
                     let st = st.clone();
-                    std::thread::spawn(move || pump(from, to, &st, generation));
+                    std::thread::spawn(move || pump(from, to, &st, generation, from_client));
                 }
             }
         });
@@ -385,6 +411,19 @@ impl TcpRelay {
     /// Holds every byte in both directions, on open and new connections, until `thaw`.
     pub fn freeze(&self) {
         self.state.frozen.store(true, Ordering::SeqCst);
+    }
+
+    /// Freezes the relay as soon as a client sends a chunk holding `bytes`, before that chunk
+    /// reaches the server: a partition at a chosen point of the client's conversation (say,
+    /// inside a transaction, between two statements). [`TcpRelay::trapped`] tells when it hit.
+    pub fn freeze_when_sent(&self, bytes: &[u8]) {
+        self.state.trapped.store(false, Ordering::SeqCst);
+        *self.state.trap.lock().unwrap() = Some(bytes.to_vec());
+    }
+
+    /// Whether the trap of [`TcpRelay::freeze_when_sent`] froze the relay.
+    pub fn trapped(&self) -> bool {
+        self.state.trapped.load(Ordering::SeqCst)
     }
 
     /// Lets bytes through again.
@@ -411,7 +450,13 @@ impl Drop for TcpRelay {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, st: &RelayState, generation: u64) {
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    st: &RelayState,
+    generation: u64,
+    from_client: bool,
+) {
     let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
     let mut buf = vec![0u8; 64 << 10];
     let live = || st.generation.load(Ordering::SeqCst) == generation;
@@ -429,6 +474,17 @@ fn pump(mut from: TcpStream, mut to: TcpStream, st: &RelayState, generation: u64
             }
             Err(_) => break,
         };
+        if from_client {
+            let mut trap = st.trap.lock().unwrap();
+            let hit = trap.as_ref().is_some_and(|t| {
+                !t.is_empty() && buf[..n].windows(t.len()).any(|w| w == t.as_slice())
+            });
+            if hit {
+                *trap = None;
+                st.frozen.store(true, Ordering::SeqCst);
+                st.trapped.store(true, Ordering::SeqCst);
+            }
+        }
         while st.frozen.load(Ordering::SeqCst) && live() {
             std::thread::sleep(Duration::from_millis(20));
         }

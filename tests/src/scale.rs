@@ -99,21 +99,7 @@ pub async fn sanlock_cluster(n: usize) -> SanlockCluster {
         }
     });
     futures::future::join_all(attaches).await;
-    for a in &agents {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let caps = a.client().api().get_capabilities().await.via(&a.client());
-            if caps.is_ok_and(|c| c.domains.contains(&sd1) && c.domains.contains(&sd2)) {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "agent {} sees both domains",
-                a.url
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    wait_for_domains(&agents, &sd1, &sd2).await;
     SanlockCluster {
         cluster: Cluster {
             agents,
@@ -124,6 +110,51 @@ pub async fn sanlock_cluster(n: usize) -> SanlockCluster {
         },
         daemons,
         _root: root,
+    }
+}
+
+/// Waits until every agent has both domains attached.
+async fn wait_for_domains(agents: &[AgentProc], sd1: &Uuid, sd2: &Uuid) {
+    for a in agents {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let caps = a.client().api().get_capabilities().await.via(&a.client());
+            if caps.is_ok_and(|c| c.domains.contains(sd1) && c.domains.contains(sd2)) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "agent {} sees both domains",
+                a.url
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Restarts every agent once (SIGTERM, then start), as an operator restarting the service
+/// would, so that each collects what its killed incarnations left (start-up garbage
+/// collection), and waits until they are back with both domains and idle.
+pub async fn restart_agents(cluster: &mut Cluster) {
+    std::thread::scope(|s| {
+        for a in cluster.agents.iter_mut() {
+            s.spawn(move || a.restart_gracefully());
+        }
+    });
+    wait_for_domains(&cluster.agents, &cluster.sd1, &cluster.sd2).await;
+    // Garbage collection may have started wipes of deletion leftovers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while cluster
+        .jobs()
+        .await
+        .iter()
+        .any(|(_, j)| j.status.is_active())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agents still busy after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -206,8 +237,12 @@ pub struct Audit {
     pub moved_twice: Vec<String>,
     /// Operations that submitted a source deletion before their commit.
     pub deleted_before_commit: Vec<String>,
-    /// Findings of `StorageDomain.check` after the run (leftovers).
+    /// Findings of `StorageDomain.check` after the run and after every agent restarted once
+    /// (leftovers that garbage collection at start-up did not remove).
     pub leftovers: Vec<String>,
+    /// Findings of `StorageDomain.check` before the restart: what the running agents left for
+    /// their next start-up garbage collection (reported, not a failure).
+    pub leftovers_before_restart: Vec<String>,
     /// Journal: operations committed, rolled back, other.
     pub ops_committed: i64,
     /// Operations rolled back.
@@ -216,6 +251,73 @@ pub struct Audit {
     pub ops_unfinished: i64,
     /// Sum of takeovers.
     pub takeovers: i64,
+}
+
+/// What the moves that are not done are at, for a run that did not finish: the work table's
+/// row, each operation's owner and records, and the image's files on both domains.
+pub async fn pending_report(db: &tokio_postgres::Client, cluster: &Cluster) -> String {
+    let rows = db
+        .query(
+            "SELECT q.image::text, q.state, q.tries, coalesce(q.note, ''), coalesce(q.taken_by, '')
+             FROM scale.queue q
+             WHERE NOT EXISTS (SELECT 1 FROM sdm.operations o
+                               WHERE o.image = q.image AND o.outcome = 'committed')
+                OR EXISTS (SELECT 1 FROM sdm.operations o WHERE o.image = q.image AND NOT o.ended)",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("{e}"));
+    let rows = match rows {
+        Ok(r) => r,
+        Err(e) => return format!("(no report: {e})"),
+    };
+    let mut out = String::new();
+    for r in rows {
+        let img: String = r.get(0);
+        out.push_str(&format!(
+            "image {img}: queue state {} (by {:?}), tries {}, note {:?}\n",
+            r.get::<_, String>(1),
+            r.get::<_, String>(4),
+            r.get::<_, i32>(2),
+            r.get::<_, String>(3)
+        ));
+        let ops = db
+            .query(
+                "SELECT o.op::text, o.owner, o.epoch, o.ended, coalesce(o.outcome, ''), o.takeovers,
+                        (SELECT string_agg(r.entry->'rec'->>'type' ||
+                                coalesce(' ' || (r.entry->'rec'->'error')::text, '') ||
+                                coalesce(' ' || (r.entry->'rec'->>'reason'), ''), ', ' ORDER BY r.seq)
+                         FROM sdm.records r WHERE r.op = o.op)
+                 FROM sdm.operations o WHERE o.image = $1::text::uuid",
+                &[&img],
+            )
+            .await
+            .unwrap_or_default();
+        for o in ops {
+            out.push_str(&format!(
+                "  op {} owner {} epoch {} ended {} outcome {:?} takeovers {}: {}\n",
+                o.get::<_, String>(0),
+                o.get::<_, String>(1),
+                o.get::<_, i64>(2),
+                o.get::<_, bool>(3),
+                o.get::<_, String>(4),
+                o.get::<_, i32>(5),
+                o.get::<_, Option<String>>(6).unwrap_or_default()
+            ));
+        }
+        for dir in [&cluster.dir1, &cluster.dir2] {
+            let mut files: Vec<String> = std::fs::read_dir(dir.join("images").join(&img))
+                .map(|rd| {
+                    rd.filter_map(Result::ok)
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            files.sort();
+            out.push_str(&format!("  {}: {files:?}\n", dir.display()));
+        }
+    }
+    out
 }
 
 /// True when every volume of `disk` is in `dir` as its image, LEGAL, with its bytes.
@@ -227,8 +329,14 @@ fn intact(dir: &Path, disk: &TestDisk) -> bool {
     })
 }
 
-/// Audits the journal database `db` and the domains of `cluster` for `disks`.
-pub async fn audit(db: &tokio_postgres::Client, cluster: &Cluster, disks: &[TestDisk]) -> Audit {
+/// Audits the journal database `db` and the domains of `cluster` for `disks`. The domains
+/// are checked after every agent restarted once ([`restart_agents`]): "no leftovers after GC"
+/// means after the garbage collection a deployment runs.
+pub async fn audit(
+    db: &tokio_postgres::Client,
+    cluster: &mut Cluster,
+    disks: &[TestDisk],
+) -> Audit {
     let mut a = Audit::default();
     let row = db
         .query_one(
@@ -291,7 +399,16 @@ pub async fn audit(db: &tokio_postgres::Client, cluster: &Cluster, disks: &[Test
                 .push(format!("{}: {n} committed operations", d.img));
         }
     }
+    a.leftovers_before_restart = check_domains(cluster).await;
+    restart_agents(cluster).await;
+    a.leftovers = check_domains(cluster).await;
+    a
+}
+
+/// `StorageDomain.check` of both domains, one line per finding.
+async fn check_domains(cluster: &Cluster) -> Vec<String> {
     let c: AgentClient = cluster.live_client();
+    let mut out = Vec::new();
     for sd in [&cluster.sd1, &cluster.sd2] {
         let fixes = c
             .api()
@@ -299,11 +416,11 @@ pub async fn audit(db: &tokio_postgres::Client, cluster: &Cluster, disks: &[Test
             .await
             .via(&c)
             .expect("check");
-        a.leftovers.extend(
+        out.extend(
             fixes
                 .iter()
                 .map(|f| format!("{sd}: {}", serde_json::to_string(f).unwrap_or_default())),
         );
     }
-    a
+    out
 }

@@ -189,3 +189,62 @@ pub async fn update_volume(c: &AgentClient, r: VolumeRef, attrs: VolumeAttribute
         .unwrap();
     wait_job(c, &job).await
 }
+
+/// The temporary metadata files (`<vol>.meta.sdm-tmp-h<host>-p<pid>-…`) of volume `vol` in
+/// image directory `img_dir`, by name.
+pub fn meta_temp_files(img_dir: &Path, vol: &Uuid) -> Vec<String> {
+    let prefix = format!("{vol}.meta.sdm-tmp-");
+    let mut names: Vec<String> = std::fs::read_dir(img_dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Starts `Volume.create` of a RAW volume described `description` in the background (an agent
+/// whose `sdm::durable::before_rename` failpoint holds writes holding that text) and waits
+/// until its metadata's temporary file exists: the creation is then between that file and
+/// the rename, holding the volume's lease. Returns the temporary file's name.
+pub async fn create_held_before_rename(
+    c: &AgentClient,
+    sd: &Uuid,
+    img: &Uuid,
+    vol: &Uuid,
+    img_dir: &Path,
+    description: &str,
+) -> String {
+    let (c2, sd2, img2, vol2) = (c.clone(), sd.clone(), img.clone(), vol.clone());
+    let d = Description::parse(description).expect("description");
+    tokio::spawn(async move {
+        // Never answered: the test kills the agent first.
+        let _ = c2
+            .api()
+            .create_volume(
+                sd2,
+                img2,
+                vol2,
+                Capacity(Size(1 << 20)),
+                VolumeFormat::Raw,
+                Preallocation::Sparse,
+                None,
+                Some(d),
+            )
+            .await;
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(t) = meta_temp_files(img_dir, vol).pop() {
+            return t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no temporary metadata file of {vol} appeared"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -429,7 +429,6 @@ async fn creating_a_child_while_another_host_holds_the_parent_lease_fails_651() 
         (VolumeRole::Internal, "updated by B")
     );
 }
-
 /// The source stays what it was: B changes the source while A copies it; A's copy fails and
 /// the destination stays ILLEGAL at its old generation.
 #[tokio::test]

@@ -613,7 +613,6 @@ async fn check_and_fix_orphans_illegal_volumes_and_sizes() {
         .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::InvalidParameterException));
 }
-
 #[tokio::test]
 async fn another_agent_attaching_leaves_a_live_deletion_alone() {
     let a = AgentProc::start(AgentOptions {

@@ -151,6 +151,87 @@ async fn owners_take_over_expired_operations_and_a_returning_owner_is_fenced() {
     b.append(begin(&other, &img)).await.unwrap();
 }
 
+/// An owner partitioned inside a transaction (its phase's row update done, the record's
+/// insert held by the network) leaves its session open on the server, holding the operation's
+/// row lock, until TCP gives up. The journal's server-side session limits end that session, so
+/// another engine takes the operation over once the lease runs out, and the owner's write,
+/// retried when it comes back, is refused (CI once saw watchers wait on such a lock for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_partitioned_inside_a_transaction_does_not_hold_the_takeover() {
+    let Some(pg) = server_or_skip("an_owner_partitioned_inside_a_transaction") else {
+        return;
+    };
+    let url = pg.create_db("jtx").await;
+    let relay = TcpRelay::start(format!("127.0.0.1:{}", pg.port).parse().unwrap());
+    let a = std::sync::Arc::new(open(&pg.url_via(relay.addr, "jtx"), "engine-a").await);
+    let b = open(&url, "engine-b").await;
+    let (op, img) = (Uuid::new_v4(), Uuid::new_v4());
+    a.append(begin(&op, &img)).await.unwrap();
+    // A phase's append: the row update, then this insert, in one transaction.
+    relay
+        .freeze_when_sent(b"INSERT INTO sdm.records (op, seq, epoch, owner, entry) VALUES ($1, $2");
+    let stale = {
+        let (a, op) = (a.clone(), op.clone());
+        tokio::spawn(async move { a.append(Record::Cloned { op }).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !relay.trapped() {
+        assert!(Instant::now() < deadline, "A never sent its record");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = pg.client("jtx").await;
+    let waiting = c
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = 'jtx' AND state = 'idle in transaction'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        waiting.get::<_, i64>(0),
+        1,
+        "A's transaction is open on the server"
+    );
+
+    let frozen_at = Instant::now();
+    let claimed = loop {
+        let r = tokio::time::timeout(Duration::from_secs(10), b.claim(&op)).await;
+        match r.expect("the claim waited on the partitioned owner's lock") {
+            Ok(c) => break c,
+            Err(JournalError::Busy { .. }) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("claim: {e}"),
+        }
+        assert!(frozen_at.elapsed() < Duration::from_secs(10), "no takeover");
+    };
+    eprintln!("taken over {:?} after the partition", frozen_at.elapsed());
+    assert_eq!(claimed.epoch, 2);
+    assert!(
+        !b.op(&op).expect("replayed").cloned,
+        "A's record was never committed"
+    );
+
+    relay.thaw();
+    match stale.await.unwrap() {
+        Err(JournalError::Fenced { owner, epoch, .. }) => {
+            assert_eq!(owner, "engine-b");
+            assert_eq!(epoch, 2);
+        }
+        r => panic!("the partitioned owner's write: {r:?}"),
+    }
+    let types: Vec<String> = c
+        .query(
+            "SELECT entry->'rec'->>'type' FROM sdm.records WHERE op = $1 ORDER BY seq",
+            &[&uuid::Uuid::parse_str(op.as_str()).unwrap()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(types, ["begin"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_restart_loses_and_doubles_nothing() {
     let Some(pg) = server_or_skip("a_database_restart_loses_and_doubles_nothing") else {

@@ -2,7 +2,8 @@
 //! processes (`sdm_scale_engine`, built on `sdm-client`) on one PostgreSQL journal, many moves
 //! of small multi-volume disks, and random kill -9 of agents and engines throughout. Then an
 //! audit over the journal and the domains: no disk lost, none moved twice, no source deleted
-//! before its destination committed, no leftovers.
+//! before its destination committed, no leftovers once every agent restarted (its start-up
+//! garbage collection ran).
 //!
 //! Quick form (CI): 3 agents, 60 moves. Full form: `SDM_FULL=1` — 8 agents, 500 moves.
 //! `SDM_SCALE_LEASES=local` uses the agents' local leases instead of sanlock daemons.
@@ -13,7 +14,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sdm_tests::cluster::{create_disk, Cluster, TestDisk};
 use sdm_tests::journals::Backend;
-use sdm_tests::scale::{audit, sanlock_cluster, SanlockCluster, ScaleEngine, QUEUE_SCHEMA};
+use sdm_tests::scale::{
+    audit, pending_report, sanlock_cluster, SanlockCluster, ScaleEngine, QUEUE_SCHEMA,
+};
 
 struct Form {
     agents: usize,
@@ -40,9 +43,11 @@ const REQUEUE_ERRORS: &str = "UPDATE scale.queue q SET state = 'todo', tries = t
       AND (state IN ('error', 'done')
            OR (state = 'taken' AND EXISTS (SELECT 1 FROM sdm.operations o WHERE o.image = q.image)))";
 
-/// Items a killed engine had taken but not begun go back to the queue.
+/// Items killed engines had taken but not begun go back to the queue. Run on every round, not
+/// only right after a kill: a take the engine sent just before it was killed may still be
+/// committed by the server after that.
 const REQUEUE_DEAD: &str = "UPDATE scale.queue q SET state = 'todo'
-    WHERE state = 'taken' AND taken_by = $1
+    WHERE state = 'taken' AND taken_by = ANY($1)
       AND NOT EXISTS (SELECT 1 FROM sdm.operations o WHERE o.image = q.image)";
 
 enum Agents {
@@ -152,8 +157,12 @@ async fn scale_run_engines_and_agents_killed_at_random() {
     let mut down: Option<(bool, usize, Instant)> = None;
     let start = Instant::now();
     let mut next_kill = start + form.kill_every;
+    let mut dead_engines: Vec<String> = Vec::new();
     loop {
         db.execute(REQUEUE_ERRORS, &[]).await.expect("requeue");
+        db.execute(REQUEUE_DEAD, &[&dead_engines])
+            .await
+            .expect("requeue");
         let pending: i64 = db.query_one(PENDING, &[]).await.unwrap().get(0);
         let todo: i64 = db
             .query_one("SELECT count(*) FROM scale.queue WHERE state = 'todo'", &[])
@@ -179,7 +188,8 @@ async fn scale_run_engines_and_agents_killed_at_random() {
             if rng.random_bool(0.5) {
                 let i = rng.random_range(0..engines.len());
                 engines[i].kill9();
-                db.execute(REQUEUE_DEAD, &[&engines[i].id]).await.unwrap();
+                dead_engines.push(engines[i].id.clone());
+                db.execute(REQUEUE_DEAD, &[&dead_engines]).await.unwrap();
                 engine_kills += 1;
                 down = Some((true, i, Instant::now()));
             } else {
@@ -189,15 +199,21 @@ async fn scale_run_engines_and_agents_killed_at_random() {
                 down = Some((false, i, Instant::now()));
             }
         }
-        assert!(
-            start.elapsed() < form.limit,
-            "scale run not done after {:?}: {pending} pending, {todo} to do\n{}",
-            form.limit,
-            engines
-                .iter()
-                .map(|e| format!("--- {}\n{}", e.id, tail(&e.log_text())))
-                .collect::<String>()
-        );
+        if start.elapsed() >= form.limit {
+            let stuck = pending_report(&db, agents.cluster()).await;
+            let mut trail = unfinished_trail(&db, logs.path()).await;
+            if let Agents::Sanlock(s) = &agents {
+                trail.push_str(&lease_holders(&db, &s.daemons).await);
+            }
+            panic!(
+                "scale run not done after {:?}: {pending} pending, {todo} to do\n{stuck}\n{trail}\n{}",
+                form.limit,
+                engines
+                    .iter()
+                    .map(|e| format!("--- {}\n{}", e.id, tail(&e.log_text())))
+                    .collect::<String>()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let elapsed = start.elapsed();
@@ -215,7 +231,7 @@ async fn scale_run_engines_and_agents_killed_at_random() {
         assert!(Instant::now() < deadline, "agents still busy");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let a = audit(&db, agents.cluster(), &disks).await;
+    let a = audit(&db, agents.cluster_mut(), &disks).await;
     let rollbacks: Vec<String> = db
         .query(
             "SELECT DISTINCT regexp_replace(entry->'rec'->>'reason', '[0-9a-f-]{36}', '<id>', 'g')
@@ -272,6 +288,12 @@ async fn scale_run_engines_and_agents_killed_at_random() {
         "deleted before commit: {:?}",
         a.deleted_before_commit
     );
+    if !a.leftovers_before_restart.is_empty() {
+        eprintln!(
+            "left for the agents' start-up garbage collection: {:#?}",
+            a.leftovers_before_restart
+        );
+    }
     assert!(a.leftovers.is_empty(), "leftovers: {:?}", a.leftovers);
     assert_eq!(a.ops_unfinished, 0);
     assert_eq!(a.moved + a.on_source, form.moves);
@@ -281,6 +303,73 @@ async fn scale_run_engines_and_agents_killed_at_random() {
         a.moved,
         form.moves
     );
+}
+
+/// What every engine logged about the operations that have not ended.
+async fn unfinished_trail(db: &tokio_postgres::Client, logs: &std::path::Path) -> String {
+    let ops: Vec<String> = db
+        .query("SELECT op::text FROM sdm.operations WHERE NOT ended", &[])
+        .await
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default();
+    let mut lines = Vec::new();
+    for e in std::fs::read_dir(logs).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        for l in text
+            .lines()
+            .filter(|l| ops.iter().any(|op| l.contains(op.as_str())))
+        {
+            lines.push(format!("{name}: {l}"));
+        }
+    }
+    // Lines start with the time after the engine's name.
+    lines.sort_by(|a, b| {
+        a.split_once(": ")
+            .map(|x| x.1)
+            .cmp(&b.split_once(": ").map(|x| x.1))
+    });
+    let skip = lines.len().saturating_sub(60);
+    format!(
+        "--- engine lines about unfinished operations (last 60)\n{}",
+        lines[skip..].join("\n")
+    )
+}
+
+/// What each host's sanlock daemon holds, and what its log says about the volumes of the
+/// operations that have not ended.
+async fn lease_holders(
+    db: &tokio_postgres::Client,
+    daemons: &[sdm_lease::test_support::SanlockDaemon],
+) -> String {
+    let vols: Vec<String> = db
+        .query(
+            "SELECT v->>'vol_id' FROM sdm.records r JOIN sdm.operations o ON o.op = r.op,
+                    jsonb_array_elements(r.entry->'rec'->'volumes') v
+             WHERE NOT o.ended AND r.seq = 0",
+            &[],
+        )
+        .await
+        .map(|rows| rows.iter().filter_map(|r| r.get(0)).collect())
+        .unwrap_or_default();
+    let mut out = format!("--- sanlock, volumes {vols:?}\n");
+    for (i, d) in daemons.iter().enumerate() {
+        let status = d
+            .client_command()
+            .args(["client", "status"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        out.push_str(&format!("host {}: status\n{status}", i + 1));
+        for l in d
+            .log()
+            .lines()
+            .filter(|l| vols.iter().any(|v| l.contains(v.as_str())))
+        {
+            out.push_str(&format!("host {}: {l}\n", i + 1));
+        }
+    }
+    out
 }
 
 fn tail(log: &str) -> String {

@@ -2,7 +2,8 @@
 //!
 //! `_remove_me_<img>` directories hold images whose deletion was interrupted after the rename:
 //! they are removed. `_remove_me_ZERO_<img>` directories hold images that must be wiped before
-//! removal: they are handed to the image-deletion job, which wipes, then removes. Every action is
+//! removal: they are handed to the image-deletion job, which wipes, then removes. Temporary
+//! files of metadata writers that died are removed ([`STALE_TEMP_AGE`]). Every action is
 //! logged and counted.
 //!
 //! It runs from the callers that hold the `Arc<Agent>` (the wipe jobs it schedules need one):
@@ -51,7 +52,10 @@ pub fn after_attach(agent: &Arc<Agent>, attached: &Attached) {
 }
 
 /// Temporary metadata files older than this are left by writers that died (a write takes
-/// milliseconds); garbage collection removes them.
+/// milliseconds); garbage collection removes them. This host's own dead writers' files (an
+/// earlier incarnation of this agent: same host id, another pid, no such process) go at once,
+/// whatever their age: only the writer's own host can tell it is dead
+/// (`durable::left_by_dead_writer_of_this_host`).
 pub const STALE_TEMP_AGE: Duration = Duration::from_secs(600);
 
 /// Collects the leftovers of `dom`.

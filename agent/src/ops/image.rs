@@ -16,7 +16,7 @@ use sdm_proto::{
 
 use super::lease_watch::with_watch;
 use super::outcome::{source_unchanged, write_legal};
-use super::purge::purge;
+use super::purge::{lease_half_made, purge};
 use super::{check_abort, flag, lock_for_job, run_parallel, spawn_job};
 use crate::error::AgentError;
 use crate::jobs::Job;
@@ -51,16 +51,17 @@ pub fn delete(agent: &Arc<Agent>, p: DeleteImageParams) -> Result<Uuid, AgentErr
     if !dom.backend.image_exists(img) {
         return Err(not_found());
     }
+    // An image whose volumes are all half-made (a creation killed half-way) is deleted too:
+    // nothing else would ever remove it.
     let vols = dom.backend.list_volumes(img)?;
-    if vols.is_empty() {
-        return Err(not_found());
-    }
     fail::fail_point!("sdm::image_delete::before_lease");
-    // Every lease must be free: a volume being written elsewhere is not deleted under its writer.
+    // Every lease must be free: a volume being written (or created) elsewhere is not deleted
+    // under its writer.
     let mut held = Vec::new();
     for v in &vols {
         held.push(dom.acquire_volume_lease(img, v)?);
     }
+    held.extend(lease_half_made(&dom, img)?);
     // Read under the leases: what another host wrote before we took them is what we mark.
     let mut mds = Vec::new();
     for v in &vols {
@@ -357,6 +358,7 @@ fn replace_destination(
             }
         }
     }
+    held.extend(lease_half_made(dom, img)?);
     let target = Leftover::of(img, wipe);
     if dom.backend.leftover_exists(&target) {
         return Err(ApiError::new(

@@ -7,7 +7,8 @@
 
 use std::sync::Arc;
 
-use sdm_proto::{ApiError, ErrorCode, JobResult};
+use sdm_lease::LeaseErrorKind;
+use sdm_proto::{ApiError, ErrorCode, JobResult, Uuid};
 
 use super::{check_abort, lock_for_job, run_parallel};
 use crate::error::AgentError;
@@ -22,7 +23,32 @@ use crate::storage::domain::Domain;
 pub fn lease_leftover(dom: &Domain, l: &Leftover) -> Result<Vec<sdm_lease::Lease>, AgentError> {
     let mut held = Vec::new();
     for (v, at) in dom.backend.leftover_volumes(l)? {
-        held.push(dom.acquire_lease(&v, &at)?);
+        match dom.acquire_lease(&v, &at) {
+            Ok(h) => held.push(h),
+            // A removal of the leftover that was killed half-way may have taken a volume's
+            // lease file before its metadata: no lease is left for anyone to hold.
+            Err(e) if e.kind() == LeaseErrorKind::NotFound && !at.path.exists() => {
+                tracing::info!(sd_id = %dom.sd_id, leftover = %l.name(), vol_id = %v, "a deleted volume's lease is gone already");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(held)
+}
+
+/// Takes the leases of a live image's half-made volumes (begun, never finished), never
+/// waiting: their creator holds it while it works (651 then). A lease that cannot be read as
+/// one (gone meanwhile, or not a lease at all) has no holder to wait for.
+pub fn lease_half_made(dom: &Domain, img: &Uuid) -> Result<Vec<sdm_lease::Lease>, AgentError> {
+    let mut held = Vec::new();
+    for (v, at) in dom.backend.half_made_volume_leases(img)? {
+        match dom.acquire_lease(&v, &at) {
+            Ok(l) => held.push(l),
+            Err(e) if matches!(e.kind(), LeaseErrorKind::NotFound | LeaseErrorKind::Invalid) => {
+                tracing::warn!(sd_id = %dom.sd_id, img_id = %img, vol_id = %v, error = %e, "a half-made volume's lease cannot be taken; nobody can hold it");
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(held)
 }

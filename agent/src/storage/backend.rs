@@ -241,6 +241,19 @@ pub trait DomainBackend: Send + Sync + fmt::Debug {
     /// temporary files without `.meta`; block: LVs still tagged `OVIRT_VOL_INITIALIZING`).
     fn orphans(&self, img: &Uuid) -> Result<Vec<String>, StorageError>;
 
+    /// The leases of a live image's half-made volumes: begun but never finished (no
+    /// metadata), whose lease was made (file: a regular `<vol>.lease` without `<vol>.meta`).
+    /// A creator holds its volume's lease until the metadata is written, so a deletion takes
+    /// these too and never removes a volume that is being created. None where the backend
+    /// cannot tell (the default).
+    fn half_made_volume_leases(
+        &self,
+        img: &Uuid,
+    ) -> Result<Vec<(Uuid, LeaseLocation)>, StorageError> {
+        let _ = img;
+        Ok(Vec::new())
+    }
+
     /// Whether `name` could name an orphan (checked before a fix is scheduled).
     fn is_orphan_name(&self, name: &str) -> bool;
 
@@ -286,7 +299,8 @@ pub trait DomainBackend: Send + Sync + fmt::Debug {
     /// Creates a volume: its data (RAW or qcow2 on top of its parent), its lease initialized
     /// with `leases`, and its metadata, such that a crash half-way never leaves a volume that
     /// looks complete (file: metadata last; block: the LV tagged `OVIRT_VOL_INITIALIZING` until
-    /// done). VolumeExists when it exists.
+    /// done). VolumeExists when it exists. (file: under the volume's lease, taking over a
+    /// half-made volume whose creator is gone; 651 while another creator holds the lease.)
     fn create_volume(
         &self,
         leases: &dyn LeaseBackend,

@@ -297,6 +297,98 @@ mod tests {
         assert_eq!(d.backend.list_volumes(&img).unwrap().len(), 2);
     }
 
+    /// What a creation killed between its metadata's temporary file and the rename leaves.
+    fn half_made(d: &Domain, img: &Uuid, vol: &Uuid) -> std::path::PathBuf {
+        let dir = d.backend.path().join("images").join(img.as_str());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(vol.as_str()), b"stale bytes").unwrap();
+        d.leases
+            .init_volume_lease(
+                d.sd_id.as_str(),
+                vol.as_str(),
+                &dir.join(format!("{vol}.lease")),
+            )
+            .unwrap();
+        let meta = dir.join(format!("{vol}.meta"));
+        std::fs::write(crate::durable::temp_path(&meta), b"DOMAIN=").unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_refused_create_leaves_nothing_and_the_volume_can_be_created_after() {
+        let (_t, d) = domain();
+        let img = Uuid::new_v4();
+        let mut req = new(&img, VolumeFormat::Cow, None);
+        // qemu-img refuses a qcow2 this large (after the lease was made and taken).
+        req.capacity = 1 << 60;
+        assert!(create(&d, &req).is_err());
+        let dir = d.backend.path().join("images").join(img.as_str());
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "a refused create left {left:?}");
+        assert!(d.backend.half_made_volume_leases(&img).unwrap().is_empty());
+
+        req.capacity = 1 << 20;
+        create(&d, &req).unwrap();
+        assert_eq!(info(&d, &img, &req.vol).unwrap().capacity.0, 1 << 20);
+    }
+
+    #[test]
+    fn create_takes_over_a_half_made_volume_only_with_its_lease_free() {
+        let (_t, d) = domain();
+        let img = Uuid::new_v4();
+        let req = new(&img, VolumeFormat::Raw, None);
+        let dir = half_made(&d, &img, &req.vol);
+        assert!(d.backend.list_volumes(&img).unwrap().is_empty());
+        assert_eq!(d.backend.orphans(&img).unwrap().len(), 3);
+        assert_eq!(d.backend.half_made_volume_leases(&img).unwrap().len(), 1);
+
+        // Its creator (or another taking it over) holds the lease: refused, nothing touched.
+        let held = d.acquire_volume_lease(&img, &req.vol).unwrap();
+        let e = create(&d, &req).unwrap_err();
+        assert!(matches!(&e, StorageError::Lease(l) if l.is_busy()), "{e:?}");
+        assert_eq!(
+            std::fs::read(dir.join(req.vol.as_str())).unwrap(),
+            b"stale bytes"
+        );
+        drop(held);
+
+        create(&d, &req).unwrap();
+        let i = info(&d, &img, &req.vol).unwrap();
+        assert_eq!(i.capacity.0, 1 << 20);
+        assert_eq!(i.apparentsize.0, 1 << 20);
+        assert!(
+            d.backend.orphans(&img).unwrap().is_empty(),
+            "stale pieces gone"
+        );
+        assert!(d.backend.half_made_volume_leases(&img).unwrap().is_empty());
+        assert!(matches!(
+            create(&d, &req),
+            Err(StorageError::VolumeExists(_))
+        ));
+
+        // A volume whose creation stopped before its lease (data alone) is taken over too.
+        let other = new(&img, VolumeFormat::Cow, None);
+        std::fs::write(dir.join(other.vol.as_str()), b"x").unwrap();
+        create(&d, &other).unwrap();
+        assert_eq!(
+            info(&d, &img, &other.vol).unwrap().format,
+            VolumeFormat::Cow
+        );
+        assert!(d.backend.orphans(&img).unwrap().is_empty());
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(
+            names.len(),
+            6,
+            "data, .meta and .lease of two volumes: {names:?}"
+        );
+    }
+
     #[test]
     fn cow_chain_uses_bare_parent_uuid() {
         let (_t, d) = domain();

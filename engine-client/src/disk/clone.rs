@@ -87,6 +87,14 @@ impl Disks {
                 Ok(_) => {}
                 // Created by an earlier attempt whose answer was lost, or before a crash.
                 Err(Error::Api(e)) if e.code == ErrorCode::VolumeAlreadyExists => {}
+                // Another creation of this volume (an earlier attempt still running on a host
+                // that stopped answering) holds its lease, or a job holds the parent's.
+                Err(Error::Api(e)) if e.code == ErrorCode::AcquireLockFailure => {
+                    return Err(Stop::Later(format!(
+                        "creating volume {} on the destination: {e}",
+                        spec.vol_id
+                    )))
+                }
                 Err(Error::Api(e)) => {
                     return Err(Stop::Abandon(format!(
                         "creating volume {} on the destination: {e}",
@@ -96,6 +104,9 @@ impl Disks {
                 Err(e) => return Err(Stop::Later(e.to_string())),
             }
         }
+        // Every volume must exist before any is marked ILLEGAL: a child cannot be created
+        // over an ILLEGAL parent.
+        let mut infos = Vec::with_capacity(st.volumes.len());
         for spec in &st.volumes {
             let vol = volume_on(&dst, st, &spec.vol_id);
             let v = &vol;
@@ -106,8 +117,8 @@ impl Disks {
             .await
             {
                 Ok(info) => info,
-                // An agent that died creating it cleaned the half-made volume away on restart:
-                // the next attempt creates it again.
+                // Half-made: an agent died creating it (or its creation still runs on a host
+                // that stopped answering). The next attempt's create takes it over.
                 Err(Error::Api(e)) if e.code == ErrorCode::VolumeDoesNotExist => {
                     return Err(Stop::Later(format!("destination volume {vol}: {e}")))
                 }
@@ -120,6 +131,9 @@ impl Disks {
                     spec.vol_id, info.format, info.capacity, spec.format, spec.capacity
                 )));
             }
+            infos.push((vol, info));
+        }
+        for (vol, info) in infos {
             if info.legality == Legality::Legal {
                 self.set_illegal(&c, &vol, info.generation).await?;
             }

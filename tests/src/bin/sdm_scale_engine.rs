@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sdm_client::journal::JournalOptions;
-use sdm_client::{Disks, Journal, MovePolicy, NoEvents};
+use sdm_client::{Disks, Event, EventSink, Journal, MovePolicy};
 use sdm_proto::Uuid;
 
 fn env(name: &str) -> anyhow::Result<String> {
@@ -25,6 +25,27 @@ fn env_ms(name: &str, default: u64) -> anyhow::Result<Duration> {
         Ok(v) => v.parse().with_context(|| format!("{name}={v}"))?,
         Err(_) => default,
     }))
+}
+
+/// Writes every event but progress to stderr, one JSON line each with the time, so that a run
+/// that does not finish shows where each operation stopped (the test prints the logs' tails).
+struct Trail;
+
+impl EventSink for Trail {
+    fn event(&self, e: &Event) {
+        if matches!(e, Event::CopyProgress { .. } | Event::DeleteProgress { .. }) {
+            return;
+        }
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        eprintln!(
+            "{}.{:03} {}",
+            at.as_secs(),
+            at.subsec_millis(),
+            serde_json::to_string(e).unwrap_or_default()
+        );
+    }
 }
 
 /// Takes the next disk to move from the work table, if any.
@@ -46,6 +67,14 @@ async fn take(db: &tokio_postgres::Client, me: &str) -> anyhow::Result<Option<(U
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<std::convert::Infallible> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SDM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
     let url = env("SCALE_JOURNAL")?;
     let agents: Vec<String> = env("SCALE_AGENTS")?
         .split(',')
@@ -76,7 +105,7 @@ async fn main() -> anyhow::Result<std::convert::Infallible> {
         let disks = disks.clone();
         tokio::spawn(async move {
             loop {
-                if let Err(e) = disks.resume_parallel(&NoEvents, 8).await {
+                if let Err(e) = disks.resume_parallel(&Trail, 8).await {
                     eprintln!("{}: resume: {e:#}", disks.journal().owner());
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -96,7 +125,7 @@ async fn main() -> anyhow::Result<std::convert::Infallible> {
                     parallelism: 2,
                     ..Default::default()
                 };
-                let r = disks.move_disk(&img, &src, &dst, policy, &NoEvents).await;
+                let r = disks.move_disk(&img, &src, &dst, policy, &Trail).await;
                 let (state, note) = match &r {
                     Ok(rep) => ("done", rep.outcome.to_string()),
                     // Moved by nobody: the disk goes back to the queue.

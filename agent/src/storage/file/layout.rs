@@ -157,9 +157,11 @@ pub fn discover(root: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Removes the temporary files of [`durable::replace`] in `dir` (by name, nothing else) whose
-/// last change is older than `older_than`. A writer still alive after that long whose file is
-/// removed fails its rename and leaves the target as it was; it never tears it.
+/// Removes the temporary files of [`durable::replace`] in `dir` (by name, nothing else) that
+/// a dead writer of this host left ([`durable::left_by_dead_writer_of_this_host`]: an earlier
+/// incarnation of this agent), and those whose last change is older than `older_than` (other
+/// hosts' writers, which only their own host can tell dead). A writer still alive whose file
+/// is removed fails its rename and leaves the target as it was; it never tears it.
 pub fn remove_stale_temp_files_in(
     dir: &Path,
     older_than: std::time::Duration,
@@ -173,9 +175,9 @@ pub fn remove_stale_temp_files_in(
     for e in rd {
         let e = e.map_err(|e| StorageError::io("list", dir, e))?;
         let name = e.file_name();
-        if !name.to_str().is_some_and(durable::is_temp_name) {
+        let Some(name) = name.to_str().filter(|n| durable::is_temp_name(n)) else {
             continue;
-        }
+        };
         let Ok(md) = fs::symlink_metadata(e.path()) else {
             continue; // gone meanwhile: renamed by its writer
         };
@@ -184,7 +186,7 @@ pub fn remove_stale_temp_files_in(
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age >= older_than);
-        if md.is_file() && old {
+        if md.is_file() && (old || durable::left_by_dead_writer_of_this_host(name)) {
             match fs::remove_file(e.path()) {
                 Ok(()) => removed += 1,
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
@@ -280,6 +282,41 @@ mod tests {
         assert_eq!(
             remove_stale_temp_files_in(&dir.path().join("missing"), Duration::ZERO).unwrap(),
             0
+        );
+    }
+
+    #[test]
+    fn a_dead_writer_of_this_host_is_collected_at_once() {
+        durable::set_writer_host(7);
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let named = |host: u64, pid: u32| {
+            dir.path().join(format!(
+                "0f6b3e0a-1111-4222-8333-444455556666.meta{}h{host}-p{pid}-0123456789abcdef",
+                durable::TEMP_MARK
+            ))
+        };
+        let ours_dead = named(7, dead);
+        let ours_live = named(7, std::process::id());
+        let theirs = named(8, dead);
+        for p in [&ours_dead, &ours_live, &theirs] {
+            fs::write(p, b"x").unwrap();
+        }
+        let n = remove_stale_temp_files_in(dir.path(), Duration::from_secs(600)).unwrap();
+        assert_eq!(n, 1);
+        assert!(
+            !ours_dead.exists(),
+            "this host's dead writer: removed young"
+        );
+        assert!(
+            ours_live.exists(),
+            "this process's own write in flight stays"
+        );
+        assert!(
+            theirs.exists(),
+            "another host's young file waits for the age rule"
         );
     }
 }

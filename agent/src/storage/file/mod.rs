@@ -201,6 +201,39 @@ impl DomainBackend for FileDomain {
         Ok(out)
     }
 
+    fn half_made_volume_leases(
+        &self,
+        img: &Uuid,
+    ) -> Result<Vec<(Uuid, LeaseLocation)>, StorageError> {
+        let dir = self.image_dir(img);
+        let vols = list_volumes_in(&dir)?;
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| StorageError::io("list", &dir, e))? {
+            let entry = entry.map_err(|e| StorageError::io("list", &dir, e))?;
+            let Some(vol) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".lease"))
+                .and_then(|stem| Uuid::parse(stem).ok())
+            else {
+                continue;
+            };
+            // A regular file only: a link planted in the domain is not a lease of ours.
+            if vols.contains(&vol) || !entry.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            out.push((
+                vol,
+                LeaseLocation {
+                    path: entry.path(),
+                    offset: 0,
+                },
+            ));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
     fn is_orphan_name(&self, name: &str) -> bool {
         is_volume_file_name(name)
     }

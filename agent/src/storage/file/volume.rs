@@ -1,8 +1,12 @@
 //! Volumes as files: `.meta` reads and durable writes, creation and removal.
 //!
-//! Creation makes the data file and the lease first and writes the metadata last (durably), so a
-//! crash in between leaves only an orphaned data or lease file, which `StorageDomain.check`
-//! reports, never a volume that looks complete but is not.
+//! Creation happens under the volume's own lease, and in this order: the lease (made whole in a
+//! temporary file, then linked to `<vol>.lease`, so that name is always a lease that can be
+//! taken), the lease taken, the data, and the metadata last (durably). A crash in between
+//! leaves a half-made volume — data and lease without `.meta` — which `StorageDomain.check`
+//! reports, never a volume that looks complete but is not; no engine can believe in it. The
+//! next `Volume.create` of that volume takes it over under its lease: whoever is creating it
+//! right now holds that lease (651 then), so a free lease means its creator is gone.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -32,16 +36,19 @@ pub fn store_metadata(paths: &VolumePaths, md: &VolumeMetadata) -> Result<(), St
     Ok(())
 }
 
-/// Creates an image directory.
+/// Creates an image directory (one that another creator made meanwhile is fine).
 pub fn make_image_dir(dir: &Path) -> Result<(), StorageError> {
-    fs::DirBuilder::new()
-        .mode(0o775)
-        .create(dir)
-        .map_err(|e| StorageError::io("mkdir", dir, e))
+    match fs::DirBuilder::new().mode(0o775).create(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            Err(StorageError::io("mkdir", dir, e))
+        }
+        _ => Ok(()),
+    }
 }
 
-/// Creates a volume in the (existing, checked) image directory `img_dir`: data, lease, then
-/// metadata.
+/// Creates a volume in the (existing, checked) image directory `img_dir` under its lease, or
+/// takes over a half-made one (see the module documentation): VolumeExists when its `.meta`
+/// exists, 651 (lease busy) while another job or host creates it.
 pub fn create(
     sd_id: &Uuid,
     img_dir: &Path,
@@ -49,21 +56,137 @@ pub fn create(
     c: &Creation<'_>,
 ) -> Result<(), StorageError> {
     let paths = volume_paths_in(img_dir, c.vol);
-    if paths.meta.exists() || paths.data.exists() {
+    let exists = |p: &Path| fs::symlink_metadata(p).is_ok();
+    if exists(&paths.meta) {
         return Err(StorageError::VolumeExists(c.vol.to_string()));
     }
+    make_lease(sd_id, c.vol, &paths.lease, leases)?;
+    let lease = leases.acquire(sd_id.as_str(), c.vol.as_str(), &paths.lease, 0)?;
+    // Under the lease: made meanwhile by the creator that held it before us.
+    if exists(&paths.meta) {
+        return Err(StorageError::VolumeExists(c.vol.to_string()));
+    }
+    let stale = remove_half_made(img_dir, c.vol)?;
+    if !stale.is_empty() {
+        tracing::info!(sd_id = %sd_id, vol_id = %c.vol, files = ?stale, "taking over a half-made volume whose creator is gone");
+    }
     if let Err(e) = create_data(img_dir, &paths, c) {
-        let _ = fs::remove_file(&paths.data);
+        abandon(&paths, lease);
         return Err(e);
     }
-    leases
-        .init_volume_lease(sd_id.as_str(), c.vol.as_str(), &paths.lease)
-        .inspect_err(|_| {
-            let _ = fs::remove_file(&paths.data);
-        })?;
-    store_metadata(&paths, c.md)?;
+    lease.verify()?;
+    if let Err(e) = store_metadata(&paths, c.md) {
+        // No `.meta` (the write is atomic): the volume never existed, so nothing of it stays.
+        if !exists(&paths.meta) {
+            abandon(&paths, lease);
+        }
+        return Err(e);
+    }
     durable::sync_dir(img_dir)?;
+    if let Err(e) = lease.release() {
+        tracing::warn!(vol_id = %c.vol, error = %e, "releasing a new volume's lease failed");
+    }
     Ok(())
+}
+
+/// Removes what a refused creation made — its data, then its lease file — while still
+/// holding the lease, then releases it: a refused `Volume.create` leaves no half-made volume
+/// behind (nothing would report it as anything but an orphan). The lease file goes before the
+/// release, so no other creator can take this lease and start on files we then remove; one
+/// that comes meanwhile makes a new lease file and works on its own.
+fn abandon(paths: &VolumePaths, lease: Lease) {
+    for p in [&paths.data, &paths.lease] {
+        if let Err(e) = fs::remove_file(p) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %p.display(), error = %e, "removing a refused creation's file failed; it stays as an orphan");
+            }
+        }
+    }
+    if let Err(e) = lease.release() {
+        tracing::warn!(path = %paths.lease.display(), error = %e, "releasing a refused creation's lease failed");
+    }
+}
+
+/// Makes `<vol>.lease` a valid lease unless it exists: initialized in a temporary file of this
+/// writer's own, then linked to its name. A link never replaces a file, so two creators end
+/// with one lease (the acquire then decides between them), and the name never shows a lease
+/// that is half written. Where the file system has no hard links, the lease file is created
+/// exclusively and initialized in place.
+fn make_lease(
+    sd_id: &Uuid,
+    vol: &Uuid,
+    lease: &Path,
+    leases: &dyn LeaseBackend,
+) -> Result<(), StorageError> {
+    match fs::symlink_metadata(lease) {
+        Ok(m) if m.is_file() => return Ok(()),
+        // A link planted in the domain: the lease backend would write through it.
+        Ok(_) => {
+            return Err(StorageError::Invalid(format!(
+                "{} is not a regular file; refusing to use it",
+                lease.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StorageError::io("stat", lease, e)),
+    }
+    let tmp = durable::temp_path(lease);
+    let linked = leases
+        .init_volume_lease(sd_id.as_str(), vol.as_str(), &tmp)
+        .map_err(StorageError::from)
+        .map(|()| fs::hard_link(&tmp, lease));
+    let _ = fs::remove_file(&tmp);
+    match linked? {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS)
+            ) =>
+        {
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o660)
+                .open(lease)
+            {
+                Ok(_) => Ok(leases.init_volume_lease(sd_id.as_str(), vol.as_str(), lease)?),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                Err(e) => Err(StorageError::io("create", lease, e)),
+            }
+        }
+        Err(e) => Err(StorageError::io("link", lease, e)),
+    }
+}
+
+/// Removes what an earlier creator of `vol` left, with the volume's lease held: its data and
+/// the temporary files of its metadata writes (every metadata writer holds the lease, so
+/// these writers are gone). Returns the names removed.
+fn remove_half_made(img_dir: &Path, vol: &Uuid) -> Result<Vec<String>, StorageError> {
+    let meta_temp = format!("{vol}.meta{}", durable::TEMP_MARK);
+    let mut removed = Vec::new();
+    for e in fs::read_dir(img_dir).map_err(|e| StorageError::io("list", img_dir, e))? {
+        let e = e.map_err(|e| StorageError::io("list", img_dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = name == vol.as_str()
+            || name == format!("{vol}.new")
+            || name == format!("{vol}.meta.new")
+            || (name.starts_with(&meta_temp) && durable::is_temp_name(&name));
+        if !ours {
+            continue;
+        }
+        let p = e.path();
+        match fs::remove_file(&p) {
+            Ok(()) => removed.push(name),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(StorageError::io("remove", &p, err)),
+        }
+    }
+    if !removed.is_empty() {
+        durable::sync_dir(img_dir)?;
+    }
+    Ok(removed)
 }
 
 fn create_data(img_dir: &Path, paths: &VolumePaths, c: &Creation<'_>) -> Result<(), StorageError> {
