@@ -77,6 +77,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+mod checkpoint;
 mod checksum;
 mod control;
 pub mod convert;
@@ -90,6 +91,9 @@ mod uring;
 mod wipe;
 mod zero;
 
+pub use checkpoint::{
+    CheckpointFn, CheckpointHook, Checkpointed, DEFAULT_CHECKPOINT_BYTES, DEFAULT_CHECKPOINT_EVERY,
+};
 pub use control::{Control, Progress};
 pub use convert::{
     Allocation, BackingFile, CommitOptions, CommitReport, ConvertDest, ConvertOptions,
@@ -167,6 +171,12 @@ pub struct CopyOptions {
     pub verify: bool,
     /// Bytes to copy; None means the whole source.
     pub length: Option<u64>,
+    /// The destination already holds the source's bytes below this offset (a resumed copy):
+    /// they are neither read nor written (verify still reads the whole volume). Rounded down
+    /// to the copy's alignment.
+    pub start: u64,
+    /// Report the durable prefix now and then (see [`CheckpointHook`]).
+    pub checkpoint: Option<CheckpointHook>,
 }
 
 /// Default [`WipeOptions::step`]: the BLKZEROOUT size VDSM measured best.

@@ -158,6 +158,11 @@ impl Target {
     /// fdatasync of every descriptor written through. An error here is final.
     pub(crate) fn sync_data(&self) -> Result<(), IoError> {
         crate::io::inject_fsync().map_err(|e| IoError::os("fdatasync of", &self.path, e))?;
+        self.sync_descriptors()
+    }
+
+    /// fdatasync of every descriptor, without the final sync's failpoint (checkpoints).
+    pub(crate) fn sync_descriptors(&self) -> Result<(), IoError> {
         sys::fdatasync(self.fd()).map_err(|e| IoError::os("fdatasync of", &self.path, e))?;
         if let Some(b) = &self.buffered {
             sys::fdatasync(b.as_raw_fd())
