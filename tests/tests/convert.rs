@@ -322,6 +322,7 @@ async fn copy_bitmaps_cow_to_cow_only() {
             Some(Flag(true)),
             None,
             None,
+            None,
         )
         .await
         .via(&c)
@@ -351,6 +352,7 @@ async fn copy_bitmaps_cow_to_cow_only() {
                 from.ep(None),
                 to.ep(Some(0)),
                 Some(Flag(true)),
+                None,
                 None,
                 None,
             )

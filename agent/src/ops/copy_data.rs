@@ -9,8 +9,9 @@
 //! 5. destination ILLEGAL, durably, before any data byte is written;
 //! 6. the copy — or the conversion to the destination's format, collapsing the source's chain
 //!    when the destination has no parent (`ops::convert`) — ending durable (and an optional
-//!    verify);
-//! 7. one metadata write: LEGAL and generation+1 together;
+//!    verify); a plain copy checkpoints as it goes and starts where a valid checkpoint of an
+//!    earlier attempt says the destination is good (`ops::resume`);
+//! 7. one metadata write: LEGAL and generation+1 together, then the checkpoint is removed;
 //! 8. release the lease, then the locks.
 //!
 //! A failure, abort or crash anywhere after 5 leaves the destination ILLEGAL with its old
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use sdm_proto::api::CopyDataParams;
 use sdm_proto::{ApiError, Endpoint, ErrorCode, Generation, JobResult, Legality, Size};
 
+use super::resume::{self, CopyShape};
 use super::{check_abort, convert, flag, lock_for_job, spawn_job};
 use crate::error::AgentError;
 use crate::jobs::Job;
@@ -45,6 +47,8 @@ pub struct CopyRequest {
     pub bandwidth_limit: Option<u64>,
     /// Copy persistent bitmaps (COW to COW only).
     pub copy_bitmaps: bool,
+    /// Continue from a valid checkpoint of an earlier attempt (default true).
+    pub resume: bool,
 }
 
 /// Validates and schedules a copy.
@@ -60,6 +64,7 @@ pub fn schedule(agent: &Arc<Agent>, p: CopyDataParams) -> Result<(), AgentError>
         verify: flag(p.verify),
         bandwidth_limit: p.bandwidth_limit.map(Size::get).filter(|v| *v > 0),
         copy_bitmaps,
+        resume: p.resume.is_none_or(|f| f.get()),
     };
     let agent2 = agent.clone();
     spawn_job(agent, &p.job_id, "copy_data", move |job| {
@@ -84,7 +89,7 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
     check_abort(job)?;
 
     // Re-read under the lease: another host may have written it while we waited.
-    let mut dst_md = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id).unwrap_or(dst_md);
+    let dst_md = read_metadata(&dst_dom, &dst.img_id, &dst.vol_id).unwrap_or(dst_md);
     let start_gen = check_generation(dst, &dst_md)?;
     let src_md = read_metadata(&src_dom, &src.img_id, &src.vol_id)?;
     check_source(src, &src_md, &dst_md)?;
@@ -94,8 +99,23 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
     // in a domain that lead outside it).
     let src_data = src_dom.backend.prepare(&src.img_id, &src.vol_id)?;
     let dst_data = dst_dom.backend.prepare(&dst.img_id, &dst.vol_id)?;
+    let plain = !convert::converts(&src_md, &dst_md);
+    let shape = CopyShape {
+        src: (src, &src_md),
+        dst: (dst, &dst_md),
+        src_path: src_data.path().to_path_buf(),
+        dst_path: dst_data.path().to_path_buf(),
+        total: src_dom
+            .backend
+            .volume_size(&src.img_id, &src.vol_id)?
+            .apparent,
+        stage: (1, 1),
+    };
+    let start = resume::start_offset(&dst_dom, &shape, req.resume && plain);
+    let checkpoints = plain.then(|| resume::hook(dst_dom.clone(), &shape, agent.cfg.host_id, job));
 
     // From here on the destination's content is not to be trusted until the final write.
+    let mut dst_md = dst_md.clone();
     dst_md.legality = Legality::Illegal;
     update_metadata(&dst_dom, &dst.img_id, &dst.vol_id, &mut dst_md)?;
     fail::fail_point!("sdm::copy_data::after_illegal");
@@ -107,11 +127,14 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
         &dst_dom,
         (&src_data, &src_md),
         (&dst_data, &dst_md),
-    )?;
+        (start, checkpoints),
+    )
+    .inspect_err(|e| resume::record_failure(&dst_dom, dst, job, &e.to_string()))?;
     fail::fail_point!("sdm::copy_data::before_legal");
     check_abort(job)?;
 
     mark_legal(&dst_dom, dst, start_gen, &held)?;
+    resume::forget(&dst_dom, dst);
     fail::fail_point!("sdm::copy_data::after_legal");
     if let Err(e) = held.release() {
         tracing::warn!(error = %e, "releasing the destination lease failed");
@@ -184,6 +207,7 @@ fn copy_bytes(
     dst_dom: &Domain,
     (src_data, src_md): (&Prepared, &VolumeMetadata),
     (dst_data, dst_md): (&Prepared, &VolumeMetadata),
+    (start, checkpoint): (u64, Option<sdm_io::CheckpointHook>),
 ) -> Result<(), AgentError> {
     let dst = &req.destination;
     let ctl = job.control();
@@ -207,11 +231,20 @@ fn copy_bytes(
     }
     let opts = sdm_io::CopyOptions {
         verify: req.verify,
+        start,
+        checkpoint,
         ..Default::default()
     };
-    agent
+    let r = agent
         .engine
         .copy(src_data.path(), dst_data.path(), &opts, ctl)?;
+    tracing::info!(
+        vol = %dst.vol_id,
+        resumed_from = start,
+        bytes_read = r.bytes_read,
+        bytes_written = r.bytes_written,
+        "copy finished"
+    );
     if dst_md.capacity > src_md.capacity {
         dst_dom
             .backend

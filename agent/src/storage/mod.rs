@@ -6,6 +6,7 @@
 //! `file → {backend, md, qemu}`, `backend → md`; [`StorageError`] is everyone's.
 
 pub mod backend;
+pub mod checkpoint;
 pub mod domain;
 pub mod file;
 pub mod md;

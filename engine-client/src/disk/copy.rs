@@ -152,7 +152,7 @@ impl Disks {
             let submitted = c
                 .submit(&job, |h| {
                     let (j, s, d) = (job.clone(), src_ep.clone(), dst_ep.clone());
-                    async move { h.copy_data(j, s, d, None, None, bw).await }
+                    async move { h.copy_data(j, s, d, None, None, bw, None).await }
                 })
                 .await;
             let ticket = CopyTicket {
