@@ -68,6 +68,11 @@ impl fmt::Debug for CheckpointHook {
 pub(crate) struct Checkpointer {
     hook: CheckpointHook,
     last_at: Instant,
+    /// How far the copy had issued at the last checkpoint (the byte interval counts from it:
+    /// the durable offset trails the issued one by the queue, so counting from it would make
+    /// every turn of the loop look due).
+    last_issued: u64,
+    /// The durable offset last reported.
     last_off: u64,
     total: u64,
     /// Checkpoints taken (tests and logs).
@@ -79,6 +84,7 @@ impl Checkpointer {
         Checkpointer {
             hook,
             last_at: Instant::now(),
+            last_issued: start,
             last_off: start,
             total,
             taken: 0,
@@ -88,15 +94,16 @@ impl Checkpointer {
     /// Whether a checkpoint is due, given how far the copy has issued (cheap: called on every
     /// turn of the loop, before the durable prefix is computed).
     pub(crate) fn due(&self, issued: u64) -> bool {
-        issued > self.last_off
-            && (issued - self.last_off >= self.hook.every_bytes
+        issued > self.last_issued
+            && (issued - self.last_issued >= self.hook.every_bytes
                 || self.last_at.elapsed() >= self.hook.every)
     }
 
     /// Syncs `dst` and reports `durable` (the contiguous completed prefix) to the hook. Skips
     /// when nothing new completed since the last checkpoint.
-    pub(crate) fn take(&mut self, dst: &Target, durable: u64) -> Result<(), IoError> {
+    pub(crate) fn take(&mut self, dst: &Target, issued: u64, durable: u64) -> Result<(), IoError> {
         self.last_at = Instant::now();
+        self.last_issued = issued;
         if durable <= self.last_off {
             return Ok(());
         }

@@ -137,6 +137,11 @@ pub(crate) fn copy(
         return Err(e);
     }
     d.sync_data()?;
+    // The last checkpoint says "all of it": a crash before the caller's own end (metadata)
+    // then resumes with nothing left to copy.
+    if let Some(cp) = c.checkpoints.as_mut() {
+        cp.take(&d, len, len)?;
+    }
     if opts.verify {
         if !d.direct {
             crate::sys::fadvise_dontneed(d.fd());
@@ -197,7 +202,7 @@ impl Copier<'_> {
             if self.checkpoints.as_ref().is_some_and(|c| c.due(self.pos)) {
                 let durable = self.durable_prefix();
                 if let Some(c) = self.checkpoints.as_mut() {
-                    c.take(self.dst, durable)?;
+                    c.take(self.dst, self.pos, durable)?;
                 }
             }
         }

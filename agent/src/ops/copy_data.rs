@@ -112,7 +112,7 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
         stage: (1, 1),
     };
     let start = resume::start_offset(&dst_dom, &shape, req.resume && plain);
-    let checkpoints = plain.then(|| resume::hook(dst_dom.clone(), &shape, agent.cfg.host_id, job));
+    let checkpoints = plain.then(|| resume::hook(agent, dst_dom.clone(), &shape, job));
 
     // From here on the destination's content is not to be trusted until the final write.
     let mut dst_md = dst_md.clone();

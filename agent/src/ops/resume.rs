@@ -12,11 +12,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sdm_io::{CheckpointHook, Checkpointed};
 use sdm_proto::{Endpoint, Legality};
 
 use crate::jobs::Job;
+use crate::service::Agent;
 use crate::storage::checkpoint::{digest_of, now, Checkpoint, SourceId, VERSION};
 use crate::storage::domain::Domain;
 use crate::storage::md::VolumeMetadata;
@@ -127,9 +129,9 @@ fn check(c: &Checkpoint, shape: &CopyShape<'_>) -> Result<(), String> {
 /// The hook the engine calls at each checkpoint: digest of the source's prefix, then the
 /// record, replaced durably on the destination's domain.
 pub fn hook(
+    agent: &Agent,
     dst_dom: Arc<Domain>,
     shape: &CopyShape<'_>,
-    host_id: u64,
     job: &Job,
 ) -> CheckpointHook {
     let (dst, dst_md) = shape.dst;
@@ -141,7 +143,7 @@ pub fn hook(
         durable: 0,
         total: shape.total,
         digest: Default::default(),
-        host_id,
+        host_id: agent.cfg.host_id,
         job_id: job.id().clone(),
         stage: shape.stage,
         last_error: None,
@@ -149,7 +151,7 @@ pub fn hook(
     };
     let (img, vol) = (dst.img_id.clone(), dst.vol_id.clone());
     let src_path = shape.src_path.clone();
-    CheckpointHook::new(Arc::new(move |at: Checkpointed| {
+    let call = Arc::new(move |at: Checkpointed| {
         let mut c = template.clone();
         c.durable = at.durable;
         c.written_at = now();
@@ -164,7 +166,12 @@ pub fn hook(
         fail::fail_point!("sdm::checkpoint::after_write");
         tracing::debug!(%vol, durable = at.durable, total = at.total, "checkpoint written");
         Ok(())
-    }))
+    });
+    CheckpointHook {
+        every: Duration::from_millis(agent.cfg.io.checkpoint_interval_ms),
+        every_bytes: agent.cfg.io.checkpoint_bytes,
+        call,
+    }
 }
 
 /// A failed copy leaves its error in its checkpoint, for `Image.getStatus` (best effort: the
