@@ -241,6 +241,20 @@ async fn killed_copies_resume_on_another_agent_with_only_the_remainder() {
         assert_eq!((copy.stage, copy.stages), (1, 1));
         assert!(copy.last_error.is_none());
         assert_eq!(copy.source.vol_id, src.vol);
+        if pct == 25 {
+            // sdmctl shows the same, from any agent.
+            let out = sdmctl_cmd(std::slice::from_ref(&s.owner.url))
+                .args(["image", "status", dst.sd.as_str(), dst.img.as_str()])
+                .output()
+                .expect("sdmctl");
+            assert_success(&out);
+            let text = String::from_utf8_lossy(&out.stdout);
+            let want = format!("copy {}% ", copy.percent);
+            assert!(
+                text.contains("ILLEGAL") && text.contains(&want) && text.contains("resumable"),
+                "{text}"
+            );
+        }
 
         let pid = s.owner.pid();
         let before = proc_io(pid);
