@@ -170,6 +170,11 @@ fn cmp(a: &Path, b: &Path) {
 
 /// Re-issues the copy on the owner agent and waits; returns its wall time.
 async fn finish_copy(s: &Setup, src: &Vol, dst: &Vol, resume: Option<bool>) -> Duration {
+    finish_copy_at(s, src, dst, 0, resume).await
+}
+
+/// [`finish_copy`] onto a destination expected at generation `g`.
+async fn finish_copy_at(s: &Setup, src: &Vol, dst: &Vol, g: u16, resume: Option<bool>) -> Duration {
     let c = s.client();
     let job = uuid();
     let t = Instant::now();
@@ -177,7 +182,7 @@ async fn finish_copy(s: &Setup, src: &Vol, dst: &Vol, resume: Option<bool>) -> D
         .copy_data(
             job.clone(),
             src.ep(None),
-            dst.ep(Some(0)),
+            dst.ep(Some(g)),
             None,
             None,
             None,
@@ -384,6 +389,28 @@ async fn a_failed_copy_records_its_error_and_the_end_checkpoint_resumes_with_not
     assert_finished(&s, &src, &dst).await;
     let (from, read, written) = copy_counters(&s.owner.log_text(), &dst.vol);
     assert_eq!((from, read, written), (size(), 0, 0));
+
+    // The engine fenced the lost copy (generation G+3, no data byte changed): the retry at
+    // the new generation still resumes, and ends at G+4.
+    let dst = s.dest().await;
+    let durable = interrupted_copy(&mut s, &src, &dst, 50).await;
+    let fence = VolumeAttributes {
+        generation: Some(Generation(3)),
+        ..Default::default()
+    };
+    assert_eq!(
+        update_volume(&c, dst.vref(Some(0)), fence).await.status,
+        JobStatus::Done
+    );
+    assert!(status_of(&c, &dst).await.copy.unwrap().resumable);
+    finish_copy_at(&s, &src, &dst, 3, None).await;
+    cmp(&src.path, &dst.path);
+    assert_eq!(copy_counters(&s.owner.log_text(), &dst.vol).0, durable);
+    let st = status_of(&c, &dst).await;
+    assert_eq!(
+        (st.legality, st.generation, st.copy),
+        (Legality::Legal, 4, None)
+    );
 
     // A copy that fails after a checkpoint leaves its error there for Image.getStatus.
     let dst = s.dest().await;

@@ -8,6 +8,7 @@
 
 use sdm_proto::{CopyStatus, Endpoint, Generation, ImageStatus, Legality, Uuid, VolumeStatus};
 
+use super::resume::same_or_fenced;
 use crate::error::AgentError;
 use crate::service::Agent;
 use crate::storage::checkpoint::{now, Checkpoint};
@@ -70,6 +71,7 @@ fn copy_status(c: &Checkpoint, md: &VolumeMetadata) -> CopyStatus {
         ),
         last_error: c.last_error.clone(),
         age_s: now().saturating_sub(c.written_at),
-        resumable: md.legality == Legality::Illegal && md.generation == c.dst_generation,
+        resumable: md.legality == Legality::Illegal
+            && same_or_fenced(c.dst_generation, md.generation),
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! A checkpoint is trusted only when all of these hold, else the copy starts from 0 and the
 //! reason is logged: the record's seal is intact; it names the same source volume with the
-//! same generation, capacity and format, the same destination volume, and the destination's
-//! generation as it is now (a fence or a finished copy bumps it); the copy length is the same;
+//! same generation, capacity and format, the same destination volume, at the generation the
+//! checkpoint names or that plus the fencing step (a fence changes no byte); the copy length
+//! is the same;
 //! and the digests it holds (the last MiB before the durable offset and spread samples) match
 //! the source now *and* the destination now. Conversions never resume: the layout writer does
 //! not place bytes at the source's offsets (see docs/recovery.md).
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sdm_io::{CheckpointHook, Checkpointed};
-use sdm_proto::{Endpoint, Legality};
+use sdm_proto::{Endpoint, Legality, FENCING_GENERATION_DIFF, MAX_GENERATION};
 
 use crate::jobs::Job;
 use crate::service::Agent;
@@ -99,7 +100,7 @@ fn check(c: &Checkpoint, shape: &CopyShape<'_>) -> Result<(), String> {
             c.source
         ));
     }
-    if c.dst_vol != dst.vol_id || c.dst_generation != dst_md.generation {
+    if c.dst_vol != dst.vol_id || !same_or_fenced(c.dst_generation, dst_md.generation) {
         return Err(format!(
             "destination changed: checkpoint for {} generation {}, now {} generation {}",
             c.dst_vol, c.dst_generation, dst.vol_id, dst_md.generation
@@ -124,6 +125,17 @@ fn check(c: &Checkpoint, shape: &CopyShape<'_>) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether the destination's generation is the checkpoint's, or the checkpoint's plus the
+/// fencing step (an engine fenced the lost copy: `SDM.update_volume` moves the generation
+/// and touches no data byte). Any writer of the destination's bytes removes or replaces the
+/// checkpoint first (`copy_data` here, in-place jobs in `ops::volume_job`), so a fence is the
+/// only change a checkpoint can outlive; the digests still check the bytes.
+pub fn same_or_fenced(then: u16, now: u16) -> bool {
+    let fenced =
+        (u32::from(then) + u32::from(FENCING_GENERATION_DIFF)) % (u32::from(MAX_GENERATION) + 1);
+    now == then || u32::from(now) == fenced
 }
 
 /// The hook the engine calls at each checkpoint: digest of the source's prefix, then the
@@ -200,5 +212,20 @@ pub fn record_failure(dst_dom: &Domain, dst: &Endpoint, job: &Job, error: &str) 
 pub fn forget(dst_dom: &Domain, dst: &Endpoint) {
     if let Err(e) = dst_dom.backend.remove_checkpoint(&dst.img_id, &dst.vol_id) {
         tracing::warn!(vol = %dst.vol_id, error = %e, "removing the checkpoint failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_or_fenced;
+
+    #[test]
+    fn a_fence_is_the_only_generation_change_a_checkpoint_outlives() {
+        assert!(same_or_fenced(4, 4));
+        assert!(same_or_fenced(4, 7));
+        assert!(same_or_fenced(998, 1), "wraps like the agent's generations");
+        assert!(!same_or_fenced(4, 5), "a finished copy");
+        assert!(!same_or_fenced(4, 6));
+        assert!(!same_or_fenced(4, 10));
     }
 }
