@@ -28,6 +28,11 @@
 //! that was lost. Zeroing a destination range prefers PUNCH_HOLE|KEEP_SIZE, then ZERO_RANGE
 //! (files) or BLKZEROOUT (block devices), and writes zero buffers only when those are refused.
 //!
+//! A copy may start at an offset ([`CopyOptions::start`]: a resumed copy neither reads nor
+//! writes what the destination already holds) and report checkpoints ([`CheckpointHook`]): now
+//! and then the destination is fdatasync'ed and the hook told the end of the contiguous
+//! completed prefix (the lowest offset still in flight), once more at the end.
+//!
 //! A checksum reads the same way, but the chunks go, in order, to a hashing thread beside the
 //! IO thread, so reads keep flowing while SHA-256 runs; holes are hashed as zeros, unread.
 //!
