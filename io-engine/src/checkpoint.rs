@@ -9,7 +9,9 @@
 
 use std::fmt;
 use std::io;
+use std::path::Path;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::target::Target;
@@ -64,7 +66,10 @@ impl fmt::Debug for CheckpointHook {
     }
 }
 
-/// The copy loop's side of checkpointing: decides when, syncs, calls.
+/// The copy loop's side of checkpointing: decides when, and runs the sync and the hook on a
+/// helper thread while the pipeline keeps going (at most one at a time; a checkpoint due
+/// while the last one runs is skipped). The offset is computed before the sync is issued, so
+/// every write below it completed before the fdatasync started and is covered by it.
 pub(crate) struct Checkpointer {
     hook: CheckpointHook,
     last_at: Instant,
@@ -72,11 +77,11 @@ pub(crate) struct Checkpointer {
     /// the durable offset trails the issued one by the queue, so counting from it would make
     /// every turn of the loop look due).
     last_issued: u64,
-    /// The durable offset last reported.
+    /// The durable offset last handed to the hook.
     last_off: u64,
     total: u64,
-    /// Checkpoints taken (tests and logs).
-    pub(crate) taken: u32,
+    /// The checkpoint running on the helper thread.
+    pending: Option<JoinHandle<Result<(), IoError>>>,
 }
 
 impl Checkpointer {
@@ -87,7 +92,7 @@ impl Checkpointer {
             last_issued: start,
             last_off: start,
             total,
-            taken: 0,
+            pending: None,
         }
     }
 
@@ -99,24 +104,77 @@ impl Checkpointer {
                 || self.last_at.elapsed() >= self.hook.every)
     }
 
-    /// Syncs `dst` and reports `durable` (the contiguous completed prefix) to the hook. Skips
-    /// when nothing new completed since the last checkpoint.
+    /// Starts a checkpoint of `durable` (the contiguous completed prefix): fdatasync of `dst`,
+    /// then the hook, on the helper thread. Skips when nothing new completed or the last one
+    /// still runs; fails with the last one's error.
     pub(crate) fn take(&mut self, dst: &Target, issued: u64, durable: u64) -> Result<(), IoError> {
         self.last_at = Instant::now();
         self.last_issued = issued;
+        if self.pending.as_ref().is_some_and(|h| !h.is_finished()) {
+            return Ok(());
+        }
+        self.wait()?;
         if durable <= self.last_off {
             return Ok(());
         }
-        // Not the final sync's failpoint: a fault injected there must hit the end of the copy.
-        dst.sync_descriptors()?;
+        let (fds, path) = (dst.descriptors(), dst.path.clone());
+        let call = self.hook.call.clone();
         let c = Checkpointed {
             durable,
             total: self.total,
         };
-        (self.hook.call)(c).map_err(|e| IoError::os("checkpoint of", &dst.path, e))?;
+        // Not the final sync's failpoint: a fault injected there must hit the end of the copy.
+        let run = move || {
+            for fd in fds {
+                crate::sys::fdatasync(fd).map_err(|e| IoError::os("fdatasync of", &path, e))?;
+            }
+            call(c).map_err(|e| IoError::os("checkpoint of", &path, e))
+        };
+        let h = std::thread::Builder::new()
+            .name("sdm-checkpoint".into())
+            .spawn(run)
+            .map_err(|e| IoError::os("checkpoint thread for", &dst.path, e))?;
+        self.pending = Some(h);
         self.last_off = durable;
-        self.taken += 1;
         Ok(())
+    }
+
+    /// The last checkpoint at the copy's end: waits for the running one, then syncs and calls
+    /// the hook on this thread.
+    pub(crate) fn finish(&mut self, dst: &Target) -> Result<(), IoError> {
+        self.wait()?;
+        if self.total <= self.last_off && self.last_off > 0 {
+            return Ok(());
+        }
+        dst.sync_descriptors()?;
+        let c = Checkpointed {
+            durable: self.total,
+            total: self.total,
+        };
+        (self.hook.call)(c).map_err(|e| IoError::os("checkpoint of", &dst.path, e))?;
+        self.last_off = self.total;
+        Ok(())
+    }
+
+    /// Joins the running checkpoint, if any, and returns its outcome.
+    fn wait(&mut self) -> Result<(), IoError> {
+        match self.pending.take().map(JoinHandle::join) {
+            None => Ok(()),
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(IoError::os(
+                "checkpoint of",
+                Path::new("(destination)"),
+                io::Error::other("the checkpoint hook panicked"),
+            )),
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    /// The helper thread uses the destination's descriptors: it ends before they close (the
+    /// copy's error paths drop this before the target).
+    fn drop(&mut self) {
+        let _ = self.wait();
     }
 }
 

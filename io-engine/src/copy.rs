@@ -140,7 +140,7 @@ pub(crate) fn copy(
     // The last checkpoint says "all of it": a crash before the caller's own end (metadata)
     // then resumes with nothing left to copy.
     if let Some(cp) = c.checkpoints.as_mut() {
-        cp.take(&d, len, len)?;
+        cp.finish(&d)?;
     }
     if opts.verify {
         if !d.direct {

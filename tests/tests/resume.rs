@@ -1,6 +1,6 @@
 //! Copies that resume on another host (issue 18), with real agents over shared domains and the
 //! real data path: a copy is stopped dead (kill -9) once its checkpoint says 25/50/75/95 % is
-//! durable (a failpoint slows each checkpoint by 40 ms so the test can watch), another agent
+//! durable (the copy is throttled so the test can watch), another agent
 //! reads the progress
 //! with `Image.getStatus` and re-issues `SDM.copy_data`, which continues from the checkpoint:
 //! the bytes end equal (`cmp`), the resumed agent reads and writes only the remainder (its log's
@@ -59,8 +59,8 @@ impl Setup {
         }
     }
 
-    /// Another agent over the same domain, with `failpoints`.
-    fn join(&mut self, failpoints: &str) -> AgentProc {
+    /// Another agent over the same domain, with `failpoints` if given.
+    fn join(&mut self, failpoints: Option<&str>) -> AgentProc {
         let host = self.next_host;
         self.next_host += 1;
         AgentProc::start(AgentOptions {
@@ -70,7 +70,10 @@ impl Setup {
                 self.dir.display().to_string(),
                 io_config()
             )),
-            env: vec![("FAILPOINTS".into(), failpoints.into())],
+            env: failpoints
+                .map(|f| ("FAILPOINTS".to_string(), f.to_string()))
+                .into_iter()
+                .collect(),
             ..Default::default()
         })
     }
@@ -112,12 +115,12 @@ fn checkpoint_json(v: &Vol) -> Option<serde_json::Value> {
     serde_json::from_str(body).ok()
 }
 
-/// Copies `src` onto `dst` on a new agent whose copy sleeps 40 ms after each checkpoint (so
-/// the test can watch it), and kills that agent (kill -9) once a checkpoint says `pct` % is
-/// durable. Returns the durable offset of the last checkpoint written.
+/// Copies `src` onto `dst` on a new agent, throttled to 64 MiB/s so the test can watch, and
+/// kills that agent (kill -9) once a checkpoint says `pct` % is durable. Returns the durable
+/// offset of the last checkpoint written.
 async fn interrupted_copy(s: &mut Setup, src: &Vol, dst: &Vol, pct: u64) -> u64 {
-    let mut a = s.join("sdm::checkpoint::after_write=sleep(40)");
-    let job = copy_volume(&a.client(), src, dst, Some(0), None).await;
+    let mut a = s.join(None);
+    let job = copy_volume(&a.client(), src, dst, Some(0), Some(64 * MIB)).await;
     let target = size() * pct / 100;
     let deadline = Instant::now() + Duration::from_secs(60);
     let durable = || checkpoint_json(dst).and_then(|j| j["durable"].as_u64());
@@ -375,7 +378,7 @@ async fn a_failed_copy_records_its_error_and_the_end_checkpoint_resumes_with_not
 
     // Killed after the data and the final checkpoint, before LEGAL: nothing left to copy.
     let dst = s.dest().await;
-    let mut a = s.join("sdm::copy_data::before_legal=pause");
+    let mut a = s.join(Some("sdm::copy_data::before_legal=pause"));
     let job = copy_volume(&a.client(), &src, &dst, Some(0), None).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while checkpoint_json(&dst).and_then(|j| j["durable"].as_u64()) != Some(size()) {
@@ -414,7 +417,7 @@ async fn a_failed_copy_records_its_error_and_the_end_checkpoint_resumes_with_not
 
     // A copy that fails after a checkpoint leaves its error there for Image.getStatus.
     let dst = s.dest().await;
-    let failing = s.join("sdm_io::write=40*off->return(EIO)");
+    let failing = s.join(Some("sdm_io::write=40*off->return(EIO)"));
     let job = copy_volume(&failing.client(), &src, &dst, Some(0), None).await;
     let done = wait_job(&failing.client(), &job).await;
     assert_eq!(done.status, JobStatus::Failed, "{done:?}");
