@@ -212,6 +212,26 @@ async fn status_of(c: &AgentClient, v: &Vol) -> VolumeStatus {
         .expect("volume listed")
 }
 
+/// Deletes a destination's image (Image.delete, waited for), so the shared disk holds one
+/// copy at a time.
+async fn drop_image(s: &Setup, v: &Vol) {
+    let c = s.client();
+    let job = uuid();
+    c.api()
+        .delete_image(
+            v.img.clone(),
+            v.sd.clone(),
+            None,
+            None,
+            None,
+            Some(job.clone()),
+        )
+        .await
+        .via(&c)
+        .unwrap();
+    assert_eq!(wait_job(&c, &job).await.status, JobStatus::Done);
+}
+
 /// After a finished copy: LEGAL with generation 1, no checkpoint, and no finding.
 async fn assert_finished(s: &Setup, src: &Vol, dst: &Vol) {
     cmp(&src.path, &dst.path);
@@ -230,6 +250,7 @@ async fn killed_copies_resume_on_another_agent_with_only_the_remainder() {
         let dst = s.dest().await;
         let t = finish_copy(&s, &src, &dst, None).await;
         assert_finished(&s, &src, &dst).await;
+        drop_image(&s, &dst).await;
         t
     };
     println!("full copy of {} MiB: {:.2?}", total / MIB, full);
@@ -293,6 +314,7 @@ async fn killed_copies_resume_on_another_agent_with_only_the_remainder() {
             pr / MIB,
             pw / MIB
         );
+        drop_image(&s, &dst).await;
     }
 }
 
