@@ -390,6 +390,24 @@ async fn a_changed_source_or_a_bad_checkpoint_gives_a_full_copy() {
     // Nothing left behind that check would report.
     let fixes = c.api().check_domain(s.sd.clone()).await.via(&c).unwrap();
     assert!(fixes.is_empty(), "{fixes:?}");
+
+    // A checkpoint whose volume is gone is an orphan: check reports it, garbage collection
+    // at start-up removes it.
+    let stray = src.path.with_file_name(format!("{}.checkpoint", uuid()));
+    std::fs::write(&stray, b"{}").unwrap();
+    // A live volume's checkpoint (even an unreadable one) is the volume's, never an orphan.
+    std::fs::write(checkpoint_path(&src), b"{}").unwrap();
+    let fixes = c.api().check_domain(s.sd.clone()).await.via(&c).unwrap();
+    assert!(
+        fixes.len() == 1 && fixes[0].data["kind"] == "orphan",
+        "{fixes:?}"
+    );
+    s.owner.restart();
+    assert!(!stray.exists(), "garbage collection removed it");
+    assert!(
+        checkpoint_path(&src).exists(),
+        "a live volume's checkpoint was removed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
