@@ -180,6 +180,10 @@ pub struct IoConfig {
     pub bandwidth_limit: u64,
     /// Volumes of one image copied at once by `Image.move` / wiped by `Image.delete`.
     pub image_parallelism: usize,
+    /// A copy checkpoints at most this many milliseconds apart (`ops::resume`)...
+    pub checkpoint_interval_ms: u64,
+    /// ...or after this many bytes, whichever comes first.
+    pub checkpoint_bytes: u64,
 }
 
 impl Default for IoConfig {
@@ -191,6 +195,8 @@ impl Default for IoConfig {
             max_running_jobs: 8,
             bandwidth_limit: 0,
             image_parallelism: 2,
+            checkpoint_interval_ms: 5000,
+            checkpoint_bytes: 4 << 30,
         }
     }
 }
@@ -383,6 +389,15 @@ impl Config {
         }
         if !(1..=64).contains(&self.io.image_parallelism) {
             return Err(bad("io.image_parallelism", "must be 1-64".into()));
+        }
+        if !(100..=3_600_000).contains(&self.io.checkpoint_interval_ms) {
+            return Err(bad(
+                "io.checkpoint_interval_ms",
+                "must be 100-3600000".into(),
+            ));
+        }
+        if self.io.checkpoint_bytes < 1 << 20 {
+            return Err(bad("io.checkpoint_bytes", "must be at least 1 MiB".into()));
         }
         if !(1..=60).contains(&self.leases.sanlock_io_timeout_s) {
             return Err(bad("leases.sanlock_io_timeout_s", "must be 1-60".into()));

@@ -12,6 +12,8 @@
 //! * [`follow`]: following a copy job to a verdict by the engine's recovery table: the job while
 //!   its host answers, the destination volume's lease and generation when it does not, fencing
 //!   when neither decides.
+//! * [`status`]: what storage alone says about an image (`Image.getStatus`): how far a copy
+//!   whose host is gone got, from its checkpoint; re-issuing it resumes from there.
 //! * [`journal::Journal`]: the durable record of every phase of a disk operation, kept by a
 //!   [`journal::JournalStore`]: the file journal by default, or PostgreSQL shared by several
 //!   engines that take over each other's operations ([`journal::PgStore`]); the operation
@@ -36,6 +38,7 @@ pub mod journal;
 pub mod op;
 pub mod placement;
 pub mod pool;
+pub mod status;
 pub mod stomp;
 pub mod tls;
 

@@ -3,6 +3,7 @@
 use std::io;
 use std::path::Path;
 
+use crate::checkpoint::Checkpointer;
 use crate::control::{Admit, Throttle};
 use crate::extents::{align_down, align_up, all_hole, is_zero, zero_runs, Extents};
 use crate::io::{Done, Io, Op};
@@ -67,6 +68,9 @@ pub(crate) fn copy(
     }
 
     let align = seg_align(&s, Some(&d));
+    // A resumed copy starts at a segment boundary; bytes below it are the destination's.
+    let start = align_down(opts.start.min(len), align);
+    ctl.add_done(start);
     let tail = tail_start(&d, len, align);
     let tail_fd = if tail < len { d.buffered_fd()? } else { d.fd() };
     let method = match d.kind {
@@ -91,7 +95,7 @@ pub(crate) fn copy(
         throttle: Throttle::new(),
         ext: Extents::new(&s, len, align),
         len,
-        pos: 0,
+        pos: start,
         chunk: chunk as u64,
         tail_start: tail,
         tail_fd,
@@ -111,6 +115,10 @@ pub(crate) fn copy(
             chunk: chunk as u64,
         }),
         max_zero_inflight: slots,
+        checkpoints: opts
+            .checkpoint
+            .clone()
+            .map(|h| Checkpointer::new(h, start, len)),
         report: CopyReport {
             bytes_total: len,
             bytes_read: 0,
@@ -129,6 +137,11 @@ pub(crate) fn copy(
         return Err(e);
     }
     d.sync_data()?;
+    // The last checkpoint says "all of it": a crash before the caller's own end (metadata)
+    // then resumes with nothing left to copy.
+    if let Some(cp) = c.checkpoints.as_mut() {
+        cp.finish(&d)?;
+    }
     if opts.verify {
         if !d.direct {
             crate::sys::fadvise_dontneed(d.fd());
@@ -164,6 +177,7 @@ struct Copier<'a> {
     align: u64,
     zero: Zeroer,
     max_zero_inflight: usize,
+    checkpoints: Option<Checkpointer>,
     report: CopyReport,
 }
 
@@ -185,7 +199,28 @@ impl Copier<'_> {
             for d in done.drain(..) {
                 self.complete(io, d)?;
             }
+            if self.checkpoints.as_ref().is_some_and(|c| c.due(self.pos)) {
+                let durable = self.durable_prefix();
+                if let Some(c) = self.checkpoints.as_mut() {
+                    c.take(self.dst, self.pos, durable)?;
+                }
+            }
         }
+    }
+
+    /// End of the contiguous completed prefix: the lowest offset still in flight (a data
+    /// segment, a zeroing queued or issued), else the next unissued one.
+    fn durable_prefix(&self) -> u64 {
+        let mut busy = vec![true; self.seg.len()];
+        for &f in &self.free {
+            busy[f] = false;
+        }
+        let segs = busy
+            .iter()
+            .zip(&self.seg)
+            .filter(|(b, _)| **b)
+            .map(|(_, s)| s.0);
+        segs.chain(self.zero.low_water()).fold(self.pos, u64::min)
     }
 
     /// Issues as much work as slots and queue limits allow.

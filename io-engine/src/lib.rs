@@ -28,6 +28,11 @@
 //! that was lost. Zeroing a destination range prefers PUNCH_HOLE|KEEP_SIZE, then ZERO_RANGE
 //! (files) or BLKZEROOUT (block devices), and writes zero buffers only when those are refused.
 //!
+//! A copy may start at an offset ([`CopyOptions::start`]: a resumed copy neither reads nor
+//! writes what the destination already holds) and report checkpoints ([`CheckpointHook`]): now
+//! and then the destination is fdatasync'ed and the hook told the end of the contiguous
+//! completed prefix (the lowest offset still in flight), once more at the end.
+//!
 //! A checksum reads the same way, but the chunks go, in order, to a hashing thread beside the
 //! IO thread, so reads keep flowing while SHA-256 runs; holes are hashed as zeros, unread.
 //!
@@ -77,6 +82,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+mod checkpoint;
 mod checksum;
 mod control;
 pub mod convert;
@@ -90,6 +96,9 @@ mod uring;
 mod wipe;
 mod zero;
 
+pub use checkpoint::{
+    CheckpointFn, CheckpointHook, Checkpointed, DEFAULT_CHECKPOINT_BYTES, DEFAULT_CHECKPOINT_EVERY,
+};
 pub use control::{Control, Progress};
 pub use convert::{
     Allocation, BackingFile, CommitOptions, CommitReport, ConvertDest, ConvertOptions,
@@ -167,6 +176,12 @@ pub struct CopyOptions {
     pub verify: bool,
     /// Bytes to copy; None means the whole source.
     pub length: Option<u64>,
+    /// The destination already holds the source's bytes below this offset (a resumed copy):
+    /// they are neither read nor written (verify still reads the whole volume). Rounded down
+    /// to the copy's alignment.
+    pub start: u64,
+    /// Report the durable prefix now and then (see [`CheckpointHook`]).
+    pub checkpoint: Option<CheckpointHook>,
 }
 
 /// Default [`WipeOptions::step`]: the BLKZEROOUT size VDSM measured best.

@@ -158,12 +158,22 @@ impl Target {
     /// fdatasync of every descriptor written through. An error here is final.
     pub(crate) fn sync_data(&self) -> Result<(), IoError> {
         crate::io::inject_fsync().map_err(|e| IoError::os("fdatasync of", &self.path, e))?;
-        sys::fdatasync(self.fd()).map_err(|e| IoError::os("fdatasync of", &self.path, e))?;
-        if let Some(b) = &self.buffered {
-            sys::fdatasync(b.as_raw_fd())
-                .map_err(|e| IoError::os("fdatasync of", &self.path, e))?;
+        self.sync_descriptors()
+    }
+
+    /// fdatasync of every descriptor, without the final sync's failpoint (checkpoints).
+    pub(crate) fn sync_descriptors(&self) -> Result<(), IoError> {
+        for fd in self.descriptors() {
+            sys::fdatasync(fd).map_err(|e| IoError::os("fdatasync of", &self.path, e))?;
         }
         Ok(())
+    }
+
+    /// Every descriptor written through (valid while this target lives).
+    pub(crate) fn descriptors(&self) -> Vec<RawFd> {
+        let mut v = vec![self.fd()];
+        v.extend(self.buffered.as_ref().map(|b| b.as_raw_fd()));
+        v
     }
 
     pub(crate) fn set_len(&mut self, len: u64) -> Result<(), IoError> {

@@ -84,6 +84,8 @@ pub(crate) struct Zeroer {
     chunk: u64,
     /// Requests issued and not yet completed.
     pub(crate) inflight: usize,
+    /// Start offsets of those requests (checkpoints need the lowest).
+    inflight_at: Vec<u64>,
 }
 
 pub(crate) struct ZeroerConfig {
@@ -109,6 +111,7 @@ impl Zeroer {
             min_step: c.step.max(c.lbs),
             chunk: c.chunk,
             inflight: 0,
+            inflight_at: Vec::new(),
         }
     }
 
@@ -128,6 +131,19 @@ impl Zeroer {
 
     pub(crate) fn is_idle(&self) -> bool {
         self.queue.is_empty() && self.inflight == 0
+    }
+
+    /// The lowest offset not yet known to read as zeros, queued or in flight (None: idle).
+    pub(crate) fn low_water(&self) -> Option<u64> {
+        let queued = self.queue.iter().map(|r| r.0);
+        queued.chain(self.inflight_at.iter().copied()).min()
+    }
+
+    fn landed(&mut self, off: u64) {
+        self.inflight -= 1;
+        if let Some(i) = self.inflight_at.iter().position(|&o| o == off) {
+            self.inflight_at.swap_remove(i);
+        }
     }
 
     /// The next request to issue, if any range is waiting.
@@ -179,13 +195,14 @@ impl Zeroer {
             front.1 -= n;
         }
         self.inflight += 1;
+        self.inflight_at.push(off);
         Some(op)
     }
 
     /// Returns an issued request to the queue, unissued (the throttle declined it).
     pub(crate) fn put_back(&mut self, op: &Op) {
-        self.inflight -= 1;
         let (off, len) = range_of(op);
+        self.landed(off);
         match self.queue.front_mut() {
             Some(front) if front.0 == off + len => {
                 front.0 = off;
@@ -227,8 +244,8 @@ impl Zeroer {
     /// Accounts a finished request. Ok(bytes) when the range now reads as zeros (0 when it was
     /// requeued for a fallback method), Err when it failed for good.
     pub(crate) fn complete(&mut self, op: &Op, res: io::Result<u64>) -> io::Result<u64> {
-        self.inflight -= 1;
         let (off, len) = range_of(op);
+        self.landed(off);
         match res {
             Ok(_) => Ok(len),
             Err(e) if unsupported(&e) && ZeroMethod::of(op) != ZeroMethod::Write => {

@@ -268,6 +268,10 @@ sdm_api! {
         sd_id | "storagedomainID": Uuid,
         img_id | "imageID": Uuid,
     ) -> Vec<Uuid>;
+    /// sdm extension: each volume's legality and generation and, for a volume a copy left a
+    /// checkpoint on, that copy's host, job, stage, percent durable, last error and age, read
+    /// from storage alone (any host can answer for a host that is gone).
+    "Image.getStatus" => fn get_image_status / GetImageStatusParams(sd_id: Uuid, img_id: Uuid) -> ImageStatus;
     /// Creates a volume (COW with a parent uses the parent as backing file), at once; answers
     /// the id of a job registered as done (description `create_volume`), which `Task.*` and
     /// `Host.getJobs` report, as VDSM answers the task that creates it.
@@ -333,6 +337,10 @@ sdm_api! {
         verify: Option<Flag>,
         /// Bytes per second.
         bandwidth_limit: Option<Size>,
+        /// sdm extension: continue from the checkpoint an earlier attempt left on the
+        /// ILLEGAL destination when it still matches the source (default true; plain copies
+        /// only, never conversions). False always copies everything.
+        resume: Option<Flag>,
     ) -> bool;
     /// Changes legality, description, generation or type under the volume lease, as a job.
     "SDM.update_volume" => fn update_volume / UpdateVolumeParams(

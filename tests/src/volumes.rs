@@ -150,7 +150,7 @@ pub async fn volume_info(c: &AgentClient, sd: &Uuid, img: &Uuid, vol: &Uuid) -> 
 pub async fn start_copy(c: &AgentClient, src: Endpoint, dst: Endpoint, bw: Option<u64>) -> Uuid {
     let job = uuid();
     c.api()
-        .copy_data(job.clone(), src, dst, None, None, bw.map(Size))
+        .copy_data(job.clone(), src, dst, None, None, bw.map(Size), None)
         .await
         .via(c)
         .unwrap();

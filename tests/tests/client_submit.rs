@@ -42,7 +42,7 @@ async fn a_lost_answer_is_retried_with_the_same_job_id_and_nothing_runs_twice() 
     lossy
         .submit(&job, |h| {
             let (j, s, d) = (job.clone(), src.clone(), dst.clone());
-            async move { h.copy_data(j, s, d, None, None, None).await }
+            async move { h.copy_data(j, s, d, None, None, None, None).await }
         })
         .await
         .expect("the retry finds the job registered and counts it as submitted");
@@ -75,7 +75,15 @@ async fn a_lost_answer_is_retried_with_the_same_job_id_and_nothing_runs_twice() 
     // Sending it yet again, on purpose, is refused and changes nothing.
     let again = direct
         .api()
-        .copy_data(job.clone(), src.clone(), dst.clone(), None, None, None)
+        .copy_data(
+            job.clone(),
+            src.clone(),
+            dst.clone(),
+            None,
+            None,
+            None,
+            None,
+        )
         .await
         .via(&direct)
         .unwrap_err();

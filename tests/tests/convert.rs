@@ -326,6 +326,7 @@ async fn copy_bitmaps_cow_to_cow_only() {
             Some(Flag(true)),
             None,
             None,
+            None,
         )
         .await
         .via(&c)
@@ -355,6 +356,7 @@ async fn copy_bitmaps_cow_to_cow_only() {
                 from.ep(None),
                 to.ep(Some(0)),
                 Some(Flag(true)),
+                None,
                 None,
                 None,
             )

@@ -34,6 +34,8 @@ const POINTS: &[(Op, Option<&str>)] = &[
     (Op::Copy, Some("sdm::copy_data::after_lease")),
     (Op::Copy, Some("sdm::copy_data::after_illegal")),
     (Op::Copy, Some("sdm::copy_data::before_legal")),
+    (Op::Copy, Some("sdm::checkpoint::before_write")),
+    (Op::Copy, Some("sdm::checkpoint::after_write")),
     (Op::Copy, Some("sdm::copy_data::after_legal")),
     (Op::Copy, None),
     (Op::Move, Some("sdm::image_move::after_create")),
@@ -58,6 +60,28 @@ impl Rng {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
+    }
+}
+
+/// A checkpoint left on an ILLEGAL destination promises that the destination's bytes below its
+/// durable offset are the source's: Some(violation) when they are not.
+fn broken_checkpoint_promise(src: &Path, dst: &Path) -> Option<String> {
+    let name = format!("{}.checkpoint", dst.file_name()?.to_str()?);
+    let raw = std::fs::read_to_string(dst.with_file_name(name)).ok()?;
+    let (body, _) = raw.rsplit_once("\nsha256=")?;
+    let j: serde_json::Value = serde_json::from_str(body).ok()?;
+    let n = j["durable"].as_u64()? as usize;
+    let read = |p: &Path| {
+        let mut b = vec![0u8; n];
+        File::open(p)
+            .and_then(|f| f.read_exact_at(&mut b, 0))
+            .map(|_| b)
+    };
+    match (read(src), read(dst)) {
+        (Ok(a), Ok(b)) if a == b => None,
+        _ => Some(format!(
+            "checkpoint promises {n} bytes the destination does not hold"
+        )),
     }
 }
 
@@ -317,6 +341,13 @@ async fn run_trial(op: Op, point: Option<&str>, rng: &mut Rng, sanlock: Option<&
                             outcome = "ILLEGAL, old generation";
                             if i.generation != 0 {
                                 v.push(format!("ILLEGAL with generation {}", i.generation));
+                            }
+                            let (sp, dp) = (
+                                volume_path(&dom1, &img, &src),
+                                volume_path(&dom2, dimg, dvol),
+                            );
+                            if let Some(why) = broken_checkpoint_promise(&sp, &dp) {
+                                v.push(why);
                             }
                         }
                     }

@@ -330,7 +330,15 @@ async fn racing_writers_stale_jobs_and_abort_storms() {
     // Duplicate job ids across the same agent: refused, nothing started twice.
     let e = ca
         .api()
-        .copy_data(ja.clone(), s1.ep(None), dst.ep(Some(1)), None, None, None)
+        .copy_data(
+            ja.clone(),
+            s1.ep(None),
+            dst.ep(Some(1)),
+            None,
+            None,
+            None,
+            None,
+        )
         .await
         .via(&ca)
         .unwrap_err();

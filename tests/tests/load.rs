@@ -394,7 +394,7 @@ async fn jobs_over_three_agents_with_host_pool() {
                     );
                     cl.submit(&job, |h| {
                         let (job, src, dst) = (job.clone(), src.clone(), dst.clone());
-                        async move { h.copy_data(job, src, dst, None, None, None).await }
+                        async move { h.copy_data(job, src, dst, None, None, None, None).await }
                     })
                     .await
                 }

@@ -145,6 +145,7 @@ async fn an_ovirt_written_domain_attaches_and_works() {
             None,
             Some(Flag(true)),
             None,
+            None,
         )
         .await
         .via(&c)

@@ -10,9 +10,11 @@
 //!    the lease on storage and re-reading the generation;
 //! 6. the copy — or the conversion to the destination's format, collapsing the source's chain
 //!    when the destination has no parent (`ops::convert`) — ending durable (and an optional
-//!    verify), while a watcher stops the job if the lease is lost (`lease_watch`);
+//!    verify), while a watcher stops the job if the lease is lost (`lease_watch`); a plain copy
+//!    checkpoints as it goes and starts where a valid checkpoint of an earlier attempt says
+//!    the destination is good (`ops::resume`);
 //! 7. the source re-read: still LEGAL at the same generation; then one metadata write: LEGAL
-//!    and generation+1 together;
+//!    and generation+1 together, then the checkpoint is removed;
 //! 8. release the lease, then the locks.
 //!
 //! A failure, abort or crash anywhere after 5 leaves the destination ILLEGAL with its old
@@ -26,6 +28,7 @@ use sdm_proto::{ApiError, Endpoint, ErrorCode, Generation, JobResult, Legality, 
 
 use super::lease_watch::with_watch;
 use super::outcome::{before_first_write, source_unchanged, write_legal};
+use super::resume::{self, CopyShape};
 use super::{check_abort, convert, flag, lock_for_job, spawn_job};
 use crate::error::AgentError;
 use crate::jobs::Job;
@@ -49,6 +52,8 @@ pub struct CopyRequest {
     pub bandwidth_limit: Option<u64>,
     /// Copy persistent bitmaps (COW to COW only).
     pub copy_bitmaps: bool,
+    /// Continue from a valid checkpoint of an earlier attempt (default true).
+    pub resume: bool,
 }
 
 /// Validates and schedules a copy.
@@ -64,6 +69,7 @@ pub fn schedule(agent: &Arc<Agent>, p: CopyDataParams) -> Result<(), AgentError>
         verify: flag(p.verify),
         bandwidth_limit: p.bandwidth_limit.map(Size::get).filter(|v| *v > 0),
         copy_bitmaps,
+        resume: p.resume.is_none_or(|f| f.get()),
     };
     let agent2 = agent.clone();
     spawn_job(agent, &p.job_id, "copy_data", move |job| {
@@ -107,6 +113,17 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
             .reserve(&dst.img_id, &dst.vol_id, src_size.apparent)?;
         let src_data = src_dom.backend.prepare(&src.img_id, &src.vol_id)?;
         let dst_data = dst_dom.backend.prepare(&dst.img_id, &dst.vol_id)?;
+        let plain = !convert::converts(&src_md, &dst_md);
+        let shape = CopyShape {
+            src: (src, &src_md),
+            dst: (dst, &dst_md),
+            src_path: src_data.path().to_path_buf(),
+            dst_path: dst_data.path().to_path_buf(),
+            total: src_size.apparent,
+            stage: (1, 1),
+        };
+        let start = resume::start_offset(&dst_dom, &shape, req.resume && plain);
+        let checkpoints = plain.then(|| resume::hook(agent, dst_dom.clone(), &shape, job));
 
         // From here on the destination's content is not to be trusted until the final write.
         // The first write: only with the lease confirmed on storage, and at the generation
@@ -123,13 +140,17 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
             &dst_dom,
             (&src_data, &src_md),
             (&dst_data, &dst_md),
-        )?;
+            (start, checkpoints),
+        )
+        .inspect_err(|e| resume::record_failure(&dst_dom, dst, job, &e.to_string()))?;
         fail::fail_point!("sdm::copy_data::before_legal");
         check_abort(job)?;
         // The source must still be what was copied (step 7 only declares that copy good).
         source_unchanged(&src_dom, src, &src_md)?;
 
-        mark_legal(&dst_dom, dst, start_gen, &held)
+        mark_legal(&dst_dom, dst, start_gen, &held)?;
+        resume::forget(&dst_dom, dst);
+        Ok(())
     })?;
     fail::fail_point!("sdm::copy_data::after_legal");
     if let Err(e) = held.release() {
@@ -221,6 +242,7 @@ fn copy_bytes(
     dst_dom: &Domain,
     (src_data, src_md): (&Prepared, &VolumeMetadata),
     (dst_data, dst_md): (&Prepared, &VolumeMetadata),
+    (start, checkpoint): (u64, Option<sdm_io::CheckpointHook>),
 ) -> Result<(), AgentError> {
     let dst = &req.destination;
     let ctl = job.control();
@@ -244,11 +266,20 @@ fn copy_bytes(
     }
     let opts = sdm_io::CopyOptions {
         verify: req.verify,
+        start,
+        checkpoint,
         ..Default::default()
     };
-    agent
+    let r = agent
         .engine
         .copy(src_data.path(), dst_data.path(), &opts, ctl)?;
+    tracing::info!(
+        vol = %dst.vol_id,
+        resumed_from = start,
+        bytes_read = r.bytes_read,
+        bytes_written = r.bytes_written,
+        "copy finished"
+    );
     if dst_md.capacity > src_md.capacity {
         dst_dom
             .backend

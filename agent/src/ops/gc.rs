@@ -3,8 +3,9 @@
 //! `_remove_me_<img>` directories hold images whose deletion was interrupted after the rename:
 //! they are removed. `_remove_me_ZERO_<img>` directories hold images that must be wiped before
 //! removal: they are handed to the image-deletion job, which wipes, then removes. Temporary
-//! files of metadata writers that died are removed ([`STALE_TEMP_AGE`]). Every action is
-//! logged and counted.
+//! files of metadata writers that died are removed ([`STALE_TEMP_AGE`]), and so is a copy's
+//! checkpoint whose volume is gone (removal interrupted between the metadata and the
+//! checkpoint). Every action is logged and counted.
 //!
 //! It runs from the callers that hold the `Arc<Agent>` (the wipe jobs it schedules need one):
 //! start-up (`main`, after `Agent::start`) and the `StorageDomain.attach` / `create` verbs.
@@ -34,6 +35,8 @@ pub struct GcReport {
     pub busy: usize,
     /// Temporary metadata files of dead writers removed.
     pub temp_files: usize,
+    /// Checkpoints of volumes that no longer exist, removed.
+    pub checkpoints: usize,
 }
 
 /// Collects the leftovers of every attached domain (at start-up, before serving).
@@ -123,10 +126,31 @@ pub fn collect_garbage(agent: &Arc<Agent>, dom: &Domain) -> GcReport {
             }
         }
     }
+    report.checkpoints = collect_checkpoints(dom);
     if report != GcReport::default() {
-        tracing::info!(sd_id = %dom.sd_id, removed = report.removed, temp_files = report.temp_files, wipes_scheduled = report.wipes_scheduled, busy = report.busy, failed = report.failed, "garbage collection done");
+        tracing::info!(sd_id = %dom.sd_id, removed = report.removed, temp_files = report.temp_files, wipes_scheduled = report.wipes_scheduled, busy = report.busy, failed = report.failed, checkpoints = report.checkpoints, "garbage collection done");
     }
     report
+}
+
+/// Removes the checkpoints (`<vol>.checkpoint`, see `ops::resume`) whose volume is gone: the
+/// backend reports them as orphans and refuses to remove one whose volume exists.
+fn collect_checkpoints(dom: &Domain) -> usize {
+    let mut n = 0;
+    for img in dom.backend.list_images().unwrap_or_default() {
+        for name in dom.backend.orphans(&img).unwrap_or_default() {
+            if !name.ends_with(".checkpoint") {
+                continue;
+            }
+            match dom.backend.remove_orphan(&img, &name) {
+                Ok(()) => n += 1,
+                Err(e) => {
+                    tracing::warn!(sd_id = %dom.sd_id, img_id = %img, file = %name, error = %e, "garbage collection left a checkpoint")
+                }
+            }
+        }
+    }
+    n
 }
 
 /// Schedules wipe-then-remove of a `_remove_me_ZERO_` leftover found at attach. Fails with

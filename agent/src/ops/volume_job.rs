@@ -179,6 +179,12 @@ impl Held<'_> {
         change(&mut self.md);
         update_metadata(&self.dom, &self.target.img, &self.target.vol, &mut self.md)?;
         self.set_illegal = true;
+        // The bytes change in place from here on: a copy's checkpoint on this volume no
+        // longer describes them (ops::resume trusts a checkpoint only while no other writer
+        // has touched the volume).
+        self.dom
+            .backend
+            .remove_checkpoint(&self.target.img, &self.target.vol)?;
         Ok(())
     }
 

@@ -213,6 +213,11 @@ impl SdmApiServer for Rpc {
         blocking(move || a.get_volumes(&sd_id, &img_id)).await
     }
 
+    async fn get_image_status(&self, sd_id: Uuid, img_id: Uuid) -> RpcResult<ImageStatus> {
+        let a = self.agent.clone();
+        blocking(move || ops::image_status::get(&a, &sd_id, &img_id)).await
+    }
+
     async fn create_volume(
         &self,
         sd_id: Uuid,
@@ -289,6 +294,7 @@ impl SdmApiServer for Rpc {
         copy_bitmaps: Option<Flag>,
         verify: Option<Flag>,
         bandwidth_limit: Option<Size>,
+        resume: Option<Flag>,
     ) -> RpcResult<bool> {
         let p = CopyDataParams {
             job_id,
@@ -297,6 +303,7 @@ impl SdmApiServer for Rpc {
             copy_bitmaps,
             verify,
             bandwidth_limit,
+            resume,
         };
         ops::copy_data::schedule(&self.agent, p)?;
         Ok(true)

@@ -312,6 +312,28 @@ pub trait DomainBackend: Send + Sync + fmt::Debug {
     /// its last volume.
     fn remove_volume(&self, img: &Uuid, vol: &Uuid, lease: Lease) -> Result<(), StorageError>;
 
+    // --- checkpoints of copies into a volume (`super::checkpoint` owns the format) --------
+
+    /// The stored checkpoint bytes of a copy into the volume, if any (file: `<vol>.checkpoint`;
+    /// block, when it lands: the bytes after the volume's 512-byte metadata slot). A backend
+    /// without checkpoints has none.
+    fn read_checkpoint(&self, _img: &Uuid, _vol: &Uuid) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(None)
+    }
+
+    /// Replaces the volume's checkpoint, atomically and durably.
+    fn write_checkpoint(&self, _img: &Uuid, _vol: &Uuid, _data: &[u8]) -> Result<(), StorageError> {
+        Err(StorageError::Unsupported(format!(
+            "{} domains keep no copy checkpoints yet",
+            self.kind().as_str()
+        )))
+    }
+
+    /// Removes the volume's checkpoint, durably; none is not an error.
+    fn remove_checkpoint(&self, _img: &Uuid, _vol: &Uuid) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     // --- deletion -----------------------------------------------------------------------
 
     /// Marks a live image for removal, durably, and returns the leftover it became.

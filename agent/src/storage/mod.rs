@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod block;
+pub mod checkpoint;
 pub mod domain;
 pub mod domain_info;
 pub mod file;

@@ -153,6 +153,9 @@ pub enum DomainCmd {
 pub enum ImageCmd {
     /// Volumes of an image.
     Volumes { sd_id: String, img_id: String },
+    /// Legality, generation and copy progress of an image's volumes, from storage alone
+    /// (Image.getStatus): how far a copy got even when its host is gone.
+    Status { sd_id: String, img_id: String },
     /// Copy every volume of an image to another domain (Image.move, copy mode).
     Move {
         img_id: String,

@@ -137,7 +137,7 @@ pub async fn copy(ctx: &Ctx, a: CopyArgs) -> anyhow::Result<()> {
     let verify = Some(Flag(a.verify));
     c.submit(&job_id, |h| {
         let (s, d, j) = (src.clone(), dst.clone(), job_id.clone());
-        async move { h.copy_data(j, s, d, None, verify, bw).await }
+        async move { h.copy_data(j, s, d, None, verify, bw, None).await }
     })
     .await?;
     follow(c, json, &job_id, &a.wait).await?;

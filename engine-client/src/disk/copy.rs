@@ -152,7 +152,7 @@ impl Disks {
             let submitted = c
                 .submit(&job, |h| {
                     let (j, s, d) = (job.clone(), src_ep.clone(), dst_ep.clone());
-                    async move { h.copy_data(j, s, d, None, None, bw).await }
+                    async move { h.copy_data(j, s, d, None, None, bw, None).await }
                 })
                 .await;
             let ticket = CopyTicket {
@@ -234,6 +234,12 @@ impl Disks {
             }
             Verdict::Failed { error, fenced } => {
                 tracing::warn!(op = %run.op, vol = %vol, job = %t.job_id, host = %t.host, fenced, error = %error, "copy attempt failed");
+                if let Some(p) = crate::status::copy_progress(&self.pool, &t.dst).await {
+                    // The next attempt re-issues copy_data, which resumes from this point
+                    // when the checkpoint still matches (never after a fence: it bumps the
+                    // generation the checkpoint names).
+                    tracing::info!(op = %run.op, vol = %vol, percent = p.percent, written_by = p.host_id, resumable = p.resumable, last_error = ?p.last_error, age_s = p.age_s, "destination progress on storage");
+                }
                 let rec = Record::CopyEnd {
                     op: run.op.clone(),
                     vol: vol.clone(),

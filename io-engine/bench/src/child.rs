@@ -19,7 +19,10 @@ pub fn run(child: Child) -> Result<()> {
     let (engine_args, op) = match child {
         Child::Ceiling { src, dst } => return ceiling(&src, &dst),
         Child::Pretouch { bytes } => return pretouch(bytes),
-        Child::Copy { engine, src, dst } => (engine, Op::Copy(src, dst)),
+        Child::Copy { engine, src, dst } => {
+            let every = engine.checkpoint_ms;
+            (engine, Op::Copy(src, dst, every))
+        }
         Child::Multi { engine, pairs } => {
             if pairs.len() % 2 != 0 {
                 bail!("__multi takes SRC DST pairs, got {} paths", pairs.len());
@@ -82,7 +85,8 @@ fn config(a: &EngineArgs) -> Result<(EngineConfig, WipeOptions)> {
 }
 
 enum Op {
-    Copy(PathBuf, PathBuf),
+    /// Source, destination, checkpoint interval in milliseconds.
+    Copy(PathBuf, PathBuf, Option<u64>),
     Convert(Box<(Vec<Layer>, ConvertDest)>),
     Commit(PathBuf, PathBuf, Fmt),
     Multi(Vec<(PathBuf, PathBuf)>),
@@ -94,10 +98,13 @@ impl Op {
     fn run(self, engine: &Engine, wipe: &WipeOptions) -> Result<()> {
         let ctl = Control::new();
         match self {
-            Op::Copy(src, dst) => {
-                engine
-                    .copy(&src, &dst, &CopyOptions::default(), &ctl)
-                    .map_err(io)?;
+            Op::Copy(src, dst, every) => {
+                let opts = CopyOptions {
+                    checkpoint: every.map(|ms| crate::checkpoint::hook(&src, &dst, ms)),
+                    ..Default::default()
+                };
+                engine.copy(&src, &dst, &opts, &ctl).map_err(io)?;
+                let _ = std::fs::remove_file(crate::checkpoint::side_file(&dst));
             }
             Op::Wipe(p) => {
                 engine.wipe(&p, wipe, &ctl).map_err(io)?;

@@ -164,6 +164,9 @@ pub struct EngineArgs {
     /// Bytes per BLKZEROOUT request of a wipe.
     #[arg(long, value_parser = size_bytes)]
     pub step: Option<u64>,
+    /// Checkpoint a copy every this many milliseconds, at the agent's cost per checkpoint.
+    #[arg(long)]
+    pub checkpoint_ms: Option<u64>,
 }
 
 /// An image format.

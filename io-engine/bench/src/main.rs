@@ -25,6 +25,7 @@ mod agent;
 mod bench;
 mod cases;
 mod ceiling;
+mod checkpoint;
 mod child;
 mod cli;
 mod image;

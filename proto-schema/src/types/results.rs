@@ -388,3 +388,64 @@ pub type JobMap = BTreeMap<Uuid, JobInfo>;
 /// Result map of `Host.getAllTasksStatuses`: the status of every job that was answered as a
 /// task id, by that id.
 pub type TaskStatusMap = BTreeMap<Uuid, TaskStatus>;
+
+/// `Image.getStatus` result (sdm extension): what the image's domain alone says about it, so
+/// any host can answer for a copy another host ran.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ImageStatus {
+    /// Domain.
+    pub sd_id: Uuid,
+    /// Image.
+    pub img_id: Uuid,
+    /// Every volume of the image, by id.
+    pub volumes: Vec<VolumeStatus>,
+}
+
+/// One volume in [`ImageStatus`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VolumeStatus {
+    /// Volume id.
+    pub vol_id: Uuid,
+    /// LEGAL, ILLEGAL or FAKE.
+    pub legality: Legality,
+    /// Generation 0–999.
+    pub generation: u16,
+    /// The copy into this volume that left a checkpoint (an unfinished or failed copy);
+    /// omitted when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<CopyStatus>,
+    /// Why a checkpoint found next to the volume cannot be read (torn, corrupt); omitted
+    /// otherwise. A copy into the volume then starts from the beginning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_error: Option<String>,
+}
+
+/// A copy as its last checkpoint describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CopyStatus {
+    /// Host id of the agent that wrote the checkpoint.
+    pub host_id: u64,
+    /// The copy's job id.
+    pub job_id: Uuid,
+    /// k of `stage`/`stages` (the k-th volume copy of an `Image.move`; 1 of 1 for `SDM.copy_data`).
+    pub stage: u32,
+    /// Volume copies in the operation.
+    pub stages: u32,
+    /// Percent of the copy that is durable on the destination, 0–100.
+    pub percent: u8,
+    /// Bytes durable on the destination.
+    pub bytes_durable: u64,
+    /// Bytes the copy writes in all.
+    pub bytes_total: u64,
+    /// The source it copies from.
+    pub source: Endpoint,
+    /// The job's error, when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Seconds since the checkpoint was written.
+    pub age_s: u64,
+    /// Whether a copy into the destination as it is now would resume from it (the
+    /// destination is ILLEGAL with the generation the copy started with); false for a
+    /// leftover of a copy that finished or was fenced.
+    pub resumable: bool,
+}

@@ -345,6 +345,30 @@ impl DomainBackend for FileDomain {
         volume::remove(&self.image_dir(img), vol, lease)
     }
 
+    fn read_checkpoint(&self, img: &Uuid, vol: &Uuid) -> Result<Option<Vec<u8>>, StorageError> {
+        let p = self.volume_paths(img, vol).checkpoint;
+        match fs::read(&p) {
+            Ok(raw) => Ok(Some(raw)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StorageError::io("read", &p, e)),
+        }
+    }
+
+    fn write_checkpoint(&self, img: &Uuid, vol: &Uuid, data: &[u8]) -> Result<(), StorageError> {
+        let p = self.volume_paths(img, vol).checkpoint;
+        self.check_contained(&p)?;
+        Ok(durable::replace(&p, data)?)
+    }
+
+    fn remove_checkpoint(&self, img: &Uuid, vol: &Uuid) -> Result<(), StorageError> {
+        let p = self.volume_paths(img, vol).checkpoint;
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(durable::sync_dir(&self.image_dir(img))?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::io("remove", &p, e)),
+        }
+    }
+
     fn mark_for_removal(&self, img: &Uuid, wipe: bool) -> Result<Leftover, StorageError> {
         let l = Leftover::of(img, wipe);
         let (dir, target) = (self.image_dir(img), self.leftover_dir(&l));
@@ -394,7 +418,11 @@ impl DomainBackend for FileDomain {
             let name = e.file_name();
             let name = name.to_string_lossy();
             // Anything that is not metadata, a lease or a temporary file holds data.
-            if name.ends_with(".meta") || name.ends_with(".lease") || is_temp_file_name(&name) {
+            if name.ends_with(".meta")
+                || name.ends_with(".lease")
+                || name.ends_with(".checkpoint")
+                || is_temp_file_name(&name)
+            {
                 continue;
             }
             // A link that leads outside the domain (other than to a block device) is not ours

@@ -18,6 +18,8 @@ pub struct VolumePaths {
     pub meta: PathBuf,
     /// `<vol>.lease`.
     pub lease: PathBuf,
+    /// `<vol>.checkpoint`: a copy into the volume, how far (`storage::checkpoint`).
+    pub checkpoint: PathBuf,
 }
 
 /// The files of volume `vol` in image directory `dir`.
@@ -26,6 +28,7 @@ pub fn volume_paths_in(dir: &Path, vol: &Uuid) -> VolumePaths {
         data: dir.join(vol.as_str()),
         meta: dir.join(format!("{vol}.meta")),
         lease: dir.join(format!("{vol}.lease")),
+        checkpoint: dir.join(format!("{vol}.checkpoint")),
     }
 }
 
@@ -48,12 +51,15 @@ pub fn list_volumes_in(dir: &Path) -> Result<Vec<Uuid>, StorageError> {
     Ok(out)
 }
 
-/// A name a piece of a volume can have: `<uuid>`, `.meta`, `.lease`, or a temporary file.
+/// A name a piece of a volume can have: `<uuid>`, `.meta`, `.lease`, `.checkpoint`, or a
+/// temporary file.
 pub fn is_volume_file_name(name: &str) -> bool {
     let stem = name.get(..36).unwrap_or("");
     is_canonical_uuid(stem)
-        && (matches!(&name[36..], "" | ".meta" | ".lease" | ".meta.new" | ".new")
-            || is_temp_file_name(name))
+        && (matches!(
+            &name[36..],
+            "" | ".meta" | ".lease" | ".checkpoint" | ".meta.new" | ".checkpoint.new" | ".new"
+        ) || is_temp_file_name(name))
 }
 
 /// A temporary metadata file: one of [`durable::replace`]'s (`<vol>.meta.sdm-tmp-…`), or the

@@ -284,7 +284,7 @@ fn preallocate(f: &fs::File, path: &Path, offset: u64, len: u64) -> Result<(), S
 /// the lease file after the lease is released; the directory goes with its last file.
 pub fn remove(dir: &Path, vol: &Uuid, lease: Lease) -> Result<(), StorageError> {
     let p = volume_paths_in(dir, vol);
-    for f in [&p.meta, &p.data] {
+    for f in [&p.meta, &p.data, &p.checkpoint] {
         match fs::remove_file(f) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

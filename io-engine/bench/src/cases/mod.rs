@@ -53,6 +53,11 @@ pub const CASES: &[Case] = &[
         run: copy::empty,
     },
     Case {
+        name: "checkpoint",
+        full_image: true,
+        run: copy::checkpoints,
+    },
+    Case {
         name: "checksum",
         full_image: true,
         run: checksum::run,
