@@ -105,7 +105,8 @@ pub struct VgInfo {
     pub mda_free: u64,
     pub lv_count: u64,
     pub pv_count: u64,
-    /// The PVs LVM found; a missing PV is left out and makes the VG [`VgInfo::partial`].
+    /// The PVs LVM found, in its own order (not creation order); a missing PV is left out and
+    /// makes the VG [`VgInfo::partial`].
     pub pv_names: Vec<PathBuf>,
 }
 

@@ -43,7 +43,11 @@ fn vg_has_vdsm_pv_and_vg_parameters() {
     let info = lvm.vg(&devs, &vg).unwrap();
     assert_eq!(info.extent_size, EXTENT);
     assert_eq!(info.tags, [UNREADY]);
-    assert_eq!(info.pv_names, disks.paths());
+    // lvm lists a VG's PVs in its own order (by device name), not in creation order.
+    let (mut got, mut want) = (info.pv_names.clone(), disks.paths().to_vec());
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
     assert_eq!(info.pv_count, 2);
     assert_eq!(info.lv_count, 0);
     assert!(info.writable() && !info.partial());
