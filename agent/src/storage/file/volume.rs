@@ -291,8 +291,11 @@ pub fn remove(dir: &Path, vol: &Uuid, lease: Lease) -> Result<(), StorageError> 
             Err(e) => return Err(StorageError::io("remove", f, e)),
         }
     }
-    drop(lease);
+    // The lease file goes while the lease is held: released first, the name could be taken by
+    // a creator of the same volume id (the file exists, so it is used as it is) and then
+    // unlinked under it, leaving that creator holding a lease nobody else can find.
     let _ = fs::remove_file(&p.lease);
+    drop(lease);
     durable::sync_dir(dir)?;
     if list_volumes_in(dir).map(|v| v.is_empty()).unwrap_or(false)
         && fs::read_dir(dir)
