@@ -26,7 +26,7 @@ use jsonrpsee::core::client::Subscription;
 use jsonrpsee::ws_client::WsClient;
 use sdm_proto::{
     ApiError, ErrorCode, Generation, JobInfo, SdmApiClient, Uuid, VolumeAttributes, VolumeRef,
-    FENCING_GENERATION_DIFF, MAX_GENERATION,
+    FENCING_GENERATION_DIFF,
 };
 use serde::{Deserialize, Serialize};
 
@@ -110,7 +110,7 @@ pub enum TableVerdict {
 
 /// `g + n` in the agent's generation arithmetic (wrapping after 999).
 pub fn gen_plus(g: u16, n: u16) -> u16 {
-    ((g as u32 + n as u32) % (MAX_GENERATION as u32 + 1)) as u16
+    Generation(g).advance(n).get()
 }
 
 /// The recovery table (see the module documentation).

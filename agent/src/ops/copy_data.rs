@@ -113,7 +113,7 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
             .reserve(&dst.img_id, &dst.vol_id, src_size.apparent)?;
         let src_data = src_dom.backend.prepare(&src.img_id, &src.vol_id)?;
         let dst_data = dst_dom.backend.prepare(&dst.img_id, &dst.vol_id)?;
-        let plain = !convert::converts(&src_md, &dst_md);
+        let plain = !convert::converts(&src_md, &dst_md) && dst_dom.backend.keeps_checkpoints();
         let shape = CopyShape {
             src: (src, &src_md),
             dst: (dst, &dst_md),

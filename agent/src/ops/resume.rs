@@ -16,14 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sdm_io::{CheckpointHook, Checkpointed};
-use sdm_proto::{Endpoint, Legality, FENCING_GENERATION_DIFF, MAX_GENERATION};
+use sdm_proto::{Endpoint, Generation, Legality, FENCING_GENERATION_DIFF};
 
 use crate::jobs::Job;
 use crate::service::Agent;
 use crate::storage::checkpoint::{digest_of, now, Checkpoint, SourceId, VERSION};
 use crate::storage::domain::Domain;
 use crate::storage::md::VolumeMetadata;
-use crate::storage::StorageError;
 
 /// One plain copy into a volume, as its checkpoints describe it.
 pub struct CopyShape<'a> {
@@ -133,13 +132,11 @@ fn check(c: &Checkpoint, shape: &CopyShape<'_>) -> Result<(), String> {
 /// checkpoint first (`copy_data` here, in-place jobs in `ops::volume_job`), so a fence is the
 /// only change a checkpoint can outlive; the digests still check the bytes.
 pub fn same_or_fenced(then: u16, now: u16) -> bool {
-    let fenced =
-        (u32::from(then) + u32::from(FENCING_GENERATION_DIFF)) % (u32::from(MAX_GENERATION) + 1);
-    now == then || u32::from(now) == fenced
+    now == then || now == Generation(then).advance(FENCING_GENERATION_DIFF).get()
 }
 
 /// The hook the engine calls at each checkpoint: digest of the source's prefix, then the
-/// record, replaced durably on the destination's domain.
+/// record, replaced durably on the destination's domain (one that keeps checkpoints).
 pub fn hook(
     agent: &Agent,
     dst_dom: Arc<Domain>,
@@ -169,12 +166,10 @@ pub fn hook(
         c.written_at = now();
         c.digest = digest_of(&src_path, at.durable).map_err(std::io::Error::other)?;
         fail::fail_point!("sdm::checkpoint::before_write");
-        match dst_dom.backend.write_checkpoint(&img, &vol, &c.encode()) {
-            Ok(()) => {}
-            // A kind of domain without checkpoints copies as before.
-            Err(StorageError::Unsupported(_)) => return Ok(()),
-            Err(e) => return Err(std::io::Error::other(e.to_string())),
-        }
+        dst_dom
+            .backend
+            .write_checkpoint(&img, &vol, &c.encode())
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         fail::fail_point!("sdm::checkpoint::after_write");
         tracing::debug!(%vol, durable = at.durable, total = at.total, "checkpoint written");
         Ok(())

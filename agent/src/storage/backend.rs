@@ -314,6 +314,12 @@ pub trait DomainBackend: Send + Sync + fmt::Debug {
 
     // --- checkpoints of copies into a volume (`super::checkpoint` owns the format) --------
 
+    /// Whether this kind of domain stores checkpoints. A copy into one that does not runs
+    /// without the checkpoint hook: no digest reads and no extra fdatasync for nothing.
+    fn keeps_checkpoints(&self) -> bool {
+        false
+    }
+
     /// The stored checkpoint bytes of a copy into the volume, if any (file: `<vol>.checkpoint`;
     /// block, when it lands: the bytes after the volume's 512-byte metadata slot). A backend
     /// without checkpoints has none.

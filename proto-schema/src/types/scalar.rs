@@ -404,7 +404,12 @@ impl Generation {
 
     /// The next generation, wrapping from 999 to 0.
     pub fn next(self) -> Generation {
-        Generation((self.0 + 1) % (MAX_GENERATION + 1))
+        self.advance(1)
+    }
+
+    /// `n` generations on, wrapping after 999 as the agent's generations do.
+    pub fn advance(self, n: u16) -> Generation {
+        Generation(((u32::from(self.0) + u32::from(n)) % (u32::from(MAX_GENERATION) + 1)) as u16)
     }
 
     /// The value.

@@ -345,6 +345,10 @@ impl DomainBackend for FileDomain {
         volume::remove(&self.image_dir(img), vol, lease)
     }
 
+    fn keeps_checkpoints(&self) -> bool {
+        true
+    }
+
     fn read_checkpoint(&self, img: &Uuid, vol: &Uuid) -> Result<Option<Vec<u8>>, StorageError> {
         let p = self.volume_paths(img, vol).checkpoint;
         match fs::read(&p) {
