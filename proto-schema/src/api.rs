@@ -217,7 +217,8 @@ sdm_api! {
         /// agent's `[block] devices`).
         devices: Option<Vec<String>>,
     ) + server (
-        /// VDSM's storage type code: 4 (LOCALFS) or 6 (POSIXFS); others are UnsupportedOperation.
+        /// VDSM's storage type code: 4 (LOCALFS) or 6 (POSIXFS) for a file domain, 3 (ISCSI) with
+        /// `kind` "block"; others are UnsupportedOperation.
         domain_type as "domainType": Option<u32>,
         /// VDSM's domain class code: 1 (Data) only.
         domain_class as "domainClass": Option<u32>,

@@ -56,10 +56,21 @@ fn check_vdsm_domain(p: &CreateDomainParams) -> Result<(), ErrorObjectOwned> {
     let unsupported = |what: String| -> ErrorObjectOwned {
         ApiError::new(ErrorCode::UnsupportedOperation, what).into()
     };
-    if let Some(t) = p.domain_type.filter(|t| ![4, 6].contains(t)) {
-        return Err(unsupported(format!(
-            "domainType {t}: sdm formats file domains in a local directory (4 LOCALFS, 6 POSIXFS); mount remote storage first"
-        )));
+    // The storage type must name the kind of domain being made: VDSM records it as the
+    // domain's TYPE, and an engine reading a block domain back as LOCALFS would be misled.
+    let block = p.kind == Some(DomainKindName::Block);
+    match p.domain_type {
+        Some(t) if block && t != 3 => {
+            return Err(unsupported(format!(
+                "domainType {t}: sdm formats block domains as ISCSI (3), the TYPE their metadata records"
+            )));
+        }
+        Some(t) if !block && ![4, 6].contains(&t) => {
+            return Err(unsupported(format!(
+                "domainType {t}: sdm formats file domains in a local directory (4 LOCALFS, 6 POSIXFS); mount remote storage first"
+            )));
+        }
+        _ => {}
     }
     if let Some(c) = p.domain_class.filter(|c| *c != 1) {
         return Err(unsupported(format!(
@@ -498,6 +509,52 @@ impl SdmApiServer for Rpc {
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                 _ = sink.closed() => return Ok(()),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(kind: Option<DomainKindName>, domain_type: Option<u32>) -> CreateDomainParams {
+        CreateDomainParams {
+            sd_id: Uuid::blank(),
+            path: None,
+            description: None,
+            lease_backend: None,
+            force: None,
+            kind,
+            devices: None,
+            domain_type,
+            domain_class: None,
+            version: None,
+            block_size: None,
+            max_hosts: None,
+        }
+    }
+
+    #[test]
+    fn the_storage_type_must_name_the_kind_of_domain() {
+        let code = |r: Result<(), ErrorObjectOwned>| r.err().map(|e| e.code());
+        let unsupported = Some(ErrorCode::UnsupportedOperation.code());
+        for t in [None, Some(4), Some(6)] {
+            assert_eq!(code(check_vdsm_domain(&params(None, t))), None);
+            assert_eq!(
+                code(check_vdsm_domain(&params(Some(DomainKindName::File), t))),
+                None
+            );
+        }
+        assert_eq!(code(check_vdsm_domain(&params(None, Some(3)))), unsupported);
+        let block = Some(DomainKindName::Block);
+        assert_eq!(code(check_vdsm_domain(&params(block, None))), None);
+        assert_eq!(code(check_vdsm_domain(&params(block, Some(3)))), None);
+        for t in [1, 2, 4, 6, 7] {
+            assert_eq!(
+                code(check_vdsm_domain(&params(block, Some(t)))),
+                unsupported,
+                "{t}"
+            );
         }
     }
 }
