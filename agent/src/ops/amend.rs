@@ -73,7 +73,9 @@ fn run(
         check_abort(job)?;
         job.mark_started();
         held.before_write()?;
-        qcow2::amend_compat(&prepared.layers[0].path, compat.as_str())?;
+        qcow2::amend_compat(&prepared.layers[0].path, compat.as_str(), &|| {
+            job.fenced().is_some()
+        })?;
         held.finish()
     })?;
     tracing::info!(sd_id = %v.sd_id, vol_id = %v.vol_id, compat = %compat, "volume amended");

@@ -93,6 +93,7 @@ fn run(
         check_abort(job)?;
         job.mark_started();
         held.before_write()?;
+        let stop = &|| job.fenced().is_some();
         match a {
             Action::Add(name) => {
                 let name = name.as_str();
@@ -115,13 +116,13 @@ fn run(
                         ),
                     ));
                 }
-                qcow2::add_bitmap(&path, name, None)
+                qcow2::add_bitmap(&path, name, None, stop)
                     .map_err(|e| error(ErrorCode::AddBitmapError, chain_message(&e)))?;
             }
             Action::Remove(name) => {
                 let name = name.as_str();
                 if qcow2::bitmaps(&path)?.iter().any(|b| b.name == name) {
-                    qcow2::remove_bitmap(&path, name)
+                    qcow2::remove_bitmap(&path, name, stop)
                         .map_err(|e| error(ErrorCode::RemoveBitmapError, chain_message(&e)))?;
                 } else {
                     tracing::warn!(bitmap = %name, vol_id = %v.vol_id, "no such bitmap: counted as removed");
@@ -129,7 +130,7 @@ fn run(
             }
             Action::Clear => {
                 for b in qcow2::bitmaps(&path)? {
-                    qcow2::remove_bitmap(&path, &b.name)
+                    qcow2::remove_bitmap(&path, &b.name, stop)
                         .map_err(|e| error(ErrorCode::RemoveBitmapError, chain_message(&e)))?;
                 }
             }

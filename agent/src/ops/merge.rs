@@ -155,7 +155,7 @@ fn merge_held(
     if base_format == VolumeFormat::Cow {
         // Pruning writes the base: only with the leases confirmed.
         held.before_write()?;
-        prune_stale_bitmaps(&base_path, &top_path)?;
+        prune_stale_bitmaps(&base_path, &top_path, &|| job.fenced().is_some())?;
     }
 
     let capacity = held.md.capacity.max(top_md.capacity);
@@ -186,7 +186,9 @@ fn merge_held(
             .get(1)
             .filter(|l| l.format == sdm_io::ImageFormat::Qcow2)
             .map(|l| l.path.as_path());
-        merge_top_bitmaps(&base_path, &top_path, base_parent)?;
+        merge_top_bitmaps(&base_path, &top_path, base_parent, &|| {
+            job.fenced().is_some()
+        })?;
     }
     check_abort(job)?;
     held.finish()
@@ -198,7 +200,11 @@ fn bitmap_error(code: ErrorCode, e: StorageError) -> AgentError {
 
 /// Removes the base's bitmaps that are missing or not valid in the top: what the top did not
 /// track, the merged base cannot claim to (VDSM's `prune_bitmaps`).
-fn prune_stale_bitmaps(base: &std::path::Path, top: &std::path::Path) -> Result<(), AgentError> {
+fn prune_stale_bitmaps(
+    base: &std::path::Path,
+    top: &std::path::Path,
+    stop: &dyn Fn() -> bool,
+) -> Result<(), AgentError> {
     let in_base = qcow2::bitmaps(base)?;
     if in_base.is_empty() {
         return Ok(());
@@ -210,7 +216,7 @@ fn prune_stale_bitmaps(base: &std::path::Path, top: &std::path::Path) -> Result<
         .collect();
     for b in in_base.iter().filter(|b| !valid_top.contains(&b.name)) {
         tracing::warn!(bitmap = %b.name, base = %base.display(), "pruning a stale bitmap");
-        qcow2::remove_bitmap(base, &b.name)
+        qcow2::remove_bitmap(base, &b.name, stop)
             .map_err(|e| bitmap_error(ErrorCode::RemoveBitmapError, e))?;
     }
     Ok(())
@@ -223,6 +229,7 @@ fn merge_top_bitmaps(
     base: &std::path::Path,
     top: &std::path::Path,
     base_parent: Option<&std::path::Path>,
+    stop: &dyn Fn() -> bool,
 ) -> Result<(), AgentError> {
     let in_base: Vec<String> = qcow2::bitmaps(base)?.into_iter().map(|b| b.name).collect();
     let in_parent: Vec<String> = match base_parent {
@@ -238,10 +245,10 @@ fn merge_top_bitmaps(
                 tracing::warn!(bitmap = %b.name, "not in the base but in its parent: the bitmap chain has a hole");
                 continue;
             }
-            qcow2::add_bitmap(base, &b.name, Some(b.granularity))
+            qcow2::add_bitmap(base, &b.name, Some(b.granularity), stop)
                 .map_err(|e| bitmap_error(ErrorCode::AddBitmapError, e))?;
         }
-        qcow2::merge_bitmap(top, base, &b.name)
+        qcow2::merge_bitmap(top, base, &b.name, stop)
             .map_err(|e| bitmap_error(ErrorCode::MergeBitmapError, e))?;
     }
     Ok(())

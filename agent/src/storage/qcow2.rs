@@ -82,7 +82,12 @@ fn bitmaps_of(info: &serde_json::Value) -> Vec<Bitmap> {
 }
 
 /// `qemu-img bitmap --add --enable IMAGE NAME [-g GRANULARITY]`.
-pub fn add_bitmap(path: &Path, name: &str, granularity: Option<u64>) -> Result<(), StorageError> {
+pub fn add_bitmap(
+    path: &Path,
+    name: &str,
+    granularity: Option<u64>,
+    stop: &dyn Fn() -> bool,
+) -> Result<(), StorageError> {
     let mut cmd = in_dir(path);
     cmd.args(["bitmap", "--add", "--enable"])
         .arg(path)
@@ -90,33 +95,42 @@ pub fn add_bitmap(path: &Path, name: &str, granularity: Option<u64>) -> Result<(
     if let Some(g) = granularity.filter(|g| *g > 0) {
         cmd.arg("-g").arg(g.to_string());
     }
-    qemu::run(&mut cmd).map(drop)
+    qemu::run_stoppable(&mut cmd, stop).map(drop)
 }
 
 /// `qemu-img bitmap --remove IMAGE NAME`.
-pub fn remove_bitmap(path: &Path, name: &str) -> Result<(), StorageError> {
+pub fn remove_bitmap(path: &Path, name: &str, stop: &dyn Fn() -> bool) -> Result<(), StorageError> {
     let mut cmd = in_dir(path);
     cmd.args(["bitmap", "--remove"]).arg(path).arg(name);
-    qemu::run(&mut cmd).map(drop)
+    qemu::run_stoppable(&mut cmd, stop).map(drop)
 }
 
 /// `qemu-img bitmap --merge NAME -F qcow2 -b SRC DST NAME`: ORs `src`'s bitmap into `dst`'s.
-pub fn merge_bitmap(src: &Path, dst: &Path, name: &str) -> Result<(), StorageError> {
+pub fn merge_bitmap(
+    src: &Path,
+    dst: &Path,
+    name: &str,
+    stop: &dyn Fn() -> bool,
+) -> Result<(), StorageError> {
     let mut cmd = in_dir(src);
     cmd.args(["bitmap", "--merge", name, "-F", "qcow2", "-b"])
         .arg(src)
         .arg(dst)
         .arg(name);
-    qemu::run(&mut cmd).map(drop)
+    qemu::run_stoppable(&mut cmd, stop).map(drop)
 }
 
 /// `qemu-img amend -o compat=COMPAT IMAGE`.
-pub fn amend_compat(path: &Path, compat: &str) -> Result<(), StorageError> {
+pub fn amend_compat(
+    path: &Path,
+    compat: &str,
+    stop: &dyn Fn() -> bool,
+) -> Result<(), StorageError> {
     let mut cmd = in_dir(path);
     cmd.args(["amend", "-f", "qcow2", "-o"])
         .arg(format!("compat={compat}"))
         .arg(path);
-    qemu::run(&mut cmd).map(drop)
+    qemu::run_stoppable(&mut cmd, stop).map(drop)
 }
 
 /// `qemu-img info` of one qcow2 (its backing file is not opened).
