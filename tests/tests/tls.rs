@@ -236,3 +236,25 @@ async fn sdmctl_certs_dev_then_client_and_cli_over_mutual_tls() {
         String::from_utf8_lossy(&refused.stderr)
     );
 }
+
+/// Making certificates talks to no agent, also when the global options say STOMP (which makes
+/// every other command connect first): a fresh host has no agent running yet.
+#[test]
+fn sdmctl_certs_dev_needs_no_agent_even_over_stomp() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let certs = dir.path().join("pki");
+    let out = std::process::Command::new(bin("sdmctl"))
+        .args(["--stomp", "--agent", &format!("http://127.0.0.1:{closed}")])
+        .args(["certs", "dev", "--dir"])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert_success(&out);
+    for f in ["ca.pem", "agent.pem", "client.pem"] {
+        assert!(certs.join(f).is_file(), "{f} missing");
+    }
+}

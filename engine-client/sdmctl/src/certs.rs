@@ -93,7 +93,7 @@ pub fn dev_certs(dir: &Path, hosts: &[String], client: &str) -> Result<DevCerts,
 }
 
 /// `sdmctl certs ...`.
-pub fn run(json: bool, cmd: CertsCmd) -> anyhow::Result<()> {
+pub fn run(json: bool, cmd: &CertsCmd) -> anyhow::Result<()> {
     let CertsCmd::Dev { dir, hosts, client } = cmd;
     let made = dev_certs(&dir, &hosts, &client)?;
     print(json, &made, |m| {

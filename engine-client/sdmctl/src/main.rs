@@ -67,9 +67,13 @@ fn init_logging() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Making certificates needs no agent; over STOMP, making the context would connect to one.
+    if let Cmd::Certs(c) = &cli.cmd {
+        return certs::run(cli.json, c);
+    }
     let ctx = Ctx::new(&cli).await?;
     match cli.cmd {
-        Cmd::Certs(c) => certs::run(ctx.json, c),
+        Cmd::Certs(_) => Ok(()), // answered above, before any connection
         Cmd::Host(h) => host::run(&ctx, h).await,
         Cmd::Hosts => host::hosts(&ctx).await,
         Cmd::Domain(d) => domain::run(&ctx, d).await,
