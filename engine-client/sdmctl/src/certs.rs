@@ -95,7 +95,7 @@ pub fn dev_certs(dir: &Path, hosts: &[String], client: &str) -> Result<DevCerts,
 /// `sdmctl certs ...`.
 pub fn run(json: bool, cmd: &CertsCmd) -> anyhow::Result<()> {
     let CertsCmd::Dev { dir, hosts, client } = cmd;
-    let made = dev_certs(&dir, &hosts, &client)?;
+    let made = dev_certs(dir, hosts, client)?;
     print(json, &made, |m| {
         println!("CA:     {}", m.ca.display());
         println!(
