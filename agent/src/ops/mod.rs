@@ -20,6 +20,7 @@ pub mod image;
 pub mod image_status;
 pub mod lease_watch;
 pub mod merge;
+pub mod move_plan;
 pub mod outcome;
 pub mod purge;
 pub mod resume;
