@@ -4,7 +4,9 @@
 //!   continues from its checkpoint; with `force` the destination is replaced and copied whole,
 //!   as VDSM does;
 //! - a `SDM.copy_data` whose host is frozen (agent and sanlock daemon SIGSTOPped) until its
-//!   lease is lost: the other host resumes it, and the thawed host writes nothing more.
+//!   lease is lost: the other host resumes it, and the thawed host writes nothing more;
+//! - sdm-client's disk move whose copy host is killed: the retry resumes, and the report (the
+//!   library's and `sdmctl disk move`'s output) says per attempt where its copy started.
 //!
 //! Every check reads what an engine can read (job status, `Image.getStatus`) or the bytes
 //! (`cmp`), plus the agents' "copy finished" log lines for the engine's counters.
@@ -13,9 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sdm_client::{AgentClient, SdmApiClient, Via};
+use sdm_client::{AgentClient, CopyStartReport, Event, MovePolicy, Outcome, SdmApiClient, Via};
 use sdm_proto::*;
 use sdm_tests::chains::{make_volume, qemu_io};
+use sdm_tests::cluster::{create_disk, engine, spawn_move, Cluster, EventLog};
 use sdm_tests::fencing::{eventually, sanlock_or_skip, TwoHosts};
 use sdm_tests::*;
 
@@ -27,7 +30,12 @@ fn checkpoint_path(v: &Vol) -> PathBuf {
 
 /// The durable offset of a volume's checkpoint (the seal is the agent's business).
 fn durable(v: &Vol) -> Option<u64> {
-    let raw = std::fs::read_to_string(checkpoint_path(v)).ok()?;
+    durable_at(&checkpoint_path(v))
+}
+
+/// [`durable`] of the checkpoint file at `path`.
+fn durable_at(path: &Path) -> Option<u64> {
+    let raw = std::fs::read_to_string(path).ok()?;
     let (body, _) = raw.rsplit_once("\nsha256=")?;
     serde_json::from_str::<serde_json::Value>(body).ok()?["durable"].as_u64()
 }
@@ -408,4 +416,115 @@ async fn a_copy_frozen_until_its_lease_is_lost_resumes_on_another_host() {
     assert_eq!(meta_of(&dst), meta);
     let i = dst.info(&cb).await;
     assert_eq!((i.legality, i.generation), (Legality::Legal, 1));
+}
+
+/// Agents of the client tests: checkpoints every MiB.
+const CLUSTER_IO: &str = "[io]\ncheckpoint_interval_ms = 3600000\ncheckpoint_bytes = 1048576\n";
+
+/// A disk move's copy (8 MiB at 1 MiB/s) caught once 2 MiB are durable, whose host is then
+/// killed; returns the victim's index and the durable offset it left.
+async fn kill_the_copy_host(cluster: &mut Cluster, img: &Uuid, vol: &Uuid) -> u64 {
+    let (victim, job) = cluster
+        .wait_running("copy_data", 0, Duration::from_secs(30))
+        .await;
+    let dst = cluster.volume_path(&cluster.sd2, img, vol);
+    let ck = dst.with_file_name(format!("{vol}.checkpoint"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while durable_at(&ck).is_none_or(|d| d < 2 * MIB) {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint at 2 MiB (job {})",
+            job.id
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cluster.kill9(victim);
+    durable_at(&ck).expect("checkpoint kept")
+}
+
+/// The library's report of a move whose copy host died: attempt 1 a full copy (fenced),
+/// attempt 2 on another host resumed from the checkpoint attempt 1 left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_reports_a_retried_copy_as_resumed() {
+    let mut cluster = Cluster::start_configured(3, |_| vec![], CLUSTER_IO).await;
+    let disk = create_disk(&cluster, &cluster.sd1, 8, 0).await;
+    let vol = disk.volumes[0].vol.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let disks = std::sync::Arc::new(engine(&cluster, &dir.path().join("journal")).await);
+    let log = std::sync::Arc::new(EventLog::default());
+    let policy = MovePolicy {
+        bandwidth_limit: Some(MIB),
+        verify: true,
+        ..Default::default()
+    };
+    let task = spawn_move(&disks, &log, &disk.img, &cluster.sd1, &cluster.sd2, policy);
+    let at = kill_the_copy_host(&mut cluster, &disk.img, &vol).await;
+    let report = tokio::time::timeout(Duration::from_secs(120), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Committed, "{report:#?}");
+    let v = &report.volumes[0];
+    assert_eq!(v.attempts.len(), 2, "{v:#?}");
+    assert_eq!(v.attempts[0].outcome, "fenced");
+    assert_eq!(
+        v.attempts[0].start,
+        Some(CopyStartReport::Full {
+            reason: "no checkpoint".into()
+        })
+    );
+    let resumed = CopyStartReport::Resumed {
+        from: at,
+        total: 8 * MIB,
+    };
+    assert_eq!(v.attempts[1].outcome, "done");
+    assert_eq!(v.attempts[1].start, Some(resumed.clone()), "{v:#?}");
+    assert_eq!(
+        resumed.to_string(),
+        format!("resumed from {at} of {} bytes", 8 * MIB)
+    );
+    assert_eq!(v.checksum.as_deref(), Some(disk.volumes[0].sha256.as_str()));
+    // The sink heard it too, when the attempt ended.
+    assert!(
+        log.events().iter().any(|e| matches!(e,
+            Event::CopyEnded { done: true, start: Some(s), .. } if *s == resumed)),
+        "{:#?}",
+        log.events()
+    );
+}
+
+/// `sdmctl disk move` prints, per volume, where each attempt's copy started once a copy was
+/// retried: the user sees the resume on stdout, not only in a log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdmctl_disk_move_prints_a_resumed_retry() {
+    let mut cluster = Cluster::start_configured(3, |_| vec![], CLUSTER_IO).await;
+    let disk = create_disk(&cluster, &cluster.sd1, 8, 0).await;
+    let vol = disk.volumes[0].vol.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let child = sdmctl_cmd(&cluster.urls())
+        .args(["disk", "move", disk.img.as_str()])
+        .args(["--from", cluster.sd1.as_str(), "--to", cluster.sd2.as_str()])
+        .args(["--bandwidth", "1M", "--journal"])
+        .arg(dir.path().join("journal"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sdmctl");
+    let at = kill_the_copy_host(&mut cluster, &disk.img, &vol).await;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .expect("sdmctl output");
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    let want = [
+        "attempt 1 on ".to_string(),
+        ": full copy: no checkpoint (fenced)".to_string(),
+        format!(": resumed from {at} of {} bytes (done)", 8 * MIB),
+    ];
+    for w in &want {
+        assert!(text.contains(w.as_str()), "{w:?} missing from:\n{text}");
+    }
 }
