@@ -19,7 +19,7 @@ use sdm_client::{AgentClient, CopyStartReport, Event, MovePolicy, Outcome, SdmAp
 use sdm_proto::*;
 use sdm_tests::chains::{make_volume, qemu_io};
 use sdm_tests::cluster::{create_disk, engine, spawn_move, Cluster, EventLog};
-use sdm_tests::fencing::{eventually, sanlock_or_skip, TwoHosts};
+use sdm_tests::fencing::{eventually, sanlock_or_skip, signal, TwoHosts};
 use sdm_tests::*;
 
 const MIB: u64 = 1 << 20;
@@ -320,14 +320,75 @@ async fn force_replaces_what_an_interrupted_move_left() {
 /// Host A (agent and sanlock daemon) frozen with SIGSTOP in the middle of a copy until its
 /// lease is lost; host B re-issues the copy as soon as sanlock lets it and continues from A's
 /// checkpoint (bytes equal, only the remainder copied, LEGAL at generation 1); then A thaws
-/// and writes nothing more into the destination.
+/// (daemon first: the daemon finds its lockspace lost and may kill the agent) and writes
+/// nothing more into the destination.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_frozen_until_its_lease_is_lost_resumes_on_another_host() {
     if !sanlock_or_skip("a_copy_frozen_until_its_lease_is_lost_resumes_on_another_host") {
         return;
     }
+    frozen_copy_resumes_elsewhere("stopresume", false).await;
+}
+
+/// As above, but A's agent thaws while its sanlock daemon stays stopped (it can neither renew
+/// nor kill anything): the agent alone must see that its lease deadline has passed and write
+/// nothing more; then the daemon thaws too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thawed_agent_whose_daemon_stays_frozen_writes_nothing_after_the_resume() {
+    if !sanlock_or_skip("a_thawed_agent_whose_daemon_stays_frozen_writes_nothing_after_the_resume")
+    {
+        return;
+    }
+    frozen_copy_resumes_elsewhere("stopagent", true).await;
+}
+
+/// After A thawed: give it every chance to write (its lease deadline has long passed), then
+/// look: the bytes, the metadata and the absent checkpoint are B's, and A's job did not end
+/// done. With A's daemon still frozen the job may not end at all (releasing its lease waits
+/// for the daemon): it is only asked once then.
+async fn a_wrote_nothing(
+    h: &TwoHosts,
+    job: &Uuid,
+    (src, dst): (&Vol, &Vol),
+    meta: &[u8],
+    daemon_frozen: bool,
+) {
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    cmp(&src.path, &dst.path);
+    assert_eq!(
+        meta_of(dst),
+        meta,
+        "A wrote metadata after it lost its lease"
+    );
+    assert!(
+        !checkpoint_path(dst).exists(),
+        "A wrote a checkpoint after it lost its lease"
+    );
+    let ca = h.a.agent.client();
+    if daemon_frozen {
+        let jobs = ca
+            .api()
+            .get_jobs(None, Some(vec![job.clone()]))
+            .await
+            .via(&ca)
+            .expect("A answers with its daemon frozen");
+        let r = &jobs[job];
+        eprintln!("A's agent thawed, its daemon still frozen; its job: {r:?}");
+        assert_ne!(r.status, JobStatus::Done, "{r:?}");
+    } else if h.a.agent_alive() {
+        let r = wait_job(&ca, job).await;
+        eprintln!("A's agent is alive after the thaw; its job: {r:?}");
+        assert_ne!(r.status, JobStatus::Done, "{r:?}");
+    } else {
+        eprintln!("A's agent was killed by its sanlock daemon on thaw; its job died with it");
+    }
+    cmp(&src.path, &dst.path);
+    assert_eq!(meta_of(dst), meta);
+}
+
+async fn frozen_copy_resumes_elsewhere(name: &str, agent_first: bool) {
     let io = "[io]\ncheckpoint_interval_ms = 3600000\ncheckpoint_bytes = 1048576\n";
-    let h = TwoHosts::start_with("stopresume", &[], &[], io).await;
+    let h = TwoHosts::start_with(name, &[], &[], io).await;
     let (ca, cb) = (h.a.agent.client(), h.b.agent.client());
     let total = 16 * MIB;
     let src = new_volume(&ca, &h.sd, total, VolumeFormat::Raw).await;
@@ -391,29 +452,12 @@ async fn a_copy_frozen_until_its_lease_is_lost_resumes_on_another_host() {
     let meta = meta_of(&dst);
     assert!(!checkpoint_path(&dst).exists());
 
-    h.a.thaw();
-    // A's lease deadline has long passed and its daemon finds the lockspace lost: give both
-    // every chance to write, then look.
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    cmp(&src.path, &dst.path);
-    assert_eq!(
-        meta_of(&dst),
-        meta,
-        "A wrote metadata after it lost its lease"
-    );
-    assert!(
-        !checkpoint_path(&dst).exists(),
-        "A wrote a checkpoint after it lost its lease"
-    );
-    if h.a.agent_alive() {
-        let r = wait_job(&ca, &job).await;
-        eprintln!("A's agent survived the thaw; its job: {r:?}");
-        assert_ne!(r.status, JobStatus::Done, "{r:?}");
-    } else {
-        eprintln!("A's agent was killed by its sanlock daemon on thaw; its job died with it");
+    if agent_first {
+        signal(h.a.agent.pid(), libc::SIGCONT);
+        a_wrote_nothing(&h, &job, (&src, &dst), &meta, true).await;
     }
-    cmp(&src.path, &dst.path);
-    assert_eq!(meta_of(&dst), meta);
+    h.a.thaw();
+    a_wrote_nothing(&h, &job, (&src, &dst), &meta, false).await;
     let i = dst.info(&cb).await;
     assert_eq!((i.legality, i.generation), (Legality::Legal, 1));
 }
