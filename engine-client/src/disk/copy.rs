@@ -256,8 +256,8 @@ impl Disks {
                 tracing::warn!(op = %run.op, vol = %vol, job = %t.job_id, host = %t.host, fenced, error = %error, "copy attempt failed");
                 if let Some(p) = crate::status::copy_progress(&self.pool, &t.dst).await {
                     // The next attempt re-issues copy_data, which resumes from this point
-                    // when the checkpoint still matches (never after a fence: it bumps the
-                    // generation the checkpoint names).
+                    // when the checkpoint still matches (also after a fence: the agent accepts
+                    // the checkpoint's generation plus the fencing step).
                     tracing::info!(op = %run.op, vol = %vol, percent = p.percent, written_by = p.host_id, resumable = p.resumable, last_error = ?p.last_error, age_s = p.age_s, "destination progress on storage");
                 }
                 let rec = Record::CopyEnd {
