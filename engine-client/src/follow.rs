@@ -258,7 +258,7 @@ async fn subscribe(client: &AgentClient, job: &Uuid, timeout: Duration) -> Optio
 }
 
 enum Word {
-    Job(JobInfo),
+    Job(Box<JobInfo>),
     Missing,
     Unreachable(String),
 }
@@ -272,7 +272,7 @@ async fn host_word(
 ) -> Word {
     if let Some(s) = sub.as_mut() {
         match tokio::time::timeout(quiet, s.sub.next()).await {
-            Ok(Some(Ok(info))) => return Word::Job(info),
+            Ok(Some(Ok(info))) => return Word::Job(Box::new(info)),
             // Ended or broken: poll from now on.
             Ok(_) => *sub = None,
             // Quiet: a poll tells whether the host is still there.
@@ -283,7 +283,10 @@ async fn host_word(
         return Word::Unreachable("the host is not in the pool".into());
     };
     match p.api().get_jobs(None, Some(vec![job.clone()])).await.via(p) {
-        Ok(mut m) => m.remove(job).map(Word::Job).unwrap_or(Word::Missing),
+        Ok(mut m) => m
+            .remove(job)
+            .map(|i| Word::Job(Box::new(i)))
+            .unwrap_or(Word::Missing),
         Err(e) => Word::Unreachable(e.to_string()),
     }
 }
@@ -452,7 +455,9 @@ pub async fn follow_copy(
         match host_word(&mut sub, probe.as_ref(), &t.job_id, quiet).await {
             Word::Job(info) => {
                 let active = info.status.is_active();
-                on(&Decision::Job { info: info.clone() });
+                on(&Decision::Job {
+                    info: (*info).clone(),
+                });
                 if !active {
                     return Ok(job_verdict(&info, t.generation));
                 }
@@ -549,7 +554,7 @@ pub async fn follow_plain(
                 silent_since = None;
                 on(&info);
                 if !info.status.is_active() {
-                    return Ok(info);
+                    return Ok(*info);
                 }
                 if sub.is_none() {
                     tokio::time::sleep(opts.poll_interval).await;

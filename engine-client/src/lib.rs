@@ -45,7 +45,7 @@ pub mod tls;
 pub use sdm_proto::{self as proto, ApiError, ErrorCode, SdmApiClient};
 
 pub use client::{job_outcome, ping, AgentClient, Api, ClientOptions, Via, DEFAULT_AGENT};
-pub use disk::{Disks, Event, EventSink, NoEvents, OpReport, Phase};
+pub use disk::{CopyStartReport, Disks, Event, EventSink, NoEvents, OpReport, Phase};
 pub use error::Error;
 pub use follow::{CopyTicket, Decision, FollowOptions, Verdict, VolumeId};
 pub use journal::{FileStore, Journal, JournalError, JournalOptions, JournalStore, PgStore};

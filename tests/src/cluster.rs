@@ -49,6 +49,16 @@ impl Cluster {
         n: usize,
         env: impl Fn(usize) -> Vec<(&'a str, &'a str)>,
     ) -> Cluster {
+        Self::start_configured(n, env, "").await
+    }
+
+    /// Like [`start_each`](Self::start_each), with `extra` TOML (e.g. an `[io]` table) in
+    /// every agent's config.
+    pub async fn start_configured<'a>(
+        n: usize,
+        env: impl Fn(usize) -> Vec<(&'a str, &'a str)>,
+        extra: &str,
+    ) -> Cluster {
         let env_of = |i: usize| -> Vec<(String, String)> {
             env(i)
                 .into_iter()
@@ -57,6 +67,7 @@ impl Cluster {
         };
         let first = AgentProc::start(AgentOptions {
             host_id: Some(1),
+            config: (!extra.is_empty()).then(|| format!("create_default_domains = true\n{extra}")),
             env: env_of(0),
             ..Default::default()
         });
@@ -64,7 +75,7 @@ impl Cluster {
         let mut agents = vec![first];
         for i in 2..=n {
             let config = format!(
-                "create_default_domains = false\n\n[[domains]]\npath = {:?}\n\n[[domains]]\npath = {:?}\n",
+                "create_default_domains = false\n\n[[domains]]\npath = {:?}\n\n[[domains]]\npath = {:?}\n{extra}",
                 dir1.display().to_string(),
                 dir2.display().to_string()
             );

@@ -33,9 +33,21 @@ impl SanlockHost {
     /// Starts a daemon and an agent (host `host_id`, extra environment `env`, e.g.
     /// FAILPOINTS) that may create domains under `shared`.
     pub fn start(name: &str, host_id: u64, shared: &Path, env: &[(&str, &str)]) -> SanlockHost {
+        SanlockHost::start_with(name, host_id, shared, env, "")
+    }
+
+    /// [`start`](Self::start) with `extra` TOML after the generated config (e.g. an `[io]`
+    /// table).
+    pub fn start_with(
+        name: &str,
+        host_id: u64,
+        shared: &Path,
+        env: &[(&str, &str)],
+        extra: &str,
+    ) -> SanlockHost {
         let daemon = SanlockDaemon::start(name);
         let agent = AgentProc::start(AgentOptions {
-            config: Some(sanlock_config(shared, daemon.run_dir())),
+            config: Some(sanlock_config(shared, daemon.run_dir()) + extra),
             host_id: Some(host_id),
             env: env
                 .iter()
@@ -123,12 +135,22 @@ impl TwoHosts {
     /// Starts both hosts (`env_a`, `env_b`: extra environment of each agent), has B create
     /// the domain and A attach it. Joins take about 3 s each.
     pub async fn start(name: &str, env_a: &[(&str, &str)], env_b: &[(&str, &str)]) -> TwoHosts {
+        TwoHosts::start_with(name, env_a, env_b, "").await
+    }
+
+    /// [`start`](Self::start) with `extra` TOML in both agents' config.
+    pub async fn start_with(
+        name: &str,
+        env_a: &[(&str, &str)],
+        env_b: &[(&str, &str)],
+        extra: &str,
+    ) -> TwoHosts {
         let shared = tempfile::Builder::new()
             .prefix("sdm-fence-")
             .tempdir()
             .expect("shared dir");
-        let a = SanlockHost::start(&format!("{name}-a"), 1, shared.path(), env_a);
-        let b = SanlockHost::start(&format!("{name}-b"), 2, shared.path(), env_b);
+        let a = SanlockHost::start_with(&format!("{name}-a"), 1, shared.path(), env_a, extra);
+        let b = SanlockHost::start_with(&format!("{name}-b"), 2, shared.path(), env_b, extra);
         let sd = uuid();
         let cb = b.agent.client();
         cb.api()

@@ -36,6 +36,8 @@ pub struct Job {
     pub(super) state: Mutex<State>,
     /// Bumped on every state change; subscriptions wait on it.
     pub(super) changes: watch::Sender<u64>,
+    /// Where each volume copy started (resumed or full), for `JobInfo::copies`.
+    pub(super) copies: Mutex<Vec<sdm_proto::CopyStart>>,
 }
 
 impl Job {
@@ -46,6 +48,7 @@ impl Job {
             ctl: Arc::new(sdm_io::Control::new()),
             children: Mutex::new(Vec::new()),
             planned_total: 0.into(),
+            copies: Mutex::new(Vec::new()),
             fenced: std::sync::OnceLock::new(),
             state: Mutex::new(State {
                 status: JobStatus::Pending,
@@ -199,7 +202,22 @@ impl Job {
             eta_s,
             aborting: st.aborting && active,
             result: st.result.clone(),
+            copies: self
+                .copies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
+    }
+
+    /// Records where one volume copy starts, so that the engine sees a resume in the job's
+    /// status and not only in this agent's log; copies are listed in stage order.
+    pub fn note_copy_start(&self, c: sdm_proto::CopyStart) {
+        let mut copies = self.copies.lock().unwrap_or_else(|e| e.into_inner());
+        copies.push(c);
+        copies.sort_by_key(|c| c.stage);
+        drop(copies);
+        self.bump();
     }
 
     pub(super) fn finish(&self, outcome: Result<Option<JobResult>, ApiError>) {

@@ -122,7 +122,16 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
             total: src_size.apparent,
             stage: (1, 1),
         };
-        let start = resume::start_offset(&dst_dom, &shape, req.resume && plain);
+        let decided = resume::decide(&dst_dom, &shape, req.resume && plain);
+        let decided = match plain {
+            true => decided,
+            false if dst_dom.backend.keeps_checkpoints() => {
+                Err("a conversion does not resume".into())
+            }
+            false => Err("the destination domain keeps no checkpoints".into()),
+        };
+        job.note_copy_start(resume::copy_start(&shape, &decided));
+        let start = decided.unwrap_or(0);
         let checkpoints = plain.then(|| resume::hook(agent, dst_dom.clone(), &shape, job));
 
         // From here on the destination's content is not to be trusted until the final write.

@@ -15,8 +15,10 @@ use sdm_proto::{
 };
 
 use super::lease_watch::with_watch;
+use super::move_plan::{self, DstVolume};
 use super::outcome::{source_unchanged, write_legal};
 use super::purge::{lease_half_made, purge};
+use super::resume::{self, CopyShape};
 use super::{check_abort, flag, lock_for_job, run_parallel, spawn_job};
 use crate::error::AgentError;
 use crate::jobs::Job;
@@ -225,9 +227,11 @@ fn run_move(
     }
     let vols = chain_order(vols);
 
-    // An existing destination image is replaced when forced or when it is ILLEGAL (a failed
-    // earlier copy); a LEGAL one without force was refused before the job started, but may
-    // have appeared since.
+    // An existing destination image is kept when an interrupted move left it ILLEGAL with
+    // exactly this move's volumes (`move_plan`), else replaced as VDSM does: when forced or
+    // when not wholly LEGAL. A LEGAL one without force was refused before the job started, but
+    // may have appeared since.
+    let mut plan = vec![DstVolume::Create; vols.len()];
     if dst_dom.backend.image_exists(&req.img) {
         if !req.force && dst_image_is_legal(&dst_dom, &req.img) {
             return Err(StorageError::VolumeExists(format!(
@@ -236,11 +240,24 @@ fn run_move(
             ))
             .into());
         }
-        replace_destination(agent, job, &dst_dom, &req.img, req.post_zero)?;
+        match move_plan::plan(&dst_dom, &req.img, &vols, req.force)? {
+            Ok(kept) => {
+                tracing::info!(sd_id = %req.dst, img_id = %req.img, plan = ?kept, "continuing the destination image an earlier move left");
+                plan = kept;
+            }
+            Err(why) => {
+                tracing::info!(sd_id = %req.dst, img_id = %req.img, reason = %why, "the destination image is not kept");
+                replace_destination(agent, job, &dst_dom, &req.img, req.post_zero)?;
+            }
+        }
     }
     check_abort(job)?;
 
-    for (v, md) in &vols {
+    for ((v, md), _) in vols
+        .iter()
+        .zip(&plan)
+        .filter(|(_, p)| **p == DstVolume::Create)
+    {
         let nv = NewVolume {
             img: req.img.clone(),
             vol: v.clone(),
@@ -262,9 +279,17 @@ fn run_move(
         volume::create(&dst_dom, &nv)?;
     }
     fail::fail_point!("sdm::image_move::after_create");
-    let total: u64 = vols
+    let n = vols.len() as u32;
+    let todo: Vec<_> = vols
+        .into_iter()
+        .zip(plan)
+        .enumerate()
+        .filter(|(_, (_, p))| *p != DstVolume::Done)
+        .map(|(i, ((v, md), p))| (i as u32 + 1, v, md, p == DstVolume::Continue))
+        .collect();
+    let total: u64 = todo
         .iter()
-        .map(|(v, _)| {
+        .map(|(_, v, _, _)| {
             src_dom
                 .backend
                 .volume_size(&req.img, v)
@@ -274,8 +299,15 @@ fn run_move(
         .sum();
     job.set_planned_total(total);
     job.mark_started();
-    let results = run_parallel(agent.cfg.io.image_parallelism, vols.clone(), |(v, md)| {
-        copy_one(agent, job, &src_dom, &dst_dom, &req.img, &v, &md)
+    let results = run_parallel(agent.cfg.io.image_parallelism, todo, |(k, v, md, kept)| {
+        let one = VolumeCopy {
+            img: &req.img,
+            vol: &v,
+            src_md: &md,
+            stage: (k, n),
+            kept,
+        };
+        copy_one(agent, job, &src_dom, &dst_dom, &one)
     });
     for r in results {
         r?;
@@ -283,15 +315,26 @@ fn run_move(
     Ok(None)
 }
 
+/// One volume copy of a move.
+struct VolumeCopy<'a> {
+    img: &'a Uuid,
+    vol: &'a Uuid,
+    /// The source's metadata as read under the locks.
+    src_md: &'a VolumeMetadata,
+    /// (k, n) of the move's volume copies, in chain order.
+    stage: (u32, u32),
+    /// The destination volume was left by an earlier attempt (not created by this one).
+    kept: bool,
+}
+
 fn copy_one(
     agent: &Agent,
     job: &Arc<Job>,
     src_dom: &Domain,
-    dst_dom: &Domain,
-    img: &Uuid,
-    v: &Uuid,
-    src_md: &VolumeMetadata,
+    dst_dom: &Arc<Domain>,
+    one: &VolumeCopy<'_>,
 ) -> Result<(), AgentError> {
+    let (img, v, src_md) = (one.img, one.vol, one.src_md);
     check_abort(job)?;
     let size = src_dom.backend.volume_size(img, v)?;
     dst_dom.backend.reserve(img, v, size.apparent)?;
@@ -302,26 +345,75 @@ fn copy_one(
     ctl.set_bandwidth_limit(
         (agent.cfg.io.bandwidth_limit > 0).then_some(agent.cfg.io.bandwidth_limit),
     );
-    // A destination that reads as zeros when new needs no work for the source's holes.
-    let opts = sdm_io::CopyOptions {
-        dst_reads_zero: dst_dom
-            .backend
-            .reads_zeros_when_new(src_md.format, target_allocation(dst_dom, src_md)),
-        ..Default::default()
-    };
+    let src_ep = Endpoint::div(src_dom.sd_id.clone(), img.clone(), v.clone(), None);
+    let dst_ep = Endpoint::div(dst_dom.sd_id.clone(), img.clone(), v.clone(), None);
     with_watch(agent, job, &ctl, &[&held], || {
-        // The first write to this volume is its data: only with the lease confirmed.
+        // The first write to this volume is its data: only with the lease confirmed, and with
+        // the metadata as it is under the lease (the plan was read without it).
         held.verify()?;
-        agent.engine.copy(src.path(), dst.path(), &opts, &ctl)?;
-        check_abort(job)?;
-        let src_ep = Endpoint::div(src_dom.sd_id.clone(), img.clone(), v.clone(), None);
+        let dst_md = read_metadata(dst_dom, img, v)?;
+        if dst_md.legality != Legality::Illegal {
+            return Err(ApiError::new(
+                ErrorCode::GeneralException,
+                format!(
+                    "destination volume {v} turned {} during the move",
+                    dst_md.legality
+                ),
+            )
+            .into());
+        }
+        // A move never converts: every volume is copied as it is, so each one can resume.
+        let plain = dst_dom.backend.keeps_checkpoints();
+        let shape = CopyShape {
+            src: (&src_ep, src_md),
+            dst: (&dst_ep, &dst_md),
+            src_path: src.path().to_path_buf(),
+            dst_path: dst.path().to_path_buf(),
+            total: size.apparent,
+            stage: one.stage,
+        };
+        let decided = match resume::decide(dst_dom, &shape, plain) {
+            Err(_) if !plain => Err("the destination domain keeps no checkpoints".into()),
+            d => d,
+        };
+        job.note_copy_start(resume::copy_start(&shape, &decided));
+        // A destination that reads as zeros when new needs no work for the source's holes;
+        // one an earlier attempt wrote may hold anything past its durable prefix.
+        let opts = sdm_io::CopyOptions {
+            dst_reads_zero: !one.kept
+                && dst_dom
+                    .backend
+                    .reads_zeros_when_new(src_md.format, target_allocation(dst_dom, src_md)),
+            start: decided.unwrap_or(0),
+            checkpoint: plain.then(|| resume::hook(agent, dst_dom.clone(), &shape, job)),
+            ..Default::default()
+        };
+        let r = agent
+            .engine
+            .copy(src.path(), dst.path(), &opts, &ctl)
+            .map_err(AgentError::from)
+            .and_then(|r| {
+                check_abort(job)?;
+                Ok(r)
+            })
+            .inspect_err(|e| resume::record_failure(dst_dom, &dst_ep, job, &e.to_string()))?;
+        tracing::info!(
+            vol = %v,
+            stage = %format!("{}/{}", one.stage.0, one.stage.1),
+            resumed_from = opts.start,
+            bytes_read = r.bytes_read,
+            bytes_written = r.bytes_written,
+            "copy finished"
+        );
         source_unchanged(src_dom, &src_ep, src_md)?;
         let mut md = read_metadata(dst_dom, img, v)?;
         held.verify()?;
         md.legality = Legality::Legal;
         md.role = src_md.role;
         md.generation = src_md.generation;
-        write_legal(dst_dom, img, v, &mut md)
+        write_legal(dst_dom, img, v, &mut md)?;
+        resume::forget(dst_dom, &dst_ep);
+        Ok(())
     })?;
     if let Err(e) = held.release() {
         tracing::warn!(error = %e, "releasing a destination lease failed");

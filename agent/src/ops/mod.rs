@@ -20,6 +20,7 @@ pub mod image;
 pub mod image_status;
 pub mod lease_watch;
 pub mod merge;
+pub mod move_plan;
 pub mod outcome;
 pub mod purge;
 pub mod resume;
@@ -126,7 +127,9 @@ pub fn run_parallel<T: Send, R: Send>(
     items: Vec<T>,
     f: impl Fn(T) -> R + Sync,
 ) -> Vec<R> {
-    let queue = std::sync::Mutex::new(items.into_iter().enumerate().collect::<Vec<_>>());
+    // Taken from the back: reversed, so items start in the order given (a move's chain
+    // parents first, which is its stage order).
+    let queue = std::sync::Mutex::new(items.into_iter().enumerate().rev().collect::<Vec<_>>());
     let results = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..n.max(1) {

@@ -58,13 +58,18 @@ impl CopyShape<'_> {
 /// Any checkpoint not used is removed, so that a later resume never trusts a record that this
 /// copy's writes have made stale.
 pub fn start_offset(dst_dom: &Domain, shape: &CopyShape<'_>, allowed: bool) -> u64 {
+    decide(dst_dom, shape, allowed).unwrap_or(0)
+}
+
+/// [`start_offset`], with the reason for a full copy (reported in the job's status).
+pub fn decide(dst_dom: &Domain, shape: &CopyShape<'_>, allowed: bool) -> Result<u64, String> {
     let (dst, dst_md) = shape.dst;
     let raw = match dst_dom.backend.read_checkpoint(&dst.img_id, &dst.vol_id) {
         Ok(Some(raw)) => raw,
-        Ok(None) => return 0,
+        Ok(None) => return Err("no checkpoint".into()),
         Err(e) => {
             tracing::warn!(vol = %dst.vol_id, error = %e, "checkpoint unreadable; full copy");
-            return 0;
+            return Err(format!("checkpoint unreadable: {e}"));
         }
     };
     let verdict = if !allowed {
@@ -79,13 +84,25 @@ pub fn start_offset(dst_dom: &Domain, shape: &CopyShape<'_>, allowed: bool) -> u
     match verdict {
         Ok(at) => {
             tracing::info!(vol = %dst.vol_id, offset = at, total = shape.total, "resuming copy from checkpoint");
-            at
+            Ok(at)
         }
         Err(why) => {
             tracing::info!(vol = %dst.vol_id, reason = %why, "checkpoint not used; full copy");
             forget(dst_dom, dst);
-            0
+            Err(why)
         }
+    }
+}
+
+/// What the job's status says about where a copy started.
+pub fn copy_start(shape: &CopyShape<'_>, decided: &Result<u64, String>) -> sdm_proto::CopyStart {
+    sdm_proto::CopyStart {
+        vol_id: shape.dst.0.vol_id.clone(),
+        stage: shape.stage.0,
+        stages: shape.stage.1,
+        resumed_from: *decided.as_ref().unwrap_or(&0),
+        bytes_total: shape.total,
+        full_copy_reason: decided.as_ref().err().cloned(),
     }
 }
 

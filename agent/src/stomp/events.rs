@@ -96,6 +96,7 @@ mod tests {
             eta_s: None,
             aborting: false,
             result: None,
+            copies: Vec::new(),
         };
         let v: Value = serde_json::from_slice(&event_body(&info)).unwrap();
         assert_eq!(v["method"], format!("|jobs|status|{id}"));

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use sdm_client::journal::{read_entries, replay, JournalUrl};
-use sdm_client::{DeletePolicy, Disks, Journal, MovePolicy, OpKind, OpReport, Outcome};
+use sdm_client::{
+    CopyStartReport, DeletePolicy, Disks, Journal, MovePolicy, OpKind, OpReport, Outcome,
+};
 use sdm_proto::Uuid;
 
 use crate::cli::{size, uuid, DiskCmd, JournalArgs, ResumeArgs, TransferArgs};
@@ -335,6 +337,24 @@ fn summary(json: bool, reports: &[OpReport]) -> anyhow::Result<()> {
                         .map(|c| &c[..16.min(c.len())])
                         .unwrap_or("-")
                 );
+                // Where each attempt's copy started, once a volume was retried or resumed: the
+                // user sees what a resume saved, not only the log.
+                let resumed = v
+                    .attempts
+                    .iter()
+                    .any(|a| matches!(a.start, Some(CopyStartReport::Resumed { .. })));
+                if v.attempts.len() > 1 || resumed || r.resumed {
+                    for a in &v.attempts {
+                        if let Some(s) = &a.start {
+                            println!(
+                                "    attempt {} on {}: {s} ({})",
+                                a.attempt,
+                                a.host.trim_start_matches("http://"),
+                                a.outcome
+                            );
+                        }
+                    }
+                }
             }
         }
         match r.kind {

@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use std::sync::Mutex;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sdm_client::{Decision, Event, EventSink, OpKind};
+use sdm_client::{CopyStartReport, Decision, Event, EventSink, OpKind};
 use sdm_proto::Uuid;
 
 use crate::output::{human_bytes, short};
@@ -202,6 +202,7 @@ impl EventSink for Ui {
                 done,
                 fenced,
                 error,
+                start,
                 ..
             } => {
                 if let Some((b, d)) = st.vols.get_mut(vol) {
@@ -209,7 +210,13 @@ impl EventSink for Ui {
                         let len = b.length().unwrap_or(0);
                         b.set_position(len);
                         *d = len;
-                        b.set_message("copied");
+                        match start {
+                            Some(s @ CopyStartReport::Resumed { .. }) => {
+                                b.set_message(format!("copied ({s})"));
+                                self.say(format!("{}: {s}", short(vol)));
+                            }
+                            _ => b.set_message("copied"),
+                        }
                     } else {
                         let why = if *fenced {
                             "lost and fenced".to_string()

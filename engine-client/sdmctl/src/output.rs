@@ -90,6 +90,18 @@ pub async fn follow(
             ));
         }
         println!("{line}");
+        // A job that continued an earlier attempt says per volume what it kept.
+        if info.copies.iter().any(|c| c.resumed_from > 0) {
+            for c in &info.copies {
+                println!(
+                    "  volume {} ({}/{}): {}",
+                    c.vol_id,
+                    c.stage,
+                    c.stages,
+                    sdm_client::CopyStartReport::from(c)
+                );
+            }
+        }
         if let Some(r) = &info.result {
             println!("{}  ({:?})", r.checksum, r.algorithm);
         }

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering;
 
-use sdm_proto::{Endpoint, Generation, JobError, Size, Uuid};
+use sdm_proto::{CopyStart, Endpoint, Generation, JobError, Size, Uuid};
 
 use crate::error::Error;
 use crate::follow::{self, CopyTicket, Decision, Verdict};
@@ -14,6 +14,7 @@ use crate::op::VolumeSpec;
 use sdm_proto::SdmApiClient;
 
 use super::event::{Event, Phase};
+use super::report::CopyStartReport;
 use super::retry::{in_parallel, Rounds};
 use super::run::{dst_of, retryable, volume_on, Disks, Run, Step, Stop};
 
@@ -163,9 +164,12 @@ impl Disks {
             };
             let verdict = match submitted {
                 // Refused: no job exists.
-                Err(Error::Api(error)) => Verdict::Failed {
-                    error,
-                    fenced: false,
+                Err(Error::Api(error)) => Followed {
+                    verdict: Verdict::Failed {
+                        error,
+                        fenced: false,
+                    },
+                    start: None,
                 },
                 Err(e) => {
                     // Maybe registered, maybe not: the recovery table tells.
@@ -185,17 +189,29 @@ impl Disks {
         }
     }
 
-    pub(super) async fn follow_copy(&self, run: &Run<'_>, t: &CopyTicket) -> Step<Verdict> {
+    pub(super) async fn follow_copy(&self, run: &Run<'_>, t: &CopyTicket) -> Step<Followed> {
+        // The job's status says once where its copy started (resumed or full); the last word
+        // is kept for the verdict's record.
+        let start = std::sync::Mutex::new(None::<CopyStart>);
         let on = |d: &Decision| match d {
-            Decision::Job { info } => run.emit(Event::CopyProgress {
-                op: run.op.clone(),
-                vol: t.dst.vol_id.clone(),
-                host: t.host.clone(),
-                bytes_done: info.bytes_done,
-                bytes_total: info.bytes_total,
-                rate_bps: info.rate_bps,
-                eta_s: info.eta_s,
-            }),
+            Decision::Job { info } => {
+                if let Some(s) = info.copies.iter().find(|c| c.vol_id == t.dst.vol_id) {
+                    let mut seen = start.lock().unwrap_or_else(|e| e.into_inner());
+                    if seen.as_ref() != Some(s) {
+                        tracing::info!(op = %run.op, vol = %t.dst.vol_id, job = %t.job_id, host = %t.host, start = %CopyStartReport::from(s), "copy attempt started");
+                        *seen = Some(s.clone());
+                    }
+                }
+                run.emit(Event::CopyProgress {
+                    op: run.op.clone(),
+                    vol: t.dst.vol_id.clone(),
+                    host: t.host.clone(),
+                    bytes_done: info.bytes_done,
+                    bytes_total: info.bytes_total,
+                    rate_bps: info.rate_bps,
+                    eta_s: info.eta_s,
+                })
+            }
             d => {
                 tracing::info!(op = %run.op, vol = %t.dst.vol_id, job = %t.job_id, decision = ?d, "recovery table");
                 run.emit(Event::Recovery {
@@ -206,9 +222,11 @@ impl Disks {
                 })
             }
         };
-        follow::follow_copy(&self.pool, t, &self.follow, Some(&run.cancel), &on)
+        let verdict = follow::follow_copy(&self.pool, t, &self.follow, Some(&run.cancel), &on)
             .await
-            .map_err(|e| Stop::Later(e.to_string()))
+            .map_err(|e| Stop::Later(e.to_string()))?;
+        let start = start.into_inner().unwrap_or_else(|e| e.into_inner());
+        Ok(Followed { verdict, start })
     }
 
     /// Records a verdict. None: the copy is done; Some(error): another attempt may help.
@@ -216,9 +234,10 @@ impl Disks {
         &self,
         run: &Run<'_>,
         t: &CopyTicket,
-        verdict: Verdict,
+        followed: Followed,
     ) -> Step<Option<String>> {
         let vol = t.dst.vol_id.clone();
+        let Followed { verdict, start } = followed;
         let (rec, next) = match verdict {
             Verdict::Done { generation } => {
                 let rec = Record::CopyEnd {
@@ -229,6 +248,7 @@ impl Disks {
                     generation: Some(generation),
                     fenced: false,
                     error: None,
+                    start,
                 };
                 (rec, Ok(None))
             }
@@ -236,8 +256,8 @@ impl Disks {
                 tracing::warn!(op = %run.op, vol = %vol, job = %t.job_id, host = %t.host, fenced, error = %error, "copy attempt failed");
                 if let Some(p) = crate::status::copy_progress(&self.pool, &t.dst).await {
                     // The next attempt re-issues copy_data, which resumes from this point
-                    // when the checkpoint still matches (never after a fence: it bumps the
-                    // generation the checkpoint names).
+                    // when the checkpoint still matches (also after a fence: the agent accepts
+                    // the checkpoint's generation plus the fencing step).
                     tracing::info!(op = %run.op, vol = %vol, percent = p.percent, written_by = p.host_id, resumable = p.resumable, last_error = ?p.last_error, age_s = p.age_s, "destination progress on storage");
                 }
                 let rec = Record::CopyEnd {
@@ -248,6 +268,7 @@ impl Disks {
                     generation: None,
                     fenced,
                     error: Some(JobError::from(&error)),
+                    start,
                 };
                 let next = if fenced || retryable(error.code) {
                     Ok(Some(error.to_string()))
@@ -262,4 +283,10 @@ impl Disks {
         self.record_and_announce(run, rec, &t.host).await?;
         next
     }
+}
+
+/// A followed copy: its verdict, and where its copy started when its host said.
+pub(super) struct Followed {
+    verdict: Verdict,
+    start: Option<CopyStart>,
 }

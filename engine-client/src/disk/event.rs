@@ -138,6 +138,8 @@ pub enum Event {
         fenced: bool,
         /// Why it failed.
         error: Option<String>,
+        /// Where the attempt's copy started on its host, when it said.
+        start: Option<super::report::CopyStartReport>,
     },
     /// A volume's checksums matched.
     Verified {
@@ -248,6 +250,7 @@ impl Event {
                 done,
                 fenced,
                 ref error,
+                ref start,
                 ..
             } => Event::CopyEnded {
                 op,
@@ -256,6 +259,7 @@ impl Event {
                 done,
                 fenced,
                 error: text(error),
+                start: start.as_ref().map(Into::into),
             },
             Record::Verified { op, vol, checksum } => Event::Verified { op, vol, checksum },
             Record::Commit { op } => Event::TargetReady { op },
@@ -299,6 +303,7 @@ mod tests {
             generation: None,
             fenced: false,
             error: Some(JobError::from(&e)),
+            start: None,
         };
         let Some(Event::CopyEnded {
             host, error, done, ..

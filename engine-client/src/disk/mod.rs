@@ -63,7 +63,7 @@ use crate::pool::HostPool;
 
 pub use crate::op::{DeletePolicy, MovePolicy, OpKind, Outcome, VolumeSpec};
 pub use event::{Event, EventSink, NoEvents, Phase};
-pub use report::{AttemptReport, OpReport, VolumeReport};
+pub use report::{AttemptReport, CopyStartReport, OpReport, VolumeReport};
 pub use run::{retryable, Disks};
 
 use run::{fatal, Active, Run, Step, Stop};

@@ -23,6 +23,55 @@ pub struct AttemptReport {
     pub outcome: String,
     /// Seconds from submission to verdict.
     pub seconds: Option<f64>,
+    /// Where its copy started on the host: resumed from an earlier attempt's checkpoint, or
+    /// a full copy and why (None: the host never said, e.g. an older agent or a lost job).
+    pub start: Option<CopyStartReport>,
+}
+
+/// Where a copy attempt started, as the agent's job status said (`JobInfo::copies`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "start", rename_all = "snake_case")]
+pub enum CopyStartReport {
+    /// The destination's first `from` bytes were kept from an earlier attempt.
+    Resumed {
+        /// Bytes kept.
+        from: u64,
+        /// Bytes of the whole copy.
+        total: u64,
+    },
+    /// Copied from 0.
+    Full {
+        /// Why no checkpoint was used ("no checkpoint", or why it was not trusted).
+        reason: String,
+    },
+}
+
+impl From<&sdm_proto::CopyStart> for CopyStartReport {
+    fn from(c: &sdm_proto::CopyStart) -> CopyStartReport {
+        match (&c.full_copy_reason, c.resumed_from) {
+            (None, from) if from > 0 => CopyStartReport::Resumed {
+                from,
+                total: c.bytes_total,
+            },
+            (Some(reason), _) => CopyStartReport::Full {
+                reason: reason.clone(),
+            },
+            (None, _) => CopyStartReport::Full {
+                reason: "nothing to keep".into(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for CopyStartReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CopyStartReport::Resumed { from, total } => {
+                write!(f, "resumed from {from} of {total} bytes")
+            }
+            CopyStartReport::Full { reason } => write!(f, "full copy: {reason}"),
+        }
+    }
 }
 
 /// One volume in a report.
@@ -122,6 +171,7 @@ pub(super) fn report(st: &OpState, pending: Option<String>, resumed: bool) -> Op
                             (Some(false), false, None) => "failed".into(),
                         },
                         seconds: a.ended_ms.map(|e| secs(a.started_ms, e)),
+                        start: a.start.as_ref().map(Into::into),
                     })
                     .collect(),
                 generation: c.done_generation,

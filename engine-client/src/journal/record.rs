@@ -1,7 +1,7 @@
 //! The records of the journal: one per phase of a disk operation, written before the phase
 //! acts, and the [`Entry`] that stores each with its version and time.
 
-use sdm_proto::{JobError, Uuid};
+use sdm_proto::{CopyStart, JobError, Uuid};
 use serde::{Deserialize, Serialize};
 
 use crate::op::{MovePolicy, OpKind, Outcome, VolumeSpec};
@@ -66,6 +66,10 @@ pub enum Record {
         fenced: bool,
         /// Why it failed.
         error: Option<JobError>,
+        /// Where the attempt's copy started on its host (resumed from a checkpoint or a full
+        /// copy), as its job status last said; absent when the host never said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        start: Option<CopyStart>,
     },
     /// A volume's source and destination checksums are equal.
     Verified {

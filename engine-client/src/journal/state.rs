@@ -31,6 +31,8 @@ pub struct AttemptState {
     pub fenced: bool,
     /// Why it failed.
     pub error: Option<JobError>,
+    /// Where its copy started on the host (resumed or full), when the host said.
+    pub start: Option<sdm_proto::CopyStart>,
 }
 
 /// A volume's copy, as the journal knows it.
@@ -178,6 +180,7 @@ impl OpState {
                         done: None,
                         fenced: false,
                         error: None,
+                        start: None,
                     });
             }
             Record::CopyEnd {
@@ -187,6 +190,7 @@ impl OpState {
                 generation,
                 fenced,
                 error,
+                start,
                 ..
             } => {
                 let c = self.copies.entry(vol.clone()).or_default();
@@ -195,6 +199,7 @@ impl OpState {
                     a.done = Some(*done);
                     a.fenced = *fenced;
                     a.error = error.clone();
+                    a.start = start.clone();
                 }
                 if *done {
                     c.done_generation = *generation;
@@ -393,6 +398,7 @@ mod tests {
                 generation: None,
                 fenced: true,
                 error: None,
+                start: None,
             },
             Record::CopySubmit {
                 op: a.clone(),

@@ -51,6 +51,28 @@ pub struct JobInfo {
     /// Result of a finished job that has one (`Volume.checksum`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<JobResult>,
+    /// sdm extension: where each volume copy of the job started, once it has decided (kept
+    /// from an earlier attempt's checkpoint, or a full copy and why). Omitted when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<CopyStart>,
+}
+
+/// Where one volume copy of a job started (`JobInfo::copies`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CopyStart {
+    /// The destination volume.
+    pub vol_id: Uuid,
+    /// k of the job's k/n volume copies (1 for `SDM.copy_data`).
+    pub stage: u32,
+    /// n of the job's k/n volume copies.
+    pub stages: u32,
+    /// Bytes of the destination kept from an earlier attempt; 0 for a full copy.
+    pub resumed_from: u64,
+    /// Bytes the copy covers in all.
+    pub bytes_total: u64,
+    /// Why the copy starts from 0 (no checkpoint, or why it was not trusted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_copy_reason: Option<String>,
 }
 
 /// `Host.getCapabilities` result.

@@ -151,6 +151,7 @@ fn job_info_omits_absent_progress_and_error() {
         eta_s: None,
         aborting: false,
         result: None,
+        copies: Vec::new(),
     };
     let v = serde_json::to_value(&info).unwrap();
     assert!(v.get("progress").is_none() && v.get("error").is_none() && v.get("aborting").is_none());
