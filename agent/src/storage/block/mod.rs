@@ -3,7 +3,8 @@
 //! A domain is a VG named by its UUID on shared LUNs ([`format`]); its metadata is sealed `MDT_`
 //! VG tags ([`dommd`]). A volume is an LV named by its UUID, tagged `IU_<img>`, `PU_<parent>`,
 //! `MD_<slot>` ([`layout`]); its metadata is the 512-byte slot at 1 MiB + slot × 8 KiB of the
-//! `metadata` LV ([`direct`]), its lease the `leases` LV at (100 + slot) MiB ([`volumes`]).
+//! `metadata` LV ([`direct`]), the checkpoint of a copy into it that slot's second 4 KiB
+//! (`ckpt`), its lease the `leases` LV at (100 + slot) MiB ([`volumes`]).
 //! Deleted images are retagged LVs ([`leftovers`]).
 //!
 //! Every LVM metadata change happens under the domain's metadata-writer lease ([`writer`]), so
@@ -12,6 +13,7 @@
 //! loop-mapped). The `metadata`, `ids` and `leases` LVs stay active while the domain is
 //! attached: sanlock and the slot IO need stable devices.
 
+mod ckpt;
 pub mod direct;
 pub mod dommd;
 pub mod env;
@@ -376,6 +378,22 @@ impl DomainBackend for BlockDomain {
 
     fn remove_volume(&self, img: &Uuid, vol: &Uuid, lease: Lease) -> Result<(), StorageError> {
         volumes::remove(self, img, vol, lease)
+    }
+
+    fn keeps_checkpoints(&self) -> bool {
+        true
+    }
+
+    fn read_checkpoint(&self, img: &Uuid, vol: &Uuid) -> Result<Option<Vec<u8>>, StorageError> {
+        ckpt::read(self, img, vol)
+    }
+
+    fn write_checkpoint(&self, img: &Uuid, vol: &Uuid, data: &[u8]) -> Result<(), StorageError> {
+        ckpt::write(self, img, vol, data)
+    }
+
+    fn remove_checkpoint(&self, img: &Uuid, vol: &Uuid) -> Result<(), StorageError> {
+        ckpt::remove(self, img, vol)
     }
 
     fn mark_for_removal(&self, img: &Uuid, wipe: bool) -> Result<Leftover, StorageError> {
