@@ -86,13 +86,20 @@ pub fn clear(d: &BlockDomain, slot: u64) -> Result<(), StorageError> {
 }
 
 /// `vol`'s slot, when no other LV claims it too (then the slot belongs to nobody for sure and
-/// nothing is written, as for metadata).
+/// nothing is written, as for metadata). One LVM listing: a copy calls this at every
+/// checkpoint.
 fn own_slot(d: &BlockDomain, img: &Uuid, vol: &Uuid) -> Result<u64, StorageError> {
-    let (_, slot) = d.volume_lv(img, vol)?;
-    let rivals = volumes::slot_rivals(&d.volume_lvs()?, vol.as_str(), slot)
-        .into_iter()
-        .map(str::to_string)
-        .collect::<Vec<_>>();
+    let lvs = d.volume_lvs()?;
+    let Some(slot) = lvs
+        .iter()
+        .find(|v| v.name == vol.as_str() && v.is_volume_of(img.as_str()))
+        .map(|v| v.slot)
+    else {
+        return Err(d.volume_not_found(img, vol));
+    };
+    let slot =
+        slot.ok_or_else(|| StorageError::BadMetadata(format!("LV {}/{vol} has no MD_ tag", d.vg)))?;
+    let rivals = volumes::slot_rivals(&lvs, vol.as_str(), slot);
     if !rivals.is_empty() {
         return Err(super::BlockError::SlotConflict {
             sd: d.sd_id.to_string(),
