@@ -1,8 +1,8 @@
 //! Copies into block volumes that resume (issue 18 on block domains): the checkpoint lives in
 //! the second 4 KiB of the destination's V5 metadata slot. Real agents over one VG on loop
 //! devices (lvm2, device-mapper or loop-mapped LVs, the real io_uring data path), a RAW file
-//! volume copied into a RAW block volume, the agents run one after another as hosts taking
-//! over: a copy killed (kill -9) half-way resumes on the next agent with only the remainder
+//! volume (and once a RAW block volume) copied into a RAW block volume, the agents run one
+//! after another as hosts taking over: a copy killed (kill -9) half-way resumes on the next agent with only the remainder
 //! read and written (the engine's counters); the bytes end equal, the destination LEGAL at
 //! generation + 1, the region zeroed. A torn region gives a full copy with a logged reason;
 //! kills around the region's write leave the old or the new record, never a trusted wrong one;
@@ -179,16 +179,17 @@ impl Setup {
         self.record(slot).and_then(|j| j["durable"].as_u64())
     }
 
-    /// Starts the copy of the source onto `dst` (at generation 0) on `a`.
-    async fn start_copy(&self, a: &AgentProc, dst: &Vol, bw: Option<u64>) -> Uuid {
-        copy_volume(&a.client(), &self.src, dst, Some(0), bw).await
+    /// Starts the copy of `src` onto `dst` (at generation 0) on `a`.
+    async fn start_copy(&self, a: &AgentProc, src: &Vol, dst: &Vol, bw: Option<u64>) -> Uuid {
+        copy_volume(&a.client(), src, dst, Some(0), bw).await
     }
 
-    /// Copies onto `dst` on a new agent throttled to 32 MiB/s, and kills that agent (kill -9)
-    /// once a checkpoint says `pct` % is durable. Returns the durable offset left stored.
-    async fn interrupted_copy(&mut self, dst: &Vol, slot: u64, pct: u64) -> u64 {
+    /// Copies `src` onto `dst` on a new agent throttled to 32 MiB/s, and kills that agent
+    /// (kill -9) once a checkpoint says `pct` % is durable. Returns the durable offset left
+    /// stored.
+    async fn interrupted_copy(&mut self, src: &Vol, dst: &Vol, slot: u64, pct: u64) -> u64 {
         let mut a = self.join(None);
-        let job = self.start_copy(&a, dst, Some(32 * MIB)).await;
+        let job = self.start_copy(&a, src, dst, Some(32 * MIB)).await;
         let target = SIZE * pct / 100;
         let deadline = Instant::now() + Duration::from_secs(120);
         while self.durable(slot).is_none_or(|d| d < target) {
@@ -199,18 +200,18 @@ impl Setup {
         self.durable(slot).expect("checkpoint kept")
     }
 
-    /// Copies onto `dst` on a new agent to the end; returns the agent and the engine's
+    /// Copies `src` onto `dst` on a new agent to the end; returns the agent and the engine's
     /// (resumed_from, bytes read, bytes written).
-    async fn finish_copy(&mut self, dst: &Vol) -> (AgentProc, (u64, u64, u64)) {
+    async fn finish_copy(&mut self, src: &Vol, dst: &Vol) -> (AgentProc, (u64, u64, u64)) {
         let b = self.join(None);
-        let job = self.start_copy(&b, dst, None).await;
+        let job = self.start_copy(&b, src, dst, None).await;
         let done = wait_job(&b.client(), &job).await;
         assert_eq!(done.status, JobStatus::Done, "{done:?}");
         let counters = copy_counters(&b.log_text(), &dst.vol);
         (b, counters)
     }
 
-    /// A finished copy: the source's bytes, LEGAL at generation 1, no checkpoint left.
+    /// A finished copy: the source file's bytes, LEGAL at generation 1, no checkpoint left.
     async fn assert_finished(&self, c: &AgentClient, dst: &Vol, slot: u64) {
         let want = std::fs::read(&self.src.path).unwrap();
         let got = read_lv(&self.lvm, &self.devs, &self.sd, dst.vol.as_str(), 0, SIZE);
@@ -273,12 +274,13 @@ async fn a_copy_into_a_block_volume_killed_half_way_resumes_on_another_agent() {
         return;
     }
     let mut s = Setup::start().await;
+    let src = s.src.clone();
 
     // Killed at about half: the next agent continues from the checkpoint in the slot.
     let maker = s.join(None);
     let (dst, slot) = s.dest(&maker.client(), None).await;
     drop(maker);
-    let durable = s.interrupted_copy(&dst, slot, 50).await;
+    let durable = s.interrupted_copy(&src, &dst, slot, 50).await;
     assert!(durable > 0 && durable < SIZE, "durable {durable}");
     let reader = s.join(None);
     let st = status_of(&reader.client(), &dst).await;
@@ -286,7 +288,7 @@ async fn a_copy_into_a_block_volume_killed_half_way_resumes_on_another_agent() {
     assert_eq!(st.legality, Legality::Illegal);
     assert!(copy.resumable && copy.bytes_durable == durable, "{copy:?}");
     drop(reader);
-    let (b, (from, read, written)) = s.finish_copy(&dst).await;
+    let (b, (from, read, written)) = s.finish_copy(&src, &dst).await;
     assert_eq!(from, durable, "resumed from the checkpoint");
     let rest = SIZE - from;
     assert!(
@@ -303,7 +305,7 @@ async fn a_copy_into_a_block_volume_killed_half_way_resumes_on_another_agent() {
     let b = s.join(None);
     let (dst, slot) = s.dest(&b.client(), None).await;
     drop(b);
-    s.interrupted_copy(&dst, slot, 50).await;
+    s.interrupted_copy(&src, &dst, slot, 50).await;
     let old = s.region(slot);
     assert!(s.record(slot).is_some());
     let b = s.join(None);
@@ -331,14 +333,14 @@ async fn a_copy_into_a_block_volume_killed_half_way_resumes_on_another_agent() {
     assert!(st.copy.is_none() && st.checkpoint_error.is_none(), "{st:?}");
     drop(b);
     let mut a = s.join(Some("sdm::copy_data::after_illegal=sleep(60000)"));
-    s.start_copy(&a, &again, None).await;
+    s.start_copy(&a, &src, &again, None).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while status_of(&a.client(), &again).await.legality != Legality::Illegal {
         assert!(Instant::now() < deadline, "never ILLEGAL");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     a.kill9();
-    let (b, (from, _, _)) = s.finish_copy(&again).await;
+    let (b, (from, _, _)) = s.finish_copy(&src, &again).await;
     assert_eq!(from, 0, "a full copy");
     assert!(!b.log_text().contains("resuming copy from checkpoint"));
     s.assert_finished(&b.client(), &again, slot).await;
@@ -350,6 +352,7 @@ async fn kills_around_the_block_checkpoint_write_leave_the_old_or_the_new_record
         return;
     }
     let mut s = Setup::start().await;
+    let src = s.src.clone();
 
     // Held before or after the third checkpoint's write (the data copy goes on meanwhile and
     // waits for that checkpoint at its end), then killed: the region holds the second or the
@@ -361,7 +364,7 @@ async fn kills_around_the_block_checkpoint_write_leave_the_old_or_the_new_record
         let mut a = s.join(Some(&format!("{point}=2*off->sleep(60000)")));
         let c = a.client();
         let (dst, slot) = s.dest(&c, None).await;
-        let job = s.start_copy(&a, &dst, Some(16 * MIB)).await;
+        let job = s.start_copy(&a, &src, &dst, Some(16 * MIB)).await;
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             assert!(Instant::now() < deadline, "{point}: never held");
@@ -382,7 +385,7 @@ async fn kills_around_the_block_checkpoint_write_leave_the_old_or_the_new_record
         a.kill9();
         let durable = s.durable(slot).expect("a whole record");
         assert!(durable > 0 && durable <= SIZE, "{point}: durable {durable}");
-        let (b, (from, read, written)) = s.finish_copy(&dst).await;
+        let (b, (from, read, written)) = s.finish_copy(&src, &dst).await;
         assert_eq!(from, durable, "{point}: resumed from the stored record");
         assert!(read <= SIZE - from && written <= SIZE - from);
         s.assert_finished(&b.client(), &dst, slot).await;
@@ -392,17 +395,30 @@ async fn kills_around_the_block_checkpoint_write_leave_the_old_or_the_new_record
     // Image.getStatus says so, and the next copy is a full one with the reason logged.
     let a = s.join(Some("sdm::block::checkpoint_torn=2*off->return"));
     let (dst, slot) = s.dest(&a.client(), None).await;
-    let job = s.start_copy(&a, &dst, None).await;
+    let job = s.start_copy(&a, &src, &dst, None).await;
     let done = wait_job(&a.client(), &job).await;
     assert_eq!(done.status, JobStatus::Failed, "{done:?}");
     drop(a);
     assert!(s.region(slot).iter().any(|b| *b != 0), "a torn record");
-    let (b, (from, _, _)) = s.finish_copy(&dst).await;
+    let (b, (from, _, _)) = s.finish_copy(&src, &dst).await;
     assert_eq!(from, 0, "a full copy");
     assert!(
         b.log_text().contains("checkpoint seal broken"),
         "reason logged"
     );
+    s.assert_finished(&b.client(), &dst, slot).await;
+
+    // Block to block: the source an LV (the last destination, now LEGAL), killed half-way
+    // and resumed the same way.
+    let lv_src = dst.clone();
+    drop(b);
+    let b = s.join(None);
+    let (dst, slot) = s.dest(&b.client(), None).await;
+    drop(b);
+    let durable = s.interrupted_copy(&lv_src, &dst, slot, 50).await;
+    let (b, (from, read, written)) = s.finish_copy(&lv_src, &dst).await;
+    assert_eq!(from, durable, "LV to LV resumed from the checkpoint");
+    assert!(read <= SIZE - from && written <= SIZE - from);
     s.assert_finished(&b.client(), &dst, slot).await;
 
     // The torn region as Image.getStatus reports it, on a volume left that way.
