@@ -4,10 +4,10 @@
 //! A write is one aligned O_DIRECT write of the whole region (the record, then zeros) and an
 //! fdatasync: a shorter record never leaves the tail of a longer one behind, and a write torn
 //! at a sector boundary leaves a broken seal, which a resume ignores (full copy, logged).
-//! Removal zeroes the region; so does volume creation, before the slot's metadata is written,
-//! because a slot freed by a host that never cleared it (VDSM does not clear slots, and a crash
-//! can stop sdm between its metadata and LV steps) must not hand its old record to the next
-//! volume there.
+//! Removal zeroes the region; so does volume creation, whose metadata write covers the whole
+//! slot (`BlockDomain::write_new_slot`), because a slot freed by a host that never cleared it
+//! (VDSM does not clear slots, and a crash can stop sdm between its metadata and LV steps)
+//! must not hand its old record to the next volume there.
 //!
 //! None of this takes the domain's metadata-writer lease. The region belongs to the slot, the
 //! slot to the one LV tagged `MD_<slot>`, and that LV cannot be removed (nor its slot handed to

@@ -34,7 +34,9 @@ use sdm_proto::{is_canonical_uuid, Preallocation, Uuid, VolumeFormat};
 
 pub use self::env::BlockEnv;
 pub use self::error::BlockError;
-use self::layout::{lease_offset, slot_offset, VolLv, IDS_LV, LEASES_LV, METADATA_LV, SLOT_BYTES};
+use self::layout::{
+    lease_offset, slot_offset, VolLv, IDS_LV, LEASES_LV, METADATA_LV, SLOT_BYTES, SLOT_STRIDE,
+};
 use self::links::Links;
 use self::writer::Writer;
 use super::backend::{
@@ -184,7 +186,18 @@ impl BlockDomain {
     }
 
     fn write_slot(&self, slot: u64, md: &VolumeMetadata) -> Result<(), StorageError> {
-        let bytes = md.to_bytes()?;
+        self.write_slot_bytes(slot, md.to_bytes()?)
+    }
+
+    /// A new volume's slot: its metadata and zeros over the rest of the 8 KiB, the checkpoint
+    /// region included, in one write (one fdatasync, as any slot write).
+    fn write_new_slot(&self, slot: u64, md: &VolumeMetadata) -> Result<(), StorageError> {
+        let mut bytes = md.to_bytes()?;
+        bytes.resize(SLOT_STRIDE as usize, 0);
+        self.write_slot_bytes(slot, bytes)
+    }
+
+    fn write_slot_bytes(&self, slot: u64, bytes: Vec<u8>) -> Result<(), StorageError> {
         fail::fail_point!("sdm::block::slot_write", |_| Err(StorageError::io(
             "write (O_DIRECT)",
             self.metadata_lv.path(),

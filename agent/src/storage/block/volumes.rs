@@ -129,9 +129,8 @@ fn fill(
     drop(prepared);
     *wrote_slot = true;
     // The slot may hold the checkpoint of a copy into an earlier volume there: never the new
-    // one's. Zeroed before the metadata, so that no volume ever has the old record.
-    super::ckpt::clear(d, slot)?;
-    d.write_slot(slot, &md)?;
+    // one's. Zeroed in the metadata's own write, so that no volume ever has the old record.
+    d.write_new_slot(slot, &md)?;
     leases.init_lease_at(
         d.sd_id.as_str(),
         c.vol.as_str(),
