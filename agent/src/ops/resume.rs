@@ -210,7 +210,7 @@ pub fn record_failure(dst_dom: &Domain, dst: &Endpoint, job: &Job, error: &str) 
     if &c.job_id != job.id() {
         return;
     }
-    c.last_error = Some(error.to_string());
+    c.set_error(error);
     c.written_at = now();
     if let Err(e) = dst_dom
         .backend

@@ -321,8 +321,8 @@ pub trait DomainBackend: Send + Sync + fmt::Debug {
     }
 
     /// The stored checkpoint bytes of a copy into the volume, if any (file: `<vol>.checkpoint`;
-    /// block, when it lands: the bytes after the volume's 512-byte metadata slot). A backend
-    /// without checkpoints has none.
+    /// block: the second 4 KiB of the volume's metadata slot). A backend without checkpoints
+    /// has none.
     fn read_checkpoint(&self, _img: &Uuid, _vol: &Uuid) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(None)
     }

@@ -31,6 +31,9 @@ pub const SAMPLES: u64 = 8;
 pub const SAMPLE: u64 = 64 << 10;
 /// The seal line's prefix.
 const SEAL: &str = "\nsha256=";
+/// Bytes a recorded error takes in the record's JSON at most, so that every record fits a block
+/// domain's 4 KiB checkpoint region (the test `every_record_fits_4_kib` holds the bound).
+pub const MAX_ERROR_JSON: usize = 1024;
 
 /// Why a stored checkpoint cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +149,28 @@ impl Checkpoint {
         Ok(c)
     }
 
+    /// Records a job's error, cut to [`MAX_ERROR_JSON`] bytes of JSON (escapes counted) at a
+    /// character boundary, marked with `…` when cut.
+    pub fn set_error(&mut self, error: &str) {
+        let json_len = |c: char| serde_json::to_string(&c).map_or(6, |s| s.len() - 2);
+        let mut used = 2;
+        let mut cut = None;
+        for (i, c) in error.char_indices() {
+            // Room for the `…` marker (3 bytes) whenever a cut may still come.
+            if used + json_len(c) + 3 > MAX_ERROR_JSON {
+                cut = Some(i);
+                break;
+            }
+            used += json_len(c);
+        }
+        self.last_error = Some(match cut {
+            Some(i) if used + error[i..].chars().map(json_len).sum::<usize>() > MAX_ERROR_JSON => {
+                format!("{}…", &error[..i])
+            }
+            _ => error.to_string(),
+        });
+    }
+
     /// Percent of the copy that is durable (0 to 100).
     pub fn percent(&self) -> u8 {
         match self.total {
@@ -254,6 +279,38 @@ mod tests {
             Checkpoint::decode(edited.as_bytes()),
             Err(CheckpointError::Seal(_))
         ));
+    }
+
+    #[test]
+    fn every_record_fits_4_kib() {
+        // The largest record: every number at its widest, every sample, the longest error
+        // (control characters escape to six bytes each).
+        let mut c = record();
+        c.source.generation = u16::MAX;
+        c.source.capacity = u64::MAX;
+        (c.dst_generation, c.durable, c.total) = (u16::MAX, u64::MAX, u64::MAX);
+        (c.host_id, c.written_at, c.stage) = (u64::MAX, u64::MAX, (u32::MAX, u32::MAX));
+        c.digest = PrefixDigest {
+            boundary: "f".repeat(64),
+            samples: (0..SAMPLES).map(|_| (u64::MAX, "f".repeat(64))).collect(),
+        };
+        for error in ["\u{1}".repeat(5000), "é".repeat(5000), "x".repeat(5000)] {
+            c.set_error(&error);
+            let kept = c.last_error.as_deref().unwrap();
+            assert!(kept.ends_with('…') && kept.len() < error.len());
+            assert!(serde_json::to_string(kept).unwrap().len() <= MAX_ERROR_JSON);
+            assert!(c.encode().len() <= 4096, "{} bytes", c.encode().len());
+            assert_eq!(Checkpoint::decode(&c.encode()).unwrap(), c);
+        }
+        c.set_error("write to /dev/x failed");
+        assert_eq!(c.last_error.as_deref(), Some("write to /dev/x failed"));
+        let exact = "y".repeat(MAX_ERROR_JSON - 2);
+        c.set_error(&exact);
+        assert_eq!(
+            c.last_error.as_deref(),
+            Some(exact.as_str()),
+            "fits as it is"
+        );
     }
 
     #[test]

@@ -71,6 +71,14 @@ pub const SLOT_BASE: u64 = MIB;
 pub const SLOT_STRIDE: u64 = 8 << 10;
 /// Bytes of one volume's metadata.
 pub const SLOT_BYTES: usize = 512;
+/// Where a copy's checkpoint lives inside a V5 slot: its second 4 KiB. VDSM reads and writes
+/// only a slot's first 512 bytes (`sc.METADATA_SIZE`; one direct write of at most a 4 KiB
+/// block on 4K devices), so these bytes are sdm's own (`docs/block-domains.md`).
+pub const CHECKPOINT_IN_SLOT: u64 = 4 << 10;
+/// Bytes of a slot's checkpoint region: one page, aligned for 512-byte and 4K devices alike.
+pub const CHECKPOINT_BYTES: usize = 4 << 10;
+const _: () = assert!(SLOT_BYTES as u64 <= CHECKPOINT_IN_SLOT);
+const _: () = assert!(CHECKPOINT_IN_SLOT + CHECKPOINT_BYTES as u64 <= SLOT_STRIDE);
 /// The first slot a V5 volume may use (0 is reserved).
 pub const FIRST_SLOT: u64 = 1;
 /// The last slot whose lease still fits the 2 GiB `leases` LV.
@@ -83,6 +91,11 @@ pub const COW_CHUNK: u64 = 2560 * MIB;
 /// Byte offset of a slot's metadata in the `metadata` LV.
 pub fn slot_offset(slot: u64) -> u64 {
     SLOT_BASE + slot * SLOT_STRIDE
+}
+
+/// Byte offset of a slot's checkpoint region in the `metadata` LV.
+pub fn checkpoint_offset(slot: u64) -> u64 {
+    slot_offset(slot) + CHECKPOINT_IN_SLOT
 }
 
 /// Byte offset of a slot's volume lease in the `leases` LV.
@@ -275,6 +288,15 @@ mod tests {
         assert_eq!(LAST_SLOT, 1947);
         assert!(lease_offset(LAST_SLOT) + ALIGNMENT <= 2048 * MIB);
         assert!(slot_offset(LAST_SLOT) + SLOT_BYTES as u64 <= RESERVED_METADATA_BYTES);
+        // Checkpoint regions: page aligned, between a slot's metadata and the next slot, and
+        // inside the area zeroed when a domain is made.
+        assert_eq!(checkpoint_offset(1), 1_056_768 + 4096);
+        for slot in [FIRST_SLOT, 2, LAST_SLOT] {
+            assert_eq!(checkpoint_offset(slot) % 4096, 0);
+            assert!(checkpoint_offset(slot) >= slot_offset(slot) + SLOT_BYTES as u64);
+            assert!(checkpoint_offset(slot) + CHECKPOINT_BYTES as u64 <= slot_offset(slot + 1));
+        }
+        assert!(checkpoint_offset(LAST_SLOT) + CHECKPOINT_BYTES as u64 <= RESERVED_METADATA_BYTES);
     }
 
     #[test]

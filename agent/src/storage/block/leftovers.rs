@@ -87,15 +87,21 @@ pub fn wipe_targets(d: &BlockDomain, l: &Leftover) -> Result<Vec<(Prepared, u64)
 /// Removes every LV of `l`.
 pub fn purge(d: &BlockDomain, l: &Leftover) -> Result<(), StorageError> {
     d.writer.run("remove a deleted image", |lease| {
-        let names: Vec<String> = d
+        let lvs: Vec<_> = d
             .volume_lvs()?
             .into_iter()
             .filter(|v| v.image.as_deref() == Some(l.name()))
-            .map(|v| v.name)
             .collect();
-        if names.is_empty() {
+        if lvs.is_empty() {
             return Ok(());
         }
+        // Their slots' checkpoints go while the LVs still claim the slots.
+        for (v, slot) in lvs.iter().filter_map(|v| Some((v, v.slot?))) {
+            if let Err(e) = super::ckpt::clear(d, slot) {
+                tracing::warn!(sd_id = %d.sd_id, lv = %v.name, slot, error = %e, "clearing the checkpoint region of a deleted volume failed");
+            }
+        }
+        let names: Vec<String> = lvs.into_iter().map(|v| v.name).collect();
         lease.verify()?;
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         remove_lvs(d, &refs)

@@ -3,7 +3,8 @@
 //! A domain is a VG named by its UUID on shared LUNs ([`format`]); its metadata is sealed `MDT_`
 //! VG tags ([`dommd`]). A volume is an LV named by its UUID, tagged `IU_<img>`, `PU_<parent>`,
 //! `MD_<slot>` ([`layout`]); its metadata is the 512-byte slot at 1 MiB + slot × 8 KiB of the
-//! `metadata` LV ([`direct`]), its lease the `leases` LV at (100 + slot) MiB ([`volumes`]).
+//! `metadata` LV ([`direct`]), the checkpoint of a copy into it that slot's second 4 KiB
+//! (`ckpt`), its lease the `leases` LV at (100 + slot) MiB ([`volumes`]).
 //! Deleted images are retagged LVs ([`leftovers`]).
 //!
 //! Every LVM metadata change happens under the domain's metadata-writer lease ([`writer`]), so
@@ -12,6 +13,7 @@
 //! loop-mapped). The `metadata`, `ids` and `leases` LVs stay active while the domain is
 //! attached: sanlock and the slot IO need stable devices.
 
+mod ckpt;
 pub mod direct;
 pub mod dommd;
 pub mod env;
@@ -32,7 +34,9 @@ use sdm_proto::{is_canonical_uuid, Preallocation, Uuid, VolumeFormat};
 
 pub use self::env::BlockEnv;
 pub use self::error::BlockError;
-use self::layout::{lease_offset, slot_offset, VolLv, IDS_LV, LEASES_LV, METADATA_LV, SLOT_BYTES};
+use self::layout::{
+    lease_offset, slot_offset, VolLv, IDS_LV, LEASES_LV, METADATA_LV, SLOT_BYTES, SLOT_STRIDE,
+};
 use self::links::Links;
 use self::writer::Writer;
 use super::backend::{
@@ -182,7 +186,18 @@ impl BlockDomain {
     }
 
     fn write_slot(&self, slot: u64, md: &VolumeMetadata) -> Result<(), StorageError> {
-        let bytes = md.to_bytes()?;
+        self.write_slot_bytes(slot, md.to_bytes()?)
+    }
+
+    /// A new volume's slot: its metadata and zeros over the rest of the 8 KiB, the checkpoint
+    /// region included, in one write (one fdatasync, as any slot write).
+    fn write_new_slot(&self, slot: u64, md: &VolumeMetadata) -> Result<(), StorageError> {
+        let mut bytes = md.to_bytes()?;
+        bytes.resize(SLOT_STRIDE as usize, 0);
+        self.write_slot_bytes(slot, bytes)
+    }
+
+    fn write_slot_bytes(&self, slot: u64, bytes: Vec<u8>) -> Result<(), StorageError> {
         fail::fail_point!("sdm::block::slot_write", |_| Err(StorageError::io(
             "write (O_DIRECT)",
             self.metadata_lv.path(),
@@ -376,6 +391,22 @@ impl DomainBackend for BlockDomain {
 
     fn remove_volume(&self, img: &Uuid, vol: &Uuid, lease: Lease) -> Result<(), StorageError> {
         volumes::remove(self, img, vol, lease)
+    }
+
+    fn keeps_checkpoints(&self) -> bool {
+        true
+    }
+
+    fn read_checkpoint(&self, img: &Uuid, vol: &Uuid) -> Result<Option<Vec<u8>>, StorageError> {
+        ckpt::read(self, img, vol)
+    }
+
+    fn write_checkpoint(&self, img: &Uuid, vol: &Uuid, data: &[u8]) -> Result<(), StorageError> {
+        ckpt::write(self, img, vol, data)
+    }
+
+    fn remove_checkpoint(&self, img: &Uuid, vol: &Uuid) -> Result<(), StorageError> {
+        ckpt::remove(self, img, vol)
     }
 
     fn mark_for_removal(&self, img: &Uuid, wipe: bool) -> Result<Leftover, StorageError> {

@@ -128,7 +128,9 @@ fn fill(
     }
     drop(prepared);
     *wrote_slot = true;
-    d.write_slot(slot, &md)?;
+    // The slot may hold the checkpoint of a copy into an earlier volume there: never the new
+    // one's. Zeroed in the metadata's own write, so that no volume ever has the old record.
+    d.write_new_slot(slot, &md)?;
     leases.init_lease_at(
         d.sd_id.as_str(),
         c.vol.as_str(),
@@ -168,8 +170,13 @@ fn roll_back(
 /// released before the LV goes: once the LV is gone its slot may be reused by any host, which
 /// writes a new lease there.
 pub fn remove(d: &BlockDomain, img: &Uuid, vol: &Uuid, lease: Lease) -> Result<(), StorageError> {
-    d.volume_lv(img, vol)?;
+    let (_, slot) = d.volume_lv(img, vol)?;
     d.check_unused(vol.as_str())?;
+    // The checkpoint goes while the lease still makes the slot ours (creation zeroes it too,
+    // for slots other hosts freed without doing so).
+    if let Err(e) = super::ckpt::clear(d, slot) {
+        tracing::warn!(sd_id = %d.sd_id, vol_id = %vol, slot, error = %e, "clearing the checkpoint region of a removed volume failed");
+    }
     if let Err(e) = lease.release() {
         tracing::warn!(sd_id = %d.sd_id, vol_id = %vol, error = %e, "releasing a volume lease before removal failed");
     }
