@@ -77,9 +77,11 @@ pub(crate) fn copy(
         FileKind::Regular => ZeroMethod::PunchHole,
         FileKind::Block => ZeroMethod::BlkZeroOut,
     };
-    let chunk = engine.chunk_size();
-    // Verify reads both sides of a segment at once, so it needs two slots at least.
-    let slots = engine.queue_depth().max(2);
+    let (depth, chunk) = engine.shape_for(&[&s, &d]);
+    // Reads and writes each get `depth` slots: a read in flight never takes the place of a
+    // write, so both devices keep `depth` requests busy as the ceiling does. (Verify reads
+    // both sides of a segment at once and needs two slots; it has 2 × depth.)
+    let slots = 2 * depth;
     let mut io = Io::new(engine.backend(), slots, chunk)?;
     if s.in_memory {
         io.run_inline(s.fd());
@@ -101,6 +103,8 @@ pub(crate) fn copy(
         tail_fd,
         dst_zero,
         free: (0..slots).rev().collect(),
+        reading: 0,
+        read_depth: depth,
         seg: vec![(0, 0); slots],
         writes: vec![0; slots],
         runs: Vec::new(),
@@ -169,6 +173,9 @@ struct Copier<'a> {
     tail_fd: std::os::fd::RawFd,
     dst_zero: bool,
     free: Vec<usize>,
+    /// Reads in flight, at most `read_depth`; the other slots are left to writes.
+    reading: usize,
+    read_depth: usize,
     /// The (offset, length) each busy slot carries.
     seg: Vec<(u64, u64)>,
     /// Write requests outstanding per slot; the slot is free again at zero.
@@ -233,7 +240,7 @@ impl Copier<'_> {
                     continue;
                 }
             }
-            if self.free.is_empty() || self.pos >= self.len {
+            if self.free.is_empty() || self.reading >= self.read_depth || self.pos >= self.len {
                 return Ok(());
             }
             let (data, end) = self
@@ -271,6 +278,7 @@ impl Copier<'_> {
                     len: rlen,
                 },
             )?;
+            self.reading += 1;
         }
     }
 
@@ -287,6 +295,7 @@ impl Copier<'_> {
     fn complete(&mut self, io: &mut Io, d: Done) -> Result<(), IoError> {
         match d.op {
             Op::Read { slot, off, .. } => {
+                self.reading -= 1;
                 let n = d
                     .res
                     .map_err(|e| IoError::at("read from", &self.src.path, off, e))?;
