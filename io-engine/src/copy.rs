@@ -78,10 +78,17 @@ pub(crate) fn copy(
         FileKind::Block => ZeroMethod::BlkZeroOut,
     };
     let (depth, chunk) = engine.shape_for(&[&s, &d]);
-    // Reads and writes each get `depth` slots: a read in flight never takes the place of a
-    // write, so both devices keep `depth` requests busy as the ceiling does. (Verify reads
-    // both sides of a segment at once and needs two slots; it has 2 × depth.)
-    let slots = 2 * depth;
+    let block = s.kind == FileKind::Block || d.kind == FileKind::Block;
+    // Onto or off a block device, reads and writes each get `depth` slots: a read in flight
+    // never takes a write's place, so both devices keep `depth` requests busy as the ceiling
+    // does (measured on LVs, docs/performance.md). Between files the `depth` slots are shared,
+    // which measured as fast with half the memory. Verify reads both sides of a segment at
+    // once, so it needs two slots at least.
+    let (slots, read_depth) = if block {
+        (2 * depth, depth)
+    } else {
+        (depth.max(2), depth.max(2))
+    };
     let mut io = Io::new(engine.backend(), slots, chunk)?;
     if s.in_memory {
         io.run_inline(s.fd());
@@ -104,7 +111,7 @@ pub(crate) fn copy(
         dst_zero,
         free: (0..slots).rev().collect(),
         reading: 0,
-        read_depth: depth,
+        read_depth,
         seg: vec![(0, 0); slots],
         writes: vec![0; slots],
         runs: Vec::new(),

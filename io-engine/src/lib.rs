@@ -22,12 +22,12 @@
 //! ```
 //!
 //! Up to [`EngineConfig::queue_depth`] chunks are in flight, each in its own slot of a fixed
-//! buffer pool, so memory per operation is bounded whatever the volume size. A copy has
-//! `queue_depth` slots for reads and as many again for writes, so that a read in flight
-//! never holds back a write (the device ceiling keeps both queues full): its pool is
-//! `(2 * queue_depth + 1) * chunk_size`. A copy that touches a block device uses
-//! [`EngineConfig::block_queue_depth`] and [`EngineConfig::block_chunk_size`] instead.
-//! Writes complete in any order. A copy ends with `fdatasync`; an error from it
+//! buffer pool, so memory per operation is `(queue_depth + 1) * chunk_size` whatever the
+//! volume size. A copy onto or off a block device uses [`EngineConfig::block_queue_depth`]
+//! and [`EngineConfig::block_chunk_size`] instead, and has `block_queue_depth` slots for reads
+//! and as many again for writes, so that a read in flight never holds back a write (the
+//! device ceiling keeps both queues full): its pool is `(2 * block_queue_depth + 1) *
+//! block_chunk_size`. Writes complete in any order. A copy ends with `fdatasync`; an error from it
 //! fails the operation and is never retried, since a second fsync may report success for data
 //! that was lost. Zeroing a destination range prefers PUNCH_HOLE|KEEP_SIZE, then ZERO_RANGE
 //! (files) or BLKZEROOUT (block devices), and writes zero buffers only when those are refused.
