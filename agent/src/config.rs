@@ -515,6 +515,32 @@ mod tests {
     }
 
     #[test]
+    fn block_io_shape_is_checked_like_the_file_one() {
+        let p = Path::new("/etc/sdm/agent.toml");
+        let c = Config::parse(
+            "[io]\nblock_queue_depth = 32\nblock_chunk_size = 2097152\n",
+            p,
+        )
+        .unwrap();
+        c.validate("test").unwrap();
+        assert_eq!(
+            (c.io.block_queue_depth, c.io.block_chunk_size),
+            (32, 2 << 20)
+        );
+        for (bad, key) in [
+            ("[io]\nblock_queue_depth = 2000\n", "io.block_queue_depth"),
+            ("[io]\nblock_chunk_size = 5000\n", "io.block_chunk_size"),
+        ] {
+            let e = Config::parse(bad, p)
+                .unwrap()
+                .validate("test")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{e}");
+        }
+    }
+
+    #[test]
     fn errors_name_file_and_key() {
         let p = Path::new("/etc/sdm/agent.toml");
         let e = Config::parse("listen = \"127.0.0.1:1\"\nbogus = 1\n", p)
