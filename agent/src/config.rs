@@ -174,6 +174,10 @@ pub struct IoConfig {
     pub queue_depth: u32,
     /// Bytes per request (0: the engine's measured default).
     pub chunk_size: usize,
+    /// `queue_depth` of copies onto or off a block device (0: the engine's default).
+    pub block_queue_depth: u32,
+    /// `chunk_size` of copies onto or off a block device (0: the engine's default).
+    pub block_chunk_size: usize,
     /// Jobs that run at once; more wait as pending.
     pub max_running_jobs: usize,
     /// Default bandwidth limit per job, bytes per second (0: none).
@@ -192,6 +196,8 @@ impl Default for IoConfig {
             backend: "auto".into(),
             queue_depth: 0,
             chunk_size: 0,
+            block_queue_depth: 0,
+            block_chunk_size: 0,
             max_running_jobs: 8,
             bandwidth_limit: 0,
             image_parallelism: 2,
@@ -369,20 +375,25 @@ impl Config {
                 format!("{:?} is not auto, io_uring or sync", self.io.backend),
             ));
         }
-        if self.io.queue_depth > 1024 {
-            return Err(bad(
-                "io.queue_depth",
-                format!("{} is more than 1024", self.io.queue_depth),
-            ));
+        for (key, depth) in [
+            ("io.queue_depth", self.io.queue_depth),
+            ("io.block_queue_depth", self.io.block_queue_depth),
+        ] {
+            if depth > 1024 {
+                return Err(bad(key, format!("{depth} is more than 1024")));
+            }
         }
-        if self.io.chunk_size != 0
-            && (!self.io.chunk_size.is_multiple_of(4096)
-                || !(4096..=(64 << 20)).contains(&self.io.chunk_size))
-        {
-            return Err(bad(
-                "io.chunk_size",
-                "must be a multiple of 4096 between 4 KiB and 64 MiB".into(),
-            ));
+        for (key, chunk) in [
+            ("io.chunk_size", self.io.chunk_size),
+            ("io.block_chunk_size", self.io.block_chunk_size),
+        ] {
+            if chunk != 0 && (!chunk.is_multiple_of(4096) || !(4096..=(64 << 20)).contains(&chunk))
+            {
+                return Err(bad(
+                    key,
+                    "must be a multiple of 4096 between 4 KiB and 64 MiB".into(),
+                ));
+            }
         }
         if !(1..=256).contains(&self.io.max_running_jobs) {
             return Err(bad("io.max_running_jobs", "must be 1-256".into()));
@@ -493,6 +504,32 @@ mod tests {
                 "[block]\nmetadata_lease_timeout_s = 0\n",
                 "block.metadata_lease_timeout_s",
             ),
+        ] {
+            let e = Config::parse(bad, p)
+                .unwrap()
+                .validate("test")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{e}");
+        }
+    }
+
+    #[test]
+    fn block_io_shape_is_checked_like_the_file_one() {
+        let p = Path::new("/etc/sdm/agent.toml");
+        let c = Config::parse(
+            "[io]\nblock_queue_depth = 32\nblock_chunk_size = 2097152\n",
+            p,
+        )
+        .unwrap();
+        c.validate("test").unwrap();
+        assert_eq!(
+            (c.io.block_queue_depth, c.io.block_chunk_size),
+            (32, 2 << 20)
+        );
+        for (bad, key) in [
+            ("[io]\nblock_queue_depth = 2000\n", "io.block_queue_depth"),
+            ("[io]\nblock_chunk_size = 5000\n", "io.block_chunk_size"),
         ] {
             let e = Config::parse(bad, p)
                 .unwrap()

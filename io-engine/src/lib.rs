@@ -23,7 +23,11 @@
 //!
 //! Up to [`EngineConfig::queue_depth`] chunks are in flight, each in its own slot of a fixed
 //! buffer pool, so memory per operation is `(queue_depth + 1) * chunk_size` whatever the
-//! volume size. Writes complete in any order. A copy ends with `fdatasync`; an error from it
+//! volume size. A copy onto or off a block device uses [`EngineConfig::block_queue_depth`]
+//! and [`EngineConfig::block_chunk_size`] instead, and has `block_queue_depth` slots for reads
+//! and as many again for writes, so that a read in flight never holds back a write (the
+//! device ceiling keeps both queues full): its pool is `(2 * block_queue_depth + 1) *
+//! block_chunk_size`. Writes complete in any order. A copy ends with `fdatasync`; an error from it
 //! fails the operation and is never retried, since a second fsync may report success for data
 //! that was lost. Zeroing a destination range prefers PUNCH_HOLE|KEEP_SIZE, then ZERO_RANGE
 //! (files) or BLKZEROOUT (block devices), and writes zero buffers only when those are refused.
@@ -148,12 +152,22 @@ pub struct EngineConfig {
     pub queue_depth: u32,
     /// Bytes per request (rounded up to a multiple of 4 KiB, clamped to 4 KiB..=64 MiB).
     pub chunk_size: usize,
+    /// `queue_depth` of a copy whose source or destination is a block device (told apart
+    /// when the volume is opened).
+    pub block_queue_depth: u32,
+    /// `chunk_size` of a copy whose source or destination is a block device.
+    pub block_chunk_size: usize,
 }
 
 /// Chunks in flight by default; see docs/performance.md for the measurement behind it.
 pub const DEFAULT_QUEUE_DEPTH: u32 = 8;
 /// Bytes per request by default; see docs/performance.md.
 pub const DEFAULT_CHUNK_SIZE: usize = 1 << 20;
+/// Chunks in flight by default when a copy touches a block device: a LUN (or an LV stacked on
+/// one) serves more requests at once than a file on a local disk; see docs/performance.md.
+pub const DEFAULT_BLOCK_QUEUE_DEPTH: u32 = 16;
+/// Bytes per request by default when a copy touches a block device; see docs/performance.md.
+pub const DEFAULT_BLOCK_CHUNK_SIZE: usize = 1 << 20;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -161,8 +175,18 @@ impl Default for EngineConfig {
             backend: BackendChoice::Auto,
             queue_depth: DEFAULT_QUEUE_DEPTH,
             chunk_size: DEFAULT_CHUNK_SIZE,
+            block_queue_depth: DEFAULT_BLOCK_QUEUE_DEPTH,
+            block_chunk_size: DEFAULT_BLOCK_CHUNK_SIZE,
         }
     }
+}
+
+fn clamp_depth(d: u32) -> usize {
+    d.clamp(1, 1024) as usize
+}
+
+fn clamp_chunk(c: usize) -> usize {
+    c.clamp(4096, 64 << 20).next_multiple_of(4096)
 }
 
 /// Options of [`Engine::copy`].
@@ -246,6 +270,8 @@ struct Inner {
     reason: Option<String>,
     queue_depth: usize,
     chunk_size: usize,
+    block_queue_depth: usize,
+    block_chunk_size: usize,
 }
 
 /// The data path engine; cheap to clone, shareable between threads.
@@ -261,6 +287,8 @@ impl std::fmt::Debug for Engine {
             .field("fallback_reason", &self.inner.reason)
             .field("queue_depth", &self.inner.queue_depth)
             .field("chunk_size", &self.inner.chunk_size)
+            .field("block_queue_depth", &self.inner.block_queue_depth)
+            .field("block_chunk_size", &self.inner.block_chunk_size)
             .finish()
     }
 }
@@ -275,13 +303,17 @@ impl Engine {
                 Err(why) => (BackendKind::Sync, Some(why)),
             },
         };
-        let queue_depth = cfg.queue_depth.clamp(1, 1024) as usize;
-        let chunk_size = cfg.chunk_size.clamp(4096, 64 << 20).next_multiple_of(4096);
+        let queue_depth = clamp_depth(cfg.queue_depth);
+        let chunk_size = clamp_chunk(cfg.chunk_size);
+        let block_queue_depth = clamp_depth(cfg.block_queue_depth);
+        let block_chunk_size = clamp_chunk(cfg.block_chunk_size);
         match (&reason, cfg.backend) {
             (None, _) => tracing::info!(
                 backend = kind.as_str(),
                 queue_depth,
                 chunk_size,
+                block_queue_depth,
+                block_chunk_size,
                 "io engine ready"
             ),
             (Some(r), BackendChoice::Sync) => {
@@ -299,6 +331,8 @@ impl Engine {
                 reason,
                 queue_depth,
                 chunk_size,
+                block_queue_depth,
+                block_chunk_size,
             }),
         }
     }
@@ -321,6 +355,26 @@ impl Engine {
     /// Bytes per request.
     pub fn chunk_size(&self) -> usize {
         self.inner.chunk_size
+    }
+
+    /// Chunks in flight per copy that touches a block device.
+    pub fn block_queue_depth(&self) -> usize {
+        self.inner.block_queue_depth
+    }
+
+    /// Bytes per request of a copy that touches a block device.
+    pub fn block_chunk_size(&self) -> usize {
+        self.inner.block_chunk_size
+    }
+
+    /// (queue depth, chunk size) for IO between `targets`: the block values when any of
+    /// them is a block device.
+    pub(crate) fn shape_for(&self, targets: &[&target::Target]) -> (usize, usize) {
+        if targets.iter().any(|t| t.kind == target::FileKind::Block) {
+            (self.inner.block_queue_depth, self.inner.block_chunk_size)
+        } else {
+            (self.inner.queue_depth, self.inner.chunk_size)
+        }
     }
 
     /// Copies `src` to the existing `dst`; see [`CopyOptions`].
@@ -373,8 +427,14 @@ mod tests {
             backend: BackendChoice::Sync,
             queue_depth: 0,
             chunk_size: 5000,
+            block_queue_depth: 2000,
+            block_chunk_size: 1 << 30,
         });
         assert_eq!((e.queue_depth(), e.chunk_size()), (1, 8192));
+        assert_eq!(
+            (e.block_queue_depth(), e.block_chunk_size()),
+            (1024, 64 << 20)
+        );
         assert_eq!(e.backend(), BackendKind::Sync);
     }
 }

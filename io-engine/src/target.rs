@@ -82,7 +82,11 @@ impl Target {
             write,
             buffered: None,
         };
-        t.in_memory = sys::is_memory_fs(t.fd());
+        // Only a regular file's data lives where its inode does. A device node is nearly
+        // always on devtmpfs, whose statfs says tmpfs, but its IO goes to the device: taking
+        // it for memory made every LV copy a synchronous pread/pwrite loop, one request at a
+        // time (see docs/performance.md, "Block domains: LVs").
+        t.in_memory = ft.is_file() && sys::is_memory_fs(t.fd());
         if ft.is_block_device() {
             t.kind = FileKind::Block;
             t.size = sys::blk_size(t.fd()).map_err(|e| IoError::os("BLKGETSIZE64 on", path, e))?;
@@ -187,5 +191,49 @@ impl Target {
             .map_err(|e| IoError::os("truncate", &self.path, e))?;
         self.size = len;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// A loop device detached by its name on drop, also when the test fails.
+    struct Loop(PathBuf);
+
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+        }
+    }
+
+    /// A device node sits on devtmpfs, which statfs reports as tmpfs; the device behind it is
+    /// no memory file system, and must get the ring and its queue depth (a copy onto an LV
+    /// ran one synchronous request at a time while this was wrong).
+    #[test]
+    fn a_block_device_is_not_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("disk");
+        File::create(&file)
+            .and_then(|f| f.set_len(8 << 20))
+            .unwrap();
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&file)
+            .output();
+        let dev = match out {
+            Ok(o) if o.status.success() => {
+                Loop(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+            }
+            other => {
+                eprintln!("SKIP: no loop device here (needs root and loop support): {other:?}");
+                return;
+            }
+        };
+        let t = Target::open(&dev.0, true).unwrap();
+        assert_eq!(t.kind, FileKind::Block);
+        assert!(!t.in_memory, "{} taken for memory", dev.0.display());
+        assert_eq!(t.size, 8 << 20);
     }
 }

@@ -472,6 +472,7 @@ fn throttled_operations_report_progress(e: &Engine) {
         },
         queue_depth: 8,
         chunk_size: 4 << 20,
+        ..Default::default()
     });
     let dir = tempdir();
     let src = dir.path().join("src");
@@ -531,6 +532,7 @@ fn fragmented_chunks_many_writes(e: &Engine) {
         backend,
         queue_depth: 1,
         chunk_size: 4 << 20,
+        ..Default::default()
     });
     let dir = tempdir();
     let src = dir.path().join("src");

@@ -173,6 +173,27 @@ pub fn read_lv(lvm: &Lvm, devs: &Devices, sd: &Uuid, lv: &str, offset: u64, len:
     read_direct(&pv, start + offset, len)
 }
 
+/// An LV's bytes as a read-only loop device over its extent of the PV (single-segment LVs),
+/// detached by name when dropped: for tools that want a device (`blkid`, `dumpe2fs`).
+pub fn lv_view(lvm: &Lvm, devs: &Devices, sd: &Uuid, lv: &str) -> crate::LoopDevice {
+    let (pv, start, len) = lv_extent(lvm, devs, sd, lv);
+    let out = Command::new("losetup")
+        .args(["--read-only", "--find", "--show"])
+        .arg(format!("--offset={start}"))
+        .arg(format!("--sizelimit={len}"))
+        .arg(&pv)
+        .output()
+        .expect("losetup");
+    assert!(
+        out.status.success(),
+        "losetup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    crate::LoopDevice {
+        dev: PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
+    }
+}
+
 /// Loop devices whose backing device is one of `devs`: the agent's loop-mapped LVs.
 pub fn loops_over(devs: &[PathBuf]) -> Vec<PathBuf> {
     let out = Command::new("losetup")

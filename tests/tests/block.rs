@@ -154,10 +154,61 @@ async fn block_domain_layout_is_vdsms() {
     assert_eq!(&index[..4], &[0x12, 0x15, 0x20, 0x16]);
     assert_eq!(&index[5..9], b"0001");
     assert_eq!(&index[10..46], sd.as_str().as_bytes());
-    // master is ext3.
+    // master is ext3 (VDSM's `mkfs -q -j -E nodiscard`) over the whole LV, and left inactive
+    // as VDSM leaves it: nobody mounts it at creation.
     let sb = read_lv(&lvm, &devs, &sd, "master", 1024, 1024);
     assert_eq!(&sb[56..58], &[0x53, 0xef], "ext magic");
     assert_ne!(sb[92] & 0x04, 0, "has a journal (ext3)");
+    let master = all.iter().find(|l| l.name == "master").unwrap();
+    if mode == "loop-mapped" {
+        let (pv, start, _) = lv_extent(&lvm, &devs, &sd, "master");
+        let out = Command::new("losetup")
+            .args(["--list", "--noheadings", "--output", "BACK-FILE,OFFSET"])
+            .output()
+            .expect("losetup");
+        let mapped = String::from_utf8_lossy(&out.stdout).into_owned();
+        let want = format!("{} {start}", pv.display());
+        assert!(
+            !mapped
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>().join(" ") == want),
+            "master still loop-mapped: {mapped}"
+        );
+    } else {
+        assert_eq!(master.dm_active(), Some(false), "{}", master.attr);
+    }
+    let view = lv_view(&lvm, &devs, &sd, "master");
+    let tool = |cmd: &str, args: &[&str]| {
+        let out = Command::new(cmd)
+            .args(args)
+            .arg(&view.dev)
+            .output()
+            .expect(cmd);
+        assert!(out.status.success(), "{cmd}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let probe = tool("blkid", &["--probe", "--output", "export"]);
+    assert!(probe.lines().any(|l| l == "TYPE=ext3"), "{probe}");
+    let head = tool("dumpe2fs", &["-h"]);
+    let field = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("{name} in {head}"))
+    };
+    assert!(
+        field("Filesystem features").contains("has_journal"),
+        "{head}"
+    );
+    assert_eq!(field("Filesystem state"), "clean");
+    let blocks: u64 = field("Block count").parse().unwrap();
+    let block_size: u64 = field("Block size").parse().unwrap();
+    assert_eq!(
+        blocks * block_size,
+        master.size,
+        "the file system fills the LV"
+    );
+    drop(view);
     // The mailboxes' reserved area and the slots are zero.
     assert!(read_lv(&lvm, &devs, &sd, "inbox", 0, 1_024_000)
         .iter()

@@ -339,6 +339,12 @@ fn engine_config(cfg: &Config) -> sdm_io::EngineConfig {
     if cfg.io.chunk_size > 0 {
         e.chunk_size = cfg.io.chunk_size;
     }
+    if cfg.io.block_queue_depth > 0 {
+        e.block_queue_depth = cfg.io.block_queue_depth;
+    }
+    if cfg.io.block_chunk_size > 0 {
+        e.block_chunk_size = cfg.io.block_chunk_size;
+    }
     e
 }
 

@@ -92,10 +92,13 @@ impl Bench {
         println!("# {}", host_summary());
         let e = Engine::new(EngineConfig::default());
         println!(
-            "# engine: backend {}, queue depth {}, chunk {} KiB (defaults; overrides: {:?})",
+            "# engine: backend {}, queue depth {}, chunk {} KiB, on block devices {} and {} KiB \
+             (defaults; overrides: {:?})",
             e.backend().as_str(),
             e.queue_depth(),
             e.chunk_size() >> 10,
+            e.block_queue_depth(),
+            e.block_chunk_size() >> 10,
             self.engine_args
         );
         let r = if self.sweep {

@@ -8,27 +8,50 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use io_uring::{opcode, types::Fd, IoUring};
-use sdm_io::PageBuf;
-
-/// Requests in flight per stream and bytes per request: the engine's defaults.
-const STREAM_DEPTH: usize = 8;
-const STREAM_BS: usize = 1 << 20;
+use sdm_io::{EngineConfig, PageBuf};
 
 /// Reads SRC and writes as many bytes to DST at the same time, each stream on its own thread
-/// and ring with the engine's IO shape (O_DIRECT, 8 requests of 1 MiB in flight, buffers in
-/// the engine's huge-page backed [`PageBuf`]), then fdatasyncs DST.
-pub fn ceiling(src: &Path, dst: &Path) -> Result<()> {
+/// and ring with the IO shape a copy between them gets from `cfg` (O_DIRECT; the queue depth
+/// and chunk size of a copy touching a block device when either is one, else the file ones;
+/// buffers in the engine's huge-page backed [`PageBuf`]), then fdatasyncs DST. A copy keeps
+/// as many reads and as many writes in flight, so this is the most it can reach.
+pub fn ceiling(cfg: &EngineConfig, src: &Path, dst: &Path) -> Result<()> {
     let len = crate::image::size_of(src)?;
+    let block = [src, dst].iter().any(|p| {
+        std::fs::metadata(p)
+            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+    });
+    let (depth, bs) = if block {
+        (cfg.block_queue_depth, cfg.block_chunk_size)
+    } else {
+        (cfg.queue_depth, cfg.chunk_size)
+    };
+    let shape = Shape {
+        depth: depth.clamp(1, 1024) as usize,
+        bs: bs.clamp(4096, 64 << 20).next_multiple_of(4096),
+    };
+    eprintln!(
+        "ceiling: {} requests of {} KiB per stream",
+        shape.depth,
+        shape.bs >> 10
+    );
     std::thread::scope(|s| {
-        let r = s.spawn(|| stream(src, len, false));
-        let w = s.spawn(|| stream(dst, len, true));
+        let r = s.spawn(|| stream(src, len, false, shape));
+        let w = s.spawn(|| stream(dst, len, true, shape));
         let r = r.join().map_err(|_| anyhow!("reader panicked"))?;
         let w = w.join().map_err(|_| anyhow!("writer panicked"))?;
         r.and(w)
     })
 }
 
-fn stream(path: &Path, len: u64, write: bool) -> Result<()> {
+#[derive(Clone, Copy)]
+struct Shape {
+    depth: usize,
+    bs: usize,
+}
+
+fn stream(path: &Path, len: u64, write: bool, shape: Shape) -> Result<()> {
+    let Shape { depth, bs } = shape;
     let f = OpenOptions::new()
         .read(!write)
         .write(write)
@@ -38,28 +61,28 @@ fn stream(path: &Path, len: u64, write: bool) -> Result<()> {
         .open(path)
         .with_context(|| path.display().to_string())?;
     let fd = Fd(f.as_raw_fd());
-    let mut buf = PageBuf::new(STREAM_DEPTH * STREAM_BS).context("IO buffers")?;
+    let mut buf = PageBuf::new(depth * bs).context("IO buffers")?;
     if write {
         buf.as_mut_slice().fill(0xa5);
     }
-    let mut ring = IoUring::new(2 * STREAM_DEPTH as u32).context("ring")?;
-    let iov: Vec<libc::iovec> = (0..STREAM_DEPTH)
+    let mut ring = IoUring::new(2 * depth as u32).context("ring")?;
+    let iov: Vec<libc::iovec> = (0..depth)
         .map(|i| libc::iovec {
-            iov_base: buf.as_ptr().wrapping_add(i * STREAM_BS).cast(),
-            iov_len: STREAM_BS,
+            iov_base: buf.as_ptr().wrapping_add(i * bs).cast(),
+            iov_len: bs,
         })
         .collect();
     // SAFETY: the buffers stay mapped until `buf` drops, which is after the ring: `ring` is
     // declared later (dropped first) and closed explicitly on the error path below.
     unsafe { ring.submitter().register_buffers(&iov) }.context("register buffers")?;
-    let mut free: Vec<usize> = (0..STREAM_DEPTH).collect();
+    let mut free: Vec<usize> = (0..depth).collect();
     let (mut next, mut inflight, mut err) = (0u64, 0usize, None);
     loop {
         while err.is_none() && next < len {
             let Some(i) = free.pop() else { break };
-            // At most STREAM_BS, so it fits in u32.
-            let n = (len - next).min(STREAM_BS as u64) as u32;
-            let p = buf.as_ptr().wrapping_add(i * STREAM_BS);
+            // At most bs, so it fits in u32.
+            let n = (len - next).min(bs as u64) as u32;
+            let p = buf.as_ptr().wrapping_add(i * bs);
             let sqe = if write {
                 opcode::WriteFixed::new(fd, p, n, i as u16)
                     .offset(next)

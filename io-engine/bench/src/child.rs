@@ -17,7 +17,10 @@ use crate::cli::{Backend, Child, EngineArgs, Fmt};
 pub fn run(child: Child) -> Result<()> {
     let mode = child.name();
     let (engine_args, op) = match child {
-        Child::Ceiling { src, dst } => return ceiling(&src, &dst),
+        Child::Ceiling { engine, src, dst } => {
+            let (cfg, _) = config(&engine)?;
+            return ceiling(&cfg, &src, &dst);
+        }
         Child::Pretouch { bytes } => return pretouch(bytes),
         Child::Copy { engine, src, dst } => {
             let every = engine.checkpoint_ms;
@@ -67,11 +70,14 @@ pub fn run(child: Child) -> Result<()> {
 fn config(a: &EngineArgs) -> Result<(EngineConfig, WipeOptions)> {
     let mut cfg = EngineConfig::default();
     let mut wipe = WipeOptions::default();
+    // An override applies whatever the devices are, block or not.
     if let Some(qd) = a.qd {
         cfg.queue_depth = qd;
+        cfg.block_queue_depth = qd;
     }
     if let Some(c) = a.chunk {
         cfg.chunk_size = usize::try_from(c).context("--chunk does not fit in memory")?;
+        cfg.block_chunk_size = cfg.chunk_size;
     }
     if let Some(s) = a.step {
         wipe.step = s;

@@ -126,7 +126,12 @@ pub enum Child {
     AgentCopy { url: String, params: String },
     /// The IO ceiling: read SRC while writing as many bytes to DST.
     #[command(name = "__ceiling", hide = true)]
-    Ceiling { src: PathBuf, dst: PathBuf },
+    Ceiling {
+        #[command(flatten)]
+        engine: EngineArgs,
+        src: PathBuf,
+        dst: PathBuf,
+    },
     /// Touch and free BYTES of memory.
     #[command(name = "__pretouch", hide = true)]
     Pretouch {

@@ -119,11 +119,25 @@ pub fn copy_tools(b: &Bench, src: &Path, dst: &Path, with_ceiling: bool) -> Vec<
             reference: true,
             ..Tool::new(
                 "ceiling: engine IO, read A + write B",
-                sh(&format!("{} __ceiling {sp} {dp}", b.exe)),
+                sh(&b
+                    .sdm("__ceiling", &[sp.to_string(), dp.to_string()])
+                    .join(" ")),
                 Some(dst),
                 false,
             )
         });
+        if src.starts_with("/dev/") {
+            // A block device: also the device's own limit (see cases/lv.rs).
+            v.push(Tool {
+                reference: true,
+                ..Tool::new(
+                    "ceiling: engine IO, 16 x 4 MiB",
+                    sh(&format!("{} __ceiling --qd 16 --chunk 4m {sp} {dp}", b.exe)),
+                    Some(dst),
+                    false,
+                )
+            });
+        }
         v.push(Tool {
             reference: true,
             ..Tool::new(

@@ -23,6 +23,7 @@ pub fn engine(backend: BackendChoice) -> Engine {
         backend,
         queue_depth: 4,
         chunk_size: 512 << 10,
+        ..Default::default()
     })
 }
 

@@ -158,7 +158,23 @@ fn to_block_tools(b: &Bench, src: &str, dst: &str, n: u64) -> Vec<Tool> {
             reference: true,
             ..Tool::new(
                 "ceiling: engine IO, read A + write B",
-                sh(&format!("{} __ceiling {src} {dst}", b.exe)),
+                sh(&b
+                    .sdm("__ceiling", &[src.to_string(), dst.to_string()])
+                    .join(" ")),
+                Some(&d),
+                false,
+            )
+        },
+        // The device's own limit, whatever shape a copy has: the same streams with far more
+        // bytes in flight (a copy at the defaults must come within 5 % of this too).
+        Tool {
+            reference: true,
+            ..Tool::new(
+                "ceiling: engine IO, 16 x 4 MiB",
+                sh(&format!(
+                    "{} __ceiling --qd 16 --chunk 4m {src} {dst}",
+                    b.exe
+                )),
                 Some(&d),
                 false,
             )
