@@ -235,6 +235,29 @@ impl Lvm {
     /// activation is only ever done through [`crate::Activator`], which counts users and
     /// records what it did. The new LV's first bytes are whatever the extents held.
     pub fn lvcreate(&self, devs: &Devices, vg: &str, lv: &LvCreate) -> Result<(), LvmError> {
+        self.lvcreate_args(devs, vg, lv, None)
+    }
+
+    /// `lvcreate` with the LV's extents taken from one PV only: the `metadata` LV must start at
+    /// extent 0 of the domain's first PV, and LVM would otherwise allocate from the VG's PVs in
+    /// its own (device-name) order, which is not the order the devices were given.
+    pub fn lvcreate_on(
+        &self,
+        devs: &Devices,
+        vg: &str,
+        lv: &LvCreate,
+        pv: &Path,
+    ) -> Result<(), LvmError> {
+        self.lvcreate_args(devs, vg, lv, Some(pv))
+    }
+
+    fn lvcreate_args(
+        &self,
+        devs: &Devices,
+        vg: &str,
+        lv: &LvCreate,
+        pv: Option<&Path>,
+    ) -> Result<(), LvmError> {
         check_name("VG", vg)?;
         check_name("LV", &lv.name)?;
         let mut args = no_backup();
@@ -254,6 +277,10 @@ impl Lvm {
         args.extend(lv.size.args()?);
         args.extend(tag_args("--addtag", &lv.tags)?);
         args.extend(["--name".to_string(), lv.name.clone(), vg.to_string()]);
+        if let Some(pv) = pv {
+            // The PV is one of `devs`, which holds UTF-8 paths only.
+            args.push(pv.to_string_lossy().into_owned());
+        }
         self.write(&format!("LV {vg}/{}", lv.name), "lvcreate", devs, args)
     }
 

@@ -71,14 +71,15 @@ fn vg_has_vdsm_pv_and_vg_parameters() {
         );
     }
     // Metadata in use on the first PV only (pvchange --metadataignore n).
-    let used: Vec<(PathBuf, u32)> = pvs
+    // lvm lists PVs in device-name order, which depends on the loop numbers free at the time.
+    let mut used: Vec<(PathBuf, u32)> = pvs
         .iter()
         .map(|p| (p.name.clone(), p.mda_used_count))
         .collect();
-    assert_eq!(
-        used,
-        [(disks.paths()[0].clone(), 2), (disks.paths()[1].clone(), 0)]
-    );
+    used.sort();
+    let mut want = vec![(disks.paths()[0].clone(), 2), (disks.paths()[1].clone(), 0)];
+    want.sort();
+    assert_eq!(used, want);
     for sizes in devs.block_sizes().unwrap() {
         assert_eq!((sizes.logical, sizes.physical), (512, 512), "{sizes:?}");
     }

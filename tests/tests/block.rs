@@ -70,7 +70,11 @@ async fn block_domain_layout_is_vdsms() {
     assert!(mode == "loop-mapped" || mode == "device-mapper", "{mode}");
 
     let sd = uuid();
-    create_block_domain(&c, &sd, disks.paths()).await;
+    // The devices in the opposite of their name order: LVM allocates from its PVs in name
+    // order, and PV0 (the first given) must still hold `metadata` at extent 0.
+    let mut given = disks.paths().to_vec();
+    given.sort_by(|a, b| b.cmp(a));
+    create_block_domain(&c, &sd, &given).await;
     let listed = c.api().list_domains().await.via(&c).unwrap();
     let d = listed.iter().find(|d| d.sd_id == sd).expect("listed");
     assert_eq!(
@@ -108,7 +112,7 @@ async fn block_domain_layout_is_vdsms() {
         .iter()
         .find(|t| t.starts_with("MDT_PV1="))
         .expect("PV1");
-    let name0 = disks.paths()[0].file_name().unwrap().to_string_lossy();
+    let name0 = given[0].file_name().unwrap().to_string_lossy();
     assert!(
         pv0.starts_with(&format!("MDT_PV0=pv:{name0}&44&uuid:"))
             && pv0.contains("&44&pestart:0&44&pecount:")
@@ -128,7 +132,7 @@ async fn block_domain_layout_is_vdsms() {
     for pv in lvm.pvs(&devs).unwrap() {
         assert_eq!(pv.pe_start, 129 * MIB, "{}", pv.name.display());
         assert_eq!(pv.vg_name.as_deref(), Some(sd.as_str()));
-        let first = pv.name == disks.paths()[0];
+        let first = pv.name == given[0];
         assert_eq!(pv.mda_used_count > 0, first, "{}", pv.name.display());
     }
 
@@ -148,7 +152,7 @@ async fn block_domain_layout_is_vdsms() {
         assert!(lv.tags.is_empty(), "{name}: {:?}", lv.tags);
     }
     let (pv, off, _) = lv_extent(&lvm, &devs, &sd, "metadata");
-    assert_eq!((pv, off), (disks.paths()[0].clone(), 129 * MIB));
+    assert_eq!((pv, off), (given[0].clone(), 129 * MIB));
     // The xleases index at 1 MiB: magic, version, lockspace.
     let index = read_lv(&lvm, &devs, &sd, "xleases", MIB, 512);
     assert_eq!(&index[..4], &[0x12, 0x15, 0x20, 0x16]);

@@ -134,11 +134,17 @@ fn build(
             size: LvSize::Mib(mib),
             tags: Vec::new(),
         };
-        lvm.lvcreate(devs, vg, &lv)
-            .map_err(|e| BlockError::CreateLv {
-                lv: format!("{vg}/{name}"),
-                source: e,
-            })?;
+        // `metadata` starts at extent 0 of the first device given (PV0 in the domain's
+        // metadata, its map offset 0), as VDSM lays it out.
+        let made = if name == METADATA_LV {
+            lvm.lvcreate_on(devs, vg, &lv, &devices[0])
+        } else {
+            lvm.lvcreate(devs, vg, &lv)
+        };
+        made.map_err(|e| BlockError::CreateLv {
+            lv: format!("{vg}/{name}"),
+            source: e,
+        })?;
     }
     let active = |lv: &str| {
         env.activator()
