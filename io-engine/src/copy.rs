@@ -127,6 +127,7 @@ pub(crate) fn copy(
             backend: engine.backend(),
             direct_io: s.direct && d.direct,
             verified: false,
+            checkpoints: Default::default(),
         },
     };
     let r = c.run(&mut io);
@@ -141,6 +142,7 @@ pub(crate) fn copy(
     // then resumes with nothing left to copy.
     if let Some(cp) = c.checkpoints.as_mut() {
         cp.finish(&d)?;
+        report.checkpoints = cp.stats();
     }
     if opts.verify {
         if !d.direct {

@@ -317,6 +317,9 @@ fn copy_bytes(
         resumed_from = plan.start,
         bytes_read = r.bytes_read,
         bytes_written = r.bytes_written,
+        checkpoints = r.checkpoints.count,
+        checkpoint_work_ms = r.checkpoints.work.as_millis() as u64,
+        checkpoint_blocked_ms = r.checkpoints.blocked.as_millis() as u64,
         "copy finished"
     );
     if dst_md.capacity > src_md.capacity {
