@@ -39,8 +39,8 @@ pub struct CheckpointStats {
     pub count: u32,
     /// Time spent in their fdatasyncs and hooks, on the helper thread or the copy's.
     pub work: Duration,
-    /// Time the copy's own thread spent on them (joining a running one, the final hook): the
-    /// part of `work` that adds to the copy's wall time.
+    /// Time the copy's own thread spent on them (joining a running one, which includes its
+    /// start-up, and the final hook): what they add to the copy's wall time.
     pub blocked: Duration,
 }
 

@@ -71,10 +71,11 @@ fn checkpoints_cover_only_durable_equal_bytes(e: &Engine) {
         let seen = seen.lock().unwrap();
         // The engine's own account: one per hook call, their time spent, and the copy's
         // thread waited at least for the last one (the hook reads both files, never free).
+        // Waiting may exceed the work: a join also waits for the helper thread to start.
         let st = r.checkpoints;
         assert_eq!(st.count as usize, seen.len(), "{shape:?}: {st:?}");
         assert!(
-            st.work > Duration::ZERO && st.blocked > Duration::ZERO && st.blocked <= st.work,
+            st.work > Duration::ZERO && st.blocked > Duration::ZERO,
             "{shape:?}: {st:?}"
         );
         assert!(
