@@ -31,6 +31,19 @@ pub struct Checkpointed {
     pub total: u64,
 }
 
+/// What checkpointing cost a copy, measured by the engine: the work itself (fdatasync of the
+/// destination and the hook, wherever they ran) and the part of it the copy waited for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointStats {
+    /// Checkpoints taken (hook calls that returned), the last one at the copy's end included.
+    pub count: u32,
+    /// Time spent in their fdatasyncs and hooks, on the helper thread or the copy's.
+    pub work: Duration,
+    /// Time the copy's own thread spent on them (joining a running one, which includes its
+    /// start-up, and the final hook): what they add to the copy's wall time.
+    pub blocked: Duration,
+}
+
 /// The function a checkpoint calls; an error fails the copy (wrapped as "checkpoint of").
 pub type CheckpointFn = dyn Fn(Checkpointed) -> io::Result<()> + Send + Sync;
 
@@ -80,8 +93,9 @@ pub(crate) struct Checkpointer {
     /// The durable offset last handed to the hook.
     last_off: u64,
     total: u64,
-    /// The checkpoint running on the helper thread.
-    pending: Option<JoinHandle<Result<(), IoError>>>,
+    /// The checkpoint running on the helper thread; it returns the time it took.
+    pending: Option<JoinHandle<Result<Duration, IoError>>>,
+    stats: CheckpointStats,
 }
 
 impl Checkpointer {
@@ -93,6 +107,7 @@ impl Checkpointer {
             last_off: start,
             total,
             pending: None,
+            stats: CheckpointStats::default(),
         }
     }
 
@@ -125,10 +140,12 @@ impl Checkpointer {
         };
         // Not the final sync's failpoint: a fault injected there must hit the end of the copy.
         let run = move || {
+            let t = Instant::now();
             for fd in fds {
                 crate::sys::fdatasync(fd).map_err(|e| IoError::os("fdatasync of", &path, e))?;
             }
-            call(c).map_err(|e| IoError::os("checkpoint of", &path, e))
+            call(c).map_err(|e| IoError::os("checkpoint of", &path, e))?;
+            Ok(t.elapsed())
         };
         let h = std::thread::Builder::new()
             .name("sdm-checkpoint".into())
@@ -139,29 +156,50 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// The last checkpoint at the copy's end: waits for the running one, then syncs and calls
-    /// the hook on this thread.
+    /// The last checkpoint at the copy's end, called right after the copy's final fdatasync
+    /// of `dst` (so it syncs nothing itself: a second fdatasync costs a device cache flush
+    /// and covers nothing new): waits for the running one, then calls the hook on this
+    /// thread.
     pub(crate) fn finish(&mut self, dst: &Target) -> Result<(), IoError> {
         self.wait()?;
         if self.total <= self.last_off && self.last_off > 0 {
             return Ok(());
         }
-        dst.sync_descriptors()?;
         let c = Checkpointed {
             durable: self.total,
             total: self.total,
         };
+        let t = Instant::now();
         (self.hook.call)(c).map_err(|e| IoError::os("checkpoint of", &dst.path, e))?;
+        let took = t.elapsed();
+        self.stats.work += took;
+        self.stats.blocked += took;
+        self.stats.count += 1;
         self.last_off = self.total;
         Ok(())
     }
 
+    /// What checkpointing cost so far (complete once [`Checkpointer::finish`] returned).
+    pub(crate) fn stats(&self) -> CheckpointStats {
+        self.stats
+    }
+
     /// Joins the running checkpoint, if any, and returns its outcome.
     fn wait(&mut self) -> Result<(), IoError> {
-        match self.pending.take().map(JoinHandle::join) {
-            None => Ok(()),
-            Some(Ok(r)) => r,
-            Some(Err(_)) => Err(IoError::os(
+        let Some(h) = self.pending.take() else {
+            return Ok(());
+        };
+        let t = Instant::now();
+        let r = h.join();
+        self.stats.blocked += t.elapsed();
+        match r {
+            Ok(Ok(took)) => {
+                self.stats.work += took;
+                self.stats.count += 1;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(IoError::os(
                 "checkpoint of",
                 Path::new("(destination)"),
                 io::Error::other("the checkpoint hook panicked"),

@@ -109,6 +109,7 @@ pub(crate) fn copy(
         tail_start: tail,
         tail_fd,
         dst_zero,
+        dst_ext: (!dst_zero).then(|| Extents::new(&d, len, align)),
         free: (0..slots).rev().collect(),
         reading: 0,
         read_depth,
@@ -138,6 +139,7 @@ pub(crate) fn copy(
             backend: engine.backend(),
             direct_io: s.direct && d.direct,
             verified: false,
+            checkpoints: Default::default(),
         },
     };
     let r = c.run(&mut io);
@@ -152,6 +154,7 @@ pub(crate) fn copy(
     // then resumes with nothing left to copy.
     if let Some(cp) = c.checkpoints.as_mut() {
         cp.finish(&d)?;
+        report.checkpoints = cp.stats();
     }
     if opts.verify {
         if !d.direct {
@@ -179,6 +182,8 @@ struct Copier<'a> {
     tail_start: u64,
     tail_fd: std::os::fd::RawFd,
     dst_zero: bool,
+    /// The destination's holes, where it is not known to read zeros as a whole.
+    dst_ext: Option<Extents>,
     free: Vec<usize>,
     /// Reads in flight, at most `read_depth`; the other slots are left to writes.
     reading: usize,
@@ -257,7 +262,7 @@ impl Copier<'_> {
             let off = self.pos;
             if !data {
                 self.pos = end;
-                self.hole(off, end - off);
+                self.hole(off, end - off)?;
                 continue;
             }
             let mut end = end.min(off + self.chunk);
@@ -289,14 +294,31 @@ impl Copier<'_> {
         }
     }
 
-    /// A range of the destination that must end up reading zeros.
-    fn hole(&mut self, off: u64, len: u64) {
-        if self.dst_zero {
+    /// A range of the destination that must end up reading zeros. Parts that are holes in
+    /// the destination already are left alone: this copy never writes into a range it hands
+    /// here, so they stay zeros. That is most of a resumed copy's remainder, and on ext4 a
+    /// punch waits for every O_DIRECT write in flight on the file, draining the queue.
+    fn hole(&mut self, off: u64, len: u64) -> Result<(), IoError> {
+        let Some(dx) = self.dst_ext.as_mut().filter(|_| !self.dst_zero) else {
             self.report.bytes_zeroed_or_skipped += len;
             self.ctl.add_done(len);
-        } else {
-            self.zero.push(off, len);
+            return Ok(());
+        };
+        let (mut at, end) = (off, off + len);
+        while at < end {
+            let (data, e) = dx
+                .at(at)
+                .map_err(|e| IoError::at("SEEK_DATA on", &self.dst.path, at, e))?;
+            let e = e.min(end);
+            if data {
+                self.zero.push(at, e - at);
+            } else {
+                self.report.bytes_zeroed_or_skipped += e - at;
+                self.ctl.add_done(e - at);
+            }
+            at = e;
         }
+        Ok(())
     }
 
     fn complete(&mut self, io: &mut Io, d: Done) -> Result<(), IoError> {
@@ -333,7 +355,7 @@ impl Copier<'_> {
                 for &(pos, n, zero) in &runs {
                     let at = off + pos as u64;
                     if zero {
-                        self.hole(at, n as u64);
+                        self.hole(at, n as u64)?;
                     } else {
                         io.submit(
                             0,

@@ -101,7 +101,8 @@ mod wipe;
 mod zero;
 
 pub use checkpoint::{
-    CheckpointFn, CheckpointHook, Checkpointed, DEFAULT_CHECKPOINT_BYTES, DEFAULT_CHECKPOINT_EVERY,
+    CheckpointFn, CheckpointHook, CheckpointStats, Checkpointed, DEFAULT_CHECKPOINT_BYTES,
+    DEFAULT_CHECKPOINT_EVERY,
 };
 pub use control::{Control, Progress};
 pub use convert::{
@@ -246,6 +247,8 @@ pub struct CopyReport {
     pub direct_io: bool,
     /// Whether the destination was read back and compared.
     pub verified: bool,
+    /// What checkpoints cost (all zero without a hook).
+    pub checkpoints: CheckpointStats,
 }
 
 /// What a wipe did.

@@ -66,9 +66,18 @@ fn checkpoints_cover_only_durable_equal_bytes(e: &Engine) {
             checkpoint: Some(checking_hook(&src, &dst, seen.clone())),
             ..Default::default()
         };
-        e.copy(&src, &dst, &opts, &Control::new()).expect("copy");
+        let r = e.copy(&src, &dst, &opts, &Control::new()).expect("copy");
         assert_cmp(&src, &dst, shape.len());
         let seen = seen.lock().unwrap();
+        // The engine's own account: one per hook call, their time spent, and the copy's
+        // thread waited at least for the last one (the hook reads both files, never free).
+        // Waiting may exceed the work: a join also waits for the helper thread to start.
+        let st = r.checkpoints;
+        assert_eq!(st.count as usize, seen.len(), "{shape:?}: {st:?}");
+        assert!(
+            st.work > Duration::ZERO && st.blocked > Duration::ZERO,
+            "{shape:?}: {st:?}"
+        );
         assert!(
             seen.len() >= 2,
             "{shape:?}: only {} checkpoints",

@@ -1,7 +1,6 @@
 //! Copies that resume on another host (issue 18), with real agents over shared domains and the
-//! real data path: a copy is stopped dead (kill -9) once its checkpoint says 25/50/75/95 % is
-//! durable (the copy is throttled so the test can watch), another agent
-//! reads the progress
+//! real data path: a copy is stopped dead (kill -9) once its checkpoint says 25/50/75/99 % is
+//! durable (the copy is throttled so the test can watch), another agent reads the progress
 //! with `Image.getStatus` and re-issues `SDM.copy_data`, which continues from the checkpoint:
 //! the bytes end equal (`cmp`), the resumed agent reads and writes only the remainder (its log's
 //! engine counters and `/proc/<pid>/io`). A changed source (generation bumped, or bytes changed
@@ -10,6 +9,13 @@
 //!
 //! The source is `SDM_RESUME_MIB` MiB (default 256, so the suite stays short on shared CI
 //! disks; the figures in the issue's note were measured with 2048), written with holes.
+//!
+//! Wall times compare like with like: the agent that runs the full and the resumed copies
+//! checkpoints at the agent's defaults (only the agents that are killed checkpoint every
+//! 2 MiB, for fine kill points), and before each timed copy both files are synced and dropped
+//! from the page cache, so no copy pays for another's writeback or reads a warmer source. With
+//! `SDM_RESUME_MIB` set (a measuring run) the issue's target is asserted: a resumed copy takes
+//! at most the remainder's share of the full copy plus 10 % of it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,10 +50,11 @@ struct Setup {
 }
 
 impl Setup {
+    /// The owner runs the timed copies, so it checkpoints at the agent's defaults.
     async fn start() -> Setup {
         let owner = AgentProc::start(AgentOptions {
             host_id: Some(1),
-            config: Some(format!("create_default_domains = true\n{}", io_config())),
+            config: Some("create_default_domains = true\n".to_string()),
             ..Default::default()
         });
         let (sd, _, dir, _) = default_domains(&owner.client()).await;
@@ -166,6 +173,21 @@ fn copy_counters(log: &str, vol: &Uuid) -> (u64, u64, u64) {
     (num("resumed_from"), num("bytes_read"), num("bytes_written"))
 }
 
+/// Writes back `path`'s dirty pages and drops its cached ones, so that the next copy starts
+/// from the same cold, clean state as any other timed one.
+fn settle(path: &Path) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open to settle");
+    f.sync_all().expect("sync");
+    // SAFETY: a valid descriptor owned by `f`; fadvise has no memory arguments.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise of {}", path.display());
+}
+
 fn cmp(a: &Path, b: &Path) {
     let st = Command::new("cmp").arg(a).arg(b).status().expect("cmp");
     assert!(st.success(), "{} and {} differ", a.display(), b.display());
@@ -180,6 +202,8 @@ async fn finish_copy(s: &Setup, src: &Vol, dst: &Vol, resume: Option<bool>) -> D
 async fn finish_copy_at(s: &Setup, src: &Vol, dst: &Vol, g: u16, resume: Option<bool>) -> Duration {
     let c = s.client();
     let job = uuid();
+    settle(&src.path);
+    settle(&dst.path);
     let t = Instant::now();
     c.api()
         .copy_data(
@@ -254,7 +278,8 @@ async fn killed_copies_resume_on_another_agent_with_only_the_remainder() {
         t
     };
     println!("full copy of {} MiB: {:.2?}", total / MIB, full);
-    for pct in [25, 50, 75, 95] {
+    let measuring = std::env::var("SDM_RESUME_MIB").is_ok();
+    for pct in [25, 50, 75, 99] {
         let dst = s.dest().await;
         let durable = interrupted_copy(&mut s, &src, &dst, pct).await;
         assert!(durable > 0 && durable < total, "{pct}%: durable {durable}");
@@ -285,6 +310,16 @@ async fn killed_copies_resume_on_another_agent_with_only_the_remainder() {
             );
         }
 
+        // The machine's load moves wall times by tens of percent within a minute: a measuring
+        // run times a full copy right before each resume and compares the pair.
+        let full = if measuring {
+            let other = s.dest().await;
+            let t = finish_copy(&s, &src, &other, None).await;
+            drop_image(&s, &other).await;
+            t
+        } else {
+            full
+        };
         let pid = s.owner.pid();
         let before = proc_io(pid);
         let took = finish_copy(&s, &src, &dst, None).await;
@@ -304,16 +339,26 @@ async fn killed_copies_resume_on_another_agent_with_only_the_remainder() {
             pr <= rest + slack && pw <= rest + slack,
             "{pct}%: /proc io read {pr}, wrote {pw}, remainder {rest}"
         );
+        // The issue's target: the remainder's share of a full copy, plus 10 % of one.
+        let target = full.mul_f64(rest as f64 / total as f64 + 0.10);
+        let verdict = if took <= target { "within" } else { "OVER" };
         println!(
-            "resume at {pct}% (durable {} MiB): {:.2?} vs full {:.2?}; engine read {} MiB wrote {} MiB; /proc read {} MiB wrote {} MiB",
+            "resume at {pct}% (durable {} MiB): {:.2?} vs full copy just before {:.2?}, target {:.2?} ({verdict}); engine read {} MiB wrote {} MiB; /proc read {} MiB wrote {} MiB",
             durable / MIB,
             took,
             full,
+            target,
             read / MIB,
             written / MIB,
             pr / MIB,
             pw / MIB
         );
+        if measuring {
+            assert!(
+                took <= target,
+                "{pct}%: resumed in {took:.2?}, target {target:.2?}"
+            );
+        }
         drop_image(&s, &dst).await;
     }
 }

@@ -10,9 +10,9 @@
 //!    the lease on storage and re-reading the generation;
 //! 6. the copy — or the conversion to the destination's format, collapsing the source's chain
 //!    when the destination has no parent (`ops::convert`) — ending durable (and an optional
-//!    verify), while a watcher stops the job if the lease is lost (`lease_watch`); a plain copy
-//!    checkpoints as it goes and starts where a valid checkpoint of an earlier attempt says
-//!    the destination is good (`ops::resume`);
+//!    verify), while a watcher stops the job if the lease is lost (`lease_watch`); a byte copy
+//!    (RAW to RAW, or a qcow2 file copied as it is) checkpoints as it goes and starts where a
+//!    valid checkpoint of an earlier attempt says the destination is good (`ops::resume`);
 //! 7. the source re-read: still LEGAL at the same generation; then one metadata write: LEGAL
 //!    and generation+1 together, then the checkpoint is removed;
 //! 8. release the lease, then the locks.
@@ -113,7 +113,12 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
             .reserve(&dst.img_id, &dst.vol_id, src_size.apparent)?;
         let src_data = src_dom.backend.prepare(&src.img_id, &src.vol_id)?;
         let dst_data = dst_dom.backend.prepare(&dst.img_id, &dst.vol_id)?;
-        let plain = !convert::converts(&src_md, &dst_md) && dst_dom.backend.keeps_checkpoints();
+        let byte_copy = byte_copy(
+            req,
+            (&src_dom, &src_md, &src_data),
+            (&dst_dom, &dst_md, &dst_data),
+        )?;
+        let plain = byte_copy && dst_dom.backend.keeps_checkpoints();
         let shape = CopyShape {
             src: (src, &src_md),
             dst: (dst, &dst_md),
@@ -149,7 +154,11 @@ fn run(agent: &Agent, job: &Arc<Job>, req: &CopyRequest) -> Result<Option<JobRes
             &dst_dom,
             (&src_data, &src_md),
             (&dst_data, &dst_md),
-            (start, checkpoints),
+            Plan {
+                byte_copy,
+                start,
+                checkpoint: checkpoints,
+            },
         )
         .inspect_err(|e| resume::record_failure(&dst_dom, dst, job, &e.to_string()))?;
         fail::fail_point!("sdm::copy_data::before_legal");
@@ -239,11 +248,41 @@ fn check_source(
     convert::check_shapes(src_md, dst_md, false)
 }
 
-/// Step 6: the bytes, through the data path, ending durable. RAW to RAW, and COW to COW of the
-/// same shape (`convert::copies_as_is`), is a plain copy (with a read-back when asked) after
-/// which a larger RAW destination grows to its capacity; any other pair is converted to the
-/// destination's format, collapsing the source's chain when the destination has no parent
-/// (`ops::convert`).
+/// Whether the copy is a byte copy: RAW to RAW, or COW to COW of the same shape, whose qcow2
+/// file is copied as it is (`convert::copies_as_is`). Every byte then lands at its source
+/// offset, so a durable prefix of an earlier attempt is still right (the copy may resume);
+/// a conversion's layout writer places clusters where its own allocation order puts them and
+/// keeps its tables in memory until the end, so its output has no such prefix.
+fn byte_copy(
+    req: &CopyRequest,
+    (src_dom, src_md, src_data): (&Domain, &VolumeMetadata, &Prepared),
+    (dst_dom, dst_md, dst_data): (&Domain, &VolumeMetadata, &Prepared),
+) -> Result<bool, AgentError> {
+    if !convert::converts(src_md, dst_md) {
+        return Ok(true);
+    }
+    let side = |dom, ep, md, data| convert::Side { dom, ep, md, data };
+    convert::copies_as_is(
+        &side(src_dom, &req.source, src_md, src_data),
+        &side(dst_dom, &req.destination, dst_md, dst_data),
+        req.copy_bitmaps,
+    )
+}
+
+/// How step 6 copies: byte for byte or converting, from where, with which checkpoints.
+struct Plan {
+    /// [`byte_copy`]'s answer.
+    byte_copy: bool,
+    /// The resume offset (0: from the start).
+    start: u64,
+    /// Checkpoints to write as the copy goes.
+    checkpoint: Option<sdm_io::CheckpointHook>,
+}
+
+/// Step 6: the bytes, through the data path, ending durable. A byte copy ([`byte_copy`]) is
+/// a plain copy (with a read-back when asked) after which a larger RAW destination grows to
+/// its capacity; any other pair is converted to the destination's format, collapsing the
+/// source's chain when the destination has no parent (`ops::convert`).
 fn copy_bytes(
     agent: &Agent,
     job: &Job,
@@ -251,7 +290,7 @@ fn copy_bytes(
     dst_dom: &Domain,
     (src_data, src_md): (&Prepared, &VolumeMetadata),
     (dst_data, dst_md): (&Prepared, &VolumeMetadata),
-    (start, checkpoint): (u64, Option<sdm_io::CheckpointHook>),
+    plan: Plan,
 ) -> Result<(), AgentError> {
     let dst = &req.destination;
     let ctl = job.control();
@@ -260,23 +299,23 @@ fn copy_bytes(
             .or_else(|| nonzero(agent.cfg.io.bandwidth_limit)),
     );
     job.mark_started();
-    if convert::converts(src_md, dst_md) {
+    if !plan.byte_copy {
         let src_dom = agent.domain(&req.source.sd_id)?;
         let side = |dom, ep, md, data| convert::Side { dom, ep, md, data };
         let (s, d) = (
             side(&src_dom, &req.source, src_md, src_data),
             side(dst_dom, dst, dst_md, dst_data),
         );
-        if !convert::copies_as_is(&s, &d, req.copy_bitmaps)? {
-            convert::convert(agent, job, s, d, req.verify, req.copy_bitmaps)?;
-            return Ok(());
-        }
+        convert::convert(agent, job, s, d, req.verify, req.copy_bitmaps)?;
+        return Ok(());
+    }
+    if convert::converts(src_md, dst_md) {
         tracing::info!(job = %job.id(), "COW to COW of the same shape: the qcow2 file is copied as it is");
     }
     let opts = sdm_io::CopyOptions {
         verify: req.verify,
-        start,
-        checkpoint,
+        start: plan.start,
+        checkpoint: plan.checkpoint,
         ..Default::default()
     };
     let r = agent
@@ -284,9 +323,12 @@ fn copy_bytes(
         .copy(src_data.path(), dst_data.path(), &opts, ctl)?;
     tracing::info!(
         vol = %dst.vol_id,
-        resumed_from = start,
+        resumed_from = plan.start,
         bytes_read = r.bytes_read,
         bytes_written = r.bytes_written,
+        checkpoints = r.checkpoints.count,
+        checkpoint_work_ms = r.checkpoints.work.as_millis() as u64,
+        checkpoint_blocked_ms = r.checkpoints.blocked.as_millis() as u64,
         "copy finished"
     );
     if dst_md.capacity > src_md.capacity {

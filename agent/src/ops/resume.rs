@@ -8,8 +8,11 @@
 //! checkpoint names or that plus the fencing step (a fence changes no byte); the copy length
 //! is the same;
 //! and the digests it holds (the last MiB before the durable offset and spread samples) match
-//! the source now *and* the destination now. Conversions never resume: the layout writer does
-//! not place bytes at the source's offsets (see docs/recovery.md).
+//! the source now *and* the destination now. Byte copies resume (RAW to RAW, and COW to COW of
+//! the same shape, whose qcow2 file is copied as it is: its bytes sit at the source's offsets
+//! like a RAW volume's, and the source's format is part of the record). Conversions never
+//! resume: the layout writer does not place bytes at the source's offsets (see
+//! docs/recovery.md).
 
 use std::path::PathBuf;
 use std::sync::Arc;

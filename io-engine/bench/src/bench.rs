@@ -18,6 +18,7 @@ use crate::tools::Tool;
 
 pub struct Bench {
     pub quick: bool,
+    size: Option<u64>,
     pub dir: PathBuf,
     pub shm: PathBuf,
     pub runs: usize,
@@ -45,8 +46,11 @@ impl Bench {
         };
         Ok(Bench {
             quick: a.quick,
+            size: a.size,
             dir: a.dir.clone(),
-            shm: PathBuf::from("/dev/shm/sdm-bench"),
+            // Named after --dir, so that benches run at once with their own dirs do not
+            // share (and remove) one tmpfs directory.
+            shm: Path::new("/dev/shm").join(a.dir.file_name().unwrap_or("sdm-bench".as_ref())),
             runs,
             engine_args: a.engine_args(),
             only: a.only,
@@ -65,7 +69,9 @@ impl Bench {
 
     /// Bytes of the main images.
     pub fn size(&self) -> u64 {
-        if self.quick {
+        if let Some(n) = self.size {
+            n
+        } else if self.quick {
             GIB
         } else {
             4 * GIB

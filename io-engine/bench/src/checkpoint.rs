@@ -13,6 +13,8 @@ use std::time::Duration;
 use sdm_io::{CheckpointHook, Checkpointed};
 
 const BOUNDARY: u64 = 1 << 20;
+/// How `__copy` starts the line with the engine's checkpoint counters in its log.
+pub const STATS_LINE: &str = "__copy: checkpoints ";
 const SAMPLE: u64 = 64 << 10;
 
 /// A hook called at most every `ms` milliseconds (and never for bytes alone).

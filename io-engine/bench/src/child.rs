@@ -109,8 +109,18 @@ impl Op {
                     checkpoint: every.map(|ms| crate::checkpoint::hook(&src, &dst, ms)),
                     ..Default::default()
                 };
-                engine.copy(&src, &dst, &opts, &ctl).map_err(io)?;
+                let r = engine.copy(&src, &dst, &opts, &ctl).map_err(io)?;
                 let _ = std::fs::remove_file(crate::checkpoint::side_file(&dst));
+                let st = r.checkpoints;
+                // Read back by the checkpoint case (`cases/checkpoint.rs`).
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{}{}, work {:.6} s, blocked {:.6} s",
+                    crate::checkpoint::STATS_LINE,
+                    st.count,
+                    st.work.as_secs_f64(),
+                    st.blocked.as_secs_f64()
+                );
             }
             Op::Wipe(p) => {
                 engine.wipe(&p, wipe, &ctl).map_err(io)?;

@@ -28,6 +28,10 @@ pub struct BenchArgs {
     /// Where the images go (up to ~20 GiB); removed at the end unless --keep.
     #[arg(long, default_value = "/tmp/sdm-bench")]
     pub dir: PathBuf,
+    /// Size of the main images, e.g. 2G (default: 4 GiB, 1 GiB with --quick), for a disk
+    /// with less room than the cases need.
+    #[arg(long, value_parser = size_bytes)]
+    pub size: Option<u64>,
     /// Runs per tool (0 = the default: 3 with --quick, else 5).
     #[arg(long, default_value_t = 0)]
     pub runs: usize,

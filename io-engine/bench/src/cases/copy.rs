@@ -1,12 +1,12 @@
-//! Copies: fully written, 10% sparse and empty sources on disk, a full one on tmpfs, and the
-//! full one again with and without checkpoints (the cost of resumable copies).
+//! Copies: fully written, 10% sparse and empty sources on disk, and a full one on tmpfs (the
+//! cost of checkpoints is `checkpoint.rs`).
 
 use anyhow::{Context, Result};
 
 use super::Fixture;
 use crate::bench::Bench;
 use crate::image::{make_image, MIB};
-use crate::tools::{copy_tools, s, Tool};
+use crate::tools::copy_tools;
 
 pub fn full(b: &mut Bench, fx: &Fixture) -> Result<()> {
     let tools = copy_tools(b, &fx.src_full, &fx.dst, true);
@@ -53,40 +53,5 @@ pub fn tmpfs(b: &mut Bench, fx: &Fixture) -> Result<()> {
     b.case_with("full copy (tmpfs)", fx.n, tools, Some(&src), Some(touch))?;
     drop(agent);
     let _ = std::fs::remove_dir_all(&b.shm);
-    Ok(())
-}
-
-/// The full copy with checkpoints every 5 s (the agent's default) and every 1 s, against none,
-/// in the same rounds; prints the overhead, which must stay under 1 % at the default.
-pub fn checkpoints(b: &mut Bench, fx: &Fixture) -> Result<()> {
-    let (sp, dp) = (s(&fx.src_full), s(&fx.dst));
-    let tool = |name: &str, ms: Option<u64>| {
-        let mut extra = Vec::new();
-        if let Some(ms) = ms {
-            extra.extend(["--checkpoint-ms".to_string(), ms.to_string()]);
-        }
-        extra.extend([sp.clone(), dp.clone()]);
-        Tool::new(name, b.sdm("__copy", &extra), Some(&fx.dst), true)
-    };
-    let tools = vec![
-        tool("sdm copy, no checkpoints", None),
-        tool("sdm copy, checkpoint every 5 s", Some(5000)),
-        tool("sdm copy, checkpoint every 1 s", Some(1000)),
-    ];
-    let case = "full copy with checkpoints (disk)";
-    b.case(case, fx.n, tools, Some(&fx.src_full))?;
-    let walls: Vec<f64> = b
-        .rows
-        .iter()
-        .filter(|r| r.case == case)
-        .map(|r| r.wall)
-        .collect();
-    if let [none, five, one] = walls[..] {
-        println!(
-            "# checkpoint overhead (median wall, same rounds): every 5 s {:+.2} % ({five:.3} s vs {none:.3} s), every 1 s {:+.2} % ({one:.3} s)",
-            (five / none - 1.0) * 100.0,
-            (one / none - 1.0) * 100.0
-        );
-    }
     Ok(())
 }

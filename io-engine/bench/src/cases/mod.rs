@@ -10,6 +10,7 @@ use crate::bench::Bench;
 use crate::image::make_image;
 
 mod agent;
+mod checkpoint;
 mod checksum;
 mod concurrent;
 mod copy;
@@ -55,7 +56,7 @@ pub const CASES: &[Case] = &[
     Case {
         name: "checkpoint",
         full_image: true,
-        run: copy::checkpoints,
+        run: checkpoint::run,
     },
     Case {
         name: "checksum",
