@@ -127,11 +127,24 @@ fn checkpoint_json(v: &Vol) -> Option<serde_json::Value> {
 /// offset of the last checkpoint written.
 async fn interrupted_copy(s: &mut Setup, src: &Vol, dst: &Vol, pct: u64) -> u64 {
     let mut a = s.join(None);
-    let job = copy_volume(&a.client(), src, dst, Some(0), Some(64 * MIB)).await;
+    // Slower near the end, so that the last checkpoint step lasts long enough to be seen.
+    let bandwidth = if pct >= 95 { 32 * MIB } else { 64 * MIB };
+    let job = copy_volume(&a.client(), src, dst, Some(0), Some(bandwidth)).await;
     let target = size() * pct / 100;
     let deadline = Instant::now() + Duration::from_secs(60);
     let durable = || checkpoint_json(dst).and_then(|j| j["durable"].as_u64());
-    while durable().is_none_or(|d| d < target) {
+    let mut seen = false;
+    loop {
+        match durable() {
+            Some(d) if d >= target => break,
+            Some(_) => seen = true,
+            // The checkpoint went away: the copy ended LEGAL before this loop looked again.
+            None if seen => {
+                a.kill9();
+                return size();
+            }
+            None => {}
+        }
         assert!(
             Instant::now() < deadline,
             "no checkpoint at {pct}% (job {job})"
@@ -280,8 +293,20 @@ async fn killed_copies_resume_on_another_agent_with_only_the_remainder() {
     println!("full copy of {} MiB: {:.2?}", total / MIB, full);
     let measuring = std::env::var("SDM_RESUME_MIB").is_ok();
     for pct in [25, 50, 75, 99] {
-        let dst = s.dest().await;
-        let durable = interrupted_copy(&mut s, &src, &dst, pct).await;
+        // Past 99 % only the last checkpoint step is left before the copy ends: under load the
+        // test may see that checkpoint too late and kill a copy that already finished. That
+        // is the test's timing, not a resume to judge, so such an attempt is made again.
+        let mut attempt = 1;
+        let (dst, durable) = loop {
+            let dst = s.dest().await;
+            let durable = interrupted_copy(&mut s, &src, &dst, pct).await;
+            if durable < total || attempt == 4 {
+                break (dst, durable);
+            }
+            println!("{pct}%: attempt {attempt} finished before the kill, again");
+            drop_image(&s, &dst).await;
+            attempt += 1;
+        };
         assert!(durable > 0 && durable < total, "{pct}%: durable {durable}");
         let off_by = durable.abs_diff(total * pct / 100);
         assert!(off_by <= total / 10, "{pct}%: durable {durable} of {total}");
