@@ -4,6 +4,7 @@
 pub mod block;
 pub mod chains;
 pub mod cluster;
+pub mod copy_log;
 pub mod engines;
 pub mod fencing;
 pub mod hostile;
@@ -13,6 +14,7 @@ pub mod scale;
 pub mod stomp_py;
 pub mod volumes;
 
+pub use copy_log::{copy_counters, try_copy_counters};
 pub use volumes::*;
 
 use std::io::{BufRead, BufReader};

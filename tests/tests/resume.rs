@@ -167,25 +167,6 @@ fn proc_io(pid: u32) -> (u64, u64) {
     (field("read_bytes:"), field("write_bytes:"))
 }
 
-/// The engine's counters from the agent's last "copy finished" line for `vol`.
-fn copy_counters(log: &str, vol: &Uuid) -> (u64, u64, u64) {
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("copy finished") && l.contains(vol.as_str()))
-        .unwrap_or_else(|| panic!("no copy finished line for {vol} in:\n{log}"));
-    let num = |key: &str| -> u64 {
-        let at = line.find(&format!("{key}=")).expect(key) + key.len() + 1;
-        line[at..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .unwrap()
-    };
-    (num("resumed_from"), num("bytes_read"), num("bytes_written"))
-}
-
 /// Writes back `path`'s dirty pages and drops its cached ones, so that the next copy starts
 /// from the same cold, clean state as any other timed one.
 fn settle(path: &Path) {

@@ -235,26 +235,6 @@ fn skip() -> bool {
     false
 }
 
-/// The engine's counters from the agent's last "copy finished" line for `vol`: (resumed_from,
-/// bytes_read, bytes_written).
-fn copy_counters(log: &str, vol: &Uuid) -> (u64, u64, u64) {
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("copy finished") && l.contains(vol.as_str()))
-        .unwrap_or_else(|| panic!("no copy finished line for {vol} in:\n{log}"));
-    let num = |key: &str| -> u64 {
-        let at = line.find(&format!("{key}=")).expect(key) + key.len() + 1;
-        line[at..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .unwrap()
-    };
-    (num("resumed_from"), num("bytes_read"), num("bytes_written"))
-}
-
 async fn status_of(c: &AgentClient, v: &Vol) -> VolumeStatus {
     let st = c
         .api()

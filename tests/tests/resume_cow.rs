@@ -102,25 +102,6 @@ fn checkpoint_durable(v: &Vol) -> Option<u64> {
     serde_json::from_str::<serde_json::Value>(body).ok()?["durable"].as_u64()
 }
 
-/// The engine's counters from the owner's last "copy finished" line for `vol`.
-fn copy_counters(log: &str, vol: &Uuid) -> (u64, u64, u64) {
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("copy finished") && l.contains(vol.as_str()))
-        .unwrap_or_else(|| panic!("no copy finished line for {vol} in:\n{log}"));
-    let num = |key: &str| -> u64 {
-        let at = line.find(&format!("{key}=")).expect(key) + key.len() + 1;
-        line[at..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .unwrap()
-    };
-    (num("resumed_from"), num("bytes_read"), num("bytes_written"))
-}
-
 fn cmp(a: &Path, b: &Path) {
     let st = Command::new("cmp").arg(a).arg(b).status().expect("cmp");
     assert!(st.success(), "{} and {} differ", a.display(), b.display());
