@@ -153,7 +153,12 @@ impl Bench {
         let log = self.dir.join("tool.log");
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); tools.len()];
         for round in 0..self.runs {
-            for (i, t) in tools.iter().enumerate() {
+            // Each round starts one tool later, so that no tool always runs first (after the
+            // case's set-up) or always right after the same neighbour: on a shared virtual
+            // disk, a run pays for the write-back its predecessor left behind.
+            let order = (0..tools.len()).map(|k| (k + round) % tools.len());
+            for i in order {
+                let t = &tools[i];
                 for d in t.outputs.iter().filter(|d| !is_device(d)) {
                     let _ = std::fs::remove_file(d);
                     if t.create {

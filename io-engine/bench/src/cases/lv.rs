@@ -126,6 +126,23 @@ fn fill(dev: &str, fx: &Fixture) -> Result<()> {
     Ok(())
 }
 
+/// Writes zeros over a destination LV once, untimed. The PV is a sparse file, so the first
+/// write to each of its blocks allocates the block in the host's filesystem; a real LUN has no
+/// such cost, and without this whichever tool ran first paid it alone.
+fn allocate(dev: &str, n: u64) -> Result<()> {
+    let st = std::process::Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={dev}"))
+        .arg(format!("count={}", n.div_ceil(MIB)))
+        .args(["bs=1M", "oflag=direct", "status=none"])
+        .status()
+        .context("dd")?;
+    if !st.success() {
+        bail!("writing zeros over {dev} failed");
+    }
+    Ok(())
+}
+
 /// Copies onto a block device: sdm, qemu-img with VDSM's flags for a RAW block destination,
 /// dd direct, and the IO ceilings.
 fn to_block_tools(b: &Bench, src: &str, dst: &str, n: u64) -> Vec<Tool> {
@@ -201,6 +218,7 @@ pub fn lv_to_lv(b: &mut Bench, fx: &Fixture) -> Result<()> {
     };
     let (a, d) = (vg.lv(0), vg.lv(1));
     fill(&a, fx)?;
+    allocate(&d, fx.n)?;
     let tools = to_block_tools(b, &a, &d, fx.n);
     b.case("LV -> LV copy", fx.n, tools, Some(&fx.src_full))
 }
@@ -209,6 +227,7 @@ pub fn file_to_lv(b: &mut Bench, fx: &Fixture) -> Result<()> {
     let Some(vg) = scratch(b, 1, fx.n) else {
         return Ok(());
     };
+    allocate(&vg.lv(0), fx.n)?;
     let tools = to_block_tools(b, &s(&fx.src_full), &vg.lv(0), fx.n);
     b.case("file -> LV copy", fx.n, tools, Some(&fx.src_full))
 }
