@@ -62,6 +62,16 @@ pub struct Reader {
     max_len: usize,
 }
 
+/// Whether `path` opens with O_DIRECT (for tools such as qemu-img, whose `cache=none` fails
+/// outright where the file system refuses it).
+pub fn takes_direct_io(path: &Path) -> bool {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .is_ok()
+}
+
 /// Whether an error means "O_DIRECT is not supported here" rather than a failed read.
 fn direct_refused(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::EINVAL)
