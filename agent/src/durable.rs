@@ -20,6 +20,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::uncached::{Aligned, ALIGN};
+
 /// Why a durable write or a metadata read failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DurableError {
@@ -312,12 +314,10 @@ fn read_buffered(path: &Path) -> io::Result<Vec<u8>> {
 }
 
 fn read_aligned(mut f: File) -> io::Result<Vec<u8>> {
-    const ALIGN: usize = 4096;
-    // An over-allocated Vec and an aligned window into it: O_DIRECT needs the buffer address,
-    // the length and the file offset aligned to the logical block size; 4 KiB covers all.
-    let mut raw = vec![0u8; MAX_METADATA_FILE + 2 * ALIGN];
-    let start = raw.as_ptr().align_offset(ALIGN);
-    let buf = &mut raw[start..start + MAX_METADATA_FILE + ALIGN];
+    // O_DIRECT needs the buffer address, the length and the file offset aligned to the
+    // logical block size; a page covers all.
+    let mut aligned = Aligned::zeroed(MAX_METADATA_FILE + ALIGN);
+    let buf = aligned.bytes_mut();
     let mut len = 0;
     loop {
         let n = match f.read(&mut buf[len..]) {

@@ -21,5 +21,6 @@ pub mod service;
 pub mod stomp;
 pub mod storage;
 pub mod tls;
+pub mod uncached;
 
 pub use service::Agent;

@@ -12,14 +12,14 @@
 //! on the destination. The volume generation stays the contract: an engine that changes a
 //! few source blocks without bumping it is caught only where the boundary or a sample lands.
 
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use sdm_proto::{Uuid, VolumeFormat};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+
+use crate::uncached::Reader;
 
 /// The record's format version.
 pub const VERSION: u32 = 1;
@@ -196,26 +196,44 @@ pub fn sample_offsets(durable: u64) -> Vec<u64> {
     out
 }
 
-/// Computes the digest of `path`'s first `durable` bytes.
+/// Computes the digest of `path`'s first `durable` bytes as they are on storage: on shared
+/// storage another host may have written them since this host cached them, and a resume
+/// decided on cached bytes could keep a prefix that is no longer there (or refuse a good one).
+/// Memory: one buffer of [`BOUNDARY`] plus two pages, whatever the volume's size.
 pub fn digest_of(path: &Path, durable: u64) -> Result<PrefixDigest, CheckpointError> {
     let read_err = |source| CheckpointError::Read {
         path: path.display().to_string(),
         source,
     };
-    let f = File::open(path).map_err(read_err)?;
-    let from = durable.saturating_sub(BOUNDARY);
-    let boundary = hash_range(&f, from, durable - from).map_err(read_err)?;
-    let mut samples = Vec::new();
-    for off in sample_offsets(durable) {
-        samples.push((off, hash_range(&f, off, SAMPLE).map_err(read_err)?));
-    }
-    Ok(PrefixDigest { boundary, samples })
+    let mut r = Reader::open(path, BOUNDARY as usize).map_err(read_err)?;
+    digest_by(durable, |off, len| {
+        Ok(hex::encode(Sha256::digest(r.read(off, len as usize)?)))
+    })
+    .map_err(read_err)
 }
 
-fn hash_range(f: &File, off: u64, len: u64) -> io::Result<String> {
-    let mut buf = vec![0u8; len as usize];
-    f.read_exact_at(&mut buf, off)?;
-    Ok(hex::encode(Sha256::digest(&buf)))
+/// The digest of `prefix` held in memory (what [`digest_of`] gives for a volume whose first
+/// bytes are these).
+pub fn digest_of_prefix(prefix: &[u8]) -> PrefixDigest {
+    let hash = |off: u64, len: u64| {
+        let range = off as usize..(off + len) as usize;
+        Ok(hex::encode(Sha256::digest(&prefix[range])))
+    };
+    digest_by(prefix.len() as u64, hash).expect("hashing memory does not fail")
+}
+
+/// The digest of a prefix of `durable` bytes, `hash(offset, length)` hashing each range.
+fn digest_by(
+    durable: u64,
+    mut hash: impl FnMut(u64, u64) -> io::Result<String>,
+) -> io::Result<PrefixDigest> {
+    let from = durable.saturating_sub(BOUNDARY);
+    let boundary = hash(from, durable - from)?;
+    let mut samples = Vec::new();
+    for off in sample_offsets(durable) {
+        samples.push((off, hash(off, SAMPLE)?));
+    }
+    Ok(PrefixDigest { boundary, samples })
 }
 
 /// Seconds since the epoch.

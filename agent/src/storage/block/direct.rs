@@ -7,34 +7,10 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use crate::storage::StorageError;
+use crate::uncached::Aligned;
 
-/// Alignment of buffers, offsets and lengths of direct IO (the page; 512-byte devices need less).
-const ALIGN: usize = 4096;
 const SECTOR: u64 = 512;
 const CHUNK: usize = 1 << 20;
-
-/// A buffer of `len` bytes at a page-aligned address, carved out of a larger vector (no unsafe).
-struct Aligned {
-    raw: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl Aligned {
-    fn zeroed(len: usize) -> Aligned {
-        let raw = vec![0u8; len + ALIGN];
-        let start = raw.as_ptr().align_offset(ALIGN);
-        Aligned { raw, start, len }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.raw[self.start..self.start + self.len]
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.raw[self.start..self.start + self.len]
-    }
-}
 
 fn open(dev: &Path, write: bool) -> Result<File, StorageError> {
     OpenOptions::new()
@@ -97,15 +73,6 @@ pub fn zero(dev: &Path, offset: u64, len: u64) -> Result<(), StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn aligned_buffers_are_aligned() {
-        for len in [512, 4096, 1 << 20] {
-            let mut b = Aligned::zeroed(len);
-            assert_eq!(b.bytes().as_ptr() as usize % ALIGN, 0);
-            assert_eq!(b.bytes_mut().len(), len);
-        }
-    }
 
     #[test]
     fn unaligned_requests_are_refused() {

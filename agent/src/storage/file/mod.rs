@@ -350,11 +350,12 @@ impl DomainBackend for FileDomain {
     }
 
     fn read_checkpoint(&self, img: &Uuid, vol: &Uuid) -> Result<Option<Vec<u8>>, StorageError> {
+        // Past the page cache: on NFS the record may have been replaced by another host.
         let p = self.volume_paths(img, vol).checkpoint;
-        match fs::read(&p) {
+        match durable::read_direct(&p) {
             Ok(raw) => Ok(Some(raw)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StorageError::io("read", &p, e)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
