@@ -18,21 +18,31 @@
 //! is running finds the generation changed before its final write. Legality is not looked at,
 //! as in the engine. Unlike the engine, generations are compared modulo 1000, because the agent
 //! wraps them (999 + 1 = 0).
+//!
+//! This file holds the following loops ([`follow_copy`], [`follow_plain`]) and what they are
+//! given (volume ids, tickets, options); `table` holds the recovery table itself, `probe` the
+//! findings a cycle gathers (job status, destination volume, fencing) and `report` what is
+//! reported to the caller ([`Decision`], [`Verdict`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use jsonrpsee::core::client::Subscription;
-use jsonrpsee::ws_client::WsClient;
 use sdm_proto::{
     ApiError, ErrorCode, Generation, JobInfo, SdmApiClient, Uuid, VolumeAttributes, VolumeRef,
-    FENCING_GENERATION_DIFF,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::client::{job_outcome, AgentClient, Via};
+use crate::client::AgentClient;
 use crate::error::Error;
 use crate::pool::HostPool;
+
+mod probe;
+mod report;
+mod table;
+
+use probe::{fence, host_word, job_verdict, observe, subscribe, Observed, Word};
+pub use report::{Decision, Verdict};
+pub use table::{decide, gen_plus, Observation, TableVerdict};
 
 /// A volume by its domain, image and volume ids.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -86,46 +96,6 @@ pub struct CopyTicket {
     pub generation: u16,
 }
 
-/// What the destination volume shows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Observation {
-    /// The volume lease has owners.
-    pub lease_held: bool,
-    /// The volume's generation.
-    pub generation: u16,
-}
-
-/// The recovery table's answer for one observation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TableVerdict {
-    /// The lease is held: a job still writes the volume.
-    Running,
-    /// Generation G+1: the copy committed.
-    Done,
-    /// Generation G+3: the copy was fenced.
-    Fenced,
-    /// Anything else: fence, then look again.
-    Unknown,
-}
-
-/// `g + n` in the agent's generation arithmetic (wrapping after 999).
-pub fn gen_plus(g: u16, n: u16) -> u16 {
-    Generation(g).advance(n).get()
-}
-
-/// The recovery table (see the module documentation).
-pub fn decide(obs: &Observation, g: u16) -> TableVerdict {
-    if obs.lease_held {
-        TableVerdict::Running
-    } else if obs.generation == gen_plus(g, 1) {
-        TableVerdict::Done
-    } else if obs.generation == gen_plus(g, FENCING_GENERATION_DIFF) {
-        TableVerdict::Fenced
-    } else {
-        TableVerdict::Unknown
-    }
-}
-
 /// How to follow jobs.
 #[derive(Clone, Debug)]
 pub struct FollowOptions {
@@ -149,266 +119,6 @@ impl Default for FollowOptions {
             fence_timeout: Duration::from_secs(30),
             give_up_after: None,
         }
-    }
-}
-
-/// What one cycle of following found and decided; reported to the caller as it happens.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "decision", rename_all = "snake_case")]
-pub enum Decision {
-    /// The host reported the job.
-    Job {
-        /// Its info.
-        info: JobInfo,
-    },
-    /// The job's host did not answer.
-    HostUnreachable {
-        /// Host URL.
-        host: String,
-        /// Why.
-        error: String,
-    },
-    /// The job's host answered but does not know the job.
-    JobMissing {
-        /// Host URL.
-        host: String,
-    },
-    /// No healthy host could read the destination volume; nothing is decided this cycle.
-    NoObserver {
-        /// Why.
-        error: String,
-    },
-    /// The destination's lease is held: still running.
-    LeaseHeld {
-        /// Host that read the volume.
-        via: String,
-        /// Generation seen.
-        generation: u16,
-    },
-    /// The destination is at G+1: done.
-    GenerationDone {
-        /// Host that read the volume.
-        via: String,
-        /// Generation seen.
-        generation: u16,
-    },
-    /// The destination is at G+3: fenced, failed.
-    GenerationFenced {
-        /// Host that read the volume.
-        via: String,
-        /// Generation seen.
-        generation: u16,
-    },
-    /// Neither: fencing the destination.
-    Fencing {
-        /// Host running the fence.
-        via: String,
-        /// The fencing job.
-        fence_job: Uuid,
-        /// Generation seen (`G`).
-        from: u16,
-        /// Generation set (`G+3`).
-        to: u16,
-    },
-    /// The fencing job ended (its outcome only informs; the next cycle decides).
-    FenceEnded {
-        /// Host that ran it.
-        via: String,
-        /// The fencing job.
-        fence_job: Uuid,
-        /// "done", or the error.
-        outcome: String,
-    },
-    /// The caller cancelled: `Job.abort` was sent; following goes on until a verdict.
-    Aborting {
-        /// Host URL.
-        host: String,
-    },
-}
-
-/// How a followed copy ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// The destination holds the copy at `generation` (G+1).
-    Done {
-        /// The destination's generation now.
-        generation: u16,
-    },
-    /// The copy failed, or was lost and fenced.
-    Failed {
-        /// Why.
-        error: ApiError,
-        /// The destination was found fenced (its job was lost).
-        fenced: bool,
-    },
-}
-
-struct JobSub {
-    _ws: WsClient,
-    sub: Subscription<JobInfo>,
-}
-
-async fn subscribe(client: &AgentClient, job: &Uuid, timeout: Duration) -> Option<JobSub> {
-    let fut = async {
-        let ws = client.websocket().await.ok()?;
-        let sub = ws.subscribe_job(job.clone()).await.ok()?;
-        Some(JobSub { _ws: ws, sub })
-    };
-    tokio::time::timeout(timeout, fut).await.ok().flatten()
-}
-
-enum Word {
-    Job(Box<JobInfo>),
-    Missing,
-    Unreachable(String),
-}
-
-/// Asks the job's host: the subscription first (if open), a poll when it is quiet or gone.
-async fn host_word(
-    sub: &mut Option<JobSub>,
-    probe: Option<&AgentClient>,
-    job: &Uuid,
-    quiet: Duration,
-) -> Word {
-    if let Some(s) = sub.as_mut() {
-        match tokio::time::timeout(quiet, s.sub.next()).await {
-            Ok(Some(Ok(info))) => return Word::Job(Box::new(info)),
-            // Ended or broken: poll from now on.
-            Ok(_) => *sub = None,
-            // Quiet: a poll tells whether the host is still there.
-            Err(_) => {}
-        }
-    }
-    let Some(p) = probe else {
-        return Word::Unreachable("the host is not in the pool".into());
-    };
-    match p.api().get_jobs(None, Some(vec![job.clone()])).await.via(p) {
-        Ok(mut m) => m
-            .remove(job)
-            .map(|i| Word::Job(Box::new(i)))
-            .unwrap_or(Word::Missing),
-        Err(e) => Word::Unreachable(e.to_string()),
-    }
-}
-
-enum Observed {
-    Seen(String, Observation),
-    Gone(ApiError),
-    Nobody(String),
-}
-
-/// Reads the destination from the first healthy host that answers.
-async fn observe(pool: &HostPool, dst: &VolumeId) -> Observed {
-    let mut why = format!("no host that is up sees domain {}", dst.sd_id);
-    for c in pool.up_seeing_probe(&dst.sd_id) {
-        let r = c
-            .api()
-            .get_volume_info(dst.sd_id.clone(), dst.img_id.clone(), dst.vol_id.clone())
-            .await
-            .via(&c);
-        match r {
-            Ok(info) => {
-                let obs = Observation {
-                    lease_held: !info.lease.owners.is_empty(),
-                    generation: info.generation,
-                };
-                return Observed::Seen(c.url().to_string(), obs);
-            }
-            Err(Error::Api(e)) => return Observed::Gone(e),
-            Err(e) => {
-                pool.mark_down(c.url(), &e.to_string());
-                why = e.to_string();
-            }
-        }
-    }
-    Observed::Nobody(why)
-}
-
-/// Polls a job until it ends or `limit` passes; None when it did not end in time or could not
-/// be read.
-async fn wait_briefly(c: &AgentClient, job: &Uuid, limit: Duration) -> Result<JobInfo, String> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match c.api().get_jobs(None, Some(vec![job.clone()])).await.via(c) {
-            Ok(m) => match m.get(job) {
-                Some(i) if !i.status.is_active() => return Ok(i.clone()),
-                Some(_) => {}
-                None => return Err(format!("job {job} is not known to {}", c.url())),
-            },
-            Err(e) => return Err(e.to_string()),
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("job {job} did not end within {limit:?}"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Fences the destination (G → G+3) on the first healthy host that takes the job, and waits a
-/// little for the fence to end. Its outcome is only reported: the next cycle reads the volume.
-async fn fence(
-    pool: &HostPool,
-    dst: &VolumeId,
-    g: u16,
-    opts: &FollowOptions,
-    on: &(dyn Fn(&Decision) + Send + Sync),
-) {
-    let to = gen_plus(g, FENCING_GENERATION_DIFF);
-    for c in pool.up_seeing_probe(&dst.sd_id) {
-        let job = Uuid::new_v4();
-        let attrs = VolumeAttributes {
-            generation: Some(Generation(to)),
-            ..Default::default()
-        };
-        let r = submit_update(&c, &job, dst, g, attrs).await;
-        match r {
-            Ok(()) => {
-                tracing::warn!(volume = %dst, from = g, to, via = %c.url(), fence_job = %job, "fencing the destination of a lost copy");
-                on(&Decision::Fencing {
-                    via: c.url().into(),
-                    fence_job: job.clone(),
-                    from: g,
-                    to,
-                });
-                let outcome = match wait_briefly(&c, &job, opts.fence_timeout).await {
-                    Ok(info) => match job_outcome(&info) {
-                        Ok(()) => "done".to_string(),
-                        Err(e) => e.to_string(),
-                    },
-                    Err(e) => e,
-                };
-                on(&Decision::FenceEnded {
-                    via: c.url().into(),
-                    fence_job: job,
-                    outcome,
-                });
-                return;
-            }
-            Err(Error::Api(e)) => {
-                on(&Decision::FenceEnded {
-                    via: c.url().into(),
-                    fence_job: job,
-                    outcome: e.to_string(),
-                });
-                return;
-            }
-            Err(e) => pool.mark_down(c.url(), &e.to_string()),
-        }
-    }
-    on(&Decision::NoObserver {
-        error: format!("no healthy host could fence {dst}"),
-    });
-}
-
-fn job_verdict(info: &JobInfo, g: u16) -> Verdict {
-    match job_outcome(info) {
-        Ok(()) => Verdict::Done {
-            generation: gen_plus(g, 1),
-        },
-        Err(error) => Verdict::Failed {
-            error,
-            fenced: false,
-        },
     }
 }
 

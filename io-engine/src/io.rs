@@ -21,106 +21,33 @@
 //! a read returns fewer bytes than asked only at end of file, a write all or an error. The
 //! sync backend performs each request inside `submit` and queues its `Done`, so callers run
 //! the same code over both backends.
+//!
+//! # Rooms
+//!
+//! This file holds the queue itself (submission, retries, completion bookkeeping, drain);
+//! `op` the request and completion types, `buffers` the pool's slots and lending, `ring`
+//! the io_uring backend, `sync` the synchronous fallback and `inject` the failpoints.
 
 use std::collections::VecDeque;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::os::fd::RawFd;
 
-use io_uring::{opcode, squeue, types::Fd};
-
-use crate::sys::{self, PageBuf};
+use crate::sys::PageBuf;
 use crate::uring::Ring;
 use crate::{BackendKind, IoError};
 
-/// A request. Offsets and lengths are in bytes; `slot` indexes the pool.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Op {
-    /// Reads `len` bytes into the slot, from `pos` bytes into it. Several reads may fill
-    /// disjoint parts of one slot at once (a converter gathers a segment from many pieces).
-    Read {
-        fd: RawFd,
-        slot: usize,
-        pos: usize,
-        off: u64,
-        len: usize,
-    },
-    /// Writes `len` bytes from `pos` bytes into the slot.
-    Write {
-        fd: RawFd,
-        slot: usize,
-        pos: usize,
-        off: u64,
-        len: usize,
-    },
-    /// Write `len` zero bytes from the pool's zero chunk (`len` <= chunk size).
-    WriteZeros { fd: RawFd, off: u64, len: usize },
-    Fallocate {
-        fd: RawFd,
-        mode: i32,
-        off: u64,
-        len: u64,
-    },
-    /// BLKZEROOUT; synchronous in both backends (there is no io_uring opcode for it).
-    ZeroOut { fd: RawFd, off: u64, len: u64 },
-}
+mod buffers;
+mod inject;
+mod op;
+mod ring;
+mod sync;
 
-impl Op {
-    fn len(&self) -> u64 {
-        match *self {
-            Op::Read { len, .. } | Op::Write { len, .. } | Op::WriteZeros { len, .. } => len as u64,
-            Op::Fallocate { len, .. } | Op::ZeroOut { len, .. } => len,
-        }
-    }
-
-    fn slot(&self) -> Option<usize> {
-        match *self {
-            Op::Read { slot, .. } | Op::Write { slot, .. } => Some(slot),
-            _ => None,
-        }
-    }
-
-    fn fd(&self) -> RawFd {
-        match *self {
-            Op::Read { fd, .. }
-            | Op::Write { fd, .. }
-            | Op::WriteZeros { fd, .. }
-            | Op::Fallocate { fd, .. }
-            | Op::ZeroOut { fd, .. } => fd,
-        }
-    }
-
-    /// Where in its buffer the request starts.
-    fn buf_pos(&self) -> usize {
-        match *self {
-            Op::Read { pos, .. } | Op::Write { pos, .. } => pos,
-            _ => 0,
-        }
-    }
-
-    fn fail_point(&self) -> &'static str {
-        match self {
-            Op::Read { .. } => "sdm_io::read",
-            Op::Write { .. } => "sdm_io::write",
-            Op::WriteZeros { .. } | Op::Fallocate { .. } | Op::ZeroOut { .. } => "sdm_io::zero",
-        }
-    }
-}
-
-/// A finished request: bytes transferred (reads may stop short at EOF) or the error.
-#[derive(Debug)]
-pub(crate) struct Done {
-    pub(crate) tag: u64,
-    pub(crate) op: Op,
-    pub(crate) res: io::Result<u64>,
-}
-
-struct Pending {
-    tag: u64,
-    op: Op,
-    /// Bytes already transferred by earlier (short) attempts.
-    done: u64,
-}
+pub(crate) use buffers::Lent;
+pub(crate) use inject::inject_fsync;
+use inject::{inject, Inject};
+use op::Pending;
+pub(crate) use op::{Done, Op};
 
 /// Slot use count marking a slot lent to another thread.
 const LENT: u32 = u32::MAX;
@@ -145,33 +72,6 @@ pub(crate) struct Io {
     reaped: Vec<(u64, i32)>,
     /// Descriptors served by plain syscalls even with a ring (see `run_inline`).
     inline: Vec<RawFd>,
-}
-
-/// A slot's content handed to another thread; see [`Io::lend`].
-pub(crate) struct Lent {
-    ptr: *const u8,
-    len: usize,
-    slot: usize,
-}
-
-// SAFETY: a Lent is a read-only view of pool memory that Io will neither write nor free
-// (nor let the kernel write) until the slot is reclaimed, so it may cross threads.
-unsafe impl Send for Lent {}
-
-impl Lent {
-    pub(crate) fn as_slice(&self) -> &[u8] {
-        // SAFETY: ptr/len lie inside the pool; the slot is marked LENT, so Io does not reuse
-        // it, and Io outlives every Lent (the hasher thread is scoped inside Io's lifetime).
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-
-    /// The lent bytes to fill (a decoder thread writes a window into them).
-    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as in `as_slice`; besides, the pool is a private read-write mapping and,
-        // while the slot is LENT, neither Io, the kernel nor any other Lent touches these
-        // bytes, so this Lent (borrowed mutably) is their only user.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut u8, self.len) }
-    }
 }
 
 impl Io {
@@ -201,30 +101,6 @@ impl Io {
         })
     }
 
-    /// Sets up the ring, with the pool registered as fixed buffers, on first use.
-    fn ensure_ring(&mut self) -> Result<(), IoError> {
-        if self.ring.is_some() {
-            return Ok(());
-        }
-        // Room for every slot plus zeroing requests, which use no slot.
-        let ring = Ring::new((2 * self.slots + 8) as u32).map_err(|e| IoError::ring("setup", e))?;
-        let iov: Vec<libc::iovec> = (0..=self.slots)
-            .map(|i| libc::iovec {
-                iov_base: self.slot_ptr(i).cast(),
-                iov_len: self.chunk,
-            })
-            .collect();
-        // SAFETY: the iovecs cover the pool, which Io frees only after the ring is closed
-        // (field order, and Drop reaps first).
-        match unsafe { ring.register_buffers(&iov) } {
-            Ok(()) => self.fixed = true,
-            // Typically RLIMIT_MEMLOCK for unprivileged users; plain reads still work.
-            Err(e) => tracing::debug!(error = %e, "buffer registration refused, using plain IO"),
-        }
-        self.ring = Some(ring);
-        Ok(())
-    }
-
     pub(crate) fn chunk(&self) -> usize {
         self.chunk
     }
@@ -247,54 +123,6 @@ impl Io {
     /// Requests submitted whose `Done` has not been returned yet.
     pub(crate) fn inflight(&self) -> usize {
         self.live + self.ready.len()
-    }
-
-    fn slot_ptr(&self, slot: usize) -> *mut u8 {
-        self.pool.as_ptr().wrapping_add(slot * self.chunk)
-    }
-
-    fn zero_slot(&self) -> usize {
-        self.slots
-    }
-
-    /// The content of an idle slot.
-    pub(crate) fn buf(&self, slot: usize) -> &[u8] {
-        assert!(
-            slot < self.slots && self.uses[slot] == 0,
-            "slot {slot} is busy"
-        );
-        // SAFETY: the slot lies in the pool and no request or borrower uses it (checked above);
-        // the borrow of self keeps it so.
-        unsafe { std::slice::from_raw_parts(self.slot_ptr(slot), self.chunk) }
-    }
-
-    /// The content of an idle slot, to fill before reads complete the rest of it.
-    pub(crate) fn buf_mut(&mut self, slot: usize) -> &mut [u8] {
-        assert!(
-            slot < self.slots && self.uses[slot] == 0,
-            "slot {slot} is busy"
-        );
-        // SAFETY: the slot lies in the pool and no request or borrower uses it (checked above);
-        // the exclusive borrow of self keeps it so.
-        unsafe { std::slice::from_raw_parts_mut(self.slot_ptr(slot), self.chunk) }
-    }
-
-    /// Hands an idle slot's first `len` bytes to another thread until [`Io::reclaim`].
-    pub(crate) fn lend(&mut self, slot: usize, len: usize) -> Lent {
-        assert!(slot < self.slots && self.uses[slot] == 0 && len <= self.chunk);
-        self.uses[slot] = LENT;
-        Lent {
-            ptr: self.slot_ptr(slot),
-            len,
-            slot,
-        }
-    }
-
-    /// Takes a lent slot back; consuming the `Lent` proves the borrower is done with it.
-    pub(crate) fn reclaim(&mut self, lent: Lent) -> usize {
-        assert_eq!(self.uses[lent.slot], LENT);
-        self.uses[lent.slot] = 0;
-        lent.slot
     }
 
     /// Queues a request. With the sync backend it has already run when this returns.
@@ -397,80 +225,6 @@ impl Io {
         self.finish(id, -i64::from(errno));
     }
 
-    fn sqe(&self, op: Op, done: u64, len: u64) -> squeue::Entry {
-        let len32 = len as u32;
-        match op {
-            Op::Read {
-                fd, slot, pos, off, ..
-            } => {
-                let ptr = self.slot_ptr(slot).wrapping_add(pos + done as usize);
-                if self.fixed {
-                    opcode::ReadFixed::new(Fd(fd), ptr, len32, slot as u16)
-                        .offset(off + done)
-                        .build()
-                } else {
-                    opcode::Read::new(Fd(fd), ptr, len32)
-                        .offset(off + done)
-                        .build()
-                }
-            }
-            Op::Write { fd, off, .. } | Op::WriteZeros { fd, off, .. } => {
-                let slot = op.slot().unwrap_or(self.zero_slot());
-                let start = op.buf_pos() + done as usize;
-                let ptr = self.slot_ptr(slot).wrapping_add(start).cast_const();
-                if self.fixed {
-                    opcode::WriteFixed::new(Fd(fd), ptr, len32, slot as u16)
-                        .offset(off + done)
-                        .build()
-                } else {
-                    opcode::Write::new(Fd(fd), ptr, len32)
-                        .offset(off + done)
-                        .build()
-                }
-            }
-            Op::Fallocate { fd, mode, off, len } => opcode::Fallocate::new(Fd(fd), len)
-                .offset(off)
-                .mode(mode)
-                .build(),
-            Op::ZeroOut { .. } => unreachable!("BLKZEROOUT is never queued on the ring"),
-        }
-    }
-
-    /// Runs one attempt synchronously; returns bytes transferred or -errno.
-    fn exec_sync(&mut self, op: Op, done: u64, len: u64) -> i64 {
-        let len = len as usize;
-        let r = match op {
-            Op::Read {
-                fd, slot, pos, off, ..
-            } => {
-                // SAFETY: the range lies in the pool (checked in submit). Reads are submitted
-                // only into a slot no write uses, each into its own part of the slot, so no
-                // other request touches this range, and &mut self excludes any other borrow.
-                let b = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        self.slot_ptr(slot).add(pos + done as usize),
-                        len,
-                    )
-                };
-                sys::pread(fd, b, off + done).map(|n| n as u64)
-            }
-            Op::Write { fd, off, .. } | Op::WriteZeros { fd, off, .. } => {
-                let slot = op.slot().unwrap_or(self.zero_slot());
-                let start = op.buf_pos() + done as usize;
-                // SAFETY: the range lies in the pool. Requests in flight on this slot can only
-                // be other writes, which read the buffer as this one does; nothing writes it.
-                let b = unsafe { std::slice::from_raw_parts(self.slot_ptr(slot).add(start), len) };
-                sys::pwrite(fd, b, off + done).map(|n| n as u64)
-            }
-            Op::Fallocate { fd, mode, off, len } => sys::fallocate(fd, mode, off, len).map(|_| 0),
-            Op::ZeroOut { fd, off, len } => sys::blk_zeroout(fd, off, len).map(|_| 0),
-        };
-        match r {
-            Ok(n) => n as i64,
-            Err(e) => -i64::from(e.raw_os_error().unwrap_or(libc::EIO)),
-        }
-    }
-
     /// Applies one attempt's result. Returns true when the request is finished (its `Done`
     /// queued), false when the rest must be issued again.
     fn finish(&mut self, id: usize, res: i64) -> bool {
@@ -522,28 +276,6 @@ impl Io {
         Ok(())
     }
 
-    /// Waits for at least one kernel completion and applies all available ones.
-    fn reap_kernel(&mut self) -> Result<(), IoError> {
-        let ring = self
-            .ring
-            .as_mut()
-            .expect("only ring requests stay in flight");
-        ring.submit_and_wait()
-            .map_err(|e| IoError::ring("wait", e))?;
-        let mut reaped = std::mem::take(&mut self.reaped);
-        ring.reap(&mut reaped);
-        let mut r = Ok(());
-        for &(id, res) in &reaped {
-            let id = id as usize;
-            if !self.finish(id, i64::from(res)) && r.is_ok() {
-                r = self.issue(id);
-            }
-        }
-        reaped.clear();
-        self.reaped = reaped;
-        r
-    }
-
     /// Waits for every request in flight and discards the results (error and abort paths).
     pub(crate) fn drain(&mut self) -> Result<(), IoError> {
         let mut sink = Vec::new();
@@ -569,47 +301,4 @@ impl Drop for Io {
             tracing::error!("io requests could not be reaped; leaking the buffer pool");
         }
     }
-}
-
-/// A fault injected at the IO boundary by a failpoint.
-#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
-enum Inject {
-    Errno(i32),
-    /// Transfer only part of the request, as a real short read/write would.
-    Short,
-}
-
-#[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
-fn inject(point: &str) -> Option<Inject> {
-    fail::fail_point!(point, |arg: Option<String>| Some(parse_inject(
-        arg.as_deref()
-    )));
-    None
-}
-
-/// The `sdm_io::fsync` failpoint: an injected fdatasync failure.
-#[cfg_attr(not(feature = "failpoints"), allow(clippy::unnecessary_wraps))]
-pub(crate) fn inject_fsync() -> io::Result<()> {
-    match inject("sdm_io::fsync") {
-        Some(Inject::Errno(e)) => Err(io::Error::from_raw_os_error(e)),
-        Some(Inject::Short) => Err(io::Error::from_raw_os_error(libc::EIO)),
-        None => Ok(()),
-    }
-}
-
-#[cfg(feature = "failpoints")]
-fn parse_inject(arg: Option<&str>) -> Inject {
-    let errno = match arg.map(str::trim).unwrap_or("EIO") {
-        "short" => return Inject::Short,
-        "ENOSPC" => libc::ENOSPC,
-        "EDQUOT" => libc::EDQUOT,
-        "EINTR" => libc::EINTR,
-        "EAGAIN" => libc::EAGAIN,
-        "EINVAL" => libc::EINVAL,
-        "EOPNOTSUPP" => libc::EOPNOTSUPP,
-        "EROFS" => libc::EROFS,
-        "EPERM" => libc::EPERM,
-        other => other.parse().unwrap_or(libc::EIO),
-    };
-    Inject::Errno(errno)
 }
