@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use sdm_client::{SdmApiClient, Via};
+use sdm_client::{AgentClient, SdmApiClient, Via};
 use sdm_proto::*;
 use sdm_tests::fencing::{eventually, sanlock_or_skip, signal, SanlockHost};
 use sdm_tests::*;
@@ -157,8 +157,8 @@ async fn a_frozen_daemon_fails_the_job_instead_of_hanging_it() {
     drop(frozen);
     // Frozen for more than 8 io_timeouts, the daemon fails the lockspace when it runs again;
     // the agent held nothing in it any more (its registrations were shut down), so it is not
-    // killed. Until the lockspace is usable again a copy fails with a code; re-attaching the
-    // domain joins it again.
+    // killed. Until the lockspace is usable again a copy fails with a code; detaching and
+    // attaching the domain joins it again.
     let done = eventually(Duration::from_secs(90), Duration::from_secs(1), || async {
         let job = copy_volume(&c, &src, &dst, Some(0), None).await;
         let r = wait_job(&c, &job).await;
@@ -168,15 +168,11 @@ async fn a_frozen_daemon_fails_the_job_instead_of_hanging_it() {
         let e = r.error.as_ref().expect("a failed job has an error");
         assert!(e.code != 0 && !e.message.is_empty(), "{r:?}");
         eprintln!("copy after the thaw: {} {}", e.code, e.message);
+        let dir = shared.path().join(sd.as_str());
+        let _ = c.api().detach_domain(sd.clone()).await.via(&c);
         let _ = c
             .api()
-            .attach_domain(
-                shared.path().join(sd.as_str()).to_string_lossy().into(),
-                None,
-                None,
-                None,
-                None,
-            )
+            .attach_domain(dir.to_string_lossy().into(), None, None, None, None)
             .await
             .via(&c);
         None

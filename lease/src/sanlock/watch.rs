@@ -283,8 +283,9 @@ impl Watch {
             .cloned()
             .collect();
         for r in regs {
-            r.shut_down();
+            // Marked first: the reason is ours, not the hang-up the thread will see.
             self.mark_lost(&r, why);
+            r.shut_down();
         }
     }
 
