@@ -13,6 +13,15 @@
 //! hosts may have taken meanwhile, stops before its next request when it thaws, before this
 //! thread has run again to find out. Local leases need no watch: an OFD lock holds as long as
 //! its descriptor.
+//!
+//! A frozen or hung sanlock daemon must not hang the job either. Every daemon call the lease
+//! crate makes for a job (acquire, [`Lease::verify`], release) waits at most a bound derived
+//! from io_timeout (4×, at least 5 s; an acquire twice that) and the call is left to finish
+//! in the background. A call without an answer gives the lockspace's leases up at once: the
+//! registration is shut down (the daemon drops its leases when it runs again, instead of
+//! killing this process for holding leases in a lockspace whose renewal failed meanwhile),
+//! the holders are fenced, and the error is `Lost` (651) naming the daemon. So this thread
+//! is never stuck longer than one bounded call, and the join below waits at most that.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};

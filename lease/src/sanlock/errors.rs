@@ -60,6 +60,13 @@ pub(crate) fn map_rc(api: &Api, socket: &Path, what: &str, rc: i32) -> LeaseErro
     if kind == LeaseErrorKind::Daemon {
         msg.push_str(&format!(" [daemon socket {}]", socket.display()));
     }
+    if rc == -libc::ENOSPC {
+        // sanlock's word for "no such lockspace", which its text does not say.
+        msg.push_str(
+            " [the lockspace is not joined on this host: never joined, or the daemon dropped \
+             it after failing to renew it; detach and attach the domain to join it again]",
+        );
+    }
     LeaseError::with_code(kind, msg, rc)
 }
 

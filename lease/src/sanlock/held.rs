@@ -1,8 +1,10 @@
 //! A sanlock lease this process holds: what it recorded at acquire, and the checks against it.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use super::api::Api;
+use super::bounded;
 use super::ffi;
 use super::registry::{Acquired, Client};
 use crate::{LeaseError, LeaseErrorKind};
@@ -81,6 +83,8 @@ pub(crate) struct Held {
     pub(crate) res: Box<ffi::SanlkResource1>,
     pub(crate) host_id: u64,
     pub(crate) stamp: Stamp,
+    /// How long one daemon call on its behalf may take (`bounded::call_timeout`).
+    pub(crate) timeout: Duration,
 }
 
 impl Held {
@@ -127,11 +131,23 @@ impl Held {
     /// different version means someone acquired the lease since.
     pub(crate) fn verify(&self) -> Result<(), LeaseError> {
         self.verify_fast()?;
+        let api = self.api();
         let mut res = *self.res;
-        let owners = self
-            .api()
-            .read_resource_owners(&mut res)
-            .map_err(|rc| self.client.err("read lease", rc))?;
+        let what = format!("read lease {}", self.name);
+        let read = bounded::call(
+            &what,
+            self.timeout,
+            move || api.read_resource_owners(&mut res).map(|o| (o, res)),
+            |_| {},
+        );
+        let (owners, res) = match read {
+            Ok(r) => r.map_err(|rc| self.client.err("read lease", rc))?,
+            Err(why) => {
+                return Err(self
+                    .client
+                    .no_answer(&self.acquired_lockspace(), &what, &why))
+            }
+        };
         match stamp_of(&owners, res.res.lver, self.host_id) {
             Some(now) if now == self.stamp => Ok(()),
             _ => Err(LeaseError::new(
@@ -149,9 +165,27 @@ impl Held {
         }
     }
 
-    pub(crate) fn release(mut self) -> Result<(), LeaseError> {
-        self.client
-            .release(&self.acquired, &self.name, &mut self.res)
+    /// Releases through the registration, waiting at most `timeout` for the daemon; when it
+    /// does not answer, the registration is shut down instead, which makes the daemon drop
+    /// the lease when it runs again.
+    pub(crate) fn release(self) -> Result<(), LeaseError> {
+        let lockspace = self.acquired_lockspace();
+        let what = format!("release lease {}", self.name);
+        let Held {
+            client,
+            acquired,
+            name,
+            mut res,
+            timeout,
+            ..
+        } = self;
+        bounded::call(
+            &what,
+            timeout,
+            move || client.release(&acquired, &name, &mut res),
+            |_| {},
+        )
+        .unwrap_or_else(|why| Err(client.no_answer(&lockspace, &what, &why)))
     }
 }
 

@@ -23,6 +23,7 @@
 //! read the environment), and do not call libsanlock from elsewhere in the process.
 
 mod api;
+mod bounded;
 mod errors;
 mod ffi;
 mod held;
@@ -134,6 +135,17 @@ impl SanlockLeases {
     /// compare before and after a piece of work.
     pub fn registrations_lost(&self) -> u64 {
         self.client.watch.losses()
+    }
+
+    /// How long a job waits for one call into the daemon (see `bounded.rs`).
+    fn call_timeout(&self) -> Duration {
+        bounded::call_timeout(self.io_timeout_s)
+    }
+
+    /// Daemon calls given up on (no answer in time) that still wait for the daemon in the
+    /// background; at most a small fixed number, past which new calls fail at once.
+    pub fn stuck_calls(&self) -> usize {
+        bounded::stuck_calls()
     }
 
     fn c(&self) -> &'static Client {
@@ -325,14 +337,39 @@ impl LeaseBackend for SanlockLeases {
     ) -> Result<Lease, LeaseError> {
         let c = self.c();
         // No ALIGN/SECTOR flags: sanlock reads them from the leader record.
-        let mut res = Self::resource(sd_id, vol_id, lease_path, offset, 0)?;
+        let res = Self::resource(sd_id, vol_id, lease_path, offset, 0)?;
         let what = format!(
             "acquire {sd_id}:{vol_id} at {}:{offset}",
             lease_path.display()
         );
-        let (acquired, stamp) = c.acquire(sd_id, vol_id, &mut res, &what, |res| {
-            held::read_stamp(c, res, self.host_id, &what)
-        })?;
+        let host_id = self.host_id;
+        let (ls, name, w) = (sd_id.to_string(), vol_id.to_string(), what.clone());
+        let late_name = name.clone();
+        // An acquire is a few paxos rounds on the lease area: twice a single call's bound.
+        let got = bounded::call(
+            &what,
+            2 * self.call_timeout(),
+            move || {
+                let mut res = res;
+                c.acquire(&ls, &name, &mut res, &w, |res| {
+                    held::read_stamp(c, res, host_id, &w)
+                })
+                .map(|(a, stamp)| (a, stamp, res))
+            },
+            // Acquired after the caller gave up: nobody holds it, so it goes back at once
+            // (the registration was shut down meanwhile, which releases it anyway).
+            move |late| {
+                if let Ok((a, _, mut res)) = late {
+                    if let Err(e) = c.release(&a, &late_name, &mut res) {
+                        tracing::debug!(name = %late_name, error = %e, "releasing a lease acquired after its caller gave up");
+                    }
+                }
+            },
+        );
+        let (acquired, stamp, res) = match got {
+            Ok(r) => r?,
+            Err(why) => return Err(c.no_answer(sd_id, &what, &why)),
+        };
         tracing::debug!(sd_id, vol_id, path = %lease_path.display(), offset, lver = stamp.lver, generation = stamp.generation, "acquired sanlock lease");
         let held = Held {
             client: c,
@@ -341,6 +378,7 @@ impl LeaseBackend for SanlockLeases {
             res: Box::new(res),
             host_id: self.host_id,
             stamp,
+            timeout: self.call_timeout(),
         };
         Ok(Lease::new(
             sd_id,
@@ -364,41 +402,68 @@ impl LeaseBackend for SanlockLeases {
             "read lease {sd_id}:{vol_id} at {}:{offset}",
             lease_path.display()
         );
-        let owners = c
-            .api
-            .read_resource_owners(&mut res)
-            .map_err(|rc| c.err(&what, rc))?;
-        let lver = res.res.lver;
-        let live = if owners.is_empty() {
-            Vec::new()
-        } else {
-            match c.api.get_hosts(&api::c_name(sd_id)) {
-                Ok(hosts) => live_owners(&owners, &hosts),
-                // Right after a join the daemon has not checked the other hosts yet (until
-                // its first renewal, 2×io_timeout). Like an UNKNOWN host, the recorded owner
-                // keeps the lease until we know better.
-                Err(rc) if rc == -libc::EAGAIN => {
-                    let mut ids: Vec<u64> = owners.iter().map(|o| o.host_id).collect();
-                    ids.sort_unstable();
-                    ids.dedup();
-                    ids
-                }
-                Err(rc) => {
-                    let mut e = c.err(&format!("hosts of lockspace {sd_id}"), rc);
-                    if e.kind == LeaseErrorKind::NotFound {
-                        e.message = format!(
-                            "lockspace {sd_id} is not joined on this host; owner liveness unknown"
-                        );
-                    }
-                    return Err(e);
-                }
-            }
-        };
-        Ok(LeaseStatus {
-            owners: live,
-            version: (lver != 0).then_some(lver),
+        let sd = sd_id.to_string();
+        let w = what.clone();
+        // Volume.getInfo, not a job: a frozen daemon fails the call without giving leases up.
+        bounded::call(
+            &what,
+            self.call_timeout(),
+            move || status_of(c, &sd, &mut res, &w),
+            |_| {},
+        )
+        .unwrap_or_else(|why| {
+            Err(LeaseError::new(
+                LeaseErrorKind::Daemon,
+                format!(
+                    "the sanlock daemon at {} did not answer ({what}): {why}",
+                    c.socket_path().display()
+                ),
+            ))
         })
     }
+}
+
+/// Owners and version of a lease, and which owners are alive (see [`live_owners`]).
+fn status_of(
+    c: &Client,
+    sd_id: &str,
+    res: &mut ffi::SanlkResource1,
+    what: &str,
+) -> Result<LeaseStatus, LeaseError> {
+    let owners = c
+        .api
+        .read_resource_owners(res)
+        .map_err(|rc| c.err(what, rc))?;
+    let lver = res.res.lver;
+    let live = if owners.is_empty() {
+        Vec::new()
+    } else {
+        match c.api.get_hosts(&api::c_name(sd_id)) {
+            Ok(hosts) => live_owners(&owners, &hosts),
+            // Right after a join the daemon has not checked the other hosts yet (until
+            // its first renewal, 2×io_timeout). Like an UNKNOWN host, the recorded owner
+            // keeps the lease until we know better.
+            Err(rc) if rc == -libc::EAGAIN => {
+                let mut ids: Vec<u64> = owners.iter().map(|o| o.host_id).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                ids
+            }
+            Err(rc) => {
+                let mut e = c.err(&format!("hosts of lockspace {sd_id}"), rc);
+                if e.kind == LeaseErrorKind::NotFound {
+                    e.message = format!(
+                        "lockspace {sd_id} is not joined on this host; owner liveness unknown"
+                    );
+                }
+                return Err(e);
+            }
+        }
+    };
+    Ok(LeaseStatus {
+        owners: live,
+        version: (lver != 0).then_some(lver),
+    })
 }
 
 /// The owners that still hold the lease, judged like VDSM's `inspect` (and sanlock's

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use super::api::{self, Api};
+use super::bounded::NoAnswer;
 use super::errors::{is_connection_error, map_rc};
 use super::ffi;
 use super::watch::{Registration, Watch};
@@ -144,6 +145,21 @@ impl Client {
 
     pub(crate) fn err(&self, what: &str, rc: i32) -> LeaseError {
         map_rc(self.api, &self.socket_path(), what, rc)
+    }
+
+    /// The error of a daemon call for `lockspace` that got no answer (`bounded::call`). A
+    /// daemon that does not answer is frozen or hung: it renews nothing, so the leases of the
+    /// lockspace are given up here at once (the registration is shut down, which fences the
+    /// jobs holding them and lets the daemon drop them when it runs again). Always `Lost`: the
+    /// caller holds nothing it could count on (the agent's AcquireLockFailure, 651).
+    pub(crate) fn no_answer(&self, lockspace: &str, what: &str, why: &NoAnswer) -> LeaseError {
+        let msg = format!(
+            "the sanlock daemon at {} did not answer ({what}): {why}; it is frozen or hung, \
+             so this host's leases in lockspace {lockspace} are given up",
+            self.socket_path().display()
+        );
+        self.watch.abandon(lockspace, &msg);
+        LeaseError::new(LeaseErrorKind::Lost, msg)
     }
 
     /// Fails with `Daemon` unless the daemon's socket accepts connections (what every

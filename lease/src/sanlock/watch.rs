@@ -55,6 +55,16 @@ impl Registration {
         self.reason.get().map(String::as_str).unwrap_or("")
     }
 
+    /// Shuts the connection down both ways: a thread blocked reading a reply on it wakes up
+    /// with an error, and the daemon, when it runs again, sees the hang-up and releases every
+    /// lease held through it (instead of killing this process for holding leases in a
+    /// lockspace whose renewal failed meanwhile).
+    fn shut_down(&self) {
+        // SAFETY: shutdown(2) on a socket this registration owns; it does not close the
+        // descriptor, so a thread still using it sees errors, never a reused number.
+        unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+
     fn mark(&self, why: &str) -> bool {
         let _ = self.reason.set(why.to_string());
         !self.lost.swap(true, Ordering::AcqRel)
@@ -257,6 +267,25 @@ impl Watch {
     pub(crate) fn mark_lost(&self, reg: &Registration, why: &str) {
         if reg.mark(why) {
             self.shared.wake();
+        }
+    }
+
+    /// The daemon did not answer a command for `lockspace` in time: every registration of it
+    /// is shut down and marked lost, so its leases count as gone here at once (jobs holding
+    /// them are fenced by the subscribers) and the daemon drops them when it runs again.
+    pub(crate) fn abandon(&self, lockspace: &str, why: &str) {
+        let regs: Vec<Arc<Registration>> = self
+            .shared
+            .lock()
+            .regs
+            .iter()
+            .filter(|r| r.lockspace == lockspace && !r.is_lost())
+            .cloned()
+            .collect();
+        for r in regs {
+            // Marked first: the reason is ours, not the hang-up the thread will see.
+            self.mark_lost(&r, why);
+            r.shut_down();
         }
     }
 
