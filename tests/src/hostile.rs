@@ -1,5 +1,5 @@
 //! Hostile input for the agent: a generator of malformed and adversarial JSON-RPC requests, and
-//! the instruments the hostile-input suite (`tests/tests/hostile.rs`) checks the agent with.
+//! the instruments the hostile-input suite (`tests/tests/hostile/`) checks the agent with.
 //!
 //! The generator is driven by the wire API itself: method names come from
 //! `sdm_proto::methods()` and `proto-schema/schema.json`, parameters and their types from the
