@@ -104,34 +104,47 @@ pub fn hold(
     src.iter().map(|(v, _)| lease_one(dom, img, v)).collect()
 }
 
-/// Reads the plan again under the leases of [`hold`]: the volumes this move created must read
-/// as `Continue`, the others as planned; anything else is another move's doing.
+/// Reads the destination again under the leases of [`hold`]: no volume but the source's, none
+/// half-made, each `Done` one still LEGAL at the source's generation, every other ILLEGAL.
+/// Anything else is another move's doing. (The shape of the volumes this move created is the
+/// backend's: a block domain rounds a capacity up to its extents.)
 pub fn recheck(
     dom: &Domain,
     img: &Uuid,
     src: &[(Uuid, VolumeMetadata)],
     planned: &[DstVolume],
 ) -> Result<(), AgentError> {
-    let want: Vec<DstVolume> = planned
-        .iter()
-        .map(|p| match p {
-            DstVolume::Create => DstVolume::Continue,
-            p => *p,
-        })
-        .collect();
-    match plan(dom, img, src, false)? {
-        Ok(now) if now == want => Ok(()),
-        Ok(now) => Err(another_move(
-            img,
-            format_args!(
-                "the destination changed since this move planned it ({now:?}, planned {want:?})"
-            ),
-        )),
-        Err(why) => Err(another_move(
+    let changed = |why: String| {
+        another_move(
             img,
             format_args!("the destination changed since this move planned it ({why})"),
-        )),
+        )
+    };
+    if !dom.backend.half_made_volume_leases(img)?.is_empty() {
+        return Err(changed("it holds half-made volumes".into()));
     }
+    if let Some(v) = dom
+        .backend
+        .list_volumes(img)?
+        .into_iter()
+        .find(|d| !src.iter().any(|(s, _)| s == d))
+    {
+        return Err(changed(format!("volume {v} is not in the source image")));
+    }
+    for ((v, s), p) in src.iter().zip(planned) {
+        let d = read_metadata(dom, img, v).map_err(|e| changed(format!("volume {v}: {e}")))?;
+        let as_planned = match p {
+            DstVolume::Done => d.legality == Legality::Legal && d.generation == s.generation,
+            DstVolume::Create | DstVolume::Continue => d.legality == Legality::Illegal,
+        };
+        if !as_planned {
+            return Err(changed(format!(
+                "volume {v} is {} at generation {}, planned {p:?}",
+                d.legality, d.generation
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// [`plan`] on metadata already read.
