@@ -276,16 +276,27 @@ fn run_move(
                 .ok()
                 .map(|s| s.apparent),
         };
-        volume::create(&dst_dom, &nv)?;
+        match volume::create(&dst_dom, &nv) {
+            // Absent when planned: another move of the image created it meanwhile.
+            Err(StorageError::VolumeExists(e)) => {
+                return Err(move_plan::another_move(&req.img, format_args!("{e}")));
+            }
+            r => r?,
+        }
+        fail::fail_point!("sdm::image_move::created_one");
     }
     fail::fail_point!("sdm::image_move::after_create");
+    // From here to the end this move holds every destination volume's lease, and checks that
+    // the destination is still what it planned (`move_plan`: two moves from two hosts).
+    let held = move_plan::hold(&dst_dom, &req.img, &vols)?;
+    move_plan::recheck(&dst_dom, &req.img, &vols, &plan)?;
     let n = vols.len() as u32;
     let todo: Vec<_> = vols
         .into_iter()
         .zip(plan)
         .enumerate()
         .filter(|(_, (_, p))| *p != DstVolume::Done)
-        .map(|(i, ((v, md), p))| (i as u32 + 1, v, md, p == DstVolume::Continue))
+        .map(|(i, ((v, md), p))| (i, v, md, p == DstVolume::Continue))
         .collect();
     let total: u64 = todo
         .iter()
@@ -299,18 +310,24 @@ fn run_move(
         .sum();
     job.set_planned_total(total);
     job.mark_started();
-    let results = run_parallel(agent.cfg.io.image_parallelism, todo, |(k, v, md, kept)| {
+    let results = run_parallel(agent.cfg.io.image_parallelism, todo, |(i, v, md, kept)| {
         let one = VolumeCopy {
             img: &req.img,
             vol: &v,
             src_md: &md,
-            stage: (k, n),
+            stage: (i as u32 + 1, n),
             kept,
+            held: &held[i],
         };
         copy_one(agent, job, &src_dom, &dst_dom, &one)
     });
     for r in results {
         r?;
+    }
+    for l in held {
+        if let Err(e) = l.release() {
+            tracing::warn!(error = %e, "releasing a destination lease failed");
+        }
     }
     Ok(None)
 }
@@ -325,6 +342,8 @@ struct VolumeCopy<'a> {
     stage: (u32, u32),
     /// The destination volume was left by an earlier attempt (not created by this one).
     kept: bool,
+    /// Its lease, held by the move.
+    held: &'a sdm_lease::Lease,
 }
 
 fn copy_one(
@@ -334,20 +353,23 @@ fn copy_one(
     dst_dom: &Arc<Domain>,
     one: &VolumeCopy<'_>,
 ) -> Result<(), AgentError> {
-    let (img, v, src_md) = (one.img, one.vol, one.src_md);
+    let (img, v, src_md, held) = (one.img, one.vol, one.src_md, one.held);
     check_abort(job)?;
     let size = src_dom.backend.volume_size(img, v)?;
     dst_dom.backend.reserve(img, v, size.apparent)?;
     let src = src_dom.backend.prepare(img, v)?;
     let dst = dst_dom.backend.prepare(img, v)?;
-    let held = dst_dom.acquire_volume_lease(img, v)?;
+    match one.stage.0 {
+        1 => fail::fail_point!("sdm::image_move::copy_first"),
+        _ => fail::fail_point!("sdm::image_move::copy_later"),
+    }
     let ctl = job.child_control();
     ctl.set_bandwidth_limit(
         (agent.cfg.io.bandwidth_limit > 0).then_some(agent.cfg.io.bandwidth_limit),
     );
     let src_ep = Endpoint::div(src_dom.sd_id.clone(), img.clone(), v.clone(), None);
     let dst_ep = Endpoint::div(dst_dom.sd_id.clone(), img.clone(), v.clone(), None);
-    with_watch(agent, job, &ctl, &[&held], || {
+    with_watch(agent, job, &ctl, &[held], || {
         // The first write to this volume is its data: only with the lease confirmed, and with
         // the metadata as it is under the lease (the plan was read without it).
         held.verify()?;
@@ -414,11 +436,7 @@ fn copy_one(
         write_legal(dst_dom, img, v, &mut md)?;
         resume::forget(dst_dom, &dst_ep);
         Ok(())
-    })?;
-    if let Err(e) = held.release() {
-        tracing::warn!(error = %e, "releasing a destination lease failed");
-    }
-    Ok(())
+    })
 }
 
 /// How a copy of a volume with `md` is allocated on `dom`: as the source, except that RAW is
@@ -440,9 +458,15 @@ fn replace_destination(
     img: &Uuid,
     wipe: bool,
 ) -> Result<(), AgentError> {
+    // Every lease before the first change: a busy one is another move's (`move_plan`), whose
+    // volumes stay as they are.
+    let vols = dom.backend.list_volumes(img)?;
     let mut held = Vec::new();
-    for v in &dom.backend.list_volumes(img)? {
-        held.push(dom.acquire_volume_lease(img, v)?);
+    for v in &vols {
+        held.push(move_plan::lease_one(dom, img, v)?);
+    }
+    held.extend(lease_half_made(dom, img)?);
+    for v in &vols {
         if let Ok(mut md) = read_metadata(dom, img, v) {
             if md.legality != Legality::Illegal {
                 md.legality = Legality::Illegal;
@@ -450,7 +474,6 @@ fn replace_destination(
             }
         }
     }
-    held.extend(lease_half_made(dom, img)?);
     let target = Leftover::of(img, wipe);
     if dom.backend.leftover_exists(&target) {
         return Err(ApiError::new(

@@ -8,16 +8,34 @@
 //! about the destination (a volume the source does not have, another shape, a LEGAL volume of
 //! another generation, a half-made volume) means it is replaced as VDSM would.
 //!
-//! The plan is read without the destination's leases: it only chooses what to try. Every
-//! volume copy takes its lease and re-reads the metadata before writing, so another host's
-//! copy into the same volume fails that job with 651 rather than mixing bytes.
+//! # Two moves of one image at once (from different hosts)
+//!
+//! On one host the destination image lock keeps two moves apart; across hosts only the
+//! destination volumes' leases do, so a move follows one rule: it changes nothing on the
+//! destination it does not hold the lease of, and it holds every destination volume's lease
+//! from the moment its volumes exist until it ends (not only the one it copies). Hence:
+//! - the plan is read without leases: it only chooses what to try;
+//! - replacing takes the lease of every existing volume (and half-made one) first, and marks or
+//!   deletes nothing unless it has them all;
+//! - after creating what is missing, the move takes every destination volume's lease
+//!   ([`hold`]) and reads the plan again under them ([`recheck`]): a busy lease, a volume that
+//!   appeared, or a plan that changed (another move finished a volume meanwhile) fails the move
+//!   with AcquireLockFailure (651) before it writes a byte, naming the other move as the likely
+//!   holder;
+//! - a volume another move created between this one's plan and its own creation fails the
+//!   creation with the same code.
+//!
+//! So of two racing moves at most one copies, the other fails with 651 having changed nothing
+//! the first made, and a re-issued move continues whatever the survivor left.
 
-use sdm_proto::{Legality, Uuid};
+use sdm_lease::{Lease, LeaseErrorKind};
+use sdm_proto::{ApiError, ErrorCode, Legality, Uuid};
 
 use crate::error::AgentError;
 use crate::storage::domain::Domain;
 use crate::storage::md::VolumeMetadata;
 use crate::storage::volume::read_metadata;
+use crate::storage::StorageError;
 
 /// What the move does with one source volume on the destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +71,80 @@ pub fn plan(
         }
     }
     Ok(compare(src, &dst))
+}
+
+/// AcquireLockFailure (651) for a destination another move of `img` appears to work on.
+pub fn another_move(img: &Uuid, what: impl std::fmt::Display) -> AgentError {
+    ApiError::new(
+        ErrorCode::AcquireLockFailure,
+        format!("another move of image {img} is working on its destination: {what}"),
+    )
+    .into()
+}
+
+/// Takes destination volume `v`'s lease, never waiting; busy means another move (or another
+/// writer) is on it.
+pub fn lease_one(dom: &Domain, img: &Uuid, v: &Uuid) -> Result<Lease, AgentError> {
+    match dom.acquire_volume_lease(img, v) {
+        Ok(l) => Ok(l),
+        Err(StorageError::Lease(e)) if e.kind() == LeaseErrorKind::Busy => Err(another_move(
+            img,
+            format_args!("volume {v}'s lease is held: {e}"),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Takes the leases of every destination volume of the move (`src`'s ids), in `src`'s order.
+pub fn hold(
+    dom: &Domain,
+    img: &Uuid,
+    src: &[(Uuid, VolumeMetadata)],
+) -> Result<Vec<Lease>, AgentError> {
+    src.iter().map(|(v, _)| lease_one(dom, img, v)).collect()
+}
+
+/// Reads the destination again under the leases of [`hold`]: no volume but the source's, none
+/// half-made, each `Done` one still LEGAL at the source's generation, every other ILLEGAL.
+/// Anything else is another move's doing. (The shape of the volumes this move created is the
+/// backend's: a block domain rounds a capacity up to its extents.)
+pub fn recheck(
+    dom: &Domain,
+    img: &Uuid,
+    src: &[(Uuid, VolumeMetadata)],
+    planned: &[DstVolume],
+) -> Result<(), AgentError> {
+    let changed = |why: String| {
+        another_move(
+            img,
+            format_args!("the destination changed since this move planned it ({why})"),
+        )
+    };
+    if !dom.backend.half_made_volume_leases(img)?.is_empty() {
+        return Err(changed("it holds half-made volumes".into()));
+    }
+    if let Some(v) = dom
+        .backend
+        .list_volumes(img)?
+        .into_iter()
+        .find(|d| !src.iter().any(|(s, _)| s == d))
+    {
+        return Err(changed(format!("volume {v} is not in the source image")));
+    }
+    for ((v, s), p) in src.iter().zip(planned) {
+        let d = read_metadata(dom, img, v).map_err(|e| changed(format!("volume {v}: {e}")))?;
+        let as_planned = match p {
+            DstVolume::Done => d.legality == Legality::Legal && d.generation == s.generation,
+            DstVolume::Create | DstVolume::Continue => d.legality == Legality::Illegal,
+        };
+        if !as_planned {
+            return Err(changed(format!(
+                "volume {v} is {} at generation {}, planned {p:?}",
+                d.legality, d.generation
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// [`plan`] on metadata already read.
