@@ -20,7 +20,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::uncached::{Aligned, ALIGN};
+use crate::uncached::{direct_refused, open_direct, Aligned, ALIGN};
 
 /// Why a durable write or a metadata read failed.
 #[derive(Debug, thiserror::Error)]
@@ -280,17 +280,9 @@ pub fn read_direct(path: &Path) -> Result<Vec<u8>, DurableError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut data = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-    {
-        Ok(f) => match read_aligned(f) {
-            Ok(d) => d,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => read_buffered(path).map_err(err)?,
-            Err(e) => return Err(err(e)),
-        },
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => read_buffered(path).map_err(err)?,
+    let mut data = match open_direct(path).and_then(read_aligned) {
+        Ok(d) => d,
+        Err(e) if direct_refused(&e) => read_buffered(path).map_err(err)?,
         Err(e) => return Err(err(e)),
     };
     while data.last() == Some(&0) {

@@ -65,26 +65,26 @@ pub struct Reader {
 /// Whether `path` opens with O_DIRECT (for tools such as qemu-img, whose `cache=none` fails
 /// outright where the file system refuses it).
 pub fn takes_direct_io(path: &Path) -> bool {
+    open_direct(path).is_ok()
+}
+
+/// `path` opened for reading with O_DIRECT.
+pub(crate) fn open_direct(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)
-        .is_ok()
 }
 
 /// Whether an error means "O_DIRECT is not supported here" rather than a failed read.
-fn direct_refused(e: &io::Error) -> bool {
+pub(crate) fn direct_refused(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::EINVAL)
 }
 
 impl Reader {
     /// Opens `path` for reads of at most `max_len` bytes each.
     pub fn open(path: &Path, max_len: usize) -> io::Result<Reader> {
-        match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-        {
+        match open_direct(path) {
             Ok(file) => Ok(Reader::with(path, file, Mode::Direct, max_len)),
             Err(e) if direct_refused(&e) => Reader::open_buffered(path, max_len),
             Err(e) => Err(e),

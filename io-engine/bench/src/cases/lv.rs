@@ -112,35 +112,41 @@ fn scratch(b: &Bench, count: usize, size: u64) -> Option<ScratchVg> {
     }
 }
 
-/// Fills a device from the fixture's random image (untimed).
-fn fill(dev: &str, fx: &Fixture) -> Result<()> {
+/// Runs `dd` (untimed set-up), with direct IO on the output; `what` names it in the error.
+fn dd(args: &[String], what: &str) -> Result<()> {
     let st = std::process::Command::new("dd")
-        .arg(format!("if={}", fx.src_full.display()))
-        .arg(format!("of={dev}"))
-        .args(["bs=4M", "iflag=direct", "oflag=direct", "status=none"])
+        .args(args)
+        .args(["oflag=direct", "status=none"])
         .status()
         .context("dd")?;
     if !st.success() {
-        bail!("filling {dev} failed");
+        bail!("{what} failed");
     }
     Ok(())
+}
+
+/// Fills a device from the fixture's random image (untimed).
+fn fill(dev: &str, fx: &Fixture) -> Result<()> {
+    let args = [
+        format!("if={}", fx.src_full.display()),
+        format!("of={dev}"),
+        "bs=4M".into(),
+        "iflag=direct".into(),
+    ];
+    dd(&args, &format!("filling {dev}"))
 }
 
 /// Writes zeros over a destination LV once, untimed. The PV is a sparse file, so the first
 /// write to each of its blocks allocates the block in the host's filesystem; a real LUN has no
 /// such cost, and without this whichever tool ran first paid it alone.
 fn allocate(dev: &str, n: u64) -> Result<()> {
-    let st = std::process::Command::new("dd")
-        .arg("if=/dev/zero")
-        .arg(format!("of={dev}"))
-        .arg(format!("count={}", n.div_ceil(MIB)))
-        .args(["bs=1M", "oflag=direct", "status=none"])
-        .status()
-        .context("dd")?;
-    if !st.success() {
-        bail!("writing zeros over {dev} failed");
-    }
-    Ok(())
+    let args = [
+        "if=/dev/zero".into(),
+        format!("of={dev}"),
+        format!("count={}", n.div_ceil(MIB)),
+        "bs=1M".into(),
+    ];
+    dd(&args, &format!("writing zeros over {dev}"))
 }
 
 /// Copies onto a block device: sdm, qemu-img with VDSM's flags for a RAW block destination,
